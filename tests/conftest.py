@@ -1,0 +1,52 @@
+"""Shared fixtures: every test runs against its own VRIFT_HOME and VRIFT_SHM_DIR."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vrift.project import Home
+
+
+@pytest.fixture
+def vrift_env(tmp_path, monkeypatch) -> dict:
+    """Point VRIFT_HOME and VRIFT_SHM_DIR at private temporary directories."""
+    home = tmp_path / "vhome"
+    shm = tmp_path / "shm"
+    home.mkdir(mode=0o700)
+    shm.mkdir(mode=0o700)
+    monkeypatch.setenv("VRIFT_HOME", str(home))
+    monkeypatch.setenv("VRIFT_SHM_DIR", str(shm))
+    for var in ("VRIFT_PROJECT_ROOT", "VRIFT_LMDB_DURABILITY", "VRIFT_ENABLED", "VRIFT_FALLBACK_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    env = dict(os.environ)
+    return env
+
+
+@pytest.fixture
+def home(vrift_env) -> Home:
+    return Home.from_env(vrift_env).ensure()
+
+
+@pytest.fixture
+def run_vrift(vrift_env):
+    """Run the real `vrift` CLI in a subprocess; returns CompletedProcess (text)."""
+
+    def run(*args, cwd=None, env=None, check=False, input=None, timeout=120):
+        full_env = dict(vrift_env)
+        if env:
+            full_env.update(env)
+        proc = subprocess.run([sys.executable, "-m", "vrift", *map(str, args)], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, input=input, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"vrift {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+REPO = Path(__file__).resolve().parent.parent

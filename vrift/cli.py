@@ -1,0 +1,97 @@
+"""The `vrift` command line (click).  Subcommands live in vrift/commands/ and are imported
+only when invoked, so `vrift --help` and every command stay quick to start."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from . import __version__
+from .project import VriftError
+
+# name -> "module:attribute" of a click command or group
+COMMANDS = {
+    "init": "vrift.commands.config_cmd:init_cmd",
+    "config": "vrift.commands.config_cmd:config_group",
+    "ingest": "vrift.commands.index_cmd:ingest_cmd",
+    "status": "vrift.commands.index_cmd:status_cmd",
+    "stat": "vrift.commands.index_cmd:stat_cmd",
+    "doctor": "vrift.commands.index_cmd:doctor_cmd",
+    "cas": "vrift.commands.cas_cmd:cas_group",
+    "gc": "vrift.commands.cas_cmd:gc_cmd",
+    "daemon": "vrift.commands.daemon_cmd:daemon_group",
+    "sync": "vrift.commands.daemon_cmd:sync_cmd",
+    "wrap": "vrift.commands.wrap_cmd:wrap_cmd",
+    "hook": "vrift.commands.wrap_cmd:hook_cmd",
+    "plugins": "vrift.commands.wrap_cmd:plugins_cmd",
+}
+
+HELP = {
+    "init": "Write a commented .vrift.yaml in the project root.",
+    "config": "Show the effective configuration.",
+    "ingest": "Index a project into the VDir and the CAS.",
+    "status": "CAS size, projects, dedup and daemons.",
+    "stat": "Show the VDir entry of a path.",
+    "doctor": "Check the installation and the environment.",
+    "cas": "Inspect and verify the content-addressed store.",
+    "gc": "Remove unreferenced blobs (dry run by default).",
+    "daemon": "Start, stop and inspect the vrift daemons.",
+    "sync": "Wait until the index reflects every change made on disk.",
+    "wrap": "Run a build (ninja, make, any command) under vrift.",
+    "hook": "Print the one-line Makefile opt-in.",
+    "plugins": "List loaded plugins.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(c for c in COMMANDS if self._available(c))
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = COMMANDS[name].split(":")[0]
+        return importlib.util.find_spec(module) is not None
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                return None
+            raise
+        return getattr(mod, attr, None)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vrift")
+def cli():
+    """vrift: build accelerator and content-addressed build cache for make and ninja."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="vrift", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("vrift: aborted", err=True)
+        return 130
+    except VriftError as e:
+        click.echo(f"vrift: error: {e}", err=True)
+        return 1
+    return 0

@@ -1,0 +1,180 @@
+/*
+ * vrift_vdir.h — the one description of the VDir shared-memory layout (version 1).
+ *
+ * Included by the preload library (readers) and by the small helper library that the
+ * Python daemon loads with ctypes (writer atomics).  vrift/vdir/layout.py mirrors these
+ * numbers and tests/test_layout.py checks the mirror against this header.
+ *
+ * Rules for everything `static inline` here: no allocation, no lock, no syscall, no
+ * logging — the preload library calls it on every stat().
+ */
+#ifndef VRIFT_VDIR_H
+#define VRIFT_VDIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define VRIFT_VDIR_MAGIC 0x56524654u /* "VRFT" */
+#define VRIFT_VDIR_VERSION 1u
+
+#define VRIFT_HEADER_SIZE 8192u     /* fixed; root path lives in its second half */
+#define VRIFT_ROOT_OFFSET 4096u
+#define VRIFT_ROOT_MAX 4096u        /* includes the NUL */
+#define VRIFT_BLOOM_BYTES 32768u    /* 2^18 bits */
+#define VRIFT_BLOOM_MASK ((uint64_t)VRIFT_BLOOM_BYTES * 8u - 1u)
+#define VRIFT_ENTRY_SIZE 128u
+#define VRIFT_SLOT_SIZE 8u
+#define VRIFT_MAX_LOAD_NUM 7u       /* table load factor <= 7/10 */
+#define VRIFT_MAX_LOAD_DEN 10u
+#define VRIFT_READ_RETRIES 64       /* seqlock retries before a reader gives up */
+
+/* entry flags */
+#define VRIFT_F_DIRTY 1u
+#define VRIFT_F_DELETED 2u
+#define VRIFT_F_SYMLINK 4u
+#define VRIFT_F_DIR 8u
+#define VRIFT_F_COMPLETE_DIR 16u /* every child of this directory is indexed */
+
+/* header_flags */
+#define VRIFT_H_RETIRED 1u /* a newer file replaced this one: remap by name */
+
+typedef struct vrift_header {
+    uint32_t magic;            /*   0 */
+    uint32_t version;          /*   4 */
+    uint64_t generation;       /*   8 seqlock publish counter: odd while the writer writes */
+    uint64_t file_size;        /*  16 bytes the file must have */
+    uint32_t header_size;      /*  24 == VRIFT_HEADER_SIZE */
+    uint32_t entry_size;       /*  28 == VRIFT_ENTRY_SIZE */
+    uint32_t entry_count;      /*  32 live entries (not DELETED) */
+    uint32_t entry_used;       /*  36 dense records in use, tombstones included */
+    uint32_t entry_capacity;   /*  40 dense records available */
+    uint32_t table_capacity;   /*  44 slots, a power of two */
+    uint64_t bloom_offset;     /*  48 */
+    uint64_t table_offset;     /*  56 */
+    uint64_t entries_offset;   /*  64 */
+    uint64_t strings_offset;   /*  72 */
+    uint64_t strings_capacity; /*  80 */
+    uint64_t strings_used;     /*  88 */
+    uint32_t header_flags;     /*  96 VRIFT_H_* */
+    uint32_t root_len;         /* 100 strlen(root) */
+    uint8_t project_id[16];    /* 104 first 16 bytes of the project id */
+    uint64_t index_generation; /* 120 LMDB/WAL generation this table reflects */
+    uint32_t blksize;          /* 128 st_blksize reported for entries */
+    uint32_t reserved0;        /* 132 */
+    /* 136 .. VRIFT_ROOT_OFFSET: reserved, zero */
+    /* VRIFT_ROOT_OFFSET: root path, NUL terminated, no trailing slash */
+} vrift_header;
+
+/* One slot of the open-addressing table: points into the dense entry array. */
+typedef struct vrift_slot {
+    uint32_t entry_plus1; /* 0 = empty, else index+1 into entries */
+    uint32_t hash_hi;     /* high 32 bits of path_hash: skip most mismatches without touching the entry */
+} vrift_slot;
+
+typedef struct vrift_entry {
+    uint64_t path_hash;  /*   0 FNV-1a 64 of the path relative to the root ("" is the root) */
+    uint32_t path_off;   /*   8 into the string area */
+    uint32_t path_len;   /*  12 */
+    uint32_t flags;      /*  16 VRIFT_F_*; DIRTY is set/cleared with atomic OR/AND */
+    uint32_t mode;       /*  20 st_mode */
+    uint64_t dev;        /*  24 */
+    uint64_t ino;        /*  32 */
+    uint64_t nlink;      /*  40 */
+    uint32_t uid;        /*  48 */
+    uint32_t gid;        /*  52 */
+    int64_t size;        /*  56 */
+    int64_t blocks;      /*  64 st_blocks (512-byte units) */
+    int64_t mtime_sec;   /*  72 */
+    int64_t ctime_sec;   /*  80 */
+    uint32_t mtime_nsec; /*  88 */
+    uint32_t ctime_nsec; /*  92 */
+    uint8_t digest[32];  /*  96 BLAKE3; zero for directories and symlinks */
+} vrift_entry;           /* 128 */
+
+/* The record kept in LMDB and the WAL is the entry from `flags` on: 112 bytes. */
+#define VRIFT_RECORD_OFFSET 16u
+#define VRIFT_RECORD_SIZE (VRIFT_ENTRY_SIZE - VRIFT_RECORD_OFFSET)
+
+_Static_assert(sizeof(vrift_entry) == VRIFT_ENTRY_SIZE, "entry size");
+_Static_assert(sizeof(vrift_slot) == VRIFT_SLOT_SIZE, "slot size");
+_Static_assert(offsetof(vrift_header, index_generation) == 120, "header layout");
+_Static_assert(sizeof(vrift_header) <= VRIFT_ROOT_OFFSET, "header fits");
+
+static inline uint64_t vrift_fnv1a64(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (uint8_t)s[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Two bloom bits from one 64-bit hash (k = 2). */
+static inline uint64_t vrift_bloom_bit1(uint64_t h) { return h & VRIFT_BLOOM_MASK; }
+static inline uint64_t vrift_bloom_bit2(uint64_t h) { return (h >> 32) & VRIFT_BLOOM_MASK; }
+
+/* Structural check of a mapping of `size` bytes: 0 if usable. */
+static inline int vrift_header_check(const void *base, uint64_t size) {
+    const vrift_header *h = (const vrift_header *)base;
+    if (size < VRIFT_HEADER_SIZE) return -1;
+    if (h->magic != VRIFT_VDIR_MAGIC || h->version != VRIFT_VDIR_VERSION) return -1;
+    if (h->header_size != VRIFT_HEADER_SIZE || h->entry_size != VRIFT_ENTRY_SIZE) return -1;
+    if (h->file_size != size) return -1;
+    if (h->table_capacity == 0 || (h->table_capacity & (h->table_capacity - 1)) != 0) return -1;
+    if (h->bloom_offset + VRIFT_BLOOM_BYTES > size) return -1;
+    if (h->table_offset + (uint64_t)h->table_capacity * VRIFT_SLOT_SIZE > size) return -1;
+    if (h->entries_offset + (uint64_t)h->entry_capacity * VRIFT_ENTRY_SIZE > size) return -1;
+    if (h->strings_offset + h->strings_capacity > size) return -1;
+    if (h->root_len == 0 || h->root_len >= VRIFT_ROOT_MAX) return -1;
+    return 0;
+}
+
+/*
+ * Seqlock-protected lookup of `rel` (path relative to the root, no leading slash).
+ * Returns 1 and copies the entry into *out on a hit, 0 on a miss, -1 when the table
+ * could not be read consistently (writer busy for too long, or inconsistent offsets).
+ * A hit may carry DIRTY/DELETED flags: the caller decides what they mean.
+ */
+static inline int vrift_lookup(const void *base, uint64_t map_size, const char *rel, size_t len,
+                               vrift_entry *out) {
+    const vrift_header *h = (const vrift_header *)base;
+    const uint8_t *b = (const uint8_t *)base;
+    uint64_t hash = vrift_fnv1a64(rel, len);
+    for (int attempt = 0; attempt < VRIFT_READ_RETRIES; attempt++) {
+        uint64_t g1 = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
+        if (g1 & 1u) continue;
+        int result = 0;
+        const uint8_t *bloom = b + h->bloom_offset;
+        uint64_t b1 = vrift_bloom_bit1(hash), b2 = vrift_bloom_bit2(hash);
+        uint32_t cap = h->table_capacity;
+        uint64_t toff = h->table_offset, eoff = h->entries_offset, soff = h->strings_offset;
+        uint64_t scap = h->strings_capacity;
+        uint32_t ecap = h->entry_capacity;
+        if (cap == 0 || (cap & (cap - 1)) || toff + (uint64_t)cap * VRIFT_SLOT_SIZE > map_size ||
+            eoff + (uint64_t)ecap * VRIFT_ENTRY_SIZE > map_size || soff + scap > map_size) {
+            result = -1;
+        } else if ((bloom[b1 >> 3] & (1u << (b1 & 7))) && (bloom[b2 >> 3] & (1u << (b2 & 7)))) {
+            const vrift_slot *slots = (const vrift_slot *)(b + toff);
+            uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
+            for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
+                uint32_t ep = slots[i].entry_plus1;
+                if (ep == 0) break;
+                if (slots[i].hash_hi != hi || ep > ecap) continue;
+                const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
+                if (e->path_hash != hash || e->path_len != len) continue;
+                if ((uint64_t)e->path_off + len > scap) continue;
+                if (memcmp(b + soff + e->path_off, rel, len) != 0) continue;
+                memcpy(out, e, sizeof *out);
+                out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED);
+                result = 1;
+                break;
+            }
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) return result;
+    }
+    return -1;
+}
+
+#endif

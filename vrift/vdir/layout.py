@@ -1,0 +1,68 @@
+"""Python mirror of vrift/native/vrift_vdir.h (checked against the header by tests/test_layout.py)."""
+from __future__ import annotations
+
+import struct
+
+MAGIC = 0x56524654
+VERSION = 1
+HEADER_SIZE = 8192
+ROOT_OFFSET = 4096
+ROOT_MAX = 4096
+BLOOM_BYTES = 32768
+BLOOM_MASK = BLOOM_BYTES * 8 - 1
+ENTRY_SIZE = 128
+SLOT_SIZE = 8
+MAX_LOAD_NUM, MAX_LOAD_DEN = 7, 10
+
+F_DIRTY = 1
+F_DELETED = 2
+F_SYMLINK = 4
+F_DIR = 8
+F_COMPLETE_DIR = 16
+
+H_RETIRED = 1
+
+RECORD_OFFSET = 16
+RECORD_SIZE = ENTRY_SIZE - RECORD_OFFSET
+
+# Header fields in order with their struct codes; offsets follow from "<" packing and are
+# checked against the C header.
+HEADER_FIELDS = (
+    ("magic", "I"), ("version", "I"), ("generation", "Q"), ("file_size", "Q"),
+    ("header_size", "I"), ("entry_size", "I"), ("entry_count", "I"), ("entry_used", "I"),
+    ("entry_capacity", "I"), ("table_capacity", "I"), ("bloom_offset", "Q"), ("table_offset", "Q"),
+    ("entries_offset", "Q"), ("strings_offset", "Q"), ("strings_capacity", "Q"), ("strings_used", "Q"),
+    ("header_flags", "I"), ("root_len", "I"), ("project_id", "16s"), ("index_generation", "Q"),
+    ("blksize", "I"), ("reserved0", "I"),
+)
+HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
+
+ENTRY_FIELDS = (
+    ("path_hash", "Q"), ("path_off", "I"), ("path_len", "I"), ("flags", "I"), ("mode", "I"),
+    ("dev", "Q"), ("ino", "Q"), ("nlink", "Q"), ("uid", "I"), ("gid", "I"), ("size", "q"),
+    ("blocks", "q"), ("mtime_sec", "q"), ("ctime_sec", "q"), ("mtime_nsec", "I"),
+    ("ctime_nsec", "I"), ("digest", "32s"),
+)
+ENTRY = struct.Struct("<" + "".join(code for _, code in ENTRY_FIELDS))
+# The LMDB/WAL record: the entry from `flags` on.
+RECORD = struct.Struct("<" + "".join(code for _, code in ENTRY_FIELDS[3:]))
+SLOT = struct.Struct("<II")
+
+assert HEADER.size == 136 and ENTRY.size == ENTRY_SIZE and RECORD.size == RECORD_SIZE
+
+
+def field_offsets(fields) -> dict[str, tuple[int, int]]:
+    """name -> (offset, size) as "<" packing lays them out."""
+    out, off = {}, 0
+    for name, code in fields:
+        size = struct.calcsize("<" + code)
+        out[name] = (off, size)
+        off += size
+    return out
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
