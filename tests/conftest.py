@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,13 @@ from vrift.project import Home
 
 @pytest.fixture
 def vrift_env(tmp_path, monkeypatch) -> dict:
-    """Point VRIFT_HOME and VRIFT_SHM_DIR at private temporary directories."""
-    home = tmp_path / "vhome"
-    shm = tmp_path / "shm"
+    """Point VRIFT_HOME and VRIFT_SHM_DIR at private temporary directories.
+
+    VRIFT_HOME is kept short (directly under /tmp): Unix socket paths live under it and are
+    limited to 107 bytes, which pytest's tmp_path can exceed."""
+    base = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+    home = base / "h"
+    shm = base / "shm"
     home.mkdir(mode=0o700)
     shm.mkdir(mode=0o700)
     monkeypatch.setenv("VRIFT_HOME", str(home))
@@ -23,7 +29,8 @@ def vrift_env(tmp_path, monkeypatch) -> dict:
     for var in ("VRIFT_PROJECT_ROOT", "VRIFT_LMDB_DURABILITY", "VRIFT_ENABLED", "VRIFT_FALLBACK_MODE"):
         monkeypatch.delenv(var, raising=False)
     env = dict(os.environ)
-    return env
+    yield env
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
