@@ -1,0 +1,60 @@
+"""Small pieces every command shares: finding the project, loading config, printing tables."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from ..project import Home, Project, Registry, find_root
+
+root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
+                           help="Project root (default: discovered from the current directory).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def resolve(root: str | None = None, start: str | os.PathLike | None = None, cli: dict | None = None):
+    """(home, project, config) for a command; registers the project."""
+    from .. import config as config_mod  # YAML only when a config file exists
+
+    home = Home.from_env().ensure()
+    project = Project.at(find_root(start=start, explicit=root))
+    cfg = config_mod.load(project.root, cli=cli or {}, home=home)
+    Registry(home).touch(project)
+    return home, project, cfg
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = ()) -> str:
+    """A plain text table; columns in `right` are right-aligned (numbers)."""
+    cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def progress_wanted() -> bool:
+    return sys.stderr.isatty()
+
+
+def display_path(p: Path | str) -> str:
+    return str(p)

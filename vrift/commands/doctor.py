@@ -1,0 +1,133 @@
+"""The checks behind `vrift doctor`: each returns {name, level (0 ok, 1 warn, 2 fail), detail}."""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from .. import native
+from ..project import Home, Project, Registry, VriftError
+
+OK, WARN, FAIL = 0, 1, 2
+
+
+def _check(name: str, level: int, detail: str) -> dict:
+    return {"name": name, "level": level, "detail": detail}
+
+
+def check_private_dir(name: str, path: Path) -> dict:
+    if not path.exists():
+        return _check(name, WARN, f"{path} does not exist yet (created on first use)")
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        return _check(name, FAIL, f"{path} is owned by uid {st.st_uid}, not you ({os.getuid()})")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        return _check(name, WARN, f"{path} is {oct(stat.S_IMODE(st.st_mode))}; expected 0700")
+    if not os.access(path, os.W_OK):
+        return _check(name, FAIL, f"{path} is not writable")
+    return _check(name, OK, f"{path} (0700)")
+
+
+def check_shm(home: Home) -> dict:
+    d = home.shm_dir
+    if not d.exists():
+        return _check("shared memory", WARN, f"{d} does not exist yet")
+    if not os.access(d, os.W_OK):
+        return _check("shared memory", FAIL, f"{d} is not writable")
+    return _check("shared memory", OK, f"{d}")
+
+
+def check_native() -> dict:
+    lib = native.vdir_native_library()
+    if lib is None:
+        return _check("native helper", FAIL, "not built: reinstall vrift with `pip install .`")
+    try:
+        ctypes.CDLL(str(lib))
+    except OSError as e:
+        return _check("native helper", FAIL, f"{lib}: {e}")
+    return _check("native helper", OK, str(lib))
+
+
+def check_preload() -> dict:
+    lib = native.preload_library()
+    if lib is None or not lib.exists():
+        return _check("preload library", FAIL, "not built: reinstall vrift with `pip install .`; builds run unaccelerated")
+    true = shutil.which("true") or "/bin/true"
+    env = dict(os.environ, LD_PRELOAD=str(lib), VRIFT_ENABLED="0")
+    proc = subprocess.run([true], env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or "cannot be preloaded" in proc.stderr:
+        return _check("preload library", FAIL, f"{lib} does not load: {proc.stderr.strip()[:200]}")
+    return _check("preload library", OK, f"{lib} loads")
+
+
+def check_projects(home: Home) -> list[dict]:
+    from ..vdir.live import open_readonly
+
+    out = []
+    for pid, info in sorted(Registry(home).load().items()):
+        project = Project(root=Path(info["root"]), id=pid)
+        name = f"index {info['root']}"
+        if not home.db_dir(pid).exists():
+            out.append(_check(name, WARN, "registered but never indexed"))
+            continue
+        try:
+            with open_readonly(home, project) as view:
+                out.append(_check(name, OK, f"LMDB readable, generation {view.generation}, {len(view):,} entries"))
+        except (VriftError, OSError) as e:
+            out.append(_check(name, FAIL, str(e)))
+    return out
+
+
+def check_free_space(home: Home) -> dict:
+    target = home.root if home.root.exists() else home.root.parent
+    usage = shutil.disk_usage(target)
+    gib = usage.free / 2**30
+    level = FAIL if usage.free < 100 * 2**20 else WARN if usage.free < 2**30 else OK
+    return _check("free space", level, f"{gib:.1f} GiB free under {target}")
+
+
+def check_inotify() -> dict:
+    try:
+        watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    except (OSError, ValueError):
+        return _check("inotify", WARN, "limits unreadable: the watcher may fall back to rescans")
+    level = WARN if watches < 65536 else OK
+    return _check("inotify", level, f"max_user_watches {watches:,}" +
+                  ("; large trees fall back to a full rescan at each sync" if level else ""))
+
+
+def check_watchers(home: Home) -> list[dict]:
+    """Daemons whose watcher lost events or ran out of watches say so here."""
+    try:
+        from ..daemon.client import coordinator_status
+        status = coordinator_status(home)
+    except (ImportError, OSError, VriftError):
+        return []
+    out = []
+    for d in (status or {}).get("projects", []):
+        watcher = d.get("watcher") or {}
+        if watcher.get("degraded"):
+            out.append(_check(f"watcher {d.get('root')}", WARN, watcher.get("reason", "degraded: full rescans")))
+        elif watcher:
+            out.append(_check(f"watcher {d.get('root')}", OK, f"{watcher.get('watches', '?')} watches"))
+    return out
+
+
+def check_tools() -> list[dict]:
+    out = []
+    for tool in ("ninja", "make", "cc"):
+        path = shutil.which(tool)
+        out.append(_check(f"tool {tool}", OK if path else WARN, path or "not found on PATH"))
+    return out
+
+
+def run_checks(home: Home) -> list[dict]:
+    checks = [check_private_dir("home", home.root), check_shm(home), check_native(), check_preload(),
+              check_free_space(home), check_inotify()]
+    checks += check_projects(home)
+    checks += check_watchers(home)
+    checks += check_tools()
+    return checks

@@ -1,0 +1,278 @@
+"""Ingest and reconcile: make a project's index true to its tree.
+
+A full ingest walks the tree; a reconcile re-reads a few paths (the daemon's watcher and
+INVALIDATE requests).  Both reuse a digest whenever size, mtime, ctime, inode, device and
+mode are unchanged, so re-ingesting an unchanged tree costs one lstat per path.  Hashing
+runs on a thread pool: BLAKE3 and file I/O release the GIL.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat as statmod
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .cas import CAS
+from .cas.progress import Progress
+from .project import STATE_DIR, Project, VriftError
+from .vdir import layout
+from .vdir.entry import Entry
+from .vdir.index import ProjectIndex
+
+ALWAYS_IGNORED = (b".git", STATE_DIR.encode())
+APPLY_BATCH = 4096
+HASH_RETRIES = 3  # a file that keeps changing while we hash it is reported, not indexed
+
+
+@dataclass
+class IngestReport:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hashed: int = 0
+    reused: int = 0
+    new_blobs: int = 0
+    bytes_hashed: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    strategy: str = ""
+
+    @property
+    def paths(self) -> int:
+        return self.files + self.dirs + self.symlinks
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in ("files", "dirs", "symlinks", "hashed", "reused", "new_blobs",
+                                            "bytes_hashed", "updated", "deleted", "seconds", "strategy")}
+        d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        d["files_per_s"] = round(self.paths / self.seconds) if self.seconds > 0 else None
+        return d
+
+
+class IgnoreRules:
+    """Ignore globs from the config.  A pattern without '/' matches a name at any depth (like
+    .gitignore); one with '/' matches the whole path relative to the root.  An ignored
+    directory is not descended into."""
+
+    def __init__(self, patterns: Iterable[str] = ()):
+        names, paths = [], []
+        for p in patterns:
+            p = p.rstrip("/")
+            (paths if "/" in p else names).append(fnmatch.translate(p.lstrip("/")))
+        self._name = re.compile("|".join(names)) if names else None
+        self._path = re.compile("|".join(paths)) if paths else None
+
+    def ignored(self, rel: bytes, name: bytes) -> bool:
+        if name in ALWAYS_IGNORED:
+            return True
+        if self._name is not None and self._name.match(os.fsdecode(name)):
+            return True
+        return self._path is not None and self._path.match(os.fsdecode(rel)) is not None
+
+
+class Ingester:
+    def __init__(self, project: Project, index: ProjectIndex, cas: CAS, *, ignore: Iterable[str] = (),
+                 workers: int = 0, index_filter: Callable[[bytes], bool] | None = None):
+        self.project = project
+        self.index = index
+        self.cas = cas
+        self.rules = IgnoreRules(ignore)
+        self.workers = workers or min(32, (os.cpu_count() or 2) * 2)
+        self.index_filter = index_filter
+        self._root = os.fsencode(project.root)
+
+    # -- public -------------------------------------------------------------------------
+    def ingest(self, progress: bool = False) -> IngestReport:
+        """Walk the whole tree; index what is new or changed; drop what disappeared."""
+        t0 = time.perf_counter()
+        report = IngestReport()
+        seen: set[bytes] = set()
+        with Progress(None if not progress else len(self.index) or None, "ingest",
+                      enabled=progress) as bar:
+            self._index_walk(self._walk(b"", report), report, seen, bar)
+        gone = [Entry.deleted(e.path) for e in self.index.entries() if e.path not in seen]
+        self._apply(gone, report)
+        report.deleted += len(gone)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def reconcile(self, paths: Iterable[bytes]) -> IngestReport:
+        """Re-read the given relative paths (a directory means its whole subtree)."""
+        t0 = time.perf_counter()
+        report = IngestReport()
+        for rel in sorted(set(paths), key=len):
+            rel = rel.strip(b"/")
+            if any(self.rules.ignored(rel, part) for part in rel.split(b"/") if part):
+                continue
+            seen: set[bytes] = set()
+            st = self._lstat(rel)
+            if st is None:
+                items: Iterator = iter(())
+            elif statmod.S_ISDIR(st.st_mode):
+                items = self._walk(rel, report, top_stat=st)
+            else:
+                items = iter(((rel, st),))
+            self._index_walk(items, report, seen, None)
+            prefix = rel + b"/" if rel else b""
+            gone = [Entry.deleted(e.path) for e in self._known_under(rel, prefix) if e.path not in seen]
+            self._apply(gone, report)
+            report.deleted += len(gone)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    # -- walking ----------------------------------------------------------------------
+    def _lstat(self, rel: bytes) -> os.stat_result | None:
+        try:
+            return os.lstat(self._abs(rel))
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def _abs(self, rel: bytes) -> bytes:
+        return self._root + b"/" + rel if rel else self._root
+
+    def _known_under(self, rel: bytes, prefix: bytes) -> Iterator[Entry]:
+        entry = self.index.get(rel)
+        if entry is not None and not entry.is_deleted:
+            yield entry
+        if entry is None or entry.flags & layout.F_DIR:  # children may be indexed
+            for e in self.index.entries():
+                if e.path.startswith(prefix) and e.path != rel:
+                    yield e
+
+    def _walk(self, top: bytes, report: IngestReport,
+              top_stat: os.stat_result | None = None) -> Iterator[tuple[bytes, os.stat_result]]:
+        """Yield (relative path, lstat) for `top` and everything under it, never following
+        symlinks and skipping ignored names."""
+        if top_stat is None:
+            top_stat = self._lstat(top)
+            if top_stat is None:
+                return
+        yield top, top_stat
+        stack = [top]
+        while stack:
+            rel = stack.pop()
+            prefix = rel + b"/" if rel else b""
+            try:
+                it = os.scandir(self._abs(rel))
+            except OSError as e:
+                report.skipped.append((os.fsdecode(rel), f"cannot list: {e.strerror}"))
+                continue
+            with it:
+                for d in it:
+                    name = d.name
+                    child = prefix + name
+                    if self.rules.ignored(child, name):
+                        continue
+                    if self.index_filter is not None and not self.index_filter(child):
+                        continue
+                    try:
+                        st = d.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as e:
+                        report.skipped.append((os.fsdecode(child), e.strerror or str(e)))
+                        continue
+                    if statmod.S_ISDIR(st.st_mode):
+                        stack.append(child)
+                    yield child, st
+
+    def _index_walk(self, items: Iterable[tuple[bytes, os.stat_result]], report: IngestReport,
+                    seen: set[bytes], bar: Progress | None) -> None:
+        updates: list[Entry] = []
+        to_hash: list[tuple[bytes, os.stat_result]] = []
+        get = self.index.get
+        for rel, st in items:
+            mode = st.st_mode
+            old = get(rel)
+            if statmod.S_ISREG(mode):
+                report.files += 1
+                if old is not None and not old.is_deleted and old.same_file(st) and any(old.digest):
+                    seen.add(rel)
+                    report.reused += 1
+                    if old.nlink != st.st_nlink or old.uid != st.st_uid or old.gid != st.st_gid:
+                        updates.append(Entry.from_stat(rel, st, old.digest))
+                else:
+                    to_hash.append((rel, st))
+            elif statmod.S_ISDIR(mode) or statmod.S_ISLNK(mode):
+                if statmod.S_ISDIR(mode):
+                    report.dirs += 1
+                else:
+                    report.symlinks += 1
+                seen.add(rel)
+                new = Entry.from_stat(rel, st)
+                if new != old:
+                    updates.append(new)
+            else:
+                report.skipped.append((os.fsdecode(rel), "not a regular file, directory or symlink"))
+                continue
+            if bar is not None:
+                bar.advance()
+            if len(updates) >= APPLY_BATCH:
+                self._apply(updates, report)
+                updates = []
+            if len(to_hash) >= APPLY_BATCH:
+                self._hash_batch(to_hash, report, seen)
+                to_hash = []
+        self._apply(updates, report)
+        self._hash_batch(to_hash, report, seen)
+
+    # -- hashing and storing -------------------------------------------------------------
+    def _hash_batch(self, batch: list[tuple[bytes, os.stat_result]], report: IngestReport,
+                    seen: set[bytes]) -> None:
+        if not batch:
+            return
+        if len(batch) == 1 or self.workers == 1:
+            results = [self._store_one(rel, st) for rel, st in batch]
+        else:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                results = list(pool.map(lambda item: self._store_one(*item), batch))
+        updates = []
+        for rel, outcome in zip((rel for rel, _ in batch), results):
+            if isinstance(outcome, str):
+                report.skipped.append((os.fsdecode(rel), outcome))
+                continue
+            entry, new_blob, strategy = outcome
+            seen.add(rel)
+            updates.append(entry)
+            report.hashed += 1
+            report.bytes_hashed += entry.size
+            report.new_blobs += new_blob
+            report.strategy = report.strategy or strategy
+        self._apply(updates, report)
+
+    def _store_one(self, rel: bytes, st: os.stat_result):
+        """Store one file; returns (Entry, new_blob, strategy) or a reason string.
+
+        The entry's stat must describe the bytes that were hashed: stat again after storing
+        and retry if the file changed underneath."""
+        path = self._abs(rel)
+        for _ in range(HASH_RETRIES):
+            try:
+                result = self.cas.store_file(os.fsdecode(path))
+                after = os.lstat(path)
+            except FileNotFoundError:
+                return "vanished during ingest"
+            except VriftError as e:
+                if getattr(e, "fatal", False):
+                    raise
+                return str(e)
+            except OSError as e:
+                return e.strerror or str(e)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == \
+                    (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) and result.size == st.st_size:
+                return Entry.from_stat(rel, after, result.digest), bool(result.new), result.strategy
+            st = after
+        return "kept changing during ingest"
+
+    def _apply(self, updates: list[Entry], report: IngestReport) -> None:
+        if updates:
+            self.index.apply(updates)
+            report.updated += len(updates)
