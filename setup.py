@@ -4,6 +4,7 @@ Both are plain shared objects that happen to be built as extensions: Python neve
 them; vrift.native locates them by file name.  `_vdir_native` holds the VDir atomics loaded
 with ctypes; `_libvrift` is the LD_PRELOAD library.
 """
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -21,13 +22,15 @@ extensions = [
     ),
 ]
 
-if os.path.exists("vrift/preload/libvrift.c"):
+PRELOAD = "vrift/preload"
+preload_sources = sorted(glob.glob(f"{PRELOAD}/*.c"))
+if preload_sources:
     extensions.append(
         Extension(
             "vrift._libvrift",
-            sources=["vrift/preload/libvrift.c"],
-            include_dirs=[NATIVE],
-            depends=[f"{NATIVE}/vrift_vdir.h"],
+            sources=preload_sources,
+            include_dirs=[NATIVE, PRELOAD],
+            depends=[f"{NATIVE}/vrift_vdir.h", *glob.glob(f"{PRELOAD}/*.h")],
             extra_compile_args=CFLAGS,
             extra_link_args=["-ldl"],
         )

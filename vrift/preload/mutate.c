@@ -1,0 +1,230 @@
+/*
+ * mutate.c — calls that change names or metadata of project paths (SPEC §5.4):
+ * mark DIRTY first (the path, its directory, a directory's whole subtree, the other names
+ * of a hard-linked inode), do the real call, then INVALIDATE so the daemon re-reads.
+ * Without a daemon the DIRTY bits stay set and readers keep asking the kernel: correct.
+ */
+#include "vrift_preload.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <utime.h>
+
+
+#define MAX_TOUCHED 4
+
+typedef struct touched {
+    int n;
+    char abs[MAX_TOUCHED][VRIFT_PATH_MAX];
+} touched;
+
+static void touch_abs(touched *t, const char *abs, int subtree) {
+    if (t->n >= MAX_TOUCHED) return;
+    if (vrift_staged_count() > 0) vrift_publish_path(abs);
+    struct stat st;
+    if (REAL(fstatat)(AT_FDCWD, abs, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) && st.st_nlink > 1)
+        vrift_mark_inode((uint64_t)st.st_dev, (uint64_t)st.st_ino);
+    vrift_mark_path(abs, subtree);
+    strcpy(t->abs[t->n++], abs);
+}
+
+/* `follow`: the call acts on a final symlink's target, which changes too. */
+static void touch(touched *t, int dirfd, const char *path, int follow, int subtree) {
+    if (!vrift_writes_on || t->n >= MAX_TOUCHED) return;
+    int saved = errno;
+    char abs[VRIFT_PATH_MAX];
+    if (vrift_resolve_name(dirfd, path, abs)) {
+        touch_abs(t, abs, subtree);
+        struct stat st;
+        char target[PATH_MAX];
+        const char *rel;
+        size_t rl;
+        if (follow && REAL(fstatat)(AT_FDCWD, abs, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode) &&
+            realpath(abs, target) && vrift_rel_of(target, &rel, &rl))
+            touch_abs(t, target, subtree);
+    } else if (follow && path && realpath(path, abs)) {
+        /* a name outside the project may still lead into it */
+        const char *rel;
+        size_t rl;
+        if (vrift_rel_of(abs, &rel, &rl)) touch_abs(t, abs, subtree);
+    }
+    errno = saved;
+}
+
+static void touch_fd(touched *t, int fd) {
+    if (!vrift_writes_on || fd < 0) return;
+    int saved = errno;
+    char link[64], abs[VRIFT_PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t r = readlink(link, abs, sizeof abs - 1);
+    if (r > 0 && abs[0] == '/') {
+        abs[r] = '\0';
+        const char *rel;
+        size_t rl;
+        if (vrift_rel_of(abs, &rel, &rl)) touch_abs(t, abs, 0);
+    }
+    errno = saved;
+}
+
+/* Re-read requests for every touched path and its directory, in one round trip. */
+static int done(touched *t, int r) {
+    if (t->n == 0) return r;
+    int saved = errno;
+    const char *paths[2 * MAX_TOUCHED];
+    char parents[MAX_TOUCHED][VRIFT_PATH_MAX];
+    int n = 0;
+    for (int i = 0; i < t->n; i++) {
+        paths[n++] = t->abs[i];
+        size_t k = strlen(t->abs[i]);
+        while (k > 1 && t->abs[i][k - 1] != '/') k--;
+        if (k > 1) k--;
+        memcpy(parents[i], t->abs[i], k);
+        parents[i][k] = '\0';
+        paths[n++] = parents[i];
+    }
+    if (vrift_daemon_invalidate(paths, n) == 0)
+        __atomic_fetch_add(&vrift_counts[VRIFT_C_INVALIDATED], (uint64_t)t->n, __ATOMIC_RELAXED);
+    errno = saved;
+    return r;
+}
+
+#define T touched t; t.n = 0
+
+EXPORT int rename(const char *a, const char *b) {
+    T;
+    touch(&t, AT_FDCWD, a, 0, 1);
+    touch(&t, AT_FDCWD, b, 0, 1);
+    return done(&t, REAL(rename)(a, b));
+}
+
+EXPORT int renameat(int da, const char *a, int db, const char *b) {
+    T;
+    touch(&t, da, a, 0, 1);
+    touch(&t, db, b, 0, 1);
+    return done(&t, REAL(renameat)(da, a, db, b));
+}
+
+EXPORT int renameat2(int da, const char *a, int db, const char *b, unsigned int flags) {
+    T;
+    touch(&t, da, a, 0, 1);
+    touch(&t, db, b, 0, 1);
+    int r = REAL(renameat2) ? vrift_real.renameat2(da, a, db, b, flags)
+                            : (int)syscall(SYS_renameat2, da, a, db, b, flags);
+    return done(&t, r);
+}
+
+EXPORT int unlink(const char *a) {
+    T;
+    touch(&t, AT_FDCWD, a, 0, 0);
+    return done(&t, REAL(unlink)(a));
+}
+
+EXPORT int unlinkat(int d, const char *a, int flags) {
+    T;
+    touch(&t, d, a, 0, (flags & AT_REMOVEDIR) != 0);
+    return done(&t, REAL(unlinkat)(d, a, flags));
+}
+
+EXPORT int mkdir(const char *a, mode_t mode) {
+    T;
+    touch(&t, AT_FDCWD, a, 0, 0);
+    return done(&t, REAL(mkdir)(a, mode));
+}
+
+EXPORT int mkdirat(int d, const char *a, mode_t mode) {
+    T;
+    touch(&t, d, a, 0, 0);
+    return done(&t, REAL(mkdirat)(d, a, mode));
+}
+
+EXPORT int rmdir(const char *a) {
+    T;
+    touch(&t, AT_FDCWD, a, 0, 1);
+    return done(&t, REAL(rmdir)(a));
+}
+
+EXPORT int link(const char *a, const char *b) {
+    T;
+    touch(&t, AT_FDCWD, a, 0, 0);
+    touch(&t, AT_FDCWD, b, 0, 0);
+    return done(&t, REAL(link)(a, b));
+}
+
+EXPORT int linkat(int da, const char *a, int db, const char *b, int flags) {
+    T;
+    if (flags & AT_EMPTY_PATH)
+        touch_fd(&t, da);
+    else
+        touch(&t, da, a, (flags & AT_SYMLINK_FOLLOW) != 0, 0);
+    touch(&t, db, b, 0, 0);
+    return done(&t, REAL(linkat)(da, a, db, b, flags));
+}
+
+EXPORT int symlink(const char *target, const char *b) {
+    T;
+    touch(&t, AT_FDCWD, b, 0, 0);
+    return done(&t, REAL(symlink)(target, b));
+}
+
+EXPORT int symlinkat(const char *target, int d, const char *b) {
+    T;
+    touch(&t, d, b, 0, 0);
+    return done(&t, REAL(symlinkat)(target, d, b));
+}
+
+EXPORT int truncate(const char *a, off_t len) {
+    T;
+    touch(&t, AT_FDCWD, a, 1, 0);
+    return done(&t, REAL(truncate)(a, len));
+}
+
+EXPORT int truncate64(const char *a, off64_t len) {
+    T;
+    touch(&t, AT_FDCWD, a, 1, 0);
+    return done(&t, REAL(truncate64)(a, len));
+}
+
+/* A directory's mode decides whether its descendants can be reached: subtree. */
+EXPORT int chmod(const char *a, mode_t mode) {
+    T;
+    touch(&t, AT_FDCWD, a, 1, 1);
+    return done(&t, REAL(chmod)(a, mode));
+}
+
+EXPORT int fchmodat(int d, const char *a, mode_t mode, int flags) {
+    T;
+    touch(&t, d, a, !(flags & AT_SYMLINK_NOFOLLOW), 1);
+    return done(&t, REAL(fchmodat)(d, a, mode, flags));
+}
+
+#pragma GCC diagnostic ignored "-Wnonnull-compare" /* utimensat: declared nonnull, the kernel takes NULL */
+EXPORT int utimensat(int d, const char *a, const struct timespec times[2], int flags) {
+    T;
+    if (a == NULL)
+        touch_fd(&t, d); /* futimens() is utimensat(fd, NULL, …) in the kernel */
+    else
+        touch(&t, d, a, !(flags & AT_SYMLINK_NOFOLLOW), 0);
+    return done(&t, REAL(utimensat)(d, a, times, flags));
+}
+
+EXPORT int futimens(int fd, const struct timespec times[2]) {
+    T;
+    touch_fd(&t, fd);
+    return done(&t, REAL(futimens)(fd, times));
+}
+
+EXPORT int utimes(const char *a, const struct timeval times[2]) {
+    T;
+    touch(&t, AT_FDCWD, a, 1, 0);
+    return done(&t, REAL(utimes)(a, times));
+}
+
+EXPORT int utime(const char *a, const struct utimbuf *times) {
+    T;
+    touch(&t, AT_FDCWD, a, 1, 0);
+    return done(&t, REAL(utime)(a, times));
+}

@@ -1,0 +1,189 @@
+/*
+ * vrift_preload.h — state and helpers shared by the parts of the preload library.
+ *
+ * libvrift.c: start-up, environment, the VDir mapping, the cached cwd, path resolution.
+ * stat.c:     the read interposers (three-layer check).
+ * write.c:    the write path (staging, fd table, commit/publish) and mutating calls.
+ * spawn.c:    process creation (fork/vfork/exec/posix_spawn): publish before sharing.
+ * client.c:   the daemon client (docs/protocol.md).
+ *
+ * Everything here is hidden (-fvisibility=hidden); only the interposed libc names are
+ * exported.
+ */
+#ifndef VRIFT_PRELOAD_H
+#define VRIFT_PRELOAD_H
+
+#define _GNU_SOURCE
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "vrift_counters.h"
+#include "vrift_vdir.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define VRIFT_PATH_MAX 4096
+
+/* ---- real libc functions, resolved with dlsym(RTLD_NEXT) in the constructor ---- */
+struct statx;
+typedef struct vrift_real_fns {
+    int (*stat)(const char *, struct stat *);
+    int (*lstat)(const char *, struct stat *);
+    int (*fstatat)(int, const char *, struct stat *, int);
+    int (*stat64)(const char *, struct stat64 *);
+    int (*lstat64)(const char *, struct stat64 *);
+    int (*fstatat64)(int, const char *, struct stat64 *, int);
+    int (*statx)(int, const char *, int, unsigned int, struct statx *);
+    int (*__xstat)(int, const char *, struct stat *);
+    int (*__lxstat)(int, const char *, struct stat *);
+    int (*__fxstatat)(int, int, const char *, struct stat *, int);
+    int (*__xstat64)(int, const char *, struct stat64 *);
+    int (*__lxstat64)(int, const char *, struct stat64 *);
+    int (*__fxstatat64)(int, int, const char *, struct stat64 *, int);
+    int (*access)(const char *, int);
+    int (*faccessat)(int, const char *, int, int);
+    int (*euidaccess)(const char *, int);
+    int (*eaccess)(const char *, int);
+    int (*chdir)(const char *);
+    int (*fchdir)(int);
+    /* write path */
+    int (*open)(const char *, int, ...);
+    int (*open64)(const char *, int, ...);
+    int (*openat)(int, const char *, int, ...);
+    int (*openat64)(int, const char *, int, ...);
+    int (*creat)(const char *, mode_t);
+    int (*creat64)(const char *, mode_t);
+    FILE *(*fopen)(const char *, const char *);
+    FILE *(*fopen64)(const char *, const char *);
+    FILE *(*freopen)(const char *, const char *, FILE *);
+    FILE *(*freopen64)(const char *, const char *, FILE *);
+    int (*close)(int);
+    int (*fclose)(FILE *);
+    int (*dup2)(int, int);
+    int (*dup3)(int, int, int);
+    int (*close_range)(unsigned int, unsigned int, int);
+    int (*rename)(const char *, const char *);
+    int (*renameat)(int, const char *, int, const char *);
+    int (*renameat2)(int, const char *, int, const char *, unsigned int);
+    int (*unlink)(const char *);
+    int (*unlinkat)(int, const char *, int);
+    int (*mkdir)(const char *, mode_t);
+    int (*mkdirat)(int, const char *, mode_t);
+    int (*rmdir)(const char *);
+    int (*link)(const char *, const char *);
+    int (*linkat)(int, const char *, int, const char *, int);
+    int (*symlink)(const char *, const char *);
+    int (*symlinkat)(const char *, int, const char *);
+    int (*truncate)(const char *, off_t);
+    int (*truncate64)(const char *, off64_t);
+    int (*chmod)(const char *, mode_t);
+    int (*fchmodat)(int, const char *, mode_t, int);
+    int (*utimensat)(int, const char *, const struct timespec *, int);
+    int (*utimes)(const char *, const struct timeval *);
+    int (*futimens)(int, const struct timespec *);
+    int (*utime)(const char *, const void *);
+    /* process creation */
+    pid_t (*fork)(void);
+    pid_t (*vfork)(void);
+    int (*execve)(const char *, char *const[], char *const[]);
+    int (*execv)(const char *, char *const[]);
+    int (*execvp)(const char *, char *const[]);
+    int (*execvpe)(const char *, char *const[], char *const[]);
+    int (*fexecve)(int, char *const[], char *const[]);
+    int (*posix_spawn)(pid_t *, const char *, const void *, const void *, char *const[], char *const[]);
+    int (*posix_spawnp)(pid_t *, const char *, const void *, const void *, char *const[], char *const[]);
+    int (*system)(const char *);
+    FILE *(*popen)(const char *, const char *);
+    void (*_exit)(int);
+    void (*_Exit)(int);
+} vrift_real_fns;
+
+extern vrift_real_fns vrift_real;
+void *vrift_resolve(const char *name);
+
+/* The real function, resolved lazily when called before the constructor ran. */
+#define REAL(fn)                                                                          \
+    (*({                                                                                   \
+        if (UNLIKELY(vrift_real.fn == NULL))                                               \
+            vrift_real.fn = (__typeof__(vrift_real.fn))vrift_resolve(#fn);                 \
+        &vrift_real.fn;                                                                    \
+    }))
+
+/* ---- process-wide state ---- */
+typedef struct vrift_map {
+    const uint8_t *base;
+    uint64_t size;
+} vrift_map;
+
+extern int vrift_reads_on;          /* VDir mapped and valid: the read path may answer */
+extern int vrift_writes_on;         /* staging/DIRTY/commit enabled */
+extern const vrift_map *vrift_cur;  /* current mapping (atomic pointer; old ones are kept) */
+extern char vrift_root[VRIFT_PATH_MAX];
+extern size_t vrift_root_len;
+extern char vrift_staging[VRIFT_PATH_MAX];
+extern size_t vrift_staging_len;
+extern char vrift_socket_path[108];
+extern int vrift_timeout_ms;
+extern int vrift_debug;
+extern pid_t vrift_pid;             /* this process; updated in the fork child handler */
+extern uint64_t vrift_counts[VRIFT_C_COUNT];
+
+static inline void vrift_count(int which) {
+    /* relaxed load+store, not a locked add: exact for one thread, approximate under races */
+    __atomic_store_n(&vrift_counts[which], __atomic_load_n(&vrift_counts[which], __ATOMIC_RELAXED) + 1,
+                     __ATOMIC_RELAXED);
+}
+
+void vrift_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+pid_t vrift_raw_getpid(void);
+void vrift_flush_counters(void);
+int vrift_map_retired(const vrift_map *m);
+const vrift_map *vrift_remap(void);
+
+/* ---- path resolution ---- */
+typedef struct vrift_path {
+    char abs[VRIFT_PATH_MAX]; /* normalised absolute path */
+    size_t abs_len;
+    const char *rel;          /* into abs: relative to the root ("" is the root) */
+    size_t rel_len;
+    int need_dir;             /* trailing '/', '.' or '..': must be a directory (follows links) */
+} vrift_path;
+
+enum { VRIFT_P_OUTSIDE = 0, VRIFT_P_INSIDE = 1, VRIFT_P_UNSURE = -1 };
+
+/* Make `path` (relative to dirfd) absolute and lexically normal.  INSIDE: rel is set;
+ * OUTSIDE: not a project path; UNSURE: cannot vouch for the meaning (pass through). */
+int vrift_resolve_path(int dirfd, const char *path, vrift_path *out);
+
+/* Lookup on the current mapping: 1 hit, 0 miss, -1 unusable. */
+int vrift_find(const char *rel, size_t len, vrift_entry *out);
+
+/* ---- write path (write.c, dirty.c) ---- */
+const char *vrift_vdir_path(void);
+uint32_t vrift_mark_dirty(const char *rel, size_t len, int subtree);
+uint32_t vrift_mark_path(const char *abs, int subtree);
+void vrift_mark_inode(uint64_t dev, uint64_t ino);
+int vrift_resolve_name(int dirfd, const char *path, char *out);
+int vrift_rel_of(const char *abs, const char **rel, size_t *rel_len);
+void vrift_dirty_atfork_child(void);
+void vrift_before_exec(void);
+int vrift_staged_count(void);             /* staged files not yet published, this process */
+void vrift_publish_path(const char *abs); /* publish a staged file of this path, if any */
+void vrift_before_spawn(void);            /* publish every staged file this process owns */
+void vrift_finish_all(void);              /* at exit: close logic for every owned fd */
+void vrift_writes_atfork_child(void);
+
+/* ---- daemon client (client.c) ---- */
+/* COMMIT: 0 committed, 1 staging gone (someone else committed), -1 daemon unusable/error. */
+int vrift_daemon_commit(const char *virt, const char *staging);
+/* INVALIDATE: 0 accepted, -1 unusable. */
+int vrift_daemon_invalidate(const char *const *paths, int n);
+void vrift_daemon_atfork_child(void);
+
+#endif

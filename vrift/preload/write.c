@@ -1,0 +1,685 @@
+/*
+ * write.c — the write path (SPEC §5.4, docs/preload.md "Writes").
+ *
+ * open for writing a project path → DIRTY on the path and its directory, a staging file
+ * <staging>/<pid>/<n> (a copy of the old content when the mode keeps it) is opened in its
+ * place, and a shared flock "beacon" is put on that open file description.  The beacon
+ * lives as long as any fd, in any process, refers to the description: fork, dup and exec
+ * carry it along, and the kernel drops it when the last one closes (also at _exit, a
+ * crash, or in a static binary).
+ *
+ * close by the process that opened it (the owner): if a probe lock on a fresh open of
+ * the staging file succeeds, nobody else holds the description → COMMIT to the daemon
+ * (or, without one, rename the staging file onto the real path ourselves).  If someone
+ * still holds it (shell redirection: `cc > out` keeps it on fd 1 of the exec'ed child),
+ * the staging file is published early: renamed onto the real path — the holders keep
+ * writing into the same inode, now under its real name — and the path stays DIRTY; the
+ * daemon is told to re-read it once the beacon is gone.  Non-owners never commit.
+ *
+ * Before this process starts another (fork, vfork, posix_spawn, exec, system, popen),
+ * and before it renames, links, stats… a path it has staged, the staging file is
+ * published, so no other process and no later call ever misses data it wrote.
+ */
+#include "vrift_preload.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define FD_MAX 1024
+#define COPY_MAX (64ll << 20) /* larger files kept by the mode are written in place */
+
+enum { S_FREE = 0, S_STAGED, S_PUBLISHED, S_DIRECT };
+
+typedef struct fd_slot {
+    int state;
+    pid_t owner;
+    uint64_t seq; /* staging file <staging>/<owner>/<seq> */
+    char virt[VRIFT_PATH_MAX];
+} fd_slot;
+
+static fd_slot slots[FD_MAX];
+static int staged_count; /* S_STAGED slots of this process */
+static int table_lock;
+static uint64_t next_seq;
+static pid_t staging_dir_pid; /* <staging>/<pid> exists for this pid */
+
+
+static void tlock(void) {
+    while (__atomic_exchange_n(&table_lock, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
+}
+static int ttrylock(void) { return !__atomic_exchange_n(&table_lock, 1, __ATOMIC_ACQUIRE); }
+static void tunlock(void) { __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE); }
+
+int vrift_staged_count(void) { return __atomic_load_n(&staged_count, __ATOMIC_RELAXED); }
+
+static size_t put_u64(char *out, uint64_t v) {
+    char tmp[24];
+    size_t n = 0;
+    do tmp[n++] = (char)('0' + v % 10); while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* <staging>/<owner>[/<seq>]; start-up checked that the staging dir leaves room for both. */
+static void staging_name(char *out, pid_t owner, int with_seq, uint64_t seq) {
+    size_t n = vrift_staging_len;
+    memcpy(out, vrift_staging, n);
+    out[n++] = '/';
+    n += put_u64(out + n, (uint64_t)owner);
+    if (with_seq) {
+        out[n++] = '/';
+        n += put_u64(out + n, seq);
+    }
+    out[n] = '\0';
+}
+
+static void staging_path(char *out, pid_t owner, uint64_t seq) { staging_name(out, owner, 1, seq); }
+
+static int real_open(const char *path, int flags, mode_t mode) {
+    if (REAL(open)) return vrift_real.open(path, flags, mode);
+    return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
+}
+
+static int real_close(int fd) {
+    if (REAL(close)) return vrift_real.close(fd);
+    return (int)syscall(SYS_close, fd);
+}
+
+static void parent_of(const char *abs, char *out) {
+    size_t n = strlen(abs);
+    while (n > 1 && abs[n - 1] != '/') n--;
+    if (n > 1) n--;
+    memcpy(out, abs, n);
+    out[n] = '\0';
+}
+
+/* Tell the daemon to re-read a path and its directory (best effort: without a daemon
+ * the DIRTY bits stay set and readers keep going to the kernel, which is correct). */
+static void invalidate_one(const char *abs) {
+    char parent[VRIFT_PATH_MAX];
+    parent_of(abs, parent);
+    const char *paths[2] = {abs, parent};
+    if (vrift_daemon_invalidate(paths, 2) == 0) vrift_count(VRIFT_C_INVALIDATED);
+}
+
+/* ------------------------------------------------------------------ staging files */
+
+static int ensure_dir(const char *path) {
+    if (REAL(mkdir)(path, 0700) == 0 || errno == EEXIST) return 0;
+    return -1;
+}
+
+static int ensure_staging_dir(pid_t pid) {
+    if (staging_dir_pid == pid) return 0;
+    char buf[VRIFT_PATH_MAX];
+    /* <root>/.vrift/staging by default: create the chain, private to the user */
+    size_t n = vrift_staging_len;
+    memcpy(buf, vrift_staging, n + 1);
+    for (size_t i = vrift_root_len + 1; i < n; i++) {
+        if (buf[i] != '/') continue;
+        buf[i] = '\0';
+        if (i > vrift_root_len && ensure_dir(buf) != 0 && errno != EEXIST) {
+            buf[i] = '/';
+            break;
+        }
+        buf[i] = '/';
+    }
+    if (ensure_dir(vrift_staging) != 0) return -1;
+    staging_name(buf, pid, 0, 0);
+    if (ensure_dir(buf) != 0) return -1;
+    staging_dir_pid = pid;
+    return 0;
+}
+
+/* Copy `src` (an fd of the real file) into `dst`: reflink if the filesystem can, else an
+ * in-kernel copy, else read/write. */
+static int copy_content(int src, int dst) {
+    if (ioctl(dst, FICLONE, src) == 0) return 0;
+    for (;;) {
+        ssize_t r = copy_file_range(src, NULL, dst, NULL, 1 << 30, 0);
+        if (r == 0) return 0;
+        if (r > 0) continue;
+        if (errno == EINTR) continue;
+        break;
+    }
+    char buf[65536];
+    if (lseek(src, 0, SEEK_SET) < 0 || lseek(dst, 0, SEEK_SET) < 0 || ftruncate(dst, 0) < 0) return -1;
+    for (;;) {
+        ssize_t r = read(src, buf, sizeof buf);
+        if (r == 0) return 0;
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        for (ssize_t off = 0; off < r;) {
+            ssize_t w = write(dst, buf + off, (size_t)(r - off));
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                return -1;
+            }
+            off += w;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ planning an open */
+
+enum { P_PASS = 0, P_STAGED, P_DIRECT };
+
+typedef struct write_plan {
+    int kind;
+    int existing;      /* the real file exists (regular) */
+    struct stat st;    /* its stat when existing */
+    uint64_t seq;
+    char abs[VRIFT_PATH_MAX];
+    char staging[VRIFT_PATH_MAX];
+} write_plan;
+
+static int wants_write(int flags) {
+    return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+}
+
+/* Decide how to open a project path for writing and prepare for it.  Errors of the user's
+ * call itself (no such file, no permission, is a directory…) are left to the real call. */
+static void plan_write(int dirfd, const char *path, int flags, write_plan *p) {
+    p->kind = P_PASS;
+    if (!vrift_writes_on || (flags & (O_PATH | __O_TMPFILE)) == O_PATH || (flags & __O_TMPFILE) == __O_TMPFILE)
+        return;
+    if (!vrift_resolve_name(dirfd, path, p->abs)) return;
+    pid_t pid = vrift_raw_getpid();
+    int saved = errno;
+    struct stat lst;
+    p->existing = 0;
+    int have = REAL(fstatat)(AT_FDCWD, p->abs, &lst, AT_SYMLINK_NOFOLLOW) == 0;
+    if (have && S_ISLNK(lst.st_mode)) {
+        /* open follows the link: the target changes, in place */
+        char target[PATH_MAX];
+        if (realpath(p->abs, target)) {
+            const char *rel;
+            size_t rl;
+            if (vrift_rel_of(target, &rel, &rl)) vrift_mark_path(target, 0);
+        }
+        p->kind = P_DIRECT;
+    } else if (have && !S_ISREG(lst.st_mode)) {
+        errno = saved;
+        return; /* directory, fifo, device: nothing the index tracks changes */
+    } else if (!have && !(flags & O_CREAT)) {
+        errno = saved;
+        return; /* ENOENT from the real call */
+    } else if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL) || pid != vrift_pid ||
+               (flags & O_ACCMODE) == O_RDONLY) {
+        /* exclusive creation must be decided on the real name; a vfork child shares our
+         * memory and must not touch the fd table */
+        p->kind = P_DIRECT;
+    } else if (have && (lst.st_nlink > 1 || (!(flags & O_TRUNC) && lst.st_size > COPY_MAX))) {
+        p->kind = P_DIRECT; /* keep hard links shared; do not copy huge files */
+    } else {
+        /* permission problems are reported by the real call, not hidden by staging */
+        int need = (flags & O_ACCMODE) == O_RDWR ? R_OK | W_OK : W_OK;
+        char parent[VRIFT_PATH_MAX];
+        parent_of(p->abs, parent);
+        if (have ? REAL(faccessat)(AT_FDCWD, p->abs, need, AT_EACCESS) != 0
+                 : REAL(faccessat)(AT_FDCWD, parent, W_OK | X_OK, AT_EACCESS) != 0) {
+            errno = saved;
+            return;
+        }
+        struct stat pst, sst;
+        if (ensure_staging_dir(pid) != 0 || REAL(fstatat)(AT_FDCWD, parent, &pst, 0) != 0 ||
+            REAL(fstatat)(AT_FDCWD, vrift_staging, &sst, 0) != 0 || pst.st_dev != sst.st_dev) {
+            p->kind = P_DIRECT; /* rename cannot cross filesystems */
+        } else {
+            p->kind = P_STAGED;
+        }
+    }
+    p->existing = have && S_ISREG(lst.st_mode);
+    if (p->existing) p->st = lst;
+    vrift_mark_path(p->abs, 0);
+    if (p->kind == P_STAGED) {
+        p->seq = __atomic_fetch_add(&next_seq, 1, __ATOMIC_RELAXED);
+        staging_path(p->staging, pid, p->seq);
+        if (p->existing) {
+            /* the old content is kept unless truncated; the mode is set after the user's
+             * open (a read-only mode must not make our own open fail) */
+            int dst = real_open(p->staging, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            int ok = dst >= 0;
+            if (ok && !(flags & O_TRUNC)) {
+                int src = real_open(p->abs, O_RDONLY | O_CLOEXEC, 0);
+                ok = src >= 0 && copy_content(src, dst) == 0;
+                if (src >= 0) real_close(src);
+            }
+            if (dst >= 0) real_close(dst);
+            if (!ok) {
+                REAL(unlink)(p->staging);
+                p->kind = P_DIRECT;
+            }
+        }
+    }
+    if (p->kind == P_DIRECT) vrift_count(VRIFT_C_DIRECT);
+    errno = saved;
+}
+
+/* After the user's open of the staging file (or the real one) succeeded. */
+static void register_fd(write_plan *p, int fd) {
+    int saved = errno;
+    if (p->kind == P_STAGED && p->existing) {
+        fchmod(fd, p->st.st_mode & 07777);
+        if (p->st.st_uid != geteuid() || p->st.st_gid != getegid()) {
+            int r = fchown(fd, p->st.st_uid, p->st.st_gid);
+            (void)r;
+        }
+    }
+    flock(fd, LOCK_SH); /* the beacon (see the top of this file) */
+    pid_t pid = vrift_raw_getpid();
+    if (fd >= 0 && fd < FD_MAX && pid == vrift_pid) {
+        tlock();
+        fd_slot *s = &slots[fd];
+        if (s->state == S_STAGED && s->owner == pid) __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
+        s->state = p->kind == P_STAGED ? S_STAGED : S_DIRECT;
+        s->owner = pid;
+        s->seq = p->seq;
+        strcpy(s->virt, p->abs);
+        if (s->state == S_STAGED) __atomic_fetch_add(&staged_count, 1, __ATOMIC_RELAXED);
+        tunlock();
+    } else {
+        /* untracked: make the data visible under its real name now; the daemon re-reads
+         * the path once the beacon is gone */
+        if (p->kind == P_STAGED && REAL(rename)(p->staging, p->abs) == 0) vrift_count(VRIFT_C_PUBLISHED);
+        invalidate_one(p->abs);
+    }
+    errno = saved;
+}
+
+static void abandon(write_plan *p) {
+    int saved = errno;
+    if (p->kind == P_STAGED) REAL(unlink)(p->staging);
+    invalidate_one(p->abs); /* DIRTY was set for nothing: let the daemon clear it */
+    errno = saved;
+}
+
+/* ------------------------------------------------------------------ close, publish, commit */
+
+/* Probe: 1 when no open file description holds the beacon any more, 0 when one still
+ * does, -1 when the staging file is gone. */
+static int last_reference(const char *staging) {
+    int fd = real_open(staging, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) return -1;
+    int r = flock(fd, LOCK_EX | LOCK_NB) == 0 ? 1 : 0;
+    real_close(fd);
+    return r;
+}
+
+static int publish(fd_slot *s) {
+    char staging[VRIFT_PATH_MAX];
+    staging_path(staging, s->owner, s->seq);
+    if (REAL(rename)(staging, s->virt) != 0) return -1;
+    vrift_count(VRIFT_C_PUBLISHED);
+    return 0;
+}
+
+/* The close logic for a slot this process owns, after its fd was closed.  Returns -1
+ * when the data could not be put in place (close() then reports EIO). */
+static int finish(fd_slot *s) {
+    if (s->state != S_STAGED) {
+        invalidate_one(s->virt);
+        return 0;
+    }
+    char staging[VRIFT_PATH_MAX];
+    staging_path(staging, s->owner, s->seq);
+    int last = last_reference(staging);
+    if (last < 0) return 0; /* rolled back by the daemon, or published elsewhere */
+    if (!last) {
+        int r = publish(s);
+        invalidate_one(s->virt);
+        return r;
+    }
+    int c = vrift_daemon_commit(s->virt, staging);
+    if (c >= 0) {
+        if (c == 0) vrift_count(VRIFT_C_COMMITTED);
+        return 0;
+    }
+    /* No daemon: put the file in place ourselves.  DIRTY stays set: the entry in memory
+     * still describes the old file, and only the daemon may rewrite it. */
+    if (REAL(rename)(staging, s->virt) == 0) {
+        vrift_count(VRIFT_C_COMMIT_LOCAL);
+        return 0;
+    }
+    REAL(unlink)(staging);
+    return -1;
+}
+
+/* Take a tracked fd out of the table.  1: the caller must run finish() on *out. */
+static int take(int fd, fd_slot *out) {
+    if (fd < 0 || fd >= FD_MAX || !__atomic_load_n(&slots[fd].state, __ATOMIC_RELAXED)) return 0;
+    pid_t pid = vrift_raw_getpid();
+    if (pid != vrift_pid) return 0; /* vfork child: the table is the parent's */
+    tlock();
+    fd_slot *s = &slots[fd];
+    int mine = s->state != S_FREE && s->owner == pid;
+    if (mine) {
+        out->state = s->state;
+        out->owner = s->owner;
+        out->seq = s->seq;
+        strcpy(out->virt, s->virt);
+    }
+    if (mine && s->state == S_STAGED) __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
+    s->state = S_FREE;
+    tunlock();
+    return mine;
+}
+
+EXPORT int close(int fd) {
+    if (LIKELY(fd < 0 || fd >= FD_MAX || !__atomic_load_n(&slots[fd].state, __ATOMIC_RELAXED)))
+        return real_close(fd);
+    fd_slot snap;
+    int mine = take(fd, &snap);
+    int r = real_close(fd);
+    if (!mine) return r;
+    int saved = errno;
+    if (finish(&snap) != 0 && r == 0) {
+        r = -1;
+        saved = EIO;
+    }
+    errno = saved;
+    return r;
+}
+
+EXPORT int fclose(FILE *fp) {
+    int fd = fp ? fileno(fp) : -1;
+    fd_slot snap;
+    int mine = take(fd, &snap);
+    int r = REAL(fclose)(fp);
+    if (!mine) return r;
+    int saved = errno;
+    if (finish(&snap) != 0 && r == 0) {
+        r = EOF;
+        saved = EIO;
+    }
+    errno = saved;
+    return r;
+}
+
+/* dup2/dup3 onto a tracked fd close it silently. */
+static int after_dup(int newfd, int oldfd, int r, int mine, fd_slot *snap) {
+    if (!mine) return r;
+    int saved = errno;
+    if (r < 0 || newfd == oldfd) {
+        /* nothing was closed: put it back */
+        tlock();
+        slots[newfd] = *snap;
+        if (snap->state == S_STAGED) __atomic_fetch_add(&staged_count, 1, __ATOMIC_RELAXED);
+        tunlock();
+    } else {
+        finish(snap);
+    }
+    errno = saved;
+    return r;
+}
+
+EXPORT int dup2(int oldfd, int newfd) {
+    fd_slot snap;
+    int mine = take(newfd, &snap);
+    return after_dup(newfd, oldfd, REAL(dup2)(oldfd, newfd), mine, &snap);
+}
+
+EXPORT int dup3(int oldfd, int newfd, int flags) {
+    fd_slot snap;
+    int mine = take(newfd, &snap);
+    return after_dup(newfd, oldfd, REAL(dup3)(oldfd, newfd, flags), mine, &snap);
+}
+
+EXPORT int close_range(unsigned int first, unsigned int last, int flags) {
+    int r = REAL(close_range) ? vrift_real.close_range(first, last, flags)
+                              : (int)syscall(SYS_close_range, first, last, flags);
+    if (r != 0 || (flags & CLOSE_RANGE_CLOEXEC) || vrift_raw_getpid() != vrift_pid) return r;
+    int saved = errno;
+    for (unsigned int fd = first; fd <= last && fd < FD_MAX; fd++) {
+        fd_slot snap;
+        if (take((int)fd, &snap)) finish(&snap);
+    }
+    errno = saved;
+    return r;
+}
+
+/* Publish one staged path of this process (its own later calls must see its data). */
+void vrift_publish_path(const char *abs) {
+    if (vrift_raw_getpid() != vrift_pid || !ttrylock()) return;
+    int saved = errno;
+    for (int fd = 0; fd < FD_MAX && staged_count > 0; fd++) {
+        fd_slot *s = &slots[fd];
+        if (s->state == S_STAGED && s->owner == vrift_pid && strcmp(s->virt, abs) == 0 && publish(s) == 0) {
+            s->state = S_PUBLISHED;
+            __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
+        }
+    }
+    tunlock();
+    errno = saved;
+}
+
+void vrift_before_spawn(void) {
+    if (!vrift_writes_on || vrift_staged_count() == 0 || vrift_raw_getpid() != vrift_pid) return;
+    int saved = errno;
+    tlock();
+    for (int fd = 0; fd < FD_MAX && staged_count > 0; fd++) {
+        fd_slot *s = &slots[fd];
+        if (s->state == S_STAGED && s->owner == vrift_pid && publish(s) == 0) {
+            s->state = S_PUBLISHED;
+            __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
+        }
+    }
+    tunlock();
+    errno = saved;
+}
+
+/* Before exec replaces this image: everything published, and the daemon told to re-read
+ * what this process wrote (it checks the beacon before trusting the file). */
+void vrift_before_exec(void) {
+    if (!vrift_writes_on || vrift_raw_getpid() != vrift_pid) return;
+    vrift_before_spawn();
+    int saved = errno;
+    for (int fd = 0; fd < FD_MAX; fd++) {
+        fd_slot *s = &slots[fd];
+        if (s->state != S_FREE && s->owner == vrift_pid) invalidate_one(s->virt);
+    }
+    errno = saved;
+}
+
+/* At exit: the close logic for every fd this process still owns. */
+void vrift_finish_all(void) {
+    for (int fd = 0; fd < FD_MAX; fd++) {
+        if (slots[fd].state == S_FREE) continue;
+        fd_slot snap;
+        if (take(fd, &snap)) {
+            real_close(fd);
+            finish(&snap);
+        }
+    }
+}
+
+void vrift_writes_atfork_child(void) {
+    __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&staged_count, 0, __ATOMIC_RELAXED);
+    vrift_dirty_atfork_child();
+    /* the child's slots stay: they name fds it shares, but the parent owns them, so the
+     * child's close only forgets them (take()) */
+}
+
+/* ------------------------------------------------------------------ the open family */
+
+static int open_common(int dirfd, const char *path, int flags, mode_t mode,
+                       int (*realf)(int, const char *, int, ...)) {
+    if (UNLIKELY(!wants_write(flags))) {
+        if (vrift_staged_count() > 0) {
+            char abs[VRIFT_PATH_MAX];
+            if (vrift_resolve_name(dirfd, path, abs)) vrift_publish_path(abs);
+        }
+        if (realf) return realf(dirfd, path, flags, mode);
+        return (int)syscall(SYS_openat, dirfd, path, flags, mode);
+    }
+    write_plan p;
+    plan_write(dirfd, path, flags, &p);
+    if (p.kind == P_STAGED) {
+        if (vrift_staged_count() > 0) vrift_publish_path(p.abs);
+        int f = p.existing ? flags & ~(O_CREAT | O_EXCL | O_TRUNC) : (flags | O_CREAT | O_EXCL) & ~O_TRUNC;
+        int fd = realf ? realf(AT_FDCWD, p.staging, f, mode) : (int)syscall(SYS_openat, AT_FDCWD, p.staging, f, mode);
+        if (fd >= 0) {
+            register_fd(&p, fd);
+            return fd;
+        }
+        abandon(&p);
+        return fd;
+    }
+    if (p.kind == P_DIRECT && vrift_staged_count() > 0) vrift_publish_path(p.abs);
+    int fd = realf ? realf(dirfd, path, flags, mode) : (int)syscall(SYS_openat, dirfd, path, flags, mode);
+    if (p.kind == P_DIRECT) {
+        if (fd >= 0)
+            register_fd(&p, fd);
+        else
+            abandon(&p);
+    }
+    return fd;
+}
+
+static mode_t va_mode(int flags, va_list ap) {
+    return (flags & (O_CREAT | __O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
+EXPORT int open(const char *path, int flags, ...) {
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = va_mode(flags, ap);
+    va_end(ap);
+    return open_common(AT_FDCWD, path, flags, mode, REAL(openat));
+}
+
+EXPORT int open64(const char *path, int flags, ...) {
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = va_mode(flags, ap);
+    va_end(ap);
+    return open_common(AT_FDCWD, path, flags | O_LARGEFILE, mode, REAL(openat));
+}
+
+EXPORT int openat(int dirfd, const char *path, int flags, ...) {
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = va_mode(flags, ap);
+    va_end(ap);
+    return open_common(dirfd, path, flags, mode, REAL(openat));
+}
+
+EXPORT int openat64(int dirfd, const char *path, int flags, ...) {
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = va_mode(flags, ap);
+    va_end(ap);
+    return open_common(dirfd, path, flags | O_LARGEFILE, mode, REAL(openat));
+}
+
+EXPORT int creat(const char *path, mode_t mode) {
+    return open_common(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode, REAL(openat));
+}
+
+EXPORT int creat64(const char *path, mode_t mode) {
+    return open_common(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC | O_LARGEFILE, mode, REAL(openat));
+}
+
+/* fopen modes → open flags (glibc's reading: first char, then '+', 'x', 'e' anywhere). */
+static int fopen_flags(const char *mode) {
+    int flags;
+    switch (mode[0]) {
+    case 'r': flags = O_RDONLY; break;
+    case 'w': flags = O_WRONLY | O_CREAT | O_TRUNC; break;
+    case 'a': flags = O_WRONLY | O_CREAT | O_APPEND; break;
+    default: return -1;
+    }
+    for (const char *c = mode + 1; *c && *c != ','; c++) {
+        if (*c == '+') flags = (flags & ~O_ACCMODE) | O_RDWR;
+        else if (*c == 'x') flags |= O_EXCL;
+        else if (*c == 'e') flags |= O_CLOEXEC;
+    }
+    return flags;
+}
+
+typedef FILE *(*fopen_fn)(const char *, const char *);
+
+static FILE *fopen_common(const char *path, const char *mode, FILE *(*realf)(const char *, const char *)) {
+    int flags = mode ? fopen_flags(mode) : -1;
+    if (flags < 0 || !wants_write(flags)) {
+        if (vrift_staged_count() > 0 && path) {
+            char abs[VRIFT_PATH_MAX];
+            if (vrift_resolve_name(AT_FDCWD, path, abs)) vrift_publish_path(abs);
+        }
+        return realf(path, mode);
+    }
+    write_plan p;
+    plan_write(AT_FDCWD, path, flags, &p);
+    if (p.kind == P_PASS) return realf(path, mode);
+    if (vrift_staged_count() > 0) vrift_publish_path(p.abs);
+    FILE *f;
+    if (p.kind == P_STAGED) {
+        char m[16];
+        size_t k = 0;
+        for (const char *c = mode; *c && k < sizeof m - 1; c++)
+            if (*c != 'x') m[k++] = *c; /* we created the staging name ourselves */
+        m[k] = '\0';
+        f = realf(p.staging, m);
+    } else {
+        f = realf(path, mode);
+    }
+    if (f)
+        register_fd(&p, fileno(f));
+    else
+        abandon(&p);
+    return f;
+}
+
+EXPORT FILE *fopen(const char *path, const char *mode) { return fopen_common(path, mode, REAL(fopen)); }
+EXPORT FILE *fopen64(const char *path, const char *mode) { return fopen_common(path, mode, REAL(fopen64)); }
+
+static FILE *freopen_common(const char *path, const char *mode, FILE *fp,
+                            FILE *(*realf)(const char *, const char *, FILE *)) {
+    int oldfd = fp ? fileno(fp) : -1;
+    fd_slot snap;
+    int mine = path ? take(oldfd, &snap) : 0;
+    int flags = mode ? fopen_flags(mode) : -1;
+    write_plan p;
+    p.kind = P_PASS;
+    if (path && flags >= 0 && wants_write(flags)) plan_write(AT_FDCWD, path, flags, &p);
+    FILE *f;
+    if (p.kind == P_STAGED) {
+        char m[16];
+        size_t k = 0;
+        for (const char *c = mode; *c && k < sizeof m - 1; c++)
+            if (*c != 'x') m[k++] = *c;
+        m[k] = '\0';
+        f = realf(p.staging, m, fp);
+    } else {
+        f = realf(path, mode, fp);
+    }
+    int saved = errno;
+    if (mine) finish(&snap);
+    errno = saved;
+    if (p.kind != P_PASS) {
+        if (f)
+            register_fd(&p, fileno(f));
+        else
+            abandon(&p);
+    }
+    return f;
+}
+
+EXPORT FILE *freopen(const char *path, const char *mode, FILE *fp) {
+    return freopen_common(path, mode, fp, REAL(freopen));
+}
+
+EXPORT FILE *freopen64(const char *path, const char *mode, FILE *fp) {
+    return freopen_common(path, mode, fp, REAL(freopen64));
+}
