@@ -83,6 +83,8 @@ static void staging_name(char *out, pid_t owner, int with_seq, uint64_t seq) {
 
 static void staging_path(char *out, pid_t owner, uint64_t seq) { staging_name(out, owner, 1, seq); }
 
+static void remove_staging_dir(void);
+
 static int real_open(const char *path, int flags, mode_t mode) {
     if (REAL(open)) return vrift_real.open(path, flags, mode);
     return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
@@ -113,8 +115,15 @@ static void invalidate_one(const char *abs) {
 /* ------------------------------------------------------------------ staging files */
 
 static int ensure_dir(const char *path) {
-    if (REAL(mkdir)(path, 0700) == 0 || errno == EEXIST) return 0;
-    return -1;
+    if (REAL(mkdir)(path, 0700) == 0) {
+        /* a new name in an indexed directory (<root>/.vrift) changes that directory */
+        size_t n = strlen(path);
+        while (n > 0 && path[n - 1] != '/') n--;
+        if (n > 0 && n - 1 == vrift_root_len && memcmp(path, vrift_root, vrift_root_len) == 0)
+            vrift_mark_dirty("", 0, 0);
+        return 0;
+    }
+    return errno == EEXIST ? 0 : -1;
 }
 
 static int ensure_staging_dir(pid_t pid) {
@@ -221,6 +230,7 @@ static void plan_write(int dirfd, const char *path, int flags, write_plan *p) {
         p->kind = P_DIRECT;
     } else if (have && (lst.st_nlink > 1 || (!(flags & O_TRUNC) && lst.st_size > COPY_MAX))) {
         p->kind = P_DIRECT; /* keep hard links shared; do not copy huge files */
+        if (lst.st_nlink > 1) vrift_mark_inode((uint64_t)lst.st_dev, (uint64_t)lst.st_ino);
     } else {
         /* permission problems are reported by the real call, not hidden by staging */
         int need = (flags & O_ACCMODE) == O_RDWR ? R_OK | W_OK : W_OK;
@@ -488,11 +498,22 @@ void vrift_before_exec(void) {
         fd_slot *s = &slots[fd];
         if (s->state != S_FREE && s->owner == vrift_pid) invalidate_one(s->virt);
     }
+    remove_staging_dir();
     errno = saved;
+}
+
+/* The per-process staging directory goes when empty (a later image with the same pid
+ * after exec makes it again). */
+static void remove_staging_dir(void) {
+    if (staging_dir_pid != vrift_pid) return;
+    char buf[VRIFT_PATH_MAX];
+    staging_name(buf, vrift_pid, 0, 0);
+    if (REAL(rmdir)(buf) == 0) staging_dir_pid = 0;
 }
 
 /* At exit: the close logic for every fd this process still owns. */
 void vrift_finish_all(void) {
+    int saved = errno;
     for (int fd = 0; fd < FD_MAX; fd++) {
         if (slots[fd].state == S_FREE) continue;
         fd_slot snap;
@@ -501,6 +522,8 @@ void vrift_finish_all(void) {
             finish(&snap);
         }
     }
+    remove_staging_dir();
+    errno = saved;
 }
 
 void vrift_writes_atfork_child(void) {
