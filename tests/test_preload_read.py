@@ -364,3 +364,32 @@ def test_library_compiles_warning_free(tmp_path):
     assert {"stat64", "__xstat", "__lxstat", "stat", "lstat", "access", "eaccess", "statx", "fstatat",
             "open", "fopen", "close", "fclose", "rename", "unlink", "mkdir", "chdir", "fchdir"} <= names
     assert not any(n.startswith("vrift_") for n in names)  # internals stay hidden
+
+
+TOOLS_PROJECT = {
+    "a.h": "#define A 1\n",
+    "main.c": '#include "a.h"\nint main(void) { return A - 1; }\n',
+    "build.ninja": "rule cc\n  command = gcc -c $in -o $out\nbuild main.o: cc main.c | a.h\n",
+    "Makefile": "main.o: main.c a.h\n\tgcc -c main.c -o main.o\n",
+}
+
+
+@pytest.mark.parametrize("tool", ["ninja", "make", "gcc"])
+def test_real_build_tools_are_served_from_memory(tool, tmp_path, vrift_env):
+    """ninja imports stat64, make the legacy __xstat, gcc stat/lstat/access: each must be
+    answered from memory, with the same outcome as without the library."""
+    root = Path(os.path.realpath(tmp_path / "proj"))
+    root.mkdir()
+    for name, text in TOOLS_PROJECT.items():
+        (root / name).write_text(text)
+    cmd = {"ninja": ["ninja"], "make": ["make"], "gcc": ["gcc", "-fsyntax-only", "main.c"]}[tool]
+    run(cmd, dict(vrift_env), root)  # a first build: what follows is a no-op
+    plain = run(cmd, dict(vrift_env), root)
+    vdir = Path(vrift_env["VRIFT_SHM_DIR"]) / "vrift_vdir_tools"
+    build_vdir(vdir, root, index_tree(root))
+    counters = counters_file(tmp_path / "counters")
+    through = run(cmd, preload_env(vrift_env, root, vdir, counters=counters), root)
+    assert (through.returncode, through.stdout) == (plain.returncode, plain.stdout), through.stderr
+    if tool != "gcc":
+        assert "no work to do" in through.stdout or "up to date" in through.stdout
+    assert read_counters(counters)["STAT_SERVED"] >= (1 if tool == "gcc" else 2)
