@@ -393,3 +393,17 @@ def test_real_build_tools_are_served_from_memory(tool, tmp_path, vrift_env):
     if tool != "gcc":
         assert "no work to do" in through.stdout or "up to date" in through.stdout
     assert read_counters(counters)["STAT_SERVED"] >= (1 if tool == "gcc" else 2)
+
+
+def test_open_of_certainly_absent_path_is_enoent_from_memory(project, vrift_env, tmp_path):
+    """A compiler's failed include probes: open() under a COMPLETE_DIR answers ENOENT
+    without the kernel; an existing file still opens."""
+    root, vdir = project
+    set_flags(vdir, b"include", layout.F_COMPLETE_DIR)
+    code = ("import os\nfor p in ('include/none.h', 'include/a b.h'):\n"
+            "    try: os.close(os.open(p, os.O_RDONLY)); print('opened')\n"
+            "    except FileNotFoundError: print('ENOENT')")
+    counters = counters_file(tmp_path / "counters")
+    out = run([sys.executable, "-c", code], preload_env(vrift_env, root, vdir, counters=counters), root)
+    assert out.stdout.split() == ["ENOENT", "opened"]
+    assert read_counters(counters)["STAT_SERVED"] == 1

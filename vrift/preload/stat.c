@@ -19,14 +19,15 @@
 
 enum { Q_PASS = 0, Q_HIT = 1, Q_NOENT = 2 };
 
-/* The whole read decision.  `nofollow`: lstat semantics for a final symlink. */
-static inline int query(int dirfd, const char *path, int nofollow, vrift_entry *e) {
+/* The whole read decision.  `nofollow`: lstat semantics for a final symlink.  `counting`:
+ * a metadata call (counted); open() probes count only the answers they take from memory. */
+static inline int query_counted(int dirfd, const char *path, int nofollow, vrift_entry *e, int counting) {
     if (!__atomic_load_n(&vrift_reads_on, __ATOMIC_RELAXED) || UNLIKELY(path == NULL || path[0] == '\0'))
         return Q_PASS;
     vrift_path p;
     int r = vrift_resolve_path(dirfd, path, &p);
     if (r != VRIFT_P_INSIDE) {
-        vrift_count(r == VRIFT_P_OUTSIDE ? VRIFT_C_STAT_OUTSIDE : VRIFT_C_STAT_PASSED);
+        if (counting) vrift_count(r == VRIFT_P_OUTSIDE ? VRIFT_C_STAT_OUTSIDE : VRIFT_C_STAT_PASSED);
         return Q_PASS;
     }
     int f = vrift_find(p.rel, p.rel_len, e);
@@ -42,7 +43,7 @@ static inline int query(int dirfd, const char *path, int nofollow, vrift_entry *
         if ((fl & VRIFT_F_SYMLINK) && (!nofollow || p.need_dir)) goto pass; /* target unknown */
         if (p.need_dir && !(fl & VRIFT_F_DIR)) goto pass;                    /* kernel: ENOTDIR */
         if (S_ISCHR(e->mode) || S_ISBLK(e->mode)) goto pass;                 /* no rdev in the index */
-        vrift_count(VRIFT_C_STAT_SERVED);
+        if (counting) vrift_count(VRIFT_C_STAT_SERVED);
         return Q_HIT;
     }
     if (f == 0 && p.rel_len > 0) {
@@ -57,11 +58,15 @@ static inline int query(int dirfd, const char *path, int nofollow, vrift_entry *
             goto noent;
     }
 pass:
-    vrift_count(VRIFT_C_STAT_PASSED);
+    if (counting) vrift_count(VRIFT_C_STAT_PASSED);
     return Q_PASS;
 noent:
     vrift_count(VRIFT_C_STAT_SERVED);
     return Q_NOENT;
+}
+
+static inline int query(int dirfd, const char *path, int nofollow, vrift_entry *e) {
+    return query_counted(dirfd, path, nofollow, e, 1);
 }
 
 static inline uint32_t blksize_now(void) {
@@ -280,4 +285,12 @@ EXPORT int eaccess(const char *path, int mode) {
     if (q != Q_PASS) return access_answer(q);
     if (REAL(eaccess)) return vrift_real.eaccess(path, mode);
     return faccessat(AT_FDCWD, path, mode, AT_EACCESS);
+}
+
+/* For open() of a path for reading: 1 when the index says with certainty that it does not
+ * exist (DELETED, or a miss under a COMPLETE_DIR parent) — a compiler's failed include
+ * probes are then answered without a syscall. */
+int vrift_certain_absent(int dirfd, const char *path) {
+    vrift_entry e;
+    return query_counted(dirfd, path, 0, &e, 0) == Q_NOENT;
 }

@@ -164,6 +164,8 @@ int vrift_resolve_path(int dirfd, const char *path, vrift_path *out);
 /* Lookup on the current mapping: 1 hit, 0 miss, -1 unusable. */
 int vrift_find(const char *rel, size_t len, vrift_entry *out);
 
+int vrift_certain_absent(int dirfd, const char *path);
+
 /* ---- write path (write.c, dirty.c) ---- */
 const char *vrift_vdir_path(void);
 uint32_t vrift_mark_dirty(const char *rel, size_t len, int subtree);

@@ -543,6 +543,10 @@ static int open_common(int dirfd, const char *path, int flags, mode_t mode,
             char abs[VRIFT_PATH_MAX];
             if (vrift_resolve_name(dirfd, path, abs)) vrift_publish_path(abs);
         }
+        if (!(flags & (O_CREAT | O_PATH)) && vrift_certain_absent(dirfd, path)) {
+            errno = ENOENT;
+            return -1;
+        }
         if (realf) return realf(dirfd, path, flags, mode);
         return (int)syscall(SYS_openat, dirfd, path, flags, mode);
     }
