@@ -1,0 +1,147 @@
+"""The one thread that writes a project's index.
+
+Every mutation of the index (commits, reconciles, ingests, DIRTY bits, shared-memory rebuilds)
+runs here, so the index needs no locking of its own.  Commits queued while an apply is in
+progress are applied together in the next one: with `sync` and `wal` durability this is group
+commit — one fsync acknowledges many clients.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+log = logging.getLogger("vrift.daemon")
+
+MAX_GROUP = 512  # commits per apply: bounds the latency of the first one in a group
+
+
+class _Commit:
+    __slots__ = ("entry", "parent", "future")
+
+    def __init__(self, entry, parent, future):
+        self.entry = entry
+        self.parent = parent
+        self.future = future
+
+
+class _Call:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn, future):
+        self.fn = fn
+        self.future = future
+
+
+class IndexWriter:
+    def __init__(self, index, before_job: Callable[[], None] | None = None,
+                 dir_entries: Callable[[set[bytes]], list] | None = None):
+        self.index = index
+        self.before_job = before_job  # e.g. apply pending watcher changes first
+        self.dir_entries = dir_entries  # fresh entries of the committed files' directories
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._stopped = False
+        self.groups = 0
+        self.commits = 0
+
+    def start(self) -> "IndexWriter":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._q.put(None)
+            self._thread.join()
+
+    # -- submitting (any thread) -------------------------------------------------------------
+    def commit(self, entry, parent: bytes) -> Future:
+        """Apply a committed file's entry with its refreshed directory entry, then clear DIRTY
+        on both; the future gives the generation."""
+        f: Future = Future()
+        self._q.put(_Commit(entry, parent, f))
+        return f
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        f: Future = Future()
+        if self._stopped:
+            f.set_exception(RuntimeError("index writer stopped"))
+            return f
+        self._q.put(_Call(fn, f))
+        return f
+
+    def run(self, fn: Callable[[], object], timeout: float | None = None):
+        """call() and wait for the result."""
+        return self.call(fn).result(timeout)
+
+    # -- the writer thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                job = self._q.get(timeout=0.05)
+            except queue.Empty:
+                job = False
+            if job is None:
+                return
+            if self.before_job is not None:
+                try:
+                    self.before_job()
+                except Exception:
+                    log.exception("applying watcher changes failed")
+            if job is False:
+                continue
+            if isinstance(job, _Call):
+                self._do_call(job)
+                continue
+            group = [job]
+            stop_after = False
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop_after = True
+                    break
+                if isinstance(nxt, _Call):
+                    self._do_group(group)
+                    group = []
+                    self._do_call(nxt)
+                    continue
+                group.append(nxt)
+            if group:
+                self._do_group(group)
+            if stop_after:
+                return
+
+    def _do_call(self, job: _Call) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.fn())
+        except BaseException as e:  # handed to the waiting request
+            job.future.set_exception(e)
+
+    def _do_group(self, group: list[_Commit]) -> None:
+        entries = [c.entry for c in group]
+        parents = {c.parent for c in group}
+        try:
+            if self.dir_entries is not None:
+                entries += self.dir_entries(parents)
+            self.index.apply(entries)
+            for c in group:
+                self.index.set_dirty(c.entry.path, False)
+            for parent in parents:
+                self.index.set_dirty(parent, False)
+            generation = self.index.generation
+        except BaseException as e:
+            for c in group:
+                c.future.set_exception(e)
+            return
+        self.groups += 1
+        self.commits += len(group)
+        for c in group:
+            c.future.set_result(generation)
