@@ -55,6 +55,164 @@ EXPORT int vrift_find(const void *base, uint64_t size, const char *rel, size_t l
     return vrift_lookup(base, size, rel, len, (vrift_entry *)out);
 }
 
+/* ------------------------------------------------------------------ writer side
+ * Called only by the one process that writes the file (vrift/vdir/shm.py), inside its
+ * seqlock publish: no concurrency control beyond the atomic flag words. */
+
+/* Retire a replaced file.  Sequentially consistent so that a client which ORs DIRTY into
+ * this file and then reads header_flags (libvrift: OR, seq_cst fence, check RETIRED) either
+ * sees RETIRED and repeats the OR in the new file, or its bit is visible to the writer's
+ * vrift_collect_flagged() scan made after this call. */
+EXPORT void vrift_retire(void *base) {
+    __atomic_fetch_or(&((vrift_header *)base)->header_flags, VRIFT_H_RETIRED, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* Replace an entry's flags with `value`, keeping the bits of `keep` that are set now (a
+ * client's DIRTY set concurrently is never lost when the writer asks to keep it). */
+EXPORT uint32_t vrift_flags_replace(void *base, uint32_t index, uint32_t value, uint32_t keep) {
+    uint32_t *f = &entry_at(base, index)->flags;
+    uint32_t old = __atomic_load_n(f, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(f, &old, value | (old & keep), 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
+
+/* Indices (below entry_used) of entries with any of `bits` set; returns how many were
+ * found (only the first `max` are stored). */
+EXPORT uint32_t vrift_collect_flagged(void *base, uint32_t bits, uint32_t *out, uint32_t max) {
+    vrift_header *h = (vrift_header *)base;
+    uint32_t used = h->entry_used < h->entry_capacity ? h->entry_used : h->entry_capacity, found = 0;
+    for (uint32_t i = 0; i < used; i++) {
+        if (__atomic_load_n(&entry_at(base, i)->flags, __ATOMIC_ACQUIRE) & bits) {
+            if (found < max) out[found] = i;
+            found++;
+        }
+    }
+    return found;
+}
+
+/* The writer's probe: index of the entry for `rel` under `hash`, or -1.  *slot_out is the
+ * entry's slot on a hit, the first empty slot of the chain on a miss (UINT32_MAX when the
+ * table has none).  `hash` is a parameter so that tests can force full-hash collisions. */
+EXPORT int64_t vrift_locate(const void *base, const char *rel, size_t len, uint64_t hash, uint32_t *slot_out) {
+    const vrift_header *h = (const vrift_header *)base;
+    const uint8_t *b = (const uint8_t *)base;
+    const vrift_slot *slots = (const vrift_slot *)(b + h->table_offset);
+    uint32_t cap = h->table_capacity, mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
+    *slot_out = UINT32_MAX;
+    for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
+        uint32_t ep = slots[i].entry_plus1;
+        if (ep == 0) {
+            *slot_out = i;
+            return -1;
+        }
+        if (slots[i].hash_hi != hi || ep > h->entry_capacity) continue;
+        const vrift_entry *e = entry_at((void *)base, ep - 1);
+        if (e->path_hash != hash || e->path_len != len || (uint64_t)e->path_off + len > h->strings_capacity) continue;
+        if (memcmp(b + h->strings_offset + e->path_off, rel, len) != 0) continue;
+        *slot_out = i;
+        return (int64_t)(ep - 1);
+    }
+    return -1;
+}
+
+/* Link entry `index` (path_hash already written) into the table at its chain's first empty
+ * slot and into the bloom filter.  The caller has checked that the path is not there yet.
+ * Returns the slot, or -1 when the table is full. */
+EXPORT int64_t vrift_place(void *base, uint32_t index) {
+    vrift_header *h = (vrift_header *)base;
+    uint8_t *b = (uint8_t *)base;
+    uint64_t hash = entry_at(base, index)->path_hash;
+    vrift_slot *slots = (vrift_slot *)(b + h->table_offset);
+    uint32_t cap = h->table_capacity, mask = cap - 1, i = (uint32_t)hash & mask;
+    for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
+        if (slots[i].entry_plus1 != 0) continue;
+        slots[i].hash_hi = (uint32_t)(hash >> 32);
+        slots[i].entry_plus1 = index + 1;
+        uint64_t b1 = vrift_bloom_bit1(hash), b2 = vrift_bloom_bit2(hash);
+        b[h->bloom_offset + (b1 >> 3)] |= (uint8_t)(1u << (b1 & 7));
+        b[h->bloom_offset + (b2 >> 3)] |= (uint8_t)(1u << (b2 & 7));
+        return i;
+    }
+    return -1;
+}
+
+/* vrift_place() for entries [first, first + count): a freshly built file in one call. */
+EXPORT int vrift_place_range(void *base, uint32_t first, uint32_t count) {
+    for (uint32_t i = first; i < first + count; i++)
+        if (vrift_place(base, i) < 0) return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ measurement and tests
+ * `paths` holds `n` paths back to back, `lens` their lengths. */
+
+/* Benchmark loop: `rounds` passes of vrift_lookup() over the paths; returns the hits. */
+EXPORT uint64_t vrift_lookup_loop(const void *base, uint64_t size, const char *paths, const uint32_t *lens,
+                                  uint32_t n, uint64_t rounds) {
+    vrift_entry e;
+    uint64_t hits = 0;
+    for (uint64_t r = 0; r < rounds; r++) {
+        const char *p = paths;
+        for (uint32_t i = 0; i < n; i++) {
+            hits += vrift_lookup(base, size, p, lens[i], &e) == 1;
+            p += lens[i];
+        }
+    }
+    return hits;
+}
+
+/* The self-consistent entry the torn-read test writes for counter `c`: every field and
+ * every digest byte is derived from c, and c can be read back from `size`. */
+EXPORT void vrift_test_fill(uint64_t c, void *out) {
+    vrift_entry *e = (vrift_entry *)out;
+    memset(e, 0, sizeof *e);
+    e->mode = 0100000u | (uint32_t)(c & 0777u);
+    e->dev = c ^ 0x5a5a5a5aull;
+    e->ino = c * 3u + 1u;
+    e->nlink = c % 5u + 1u;
+    e->uid = (uint32_t)(c * 7u);
+    e->gid = (uint32_t)(c * 11u);
+    e->size = (int64_t)c;
+    e->blocks = (int64_t)(c * 2u);
+    e->mtime_sec = (int64_t)(c + 100u);
+    e->ctime_sec = (int64_t)(c + 200u);
+    e->mtime_nsec = (uint32_t)(c % 1000000000u);
+    e->ctime_nsec = (uint32_t)((c * 13u) % 1000000000u);
+    for (int i = 0; i < 32; i++) e->digest[i] = (uint8_t)(c * 31u + (uint64_t)i);
+}
+
+/* Torn-read check: `rounds` passes of lookups; every hit must equal vrift_test_fill() of
+ * its own size field (flags excepted: they change atomically on their own).
+ * stats: [0] lookups, [1] hits, [2] inconsistent hits, [3] hits whose counter differed
+ * from the previous read of the same path (proof the writer ran meanwhile), [4] -1 results.
+ * `last` is scratch space of n u64. */
+EXPORT void vrift_torture_read(const void *base, uint64_t size, const char *paths, const uint32_t *lens, uint32_t n,
+                               uint64_t rounds, uint64_t *stats, uint64_t *last) {
+    vrift_entry e, want;
+    for (uint32_t i = 0; i < n; i++) last[i] = UINT64_MAX;
+    for (uint64_t r = 0; r < rounds; r++) {
+        const char *p = paths;
+        for (uint32_t i = 0; i < n; i++) {
+            int got = vrift_lookup(base, size, p, lens[i], &e);
+            stats[0]++;
+            if (got == 1) {
+                stats[1]++;
+                vrift_test_fill((uint64_t)e.size, &want);
+                if (e.path_len != lens[i] ||
+                    memcmp((const uint8_t *)&e + 20, (const uint8_t *)&want + 20, sizeof e - 20) != 0)
+                    stats[2]++;
+                if (last[i] != UINT64_MAX && last[i] != (uint64_t)e.size) stats[3]++;
+                last[i] = (uint64_t)e.size;
+            } else if (got < 0) {
+                stats[4]++;
+            }
+            p += lens[i];
+        }
+    }
+}
+
 /* Layout facts for the Python mirror's self-check: name -> (offset, size). */
 #define F(s, m) {#s "." #m, offsetof(s, m), sizeof(((s *)0)->m)}
 static const struct { const char *name; size_t off, size; } fields[] = {
@@ -65,7 +223,7 @@ static const struct { const char *name; size_t off, size; } fields[] = {
     F(vrift_header, entries_offset), F(vrift_header, strings_offset),
     F(vrift_header, strings_capacity), F(vrift_header, strings_used),
     F(vrift_header, header_flags), F(vrift_header, root_len), F(vrift_header, project_id),
-    F(vrift_header, index_generation), F(vrift_header, blksize),
+    F(vrift_header, index_generation), F(vrift_header, blksize), F(vrift_header, reserved0),
     F(vrift_slot, entry_plus1), F(vrift_slot, hash_hi),
     F(vrift_entry, path_hash), F(vrift_entry, path_off), F(vrift_entry, path_len),
     F(vrift_entry, flags), F(vrift_entry, mode), F(vrift_entry, dev), F(vrift_entry, ino),
@@ -88,6 +246,7 @@ EXPORT uint32_t vrift_layout_constant(const char *name) {
     C(VRIFT_ROOT_MAX) C(VRIFT_BLOOM_BYTES) C(VRIFT_ENTRY_SIZE) C(VRIFT_SLOT_SIZE)
     C(VRIFT_F_DIRTY) C(VRIFT_F_DELETED) C(VRIFT_F_SYMLINK) C(VRIFT_F_DIR) C(VRIFT_F_COMPLETE_DIR)
     C(VRIFT_H_RETIRED) C(VRIFT_RECORD_OFFSET) C(VRIFT_RECORD_SIZE)
+    C(VRIFT_MAX_LOAD_NUM) C(VRIFT_MAX_LOAD_DEN) C(VRIFT_BLOOM_MASK) C(VRIFT_REL_MAX)
 #undef C
     return 0xffffffffu;
 }

@@ -21,6 +21,7 @@
 #define VRIFT_HEADER_SIZE 8192u     /* fixed; root path lives in its second half */
 #define VRIFT_ROOT_OFFSET 4096u
 #define VRIFT_ROOT_MAX 4096u        /* includes the NUL */
+#define VRIFT_REL_MAX 4095u         /* longest relative path in the index, in bytes */
 #define VRIFT_BLOOM_BYTES 32768u    /* 2^18 bits */
 #define VRIFT_BLOOM_MASK ((uint64_t)VRIFT_BLOOM_BYTES * 8u - 1u)
 #define VRIFT_ENTRY_SIZE 128u
@@ -114,6 +115,11 @@ static inline uint64_t vrift_fnv1a64(const char *s, size_t n) {
 static inline uint64_t vrift_bloom_bit1(uint64_t h) { return h & VRIFT_BLOOM_MASK; }
 static inline uint64_t vrift_bloom_bit2(uint64_t h) { return (h >> 32) & VRIFT_BLOOM_MASK; }
 
+/* 1 when [off, off + len) lies inside a mapping of `size` bytes; immune to u64 wrap-around. */
+static inline int vrift_span_ok(uint64_t off, uint64_t len, uint64_t size) {
+    return off <= size && len <= size - off;
+}
+
 /* Structural check of a mapping of `size` bytes: 0 if usable. */
 static inline int vrift_header_check(const void *base, uint64_t size) {
     const vrift_header *h = (const vrift_header *)base;
@@ -122,10 +128,11 @@ static inline int vrift_header_check(const void *base, uint64_t size) {
     if (h->header_size != VRIFT_HEADER_SIZE || h->entry_size != VRIFT_ENTRY_SIZE) return -1;
     if (h->file_size != size) return -1;
     if (h->table_capacity == 0 || (h->table_capacity & (h->table_capacity - 1)) != 0) return -1;
-    if (h->bloom_offset + VRIFT_BLOOM_BYTES > size) return -1;
-    if (h->table_offset + (uint64_t)h->table_capacity * VRIFT_SLOT_SIZE > size) return -1;
-    if (h->entries_offset + (uint64_t)h->entry_capacity * VRIFT_ENTRY_SIZE > size) return -1;
-    if (h->strings_offset + h->strings_capacity > size) return -1;
+    if (!vrift_span_ok(h->bloom_offset, VRIFT_BLOOM_BYTES, size)) return -1;
+    if (!vrift_span_ok(h->table_offset, (uint64_t)h->table_capacity * VRIFT_SLOT_SIZE, size)) return -1;
+    if (!vrift_span_ok(h->entries_offset, (uint64_t)h->entry_capacity * VRIFT_ENTRY_SIZE, size)) return -1;
+    if (!vrift_span_ok(h->strings_offset, h->strings_capacity, size)) return -1;
+    if (h->entry_used > h->entry_capacity || h->strings_used > h->strings_capacity) return -1;
     if (h->root_len == 0 || h->root_len >= VRIFT_ROOT_MAX) return -1;
     return 0;
 }
@@ -145,16 +152,20 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
         uint64_t g1 = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
         if (g1 & 1u) continue;
         int result = 0;
-        const uint8_t *bloom = b + h->bloom_offset;
+        uint64_t boff = h->bloom_offset;
         uint64_t b1 = vrift_bloom_bit1(hash), b2 = vrift_bloom_bit2(hash);
         uint32_t cap = h->table_capacity;
         uint64_t toff = h->table_offset, eoff = h->entries_offset, soff = h->strings_offset;
         uint64_t scap = h->strings_capacity;
         uint32_t ecap = h->entry_capacity;
-        if (cap == 0 || (cap & (cap - 1)) || toff + (uint64_t)cap * VRIFT_SLOT_SIZE > map_size ||
-            eoff + (uint64_t)ecap * VRIFT_ENTRY_SIZE > map_size || soff + scap > map_size) {
+        /* Re-checked on every attempt: a lookup must stay inside the mapping whatever the
+         * bytes say (a garbage or foreign file never crashes the caller). */
+        if (cap == 0 || (cap & (cap - 1)) || !vrift_span_ok(boff, VRIFT_BLOOM_BYTES, map_size) ||
+            !vrift_span_ok(toff, (uint64_t)cap * VRIFT_SLOT_SIZE, map_size) ||
+            !vrift_span_ok(eoff, (uint64_t)ecap * VRIFT_ENTRY_SIZE, map_size) ||
+            !vrift_span_ok(soff, scap, map_size)) {
             result = -1;
-        } else if ((bloom[b1 >> 3] & (1u << (b1 & 7))) && (bloom[b2 >> 3] & (1u << (b2 & 7)))) {
+        } else if ((b[boff + (b1 >> 3)] & (1u << (b1 & 7))) && (b[boff + (b2 >> 3)] & (1u << (b2 & 7)))) {
             const vrift_slot *slots = (const vrift_slot *)(b + toff);
             uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
             for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
@@ -163,8 +174,9 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
                 if (slots[i].hash_hi != hi || ep > ecap) continue;
                 const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
                 if (e->path_hash != hash || e->path_len != len) continue;
-                if ((uint64_t)e->path_off + len > scap) continue;
-                if (memcmp(b + soff + e->path_off, rel, len) != 0) continue;
+                uint32_t po = e->path_off; /* loaded once: checked and used as the same value */
+                if ((uint64_t)po + len > scap) continue;
+                if (memcmp(b + soff + po, rel, len) != 0) continue;
                 memcpy(out, e, sizeof *out);
                 out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED);
                 result = 1;
