@@ -57,6 +57,7 @@ def slots(path: Path) -> list[tuple[int, int]]:
 def test_put_lookup_update_delete_round_trip_every_field(writer, vdir):
     e = make_entry(b"src/main.c", 5, layout.F_SYMLINK)
     writer.put(e, index_generation=11)
+    assert stat.S_IMODE(os.stat(vdir).st_mode) == 0o600
     reader = VDirReader(vdir)
     try:
         assert writer.lookup(b"src/main.c") == e
@@ -105,9 +106,12 @@ def test_bad_paths_are_rejected_and_nothing_is_written(writer, bad, words):
     assert writer.lookup(b"good") is None and writer.publish_generation == gen
 
 
-def test_digest_must_be_32_bytes(writer):
+def test_digest_must_be_32_bytes_and_fields_must_fit(writer):
     with pytest.raises(VDirError, match="digest is 3 bytes"):
         writer.put(Entry(b"f", 0o100644, 1, 1, 1, 0, 0, 0, 0, 0, 0, b"abc"))
+    with pytest.raises(VDirError, match="'big': a field does not fit"):
+        writer.put_many([make_entry(b"ok", 1), Entry(b"big", 0o100644, 1, 1, 1, 2**32, 0, 0, 0, 0, 0)])
+    assert writer.lookup(b"ok") is None and len(writer) == 0
 
 
 # ------------------------------------------------------------------ collisions, bloom, tombstones

@@ -125,4 +125,7 @@ class Mapping:
             self.base = 0
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the process exit unmaps anyway
+            pass

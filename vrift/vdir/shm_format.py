@@ -197,9 +197,12 @@ def pack_entry(entry: Entry, path_hash: int, path_off: int, flags: int | None = 
     ms, mn = divmod(entry.mtime_ns, 1_000_000_000)
     cs, cn = divmod(entry.ctime_ns, 1_000_000_000)
     flags = entry.flags if flags is None else flags
-    return layout.ENTRY.pack(path_hash, path_off, len(entry.path), flags, entry.mode, entry.dev, entry.ino,
-                             entry.nlink, entry.uid, entry.gid, entry.size, entry.blocks, ms, cs, mn, cn,
-                             entry.digest)
+    try:
+        return layout.ENTRY.pack(path_hash, path_off, len(entry.path), flags, entry.mode, entry.dev, entry.ino,
+                                 entry.nlink, entry.uid, entry.gid, entry.size, entry.blocks, ms, cs, mn, cn,
+                                 entry.digest)
+    except struct.error as exc:
+        raise VDirError(f"VDir entry {show_path(entry.path)}: a field does not fit its record ({exc})") from None
 
 
 def unpack_entry(raw: bytes | memoryview, path: bytes) -> Entry:
