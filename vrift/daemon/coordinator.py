@@ -93,26 +93,38 @@ class Coordinator:
         with self.lock:
             slots = list(self.slots.values())
         for slot in slots:
-            if slot.alive():
-                continue
-            files = project_files(self.home, slot.project.id)
-            crashed = files.pid_file.exists() or (slot.proc is not None and slot.proc.returncode not in (0, None))
-            if not crashed:  # exited on its own (idle, or asked to): forget it
-                with self.lock:
-                    if self.slots.get(slot.project.id) is slot:
-                        del self.slots[slot.project.id]
-                continue
-            log.warning("project daemon %d for %s died: restarting", slot.pid, slot.project.root)
+            if not slot.start_lock.acquire(blocking=False):
+                continue  # being started right now
             try:
-                os.unlink(files.pid_file)
-            except FileNotFoundError:
-                pass
-            try:
-                self._start_daemon(slot.project, slot)
-                slot.restarts += 1
-            except VriftError as e:
-                log.error("restart of %s failed: %s", slot.project.root, e)
+                self._check_slot(slot)
+            finally:
+                slot.start_lock.release()
         self._cleanup_idle_vdirs()
+
+    def _check_slot(self, slot: Slot) -> None:
+        if slot.alive():
+            return
+        files = project_files(self.home, slot.project.id)
+        recorded = process.read_pid(files.pid_file)
+        if recorded and recorded != slot.pid and process.pid_alive(recorded):
+            slot.pid, slot.proc = recorded, None  # replaced by another start: adopt it
+            return
+        crashed = recorded is not None or (slot.proc is not None and slot.proc.returncode not in (0, None))
+        if not crashed:  # exited on its own (idle, or asked to): forget it
+            with self.lock:
+                if self.slots.get(slot.project.id) is slot:
+                    del self.slots[slot.project.id]
+            return
+        log.warning("project daemon %d for %s died: restarting", slot.pid, slot.project.root)
+        try:
+            os.unlink(files.pid_file)
+        except FileNotFoundError:
+            pass
+        try:
+            self._start_daemon(slot.project, slot)
+            slot.restarts += 1
+        except VriftError as e:
+            log.error("restart of %s failed: %s", slot.project.root, e)
 
     def _cleanup_idle_vdirs(self) -> None:
         """Remove the VDir of projects whose daemon exited idle longer than cleanup_after_s ago."""

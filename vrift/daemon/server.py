@@ -209,7 +209,7 @@ class ProjectDaemon:
 
     def _vdir_bad(self, conn: Connection, req: Frame) -> Frame:
         log.warning("client reports an unusable VDir: %s", req.text() or "(no detail)")
-        self.writer.run(lambda: self._check_vdir(force=True), REQUEST_TIMEOUT_S)
+        self.writer.run(self._check_vdir, REQUEST_TIMEOUT_S)
         return reply(req).add(Tag.GENERATION, self.index.generation)
 
     HANDLERS = {Msg.HELLO: _hello, Msg.SYNC: _sync, Msg.COMMIT: _commit, Msg.BEGIN_WRITE: _begin_write,
@@ -301,19 +301,19 @@ class ProjectDaemon:
         for pid, paths, _ in due:
             self._rollback(pid, paths)
 
-    def _check_vdir(self, force: bool = False) -> None:
-        from ..vdir.shm import VDirCorrupt, VDirReader
+    def _check_vdir(self) -> None:
+        """The shared-memory file must be structurally sound and as new as the index: a client
+        may have scribbled on it (it maps it writable for the DIRTY bit) or removed it."""
+        from ..vdir.shm import VDirError, VDirReader
 
         try:
-            reader = VDirReader(self.index.vdir_path)
-            ok = reader.generation == self.index.generation if hasattr(reader, "generation") else True
-            close = getattr(reader, "close", None)
-            if close:
-                close()
-        except (VDirCorrupt, OSError, ValueError) as e:
-            log.warning("VDir %s unusable (%s): rebuilding from LMDB", self.index.vdir_path, e)
-            ok = False
-        if not ok or (force and not ok):
+            with VDirReader(self.index.vdir_path) as reader:
+                problem = None if reader.index_generation == self.index.generation else (
+                    f"generation {reader.index_generation}, index at {self.index.generation}")
+        except VDirError as e:
+            problem = str(e)
+        if problem is not None:
+            log.warning("VDir %s unusable (%s): rebuilding from LMDB", self.index.vdir_path, problem)
             self.vdir_rebuilds += 1
             self.index.rebuild_shm()
 

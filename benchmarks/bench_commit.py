@@ -1,0 +1,134 @@
+"""COMMIT round trips against a real project daemon, per durability mode and client count.
+
+    python benchmarks/bench_commit.py [--seconds 3] [--clients 1,4,16] [--modes sync,wal,async]
+
+Each client is a separate process with its own connection, writing a small staging file and
+committing it, as the preload library does at close().  Reported: commit latency p50/p99 (the
+round trip only), commits/s over the whole run (staging writes included), and, as the plain
+filesystem peer measured in the same run, write+rename per second without any daemon.
+Targets (SPEC §12): sync ≥ 900, wal ≥ 5,000, async ≥ 6,600 commits/s.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = {"sync": 900, "wal": 5000, "async": 6600}
+
+
+def client_run(sock: str, root: str, idx: int, seconds: float, start_at: float, out) -> None:
+    from vrift.daemon.client import ProjectClient
+
+    c = ProjectClient(sock, 60_000)
+    c.hello()
+    staging = Path(root) / ".vrift" / "staging" / str(os.getpid())
+    staging.mkdir(parents=True, exist_ok=True)
+    outdir = Path(root) / "out" / f"c{idx}"
+    outdir.mkdir(parents=True, exist_ok=True)
+    lat = []
+    while time.time() < start_at:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < seconds:
+        n += 1
+        s = staging / str(n)
+        with open(s, "wb") as f:
+            f.write(b"object %d %d\n" % (idx, n) * 8)
+        a = time.perf_counter()
+        c.commit(os.fsencode(outdir / f"o{n % 500}.o"), os.fsencode(s))
+        lat.append(time.perf_counter() - a)
+    out.put((lat, t0, time.perf_counter()))
+    c.close()
+
+
+def plain_run(root: str, idx: int, seconds: float, start_at: float, out) -> None:
+    d = Path(root) / "plain" / f"c{idx}"
+    d.mkdir(parents=True, exist_ok=True)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < seconds:
+        n += 1
+        tmp = d / f".t{n}"
+        with open(tmp, "wb") as f:
+            f.write(b"object %d %d\n" % (idx, n) * 8)
+        os.rename(tmp, d / f"o{n % 500}.o")
+    out.put(([0.0] * n, t0, time.perf_counter()))
+
+
+def run_clients(target, args_of, clients: int) -> tuple[list[float], float]:
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    start_at = time.time() + 0.5
+    procs = [ctx.Process(target=target, args=(*args_of(i), start_at, q)) for i in range(clients)]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    lat = [x for r in results for x in r[0]]
+    wall = max(r[2] for r in results) - min(r[1] for r in results)
+    return lat, len(lat) / wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--modes", default="sync,wal,async")
+    parser.add_argument("--dir", default=None, help="where the projects live (default: a temp dir on /tmp)")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="vb", dir=args.dir or "/tmp"))
+    os.environ["VRIFT_HOME"] = str(base / "h")
+    os.environ["VRIFT_SHM_DIR"] = str(base / "shm")
+    from vrift.daemon.client import CoordinatorClient, connect_project
+    from vrift.daemon.paths import coordinator_files
+    from vrift.project import Home, Project
+
+    home = Home.from_env().ensure()
+    counts = [int(x) for x in args.clients.split(",")]
+    rows = []
+    try:
+        for mode in args.modes.split(","):
+            root = base / f"p-{mode}"
+            root.mkdir()
+            (root / ".vrift.yaml").write_text(f"durability: {mode}\n")
+            project = Project.at(root)
+            with connect_project(home, project) as c:
+                sock = c.hello()["socket"]
+            for n in counts:
+                lat, rate = run_clients(client_run, lambda i: (sock, str(root), i, args.seconds), n)
+                _, plain = run_clients(plain_run, lambda i: (str(root), i, args.seconds), n)
+                lat.sort()
+                p50 = statistics.median(lat) * 1e6
+                p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
+                rows.append((mode, n, len(lat), p50, p99, rate, plain, TARGETS[mode]))
+                print(f"{mode:5} clients={n:2}: {rate:8.0f} commits/s  p50 {p50:7.0f} us  p99 {p99:7.0f} us",
+                      file=sys.stderr)
+    finally:
+        try:
+            with CoordinatorClient(coordinator_files(home).socket, 60_000) as c:
+                c.shutdown(flags=1)
+        except Exception as e:
+            print(f"shutdown: {e}", file=sys.stderr)
+        time.sleep(0.5)
+        shutil.rmtree(base, ignore_errors=True)
+    print("| mode | clients | commits | p50 µs | p99 µs | commits/s | plain write+rename/s | commit/plain | target | meets |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for mode, n, total, p50, p99, rate, plain, target in rows:
+        print(f"| {mode} | {n} | {total:,} | {p50:,.0f} | {p99:,.0f} | {rate:,.0f} | {plain:,.0f} | "
+              f"{rate / plain:.2f} | {target:,} | {'yes' if rate >= target else 'no'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
