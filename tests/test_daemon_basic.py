@@ -175,3 +175,44 @@ def test_idle_exit_then_vdir_cleanup(daemons, proj):
     with connect_project(home, proj) as c:
         assert c.hello()["pid"] != pid
     assert vdir_entry(home, proj, "src/a.c") is not None
+
+
+def test_max_projects_evicts_the_least_recently_used_idle_project(daemons, tmp_path):
+    home = daemons
+    home.user_config_path.write_text("daemon:\n  health_interval_s: 0.2\n  max_projects: 2\n")
+    a, b, c_, d = (make_project(tmp_path, n) for n in "abcd")
+    pids = {}
+    for p in (a, b):
+        with connect_project(home, p) as c:
+            pids[p.root] = c.hello()["pid"]
+    with connect_project(home, a) as held:  # a is used again (and stays busy); b is the LRU idle one
+        held.ping()
+        with connect_project(home, c_) as c:
+            c.hello()
+        assert wait_for(lambda: not process.pid_alive(pids[b.root]), 10)
+        assert process.pid_alive(pids[a.root])
+        with connect_project(home, c_) as busy_c:  # a and c both have clients now: no room for d
+            busy_c.ping()
+            with pytest.raises(DaemonError) as e:
+                connect_project(home, d)
+            assert e.value.code == Err.LIMIT and "max_projects" in e.value.reason
+
+
+def test_invalidate_keeps_dirty_while_a_writer_holds_the_beacon(daemons, proj):
+    import fcntl
+
+    home = daemons
+    path = proj.root / "src" / "a.c"
+    with connect_project(home, proj) as c:
+        c.sync()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a process still writing through a published file
+        try:
+            assert c.begin_write([path]) == 1
+            os.write(fd, b"more\n")
+            assert c.invalidate([path]) == (1, 1)
+            assert vdir_entry(home, proj, "src/a.c").flags & layout.F_DIRTY
+        finally:
+            os.close(fd)  # the beacon goes with the last fd
+        assert wait_for(lambda: not vdir_entry(home, proj, "src/a.c").flags & layout.F_DIRTY, 10)
+        assert vdir_entry(home, proj, "src/a.c").size == os.stat(path).st_size

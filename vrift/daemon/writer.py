@@ -39,7 +39,7 @@ class IndexWriter:
     def __init__(self, index, before_job: Callable[[], None] | None = None,
                  dir_entries: Callable[[set[bytes]], list] | None = None):
         self.index = index
-        self.before_job = before_job  # e.g. apply pending watcher changes first
+        self.before_job = before_job  # apply pending watcher changes (before calls, after commits)
         self.dir_entries = dir_entries  # fresh entries of the committed files' directories
         self._q: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
@@ -83,17 +83,12 @@ class IndexWriter:
             try:
                 job = self._q.get(timeout=0.05)
             except queue.Empty:
-                job = False
+                self._watched()
+                continue
             if job is None:
                 return
-            if self.before_job is not None:
-                try:
-                    self.before_job()
-                except Exception:
-                    log.exception("applying watcher changes failed")
-            if job is False:
-                continue
             if isinstance(job, _Call):
+                self._watched()
                 self._do_call(job)
                 continue
             group = [job]
@@ -109,13 +104,23 @@ class IndexWriter:
                 if isinstance(nxt, _Call):
                     self._do_group(group)
                     group = []
+                    self._watched()
                     self._do_call(nxt)
                     continue
                 group.append(nxt)
             if group:
                 self._do_group(group)
+            # after the group, not before: the commits' own renames are then seen as unchanged
+            self._watched()
             if stop_after:
                 return
+
+    def _watched(self) -> None:
+        if self.before_job is not None:
+            try:
+                self.before_job()
+            except Exception:
+                log.exception("applying watcher changes failed")
 
     def _do_call(self, job: _Call) -> None:
         if not job.future.set_running_or_notify_cancel():
