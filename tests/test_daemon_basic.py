@@ -84,6 +84,7 @@ def test_commit_moves_stores_and_publishes(daemons, proj):
     (".vrift/staging/x", None, Err.PATH_REJECTED),
     ("ok.o", "/tmp/not-staging", Err.PATH_REJECTED),
     ("ok.o", "missing", Err.NOT_FOUND),
+    ("ok.o", "symlink", Err.PATH_REJECTED),       # staging file that is a symlink (to /etc/hostname)
 ])
 def test_bad_paths_are_rejected_with_a_reason(daemons, proj, target, staging_rel, code):
     home = daemons
@@ -93,6 +94,9 @@ def test_bad_paths_are_rejected_with_a_reason(daemons, proj, target, staging_rel
         staging = w.stage(b"data")
         if staging_rel == "missing":
             staging = w.dir / "missing"
+        elif staging_rel == "symlink":
+            staging = w.dir / "ln"
+            os.symlink("/etc/hostname", staging)
         elif staging_rel:
             staging = staging_rel
         with pytest.raises(DaemonError) as e:

@@ -12,6 +12,19 @@ from .protocol import Err
 MAX_PATH = 4096
 
 
+def resolved(path: bytes, follow_last: bool = True) -> bytes:
+    """The kernel's symlink-free name of `path` (O_PATH + /proc/self/fd: three system calls
+    instead of one lstat per component); falls back to realpath when it does not exist."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow_last else os.O_NOFOLLOW))
+    except OSError:
+        return os.path.realpath(path)
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}".encode())
+    finally:
+        os.close(fd)
+
+
 def _reject(raw: bytes, why: str) -> RequestError:
     shown = raw[:200].decode("utf-8", "backslashreplace")
     return RequestError(Err.PATH_REJECTED, f"{shown}: {why}")
@@ -20,7 +33,7 @@ def _reject(raw: bytes, why: str) -> RequestError:
 class PathPolicy:
     def __init__(self, project: Project):
         self.root = os.fsencode(project.root)
-        self.staging = os.fsencode(os.path.realpath(project.staging_dir))
+        self.staging = os.fsencode(os.path.realpath(project.staging_dir))  # root is already real
         self._state = STATE_DIR.encode()
 
     def absolute(self, rel: bytes) -> bytes:
@@ -50,7 +63,7 @@ class PathPolicy:
         if rel.split(b"/", 1)[0] == self._state:
             raise _reject(raw, "inside the project's .vrift state directory")
         parent = os.path.dirname(norm)
-        real_parent = os.path.realpath(parent)
+        real_parent = resolved(parent)
         if real_parent != parent:
             if real_parent != self.root and not real_parent.startswith(self.root + b"/"):
                 raise _reject(raw, "symlink escape: its directory resolves outside the project root")
@@ -66,7 +79,7 @@ class PathPolicy:
         norm = os.path.normpath(raw)
         if not norm.startswith(self.staging + b"/"):
             raise _reject(raw, f"staging file outside the staging directory {os.fsdecode(self.staging)}")
-        if os.path.realpath(norm) != norm:
+        if resolved(norm, follow_last=False) != norm:  # a symlink as last component fails S_ISREG
             raise _reject(raw, "staging path goes through a symlink")
         try:
             st = os.lstat(norm)
