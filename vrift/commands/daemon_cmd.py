@@ -69,33 +69,13 @@ def stop_cmd():
     click.echo("vrift daemons stopped")
 
 
-def daemon_status(home: Home) -> dict:
-    """What `vrift daemon status --json` prints; works with or without a coordinator."""
-    from ..daemon.client import CoordinatorClient, DaemonUnavailable, ProjectClient
-    from ..daemon.paths import coordinator_files
-
-    try:
-        with CoordinatorClient(coordinator_files(home).socket, 10_000) as c:
-            return c.list()
-    except DaemonUnavailable:
-        pass
-    projects = []
-    for pid_file in sorted(home.run_dir.glob("p-*.pid")) if home.run_dir.is_dir() else []:
-        try:
-            with ProjectClient(pid_file.with_suffix(".sock"), 5_000) as c:
-                s = c.stats()
-        except VriftError:
-            continue
-        projects.append({"root": s["root"], "pid": s["pid"], "generation": s["generation"], "entries": s["entries"],
-                         "clients": max(0, s["clients"] - 1), "durability": s["durability"]})
-    return {"coordinator": None, "projects": projects}
-
-
 @daemon_group.command("status")
 @json_option
 def status_cmd(as_json):
     """The coordinator and each project daemon: pid, generation, entries, clients."""
-    status = daemon_status(Home.from_env())
+    from ..daemon.client import coordinator_status
+
+    status = coordinator_status(Home.from_env()) or {"coordinator": None, "projects": []}
     if as_json:
         emit_json(status)
         return

@@ -185,6 +185,27 @@ def connect_project(home: Home, project: Project, autostart: bool = True,
     return ProjectClient(info["socket"], timeout_ms)
 
 
+def coordinator_status(home: Home) -> dict | None:
+    """`{"coordinator": {"pid": …} | None, "projects": [...]}` from the coordinator, or from the
+    project daemons' sockets when it does not run; None when no daemon runs at all."""
+    try:
+        with CoordinatorClient(coordinator_files(home).socket, 10_000) as c:
+            return c.list()
+    except DaemonUnavailable:
+        pass
+    projects = []
+    for pid_file in sorted(home.run_dir.glob("p-*.pid")) if home.run_dir.is_dir() else []:
+        try:
+            with ProjectClient(pid_file.with_suffix(".sock"), 5_000) as c:
+                s = c.stats()
+        except VriftError:
+            continue
+        row = {k: s.get(k) for k in ("root", "pid", "generation", "entries", "durability", "socket", "vdir", "watcher")}
+        row["clients"] = max(0, int(s.get("clients", 1)) - 1)  # minus this probe
+        projects.append(row)
+    return {"coordinator": None, "projects": projects} if projects else None
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
     """Poll `predicate` until true or the timeout passes (used by tools and tests)."""
     deadline = time.monotonic() + timeout

@@ -288,7 +288,7 @@ class Coordinator:
                     s = c.stats()
                 row.update({k: s.get(k) for k in ("generation", "entries", "durability", "socket", "vdir")})
                 row["clients"] = max(0, int(s.get("clients", 1)) - 1)
-                row["watcher"] = (s.get("watcher") or {}).get("degraded")
+                row["watcher"] = s.get("watcher")
             except VriftError as e:
                 row["error"] = str(e)
             projects.append(row)

@@ -71,7 +71,7 @@ class Watcher:
         with self.lock:
             return {"watches": len(self.wd_path), "events": self.events, "overflows": self.overflows,
                     "watches_exhausted": self.watches_exhausted, "pending": len(self.changes),
-                    "degraded": self.degraded}
+                    "degraded": self.degraded is not None, "reason": self.degraded}
 
     # -- reading events -------------------------------------------------------------------------
     def _run(self) -> None:
