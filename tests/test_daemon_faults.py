@@ -263,3 +263,20 @@ def test_other_uid_is_refused_by_the_project_daemon(daemons, tmp_path):
     assert outcome == b"refused"
     with connect_project(home, proj, autostart=False) as c:
         assert c.stats()["rejected_uid"] == 1
+
+
+def test_staging_left_by_dead_processes_is_swept_at_start(daemons, tmp_path):
+    home = daemons
+    proj = make_project(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = proj.staging_dir / str(dead.pid)
+    leftover.mkdir(parents=True)
+    (leftover / "1").write_bytes(b"orphan")
+    mine = proj.staging_dir / str(os.getpid())
+    mine.mkdir()
+    (mine / "1").write_bytes(b"alive writer")
+    with connect_project(home, proj) as c:
+        c.sync()
+        assert wait_for(lambda: not leftover.exists(), 10)
+        assert (mine / "1").exists()  # a live process's staging is never touched

@@ -83,6 +83,7 @@ class ProjectDaemon:
                                on_close_write=self._closed_write).start()
         # the tree may have changed while nobody watched: reconcile it (digests are reused)
         self.writer.call(self._full_rescan)
+        self.writer.call(self._sweep_staging)
         self.listener.start()
 
     def serve_forever(self) -> None:
@@ -294,6 +295,16 @@ class ProjectDaemon:
         if paths:
             existing = [r for r in paths if self.index.get(r) is not None]
             self._reread(existing)
+
+    def _sweep_staging(self) -> None:
+        """Staging files of processes that died while no daemon ran (or before a restart)."""
+        try:
+            names = os.listdir(self.project.staging_dir)
+        except OSError:
+            return
+        for name in names:
+            if name.isdigit() and not process.pid_alive(int(name)):
+                process.remove_unheld_files(self.project.staging_dir / name)
 
     def _drain_pending(self) -> None:
         with self._lock:
