@@ -174,6 +174,8 @@ class ProjectDaemon:
                             if not self.index.set_dirty(r, True)]
             if placeholders:
                 self.index.apply(placeholders)
+                for e in placeholders:  # whether or not apply kept the flag of the record
+                    self.index.set_dirty(e.path, True)
             return len(rels)
 
         count = self.writer.run(mark, REQUEST_TIMEOUT_S)
