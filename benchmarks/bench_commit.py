@@ -49,8 +49,8 @@ def client_run(sock: str, root: str, idx: int, seconds: float, start_at: float, 
     c.close()
 
 
-def plain_run(root: str, idx: int, seconds: float, start_at: float, out) -> None:
-    d = Path(root) / "plain" / f"c{idx}"
+def plain_run(base: str, idx: int, seconds: float, start_at: float, out) -> None:
+    d = Path(base) / f"c{idx}"  # outside the project: the daemon's watcher must not see the peer
     d.mkdir(parents=True, exist_ok=True)
     while time.time() < start_at:
         time.sleep(0.001)
@@ -107,7 +107,7 @@ def main() -> int:
                 sock = c.hello()["socket"]
             for n in counts:
                 lat, rate = run_clients(client_run, lambda i: (sock, str(root), i, args.seconds), n)
-                _, plain = run_clients(plain_run, lambda i: (str(root), i, args.seconds), n)
+                _, plain = run_clients(plain_run, lambda i: (str(base / f"plain-{mode}"), i, args.seconds), n)
                 lat.sort()
                 p50 = statistics.median(lat) * 1e6
                 p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6

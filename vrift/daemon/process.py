@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import errno
+import faulthandler
 import fcntl
 import logging
 import os
+import signal
 import socket
 import stat as statmod
 import subprocess
@@ -133,6 +135,7 @@ def remove_unheld_files(directory: Path) -> int:
 def setup_logging(name: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack to the log
 
 
 def spawn(module: str, args: list[str], log_file: Path) -> subprocess.Popen:
