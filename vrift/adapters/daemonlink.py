@@ -1,0 +1,104 @@
+"""HELLO + SYNC to a running project daemon, in one round trip, with the bare `_socket` module.
+
+This speaks the framing of docs/protocol.md directly instead of importing
+`vrift.daemon.protocol` (enum, dataclasses, json): on the common path of `vrift wrap` the
+daemon runs and this is the only request the wrapper makes.  tests/test_wrap_fast.py checks
+the frames against `vrift.daemon.protocol`.  When no daemon answers, the caller starts one
+through `vrift.daemon.client.ensure_daemon` (the slow, rare path) and calls `hello_sync` again.
+"""
+from __future__ import annotations
+
+import _socket
+import os
+import struct
+
+MAGIC = b"VRP1"
+VERSION = 1
+HEADER = struct.Struct("<4sHHII")
+FIELD = struct.Struct("<HI")
+MAX_BODY = 1 << 20
+MSG_HELLO, MSG_SYNC, MSG_ERROR, REPLY_BIT = 0x01, 0x02, 0x7FFF, 0x8000
+TAG_GENERATION, TAG_TEXT, TAG_ROOT, TAG_VDIR, TAG_SOCKET, TAG_STAGING_DIR, TAG_ERROR_CODE = 4, 5, 7, 8, 9, 11, 12
+SYNC_TIMEOUT_S = 60.0  # a degraded watcher makes SYNC a full rescan of the tree
+
+
+class LinkError(Exception):
+    """The daemon could not be reached or refused; str() is a one-line reason."""
+
+
+class NoDaemon(LinkError):
+    """Nobody listens on the socket (start one and retry)."""
+
+
+def encode(mtype: int, request_id: int, fields: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(FIELD.pack(tag, len(value)) + value for tag, value in fields)
+    return HEADER.pack(MAGIC, VERSION, mtype, request_id, len(body)) + body
+
+
+def _recv_exact(sock, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 16))
+        if not chunk:
+            raise LinkError("the daemon closed the connection")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def decode_reply(sock, mtype: int, request_id: int) -> dict[int, bytes]:
+    magic, version, rtype, rid, length = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    if magic != MAGIC or version != VERSION or length > MAX_BODY:
+        raise LinkError("the daemon answered with a malformed frame")
+    body = _recv_exact(sock, length)
+    fields: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(body):
+        if len(body) - pos < FIELD.size:
+            raise LinkError("the daemon answered with a truncated field")
+        tag, size = FIELD.unpack_from(body, pos)
+        pos += FIELD.size
+        if size > len(body) - pos:
+            raise LinkError("the daemon answered with a truncated field")
+        fields.setdefault(tag, body[pos:pos + size])
+        pos += size
+    if rtype == MSG_ERROR:
+        reason = fields.get(TAG_TEXT, b"").decode(errors="replace")
+        raise LinkError(f"the daemon refused: {reason}")
+    if rtype != (mtype | REPLY_BIT) or rid != request_id:
+        raise LinkError("the daemon's reply does not match the request")
+    return fields
+
+
+def hello_sync(socket_path: str, root: str, timeout_s: float) -> dict[str, str | int]:
+    """Connect, HELLO (naming the root) and SYNC; returns the daemon's identity after the
+    barrier: root, vdir, socket, staging_dir, generation."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(os.fsencode(socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise NoDaemon(f"no daemon answers on {socket_path} ({e.strerror})") from None
+        except OSError as e:
+            raise LinkError(f"cannot connect to {socket_path}: {e.strerror or e}") from None
+        try:
+            sock.sendall(encode(MSG_HELLO, 1, [(TAG_ROOT, os.fsencode(root))]) + encode(MSG_SYNC, 2, []))
+            hello = decode_reply(sock, MSG_HELLO, 1)
+            sock.settimeout(max(timeout_s, SYNC_TIMEOUT_S))
+            sync = decode_reply(sock, MSG_SYNC, 2)
+        except TimeoutError:
+            raise LinkError(f"the daemon on {socket_path} did not answer in time") from None
+        except OSError as e:
+            raise LinkError(f"connection to {socket_path} lost ({e.strerror or e})") from None
+    finally:
+        sock.close()
+    info: dict[str, str | int] = {
+        name: os.fsdecode(hello.get(tag, b""))
+        for name, tag in (("root", TAG_ROOT), ("vdir", TAG_VDIR), ("socket", TAG_SOCKET),
+                          ("staging_dir", TAG_STAGING_DIR))
+    }
+    info["generation"] = int.from_bytes(sync.get(TAG_GENERATION, b"\0" * 8), "little")
+    if not info["vdir"] or not info["socket"]:
+        raise LinkError("the daemon's HELLO lacks the VDir or socket path")
+    return info

@@ -1,0 +1,281 @@
+"""`vrift wrap [-q] [--root DIR] [--adapter NAME] [--] TOOL ARGS…` without click.
+
+`vrift/__main__.py` calls `fast_wrap` before anything else is imported: the wrapper has to
+reach the tool's exec in a few milliseconds (SPEC §12).  The common path — project daemon
+running, no third-party plugin, configuration unchanged since the last run — imports no
+click, yaml, pluggy, importlib.metadata, dataclasses or pathlib: root and id come from
+`locate`, the configuration values and plugin list from `wrapcache`, HELLO + SYNC go over a
+bare socket (`daemonlink`).  Everything else (first run, a plugin installed, no daemon yet)
+takes the slower general path through the same function.  `fast_wrap` returns None for what
+it does not parse itself (`--help`, unknown options, no command): click then explains.
+
+Flow: adapter (by tool name) → project root → settings → plugins → daemon HELLO + SYNC →
+environment (LD_PRELOAD + VRIFT_*) → hooks → the tool → counters → summary on stderr.  When
+vrift is disabled or any part of it is missing or broken, the tool runs unchanged on the real
+filesystem and the summary says why.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import launch, locate, wrapcache
+from .base import select
+from .daemonlink import LinkError, NoDaemon, hello_sync
+
+DEFAULT_SOCKET_TIMEOUT_MS = 2000
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+class WrapOptions:
+    __slots__ = ("argv", "quiet", "root", "adapter")
+
+    def __init__(self, argv: list[str], quiet: bool = False, root: str | None = None, adapter: str | None = None):
+        self.argv = list(argv)
+        self.quiet = quiet
+        self.root = root
+        self.adapter = adapter
+
+
+def parse(argv: list[str]) -> WrapOptions | None:
+    """The wrap options and the command; None when click should handle the command line."""
+    opts = WrapOptions([])
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            i += 1
+            break
+        if word in ("-q", "--quiet"):
+            opts.quiet = True
+        elif word in ("--root", "--adapter"):
+            if i + 1 >= len(argv):
+                return None
+            setattr(opts, word[2:], argv[i + 1])
+            i += 1
+        elif word.startswith(("--root=", "--adapter=")):
+            name, _, value = word[2:].partition("=")
+            setattr(opts, name, value)
+        elif word.startswith("-"):
+            return None
+        else:
+            break
+        i += 1
+    opts.argv = argv[i:]
+    return opts if opts.argv else None
+
+
+def fast_wrap(argv: list[str]) -> int | None:
+    opts = parse(argv)
+    if opts is None:
+        return None
+    try:
+        return wrap(opts)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from ..project import VriftError
+
+        if isinstance(e, VriftError):
+            print(f"vrift: error: {e}", file=sys.stderr, flush=True)
+            return 1
+        raise
+
+
+# -- the steps ---------------------------------------------------------------------------------
+def load_hooks(env):
+    """The built-in hooks without pluggy when nothing else is installed, else the manager."""
+    from ..hooks.entrypoints import installed_entry_points, only_builtins
+
+    cache = os.path.join(locate.run_dir(env), "wrap-plugins.json")
+    stamps = wrapcache.plugin_stamps(sys.path)
+    entry_points = wrapcache.cached_entry_points(cache, stamps)
+    if entry_points is None:
+        entry_points = installed_entry_points()
+        wrapcache.store_entry_points(cache, stamps, entry_points)
+    if only_builtins(entry_points, ()):
+        from ..hooks.direct import BuiltinHooks
+
+        hooks = BuiltinHooks()
+        if hooks.usable():
+            return hooks, entry_points
+    from ..hooks.manager import load
+
+    return load(entry_points=entry_points), entry_points
+
+
+def env_disabled(env) -> str | None:
+    if env.get("VRIFT_ENABLED", "").strip().lower() in FALSE_WORDS:
+        return "VRIFT_ENABLED=0"
+    fallback = env.get("VRIFT_FALLBACK_MODE", "").strip().lower()
+    if fallback and fallback not in FALSE_WORDS:
+        return "VRIFT_FALLBACK_MODE=1"
+    return None
+
+
+class Settings:
+    """The configuration values the wrapper needs, from the cache or from vrift.config."""
+
+    def __init__(self, root: str, project_id: str, env):
+        self.root = root
+        self.env = env
+        self.config = None  # the full Config object, loaded only when someone needs it
+        self.error: str | None = None
+        home = locate.home_root(env)
+        cache = os.path.join(home, "run", f"wrap-{project_id[:16]}.json")
+        stamps = wrapcache.settings_stamps(root, home, env)
+        values = wrapcache.cached_settings(cache, stamps)
+        if values is None:
+            try:
+                cfg = self.full_config()
+                values = {key: _plain(cfg[key]) for key in wrapcache.SETTINGS_KEYS}
+            except Exception as e:
+                from ..project import VriftError
+
+                if not isinstance(e, VriftError):
+                    raise
+                self.error = f"configuration error: {e}"
+                values = {"enabled": True, "fallback_mode": False, "adapter": None, "plugins": [],
+                          "daemon.socket_timeout_ms": DEFAULT_SOCKET_TIMEOUT_MS}
+            else:
+                wrapcache.store_settings(cache, stamps, values)
+        self.values = values
+
+    def full_config(self):
+        if self.config is None:
+            from .. import config as config_mod
+            from ..project import Home
+
+            self.config = config_mod.load(self.root, env=dict(self.env), home=Home.from_env(self.env))
+        return self.config
+
+    def __getitem__(self, key: str):
+        return self.values[key]
+
+    def disabled(self) -> str | None:
+        if self.error:
+            return self.error
+        if not self["enabled"]:
+            return "disabled by the configuration (enabled: false)"
+        if self["fallback_mode"]:
+            return "fallback mode is configured (fallback_mode: true)"
+        return None
+
+
+def _plain(value):
+    """A configuration value as JSON can store it."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def connect(root: str, project_id: str, env, timeout_ms: int) -> tuple[dict | None, str | None]:
+    """(daemon identity after SYNC, None) or (None, why vrift cannot be used)."""
+    first = None
+    try:
+        return hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000), None
+    except NoDaemon:
+        pass
+    except LinkError as e:  # e.g. a daemon shutting down: ask the coordinator for a live one
+        first = str(e)
+    from ..daemon.client import ensure_daemon
+    from ..project import Home, Project, Registry, VriftError
+
+    try:
+        home = Home.from_env(env).ensure()
+        project = Project.at(root)
+        Registry(home).touch(project)
+        started = ensure_daemon(home, project)
+        return hello_sync(started["socket"], root, timeout_ms / 1000), None
+    except (VriftError, LinkError) as e:
+        return None, f"the daemon is unavailable: {e if first is None else first}"
+
+
+def choose_adapter(hooks, opts: WrapOptions, forced: str | None, cwd: str):
+    """(adapter, directory where root discovery starts)."""
+    adapter = select(hooks.adapters(), opts.argv[0], forced)
+    try:
+        return adapter, adapter.start_dir(opts.argv, cwd)
+    except Exception as e:  # noqa: BLE001 - a third-party adapter's bug costs only its -C handling
+        print(f"vrift: adapter {adapter.name!r} failed in start_dir: {type(e).__name__}: {e}", file=sys.stderr)
+        return adapter, cwd
+
+
+def wrap(opts: WrapOptions, env=None) -> int:
+    t0 = time.monotonic()
+    env = os.environ if env is None else env
+    off = env_disabled(env)
+    if off:  # the kill switch: no configuration, no plugins, no daemon, the tool as it is
+        code = launch.run(opts.argv, dict(env))
+        return finish(opts, launch.summarize(None, time.monotonic() - t0, off), code)
+
+    hooks, _ = load_hooks(env)
+    adapter, start = choose_adapter(hooks, opts, opts.adapter, os.getcwd())
+    root, error = locate.find_root(start, opts.root, env)
+    if root is None:
+        from ..project import VriftError
+
+        raise VriftError(error)
+    project_id = locate.project_id(root)
+    settings = Settings(root, project_id, env)
+    plugins = list(settings["plugins"] or [])
+    if plugins:
+        if hooks.builtin_only:
+            from ..hooks.manager import load
+
+            hooks = load()
+        hooks.load_modules(plugins)
+    configured = settings["adapter"] if settings["adapter"] not in (None, "", "auto") else None
+    if plugins or (configured and not opts.adapter):
+        adapter = select(hooks.adapters(), opts.argv[0], opts.adapter or configured)
+
+    reason = settings.disabled()
+    lib = locate.preload_library(env)
+    if reason is None and (lib is None or not os.path.isfile(lib)):
+        reason = f"the preload library is missing ({lib or 'not built: reinstall vrift'})"
+    info = None
+    if reason is None:
+        timeout_ms = int(settings["daemon.socket_timeout_ms"] or DEFAULT_SOCKET_TIMEOUT_MS)
+        info, reason = connect(root, project_id, env, timeout_ms)
+
+    counters_path = None
+    if info is not None:
+        counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
+        child_env = launch.vrift_env(env, lib, info, counters_path, settings["daemon.socket_timeout_ms"])
+    else:
+        child_env = dict(env)
+    project = config = None  # the built-ins implement no per-build hook: nobody needs them
+    if not hooks.builtin_only:
+        from ..project import Project
+
+        project, config = Project.at(root), _config_or_none(settings)
+    try:
+        try:
+            adapter.prepare_env(child_env, opts.argv)
+        except Exception as e:  # noqa: BLE001
+            print(f"vrift: adapter {adapter.name!r} failed in prepare_env: {type(e).__name__}: {e}", file=sys.stderr)
+        hooks.prepare_env(project, config, child_env)
+        hooks.pre_build(project, config, list(opts.argv))
+        code = launch.run(opts.argv, child_env)
+        counters = launch.read_counters(counters_path) if counters_path else None
+    finally:
+        launch.remove_quietly(counters_path)
+    summary = launch.summarize(counters, time.monotonic() - t0, reason)
+    summary.update(adapter=adapter.name, root=root)
+    hooks.post_build(project, config, list(opts.argv), code, summary)
+    return finish(opts, summary, code)
+
+
+def finish(opts: WrapOptions, summary: dict, code: int) -> int:
+    summary["exit_code"] = code
+    if not opts.quiet:
+        print(launch.summary_line(summary), file=sys.stderr, flush=True)
+    return code
+
+
+def _config_or_none(settings: Settings):
+    try:
+        return settings.full_config()
+    except Exception:  # noqa: BLE001 - already reported as the fallback reason
+        return None

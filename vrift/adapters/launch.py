@@ -1,0 +1,162 @@
+"""Running the wrapped tool: its environment, the counters file, the process, the summary.
+
+The tool inherits the wrapper's stdin, stdout and stderr (nothing is captured) and its
+process group: Ctrl-C reaches it directly from the terminal, while the wrapper ignores
+SIGINT/SIGQUIT like a shell waiting for a foreground job, and forwards SIGTERM/SIGHUP that
+are sent to the wrapper alone.  The exit status is the tool's, 128+N for a death by signal N.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import sys
+
+# vrift/preload/vrift_counters.h
+COUNTERS_MAGIC = 0x56524354
+COUNTERS_VERSION = 1
+COUNTERS_SIZE = 256
+COUNTER_NAMES = ("stat_served", "stat_passed", "stat_outside", "committed", "commit_local", "published",
+                 "direct", "invalidated", "fallbacks", "daemon_errors", "processes")
+_COUNTERS_HEAD = struct.Struct("<IIQ")
+_COUNTERS_BODY = struct.Struct(f"<{len(COUNTER_NAMES)}Q")
+
+FORWARDED = (signal.SIGTERM, signal.SIGHUP)
+IGNORED_WHILE_WAITING = (signal.SIGINT, signal.SIGQUIT)
+# Python ignores these at start-up; the tool must get the defaults back (as subprocess does)
+RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def create_counters(directory: str) -> str:
+    """A fresh counters file (0600) in `directory`, magic and version set, counts zero."""
+    head = _COUNTERS_HEAD.pack(COUNTERS_MAGIC, COUNTERS_VERSION, 0)
+    for attempt in range(2):
+        path = os.path.join(directory, f"vrift_counters_{os.getpid()}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # left by an earlier wrapper with the same pid that was killed
+            if attempt:
+                raise
+            os.unlink(path)
+            continue
+        try:
+            os.write(fd, head + bytes(COUNTERS_SIZE - len(head)))
+        finally:
+            os.close(fd)
+        return path
+    raise AssertionError("unreachable")
+
+
+def read_counters(path: str) -> dict[str, int] | None:
+    """The counts the build's processes added, or None when the file is unusable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(COUNTERS_SIZE)
+    except OSError:
+        return None
+    if len(data) < COUNTERS_SIZE:
+        return None
+    magic, version, _ = _COUNTERS_HEAD.unpack_from(data)
+    if magic != COUNTERS_MAGIC or version != COUNTERS_VERSION:
+        return None
+    return dict(zip(COUNTER_NAMES, _COUNTERS_BODY.unpack_from(data, _COUNTERS_HEAD.size)))
+
+
+def remove_quietly(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def vrift_env(base, lib: str, info: dict, counters: str | None, socket_timeout_ms: int | None) -> dict:
+    """The wrapped build's environment: the caller's, plus the contract of docs/preload.md."""
+    env = dict(base)
+    env["VRIFT_PROJECT_ROOT"] = info["root"]
+    env["VRIFT_VDIR"] = info["vdir"]
+    env["VRIFT_SOCKET"] = info["socket"]
+    env["VRIFT_STAGING_DIR"] = info["staging_dir"]
+    if counters:
+        env["VRIFT_COUNTERS"] = counters
+    if socket_timeout_ms is not None and "VRIFT_SOCKET_TIMEOUT_MS" not in base:
+        env["VRIFT_SOCKET_TIMEOUT_MS"] = str(socket_timeout_ms)
+    env["LD_PRELOAD"] = with_preload(base.get("LD_PRELOAD", ""), lib)
+    return env
+
+
+def with_preload(existing: str, lib: str) -> str:
+    """`lib` first, then what was preloaded already (kept; not added twice in a nested wrap)."""
+    others = [p for p in existing.replace(":", " ").split() if p != lib]
+    return " ".join([lib, *others])
+
+
+def run(argv: list[str], env: dict) -> int:
+    """Run the tool and return its exit status (127/126 when it cannot be started, as a shell)."""
+    saved = {}
+    child: list[int] = []
+
+    def forward(signum, _frame):
+        if child:
+            try:
+                os.kill(child[0], signum)
+            except ProcessLookupError:
+                pass
+
+    reset = list(RESTORED)
+    for sig in IGNORED_WHILE_WAITING:
+        saved[sig] = signal.getsignal(sig)
+        if saved[sig] != signal.SIG_IGN:  # ignored by our parent: the tool inherits that
+            reset.append(sig)
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in FORWARDED:
+        saved[sig] = signal.signal(sig, forward)
+    try:
+        try:
+            pid = os.posix_spawnp(argv[0], argv, env, setsigdef=reset)
+        except FileNotFoundError:
+            print(f"vrift: {argv[0]}: command not found", file=sys.stderr, flush=True)
+            return 127
+        except PermissionError as e:
+            print(f"vrift: {argv[0]}: {e.strerror}", file=sys.stderr, flush=True)
+            return 126
+        except OSError as e:
+            print(f"vrift: {argv[0]}: cannot run: {e.strerror or e}", file=sys.stderr, flush=True)
+            return 126
+        child.append(pid)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def summary_line(summary: dict) -> str:
+    line = (f"vrift: {summary['committed']} committed, {summary['stats_served']} stats from memory, "
+            f"{summary['stats_passed']} passed through, {summary['wall_s']:.2f}s")
+    notes = []
+    if summary.get("fallback"):
+        notes.append(f"not accelerated: {summary['fallback']}")
+    if summary.get("fallback_processes"):
+        notes.append(f"{summary['fallback_processes']} processes fell back to the real filesystem (VDir unusable)")
+    if summary.get("written_without_daemon"):
+        notes.append(f"{summary['written_without_daemon']} files written without the daemon")
+    return line + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def summarize(counters: dict[str, int] | None, wall_s: float, fallback: str | None) -> dict:
+    c = counters or dict.fromkeys(COUNTER_NAMES, 0)
+    return {
+        "committed": c["committed"] + c["published"] + c["direct"],
+        "stats_served": c["stat_served"],
+        "stats_passed": c["stat_passed"],
+        "stats_outside": c["stat_outside"],
+        "written_without_daemon": c["commit_local"],
+        "fallback_processes": c["fallbacks"],
+        "daemon_errors": c["daemon_errors"],
+        "processes": c["processes"],
+        "wall_s": wall_s,
+        "fallback": fallback,
+        "counters": dict(c),
+    }

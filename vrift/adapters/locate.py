@@ -1,0 +1,67 @@
+"""Where things are, for the wrap fast path, with nothing but `os` (and blake3 for the id).
+
+These mirror `vrift.project` (find_root, project_id, Home) and `vrift.native.preload_library`
+without importing them: those modules pull in dataclasses, pathlib and tempfile, which cost
+more than the whole time budget of `vrift wrap` before the tool's exec (SPEC §12).
+tests/test_wrap_fast.py checks that both give the same answers.
+"""
+from __future__ import annotations
+
+import os
+
+ROOT_MARKERS = (".vrift.yaml", ".git", "build.ninja", "Makefile")  # same order as vrift.project
+
+
+def find_root(start: str, explicit: str | None, env) -> tuple[str | None, str | None]:
+    """(root, None) or (None, error): explicit > VRIFT_PROJECT_ROOT > nearest .vrift.yaml >
+    nearest .git/build.ninja/Makefile > the start directory."""
+    for given, what in ((explicit, "--root"), (env.get("VRIFT_PROJECT_ROOT"), "VRIFT_PROJECT_ROOT")):
+        if given:
+            real = os.path.realpath(given)
+            if not os.path.isdir(real):
+                return None, f"{what}: not a directory: {given}"
+            return real, None
+    here = os.path.realpath(start)
+    if not os.path.isdir(here):
+        here = os.path.dirname(here)
+    chain = [here]
+    while chain[-1] != "/":
+        chain.append(os.path.dirname(chain[-1]))
+    for markers in (ROOT_MARKERS[:1], ROOT_MARKERS[1:]):
+        for d in chain:
+            if any(os.path.exists(os.path.join(d, m)) for m in markers):
+                return d, None
+    return here, None
+
+
+def project_id(root: str) -> str:
+    import blake3
+
+    return blake3.blake3(os.path.realpath(os.fsencode(root))).hexdigest()[:32]
+
+
+def home_root(env) -> str:
+    return env.get("VRIFT_HOME") or os.path.join(os.path.expanduser("~"), ".vrift")
+
+
+def run_dir(env) -> str:
+    return os.path.join(home_root(env), "run")
+
+
+def project_socket(env, pid: str) -> str:
+    return os.path.join(run_dir(env), f"p-{pid[:16]}.sock")
+
+
+def preload_library(env) -> str | None:
+    """The LD_PRELOAD library (VRIFT_PRELOAD_LIB overrides), or None when the build lacks it."""
+    override = env.get("VRIFT_PRELOAD_LIB")
+    if override:
+        return override
+    from importlib.machinery import EXTENSION_SUFFIXES  # already imported by the interpreter
+
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for suffix in EXTENSION_SUFFIXES:
+        candidate = os.path.join(pkg, "_libvrift" + suffix)
+        if os.path.isfile(candidate):
+            return candidate
+    return None

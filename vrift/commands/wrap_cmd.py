@@ -1,0 +1,94 @@
+"""`vrift wrap`, `vrift hook make`, `vrift plugins`.
+
+`vrift wrap` normally never gets here: vrift/__main__.py hands it to
+vrift.adapters.fastwrap before click is imported.  This click command serves `--help` and
+command lines the fast parser leaves to click, and runs the same code.
+"""
+from __future__ import annotations
+
+import os
+
+import click
+
+from .common import emit_json, json_option, render_table, root_option
+
+
+@click.command("wrap", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+@root_option
+@click.option("--adapter", default=None, help="Adapter to use (default: chosen by the tool's name).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def wrap_cmd(ctx, quiet, root, adapter, command):
+    """Run COMMAND (ninja, make, any command tree) under vrift.
+
+    \b
+      vrift wrap ninja -C build
+      vrift wrap make -j8
+      vrift wrap -- ./build.sh --all
+
+    The index is synced first, then COMMAND runs with the preload library; its exit status,
+    stdout and stderr are passed through unchanged.  A one-line summary follows on stderr.
+    If vrift is disabled, missing or broken, COMMAND still runs on the real filesystem."""
+    from ..adapters.fastwrap import WrapOptions, wrap
+
+    try:
+        code = wrap(WrapOptions(list(command), quiet=quiet, root=root, adapter=adapter))
+    except KeyboardInterrupt:
+        code = 130
+    ctx.exit(code)
+
+
+@click.command("hook")
+@click.argument("tool", type=click.Choice(["make"]))
+@click.option("--emit", is_flag=True,
+              help="Sync the index, write the makefile fragment and print its path (what the line runs).")
+@root_option
+def hook_cmd(tool, emit, root):
+    """Print the one-line opt-in for a Makefile (TOOL: make).
+
+    Put the printed line near the top of the Makefile: every recipe then runs under the
+    preload library, without wrapping make itself."""
+    from ..adapters.make.hook import HOOK_LINE
+    from ..adapters.make.hook import emit as emit_fragment
+
+    if not emit:
+        click.echo(HOOK_LINE)
+        return
+    path, reason = emit_fragment(os.getcwd(), os.environ, root)
+    if path is None:
+        click.echo(f"vrift: recipes run without vrift ({reason})", err=True)
+        return
+    click.echo(path)
+
+
+@click.command("plugins")
+@root_option
+@json_option
+@click.pass_context
+def plugins_cmd(ctx, root, as_json):
+    """List the loaded plugins (entry points of group "vrift" and the configured modules),
+    the hooks each implements, and the plugins that failed to load (exit status 1 then)."""
+    from ..hooks.manager import PluginFailure, load
+    from ..project import VriftError
+
+    manager = load(report=None)
+    try:
+        from .common import resolve
+
+        _home, _project, cfg = resolve(root)
+        configured = list(cfg["plugins"] or [])
+    except VriftError as e:
+        configured = []
+        manager.failures.append(PluginFailure("(configuration)", "config", "load", str(e)))
+    manager.load_modules(configured)
+    described = manager.describe()
+    if as_json:
+        emit_json(described)
+        ctx.exit(1 if manager.failures else 0)
+    rows = [(p["name"], p["source"], p["target"], ", ".join(h.removeprefix("vrift_") for h in p["hooks"]))
+            for p in described["plugins"]]
+    click.echo(render_table(("plugin", "source", "module", "hooks"), rows) if rows else "no plugins loaded")
+    for failure in manager.failures:
+        click.echo(f"failed: {failure.line()}")
+    ctx.exit(1 if manager.failures else 0)
