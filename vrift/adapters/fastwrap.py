@@ -86,13 +86,14 @@ def fast_wrap(argv: list[str]) -> int | None:
 # -- the steps ---------------------------------------------------------------------------------
 def load_hooks(env):
     """The built-in hooks without pluggy when nothing else is installed, else the manager."""
-    from ..hooks.entrypoints import installed_entry_points, only_builtins
+    from ..hooks.entrypoints import installed_entry_points, only_builtins, plugin_search_path
 
     cache = os.path.join(locate.run_dir(env), "wrap-plugins.json")
-    stamps = wrapcache.plugin_stamps(sys.path)
+    search = plugin_search_path(sys.path, os.getcwd())
+    stamps = wrapcache.plugin_stamps(search)
     entry_points = wrapcache.cached_entry_points(cache, stamps)
     if entry_points is None:
-        entry_points = installed_entry_points()
+        entry_points = installed_entry_points(search)
         wrapcache.store_entry_points(cache, stamps, entry_points)
     if only_builtins(entry_points, ()):
         from ..hooks.direct import BuiltinHooks

@@ -1,6 +1,9 @@
 """Which plugins are installed: the entry-point group "vrift" (no pluggy needed to ask)."""
 from __future__ import annotations
 
+import os
+import sys
+
 ENTRY_POINT_GROUP = "vrift"
 
 # The built-in adapters are plugins registered through pyproject.toml like third-party ones.
@@ -13,11 +16,29 @@ BUILTIN_PLUGINS = {
 }
 
 
-def installed_entry_points() -> list[tuple[str, str]]:
-    """(name, target) of every installed entry point of group "vrift", sorted by name."""
-    from importlib.metadata import entry_points
+def plugin_search_path(sys_path: list[str], cwd: str) -> list[str]:
+    """sys.path without the current directory: a build tree must not be able to inject a
+    plugin by containing a *.dist-info (and the cache of the list must not depend on the
+    build tree's mtime, which every build changes)."""
+    return [p for p in sys_path if p not in ("", ".") and os.path.abspath(p) != cwd]
 
-    return sorted({(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+def installed_entry_points(path: list[str] | None = None) -> list[tuple[str, str]]:
+    """(name, target) of every entry point of group "vrift" of the distributions found on
+    `path` (default: sys.path without the current directory), sorted by name.  As in
+    importlib.metadata.entry_points(), the first distribution of a given name wins."""
+    from importlib.metadata import distributions
+
+    if path is None:
+        path = plugin_search_path(sys.path, os.getcwd())
+    seen, found = set(), set()
+    for dist in distributions(path=path):
+        name = (dist.metadata["Name"] or "").lower().replace("-", "_")
+        if name in seen:
+            continue
+        seen.add(name)
+        found.update((ep.name, ep.value) for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP)
+    return sorted(found)
 
 
 def only_builtins(entry_points: list[tuple[str, str]], config_plugins) -> bool:

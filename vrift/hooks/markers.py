@@ -9,20 +9,17 @@ Third-party plugins may use either this marker or pluggy's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 PROJECT = "vrift"
 IMPL_ATTR = PROJECT + "_impl"
 
-F = TypeVar("F", bound=Callable)
 
-
-def hookimpl(function: F | None = None, *, hookwrapper: bool = False, optionalhook: bool = False,
+def hookimpl(function: Callable | None = None, *, hookwrapper: bool = False, optionalhook: bool = False,
              tryfirst: bool = False, trylast: bool = False, specname: str | None = None,
              wrapper: bool = False):
     """Decorator (bare or with options) marking a hook implementation of project "vrift"."""
 
-    def mark(func: F) -> F:
+    def mark(func: Callable) -> Callable:
         setattr(func, IMPL_ATTR, {"wrapper": wrapper, "hookwrapper": hookwrapper, "optionalhook": optionalhook,
                                   "tryfirst": tryfirst, "trylast": trylast, "specname": specname})
         return func
