@@ -212,3 +212,16 @@ def test_disabled_wrap_imports_nothing_heavy(tmp_path):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert not imported & {"click", "yaml", "pluggy", "importlib.metadata", "vrift.project", "vrift.cli"}
     assert "not accelerated: VRIFT_ENABLED=0" in proc.stderr
+
+
+def test_a_broken_installation_still_runs_the_tool(tmp_path):
+    """VRIFT_HOME is a regular file: nothing of vrift can work, the build runs plainly."""
+    (tmp_path / "home").write_text("")
+    env = {**os.environ, "VRIFT_HOME": str(tmp_path / "home"), "VRIFT_SHM_DIR": str(tmp_path)}
+    env.pop("VRIFT_ENABLED", None)
+    (tmp_path / "proj").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "vrift", "wrap", "--", "sh", "-c", "echo built; exit 3"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path / "proj")
+    assert proc.returncode == 3 and proc.stdout == "built\n"
+    assert "Traceback" not in proc.stderr
+    assert "(not accelerated: " in proc.stderr.splitlines()[-1]

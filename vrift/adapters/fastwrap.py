@@ -203,14 +203,23 @@ def choose_adapter(hooks, opts: WrapOptions, forced: str | None, cwd: str):
         return adapter, cwd
 
 
-def wrap(opts: WrapOptions, env=None) -> int:
-    t0 = time.monotonic()
-    env = os.environ if env is None else env
-    off = env_disabled(env)
-    if off:  # the kill switch: no configuration, no plugins, no daemon, the tool as it is
-        code = launch.run(opts.argv, dict(env))
-        return finish(opts, launch.summarize(None, time.monotonic() - t0, off), code)
+class Plan:
+    """What the preparation decided: who runs the tool, in which environment, and why vrift
+    is not used (`reason`) when it is not."""
 
+    def __init__(self, env, reason: str | None, hooks=None, adapter=None, root: str | None = None):
+        self.env = dict(env)
+        self.reason = reason
+        self.hooks = hooks
+        self.adapter = adapter
+        self.root = root
+        self.project = None
+        self.config = None
+        self.counters_path: str | None = None
+
+
+def prepare(opts: WrapOptions, env) -> Plan:
+    """Everything before the tool starts.  VriftError means the command line is wrong (exit 1)."""
     hooks, _ = load_hooks(env)
     adapter, start = choose_adapter(hooks, opts, opts.adapter, os.getcwd())
     root, error = locate.find_root(start, opts.root, env)
@@ -230,41 +239,61 @@ def wrap(opts: WrapOptions, env=None) -> int:
     configured = settings["adapter"] if settings["adapter"] not in (None, "", "auto") else None
     if plugins or (configured and not opts.adapter):
         adapter = select(hooks.adapters(), opts.argv[0], opts.adapter or configured)
-
-    reason = settings.disabled()
-    lib = locate.preload_library(env)
-    if reason is None and (lib is None or not os.path.isfile(lib)):
-        reason = f"the preload library is missing ({lib or 'not built: reinstall vrift'})"
-    info = None
-    if reason is None:
-        timeout_ms = int(settings["daemon.socket_timeout_ms"] or DEFAULT_SOCKET_TIMEOUT_MS)
-        info, reason = connect(root, project_id, env, timeout_ms)
-
-    counters_path = None
-    if info is not None:
-        counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
-        child_env = launch.vrift_env(env, lib, info, counters_path, settings["daemon.socket_timeout_ms"])
-    else:
-        child_env = dict(env)
-    project = config = None  # the built-ins implement no per-build hook: nobody needs them
-    if not hooks.builtin_only:
+    plan = Plan(env, settings.disabled(), hooks, adapter, root)
+    if not hooks.builtin_only:  # the built-ins implement no per-build hook: nobody needs these
         from ..project import Project
 
-        project, config = Project.at(root), _config_or_none(settings)
+        plan.project, plan.config = Project.at(root), _config_or_none(settings)
+
+    lib = locate.preload_library(env)
+    if plan.reason is None and (lib is None or not os.path.isfile(lib)):
+        plan.reason = f"the preload library is missing ({lib or 'not built: reinstall vrift'})"
+    if plan.reason is None:
+        timeout_ms = int(settings["daemon.socket_timeout_ms"] or DEFAULT_SOCKET_TIMEOUT_MS)
+        info, plan.reason = connect(root, project_id, env, timeout_ms)
+        if info is not None:
+            plan.counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
+            plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
+    return plan
+
+
+def wrap(opts: WrapOptions, env=None) -> int:
+    t0 = time.monotonic()
+    env = os.environ if env is None else env
+    off = env_disabled(env)
+    if off:  # the kill switch: no configuration, no plugins, no daemon, the tool as it is
+        code = launch.run(opts.argv, dict(env))
+        return finish(opts, launch.summarize(None, time.monotonic() - t0, off), code)
     try:
-        try:
-            adapter.prepare_env(child_env, opts.argv)
-        except Exception as e:  # noqa: BLE001
-            print(f"vrift: adapter {adapter.name!r} failed in prepare_env: {type(e).__name__}: {e}", file=sys.stderr)
-        hooks.prepare_env(project, config, child_env)
-        hooks.pre_build(project, config, list(opts.argv))
-        code = launch.run(opts.argv, child_env)
-        counters = launch.read_counters(counters_path) if counters_path else None
+        plan = prepare(opts, env)
+    except Exception as e:
+        from ..project import VriftError
+
+        if isinstance(e, VriftError):
+            raise
+        # a bug or a broken installation of vrift must not stop the build: run it plainly
+        plan = Plan(env, f"internal error: {type(e).__name__}: {e}")
+    argv = list(opts.argv)
+    counters = None
+    try:
+        if plan.adapter is not None:
+            try:
+                plan.adapter.prepare_env(plan.env, argv)
+            except Exception as e:  # noqa: BLE001 - a third-party adapter's bug
+                print(f"vrift: adapter {plan.adapter.name!r} failed in prepare_env: {type(e).__name__}: {e}",
+                      file=sys.stderr)
+        if plan.hooks is not None:
+            plan.hooks.prepare_env(plan.project, plan.config, plan.env)
+            plan.hooks.pre_build(plan.project, plan.config, argv)
+        code = launch.run(argv, plan.env)
+        if plan.counters_path:
+            counters = launch.read_counters(plan.counters_path)
     finally:
-        launch.remove_quietly(counters_path)
-    summary = launch.summarize(counters, time.monotonic() - t0, reason)
-    summary.update(adapter=adapter.name, root=root)
-    hooks.post_build(project, config, list(opts.argv), code, summary)
+        launch.remove_quietly(plan.counters_path)
+    summary = launch.summarize(counters, time.monotonic() - t0, plan.reason)
+    summary.update(adapter=plan.adapter.name if plan.adapter else None, root=plan.root)
+    if plan.hooks is not None:
+        plan.hooks.post_build(plan.project, plan.config, argv, code, summary)
     return finish(opts, summary, code)
 
 

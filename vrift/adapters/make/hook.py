@@ -52,7 +52,15 @@ def write_if_changed(path: str, text: str) -> None:
 
 
 def emit(cwd: str, env, explicit_root: str | None = None) -> tuple[str | None, str | None]:
-    """(path of the fragment to include, None) or (None, why the recipes run without vrift)."""
+    """(path of the fragment to include, None) or (None, why the recipes run without vrift).
+    Never raises: whatever goes wrong, make must go on without vrift."""
+    try:
+        return _emit(cwd, env, explicit_root)
+    except Exception as e:  # noqa: BLE001 - a broken vrift must not break the Makefile
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _emit(cwd: str, env, explicit_root: str | None) -> tuple[str | None, str | None]:
     from ..fastwrap import DEFAULT_SOCKET_TIMEOUT_MS, Settings, connect, env_disabled
 
     root, error = locate.find_root(cwd, explicit_root, env)
