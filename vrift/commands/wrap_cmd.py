@@ -18,8 +18,7 @@ from .common import emit_json, json_option, render_table, root_option
 @root_option
 @click.option("--adapter", default=None, help="Adapter to use (default: chosen by the tool's name).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.pass_context
-def wrap_cmd(ctx, quiet, root, adapter, command):
+def wrap_cmd(quiet, root, adapter, command):
     """Run COMMAND (ninja, make, any command tree) under vrift.
 
     \b
@@ -36,7 +35,7 @@ def wrap_cmd(ctx, quiet, root, adapter, command):
         code = wrap(WrapOptions(list(command), quiet=quiet, root=root, adapter=adapter))
     except KeyboardInterrupt:
         code = 130
-    ctx.exit(code)
+    raise SystemExit(code)  # the tool's status, whatever click does with return values
 
 
 @click.command("hook")
@@ -65,8 +64,7 @@ def hook_cmd(tool, emit, root):
 @click.command("plugins")
 @root_option
 @json_option
-@click.pass_context
-def plugins_cmd(ctx, root, as_json):
+def plugins_cmd(root, as_json):
     """List the loaded plugins (entry points of group "vrift" and the configured modules),
     the hooks each implements, and the plugins that failed to load (exit status 1 then)."""
     from ..hooks.manager import PluginFailure, load
@@ -78,17 +76,18 @@ def plugins_cmd(ctx, root, as_json):
 
         _home, _project, cfg = resolve(root)
         configured = list(cfg["plugins"] or [])
-    except VriftError as e:
+    except Exception as e:  # noqa: BLE001 - list what loaded even when the configuration cannot be read
         configured = []
-        manager.failures.append(PluginFailure("(configuration)", "config", "load", str(e)))
+        reason = str(e) if isinstance(e, VriftError) else f"{type(e).__name__}: {e}"
+        manager.failures.append(PluginFailure("(configuration)", "config", "load", reason))
     manager.load_modules(configured)
     described = manager.describe()
     if as_json:
         emit_json(described)
-        ctx.exit(1 if manager.failures else 0)
+        raise SystemExit(1 if manager.failures else 0)
     rows = [(p["name"], p["source"], p["target"], ", ".join(h.removeprefix("vrift_") for h in p["hooks"]))
             for p in described["plugins"]]
     click.echo(render_table(("plugin", "source", "module", "hooks"), rows) if rows else "no plugins loaded")
     for failure in manager.failures:
         click.echo(f"failed: {failure.line()}")
-    ctx.exit(1 if manager.failures else 0)
+    raise SystemExit(1 if manager.failures else 0)

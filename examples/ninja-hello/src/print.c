@@ -1,0 +1,4 @@
+#include <stdio.h>
+#include "hello.h"
+
+void print_line(const char *who, int value) { printf("%s, %s: %d\n", greeting(), who, value); }

@@ -1,0 +1,126 @@
+"""Helpers for the end-to-end build tests: run `vrift wrap` and plain tools as real processes,
+copy trees, compare build outputs byte for byte, list what a build rebuilt."""
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+BENCHMARKS = REPO / "benchmarks"
+VENV_BIN = str(Path(sys.executable).parent)
+
+# not build outputs: logs with timestamps, and the tools' private state
+NOT_OUTPUTS = {".ninja_log", ".ninja_deps"}
+
+sys.path.insert(0, str(BENCHMARKS))
+import gen_project  # noqa: E402
+
+
+def require_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+
+
+def tool_env(base: dict | None = None, with_vrift_on_path: bool = True) -> dict:
+    """The environment of a build: the test's (VRIFT_HOME…), `vrift` on PATH or not at all."""
+    env = dict(os.environ if base is None else base)
+    parts = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != VENV_BIN]
+    if with_vrift_on_path:
+        parts.insert(0, VENV_BIN)
+    env["PATH"] = os.pathsep.join(parts)
+    env.pop("LD_PRELOAD", None)
+    env.pop("MAKEFLAGS", None)
+    env.pop("MFLAGS", None)
+    return env
+
+
+def vrift(*args, cwd, env=None, timeout=120, check=False) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "vrift", *map(str, args)], cwd=cwd, env=env or tool_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vrift {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def plain(*cmd, cwd, env=None, timeout=120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(map(str, cmd)), cwd=cwd, env=env or tool_env(with_vrift_on_path=False),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def summary(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("vrift: ") and " committed, " in line]
+    assert len(lines) == 1, f"expected one summary line in:\n{stderr}"
+    return lines[0]
+
+
+SUMMARY = re.compile(r"^vrift: (\d+) committed, (\d+) stats from memory, (\d+) passed through, (\d+\.\d\d)s(?: \((.*)\))?$")
+
+
+def parse_summary(stderr: str) -> dict:
+    m = SUMMARY.match(summary(stderr))
+    assert m, f"summary line not in the documented format: {summary(stderr)!r}"
+    return {"committed": int(m[1]), "served": int(m[2]), "passed": int(m[3]), "wall": float(m[4]), "notes": m[5] or ""}
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(".vrift", "build"))
+    return dst
+
+
+def output_files(root: Path, subdir: str = "build") -> dict[str, Path]:
+    top = root / subdir
+    found = {}
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            if name not in NOT_OUTPUTS:
+                p = Path(dirpath) / name
+                found[str(p.relative_to(root))] = p
+    return found
+
+
+def assert_same_outputs(a: Path, b: Path, subdir: str = "build") -> int:
+    """Same set of output files, each byte-identical; returns how many were compared."""
+    fa, fb = output_files(a, subdir), output_files(b, subdir)
+    assert sorted(fa) == sorted(fb), f"different outputs: only in {a}: {sorted(set(fa) - set(fb))[:10]}, " \
+                                     f"only in {b}: {sorted(set(fb) - set(fa))[:10]}"
+    different = [rel for rel in fa if not filecmp.cmp(fa[rel], fb[rel], shallow=False)]
+    assert not different, f"outputs differ: {different[:10]}"
+    assert fa, f"no outputs under {a / subdir}"
+    return len(fa)
+
+
+NINJA_EDGE = re.compile(r"^\[\d+/\d+\] (.*)$")
+
+
+def ninja_rebuilt(stdout: str) -> list[str]:
+    """The edge descriptions ninja printed ("CC build/obj/x.o"), in order."""
+    return sorted(m[1] for m in map(NINJA_EDGE.match, stdout.splitlines()) if m)
+
+
+def make_rebuilt(stdout: str) -> list[str]:
+    """The recipe lines make echoed (relative paths: comparable across two trees)."""
+    return sorted(line for line in stdout.splitlines() if line.startswith(("cc ", "rm -f ", "ar ")))
+
+
+def let_clock_tick() -> None:
+    """File times come from the kernel's coarse clock (one tick, ≤ 10 ms): a change made in the
+    same tick as an output's write would look older than it, for plain builds too."""
+    time.sleep(0.03)
+
+
+def generate(root: Path, units: int, headers: int = 12) -> Path:
+    gen_project.generate(root, units, headers)
+    (root / ".vrift.yaml").write_text("")
+    return root

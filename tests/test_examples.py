@@ -1,0 +1,78 @@
+"""Every example under examples/ builds through vrift to the same bytes as a plain build, and
+does what its README says."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from build_support import (EXAMPLES, assert_same_outputs, copy_tree, make_rebuilt, parse_summary, plain,
+                           require_tools, tool_env, vrift)
+from daemon_support import daemons  # noqa: F401 - fixture
+from vrift.daemon.client import connect_project
+from vrift.project import Project
+
+pytestmark = pytest.mark.usefixtures("daemons")
+
+
+def test_ninja_hello(tmp_path):
+    require_tools("ninja", "cc")
+    vtree = copy_tree(EXAMPLES / "ninja-hello", tmp_path / "v")
+    ptree = copy_tree(EXAMPLES / "ninja-hello", tmp_path / "p")
+    plain("ninja", cwd=ptree)
+    wrapped = vrift("wrap", "ninja", cwd=vtree, check=True)
+    assert "LINK build/hello" in wrapped.stdout and parse_summary(wrapped.stderr)["committed"] >= 5
+    assert assert_same_outputs(vtree, ptree) == 5
+    assert plain(vtree / "build/hello", cwd=vtree).stdout == "hello, ninja: 42\n"
+
+
+def test_make_hello_through_wrap_and_through_the_makefile_line(tmp_path, daemons):
+    require_tools("make", "cc")
+    ptree = copy_tree(EXAMPLES / "make-hello", tmp_path / "p")
+    plain("make", cwd=ptree)  # vrift not on PATH: the opt-in line is a no-op
+    assert plain(ptree / "build/hello", cwd=ptree).stdout == "hello, make: 42\n"
+
+    wrapped_tree = copy_tree(EXAMPLES / "make-hello", tmp_path / "w")
+    wrapped = vrift("wrap", "make", cwd=wrapped_tree, check=True)
+    assert parse_summary(wrapped.stderr)["committed"] >= 5
+    assert_same_outputs(wrapped_tree, ptree)
+
+    # the one-line opt-in alone: plain `make` with vrift on PATH, recipes under the library
+    hooked = copy_tree(EXAMPLES / "make-hello", tmp_path / "m")
+    out = subprocess.run(["make"], cwd=hooked, env=tool_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert make_rebuilt(out.stdout) == make_rebuilt(plain("make", "-B", "-n", cwd=ptree).stdout)
+    assert_same_outputs(hooked, ptree)
+    with connect_project(daemons, Project.at(hooked), autostart=False) as client:
+        assert client.stats()["commits"] >= 5, "the recipes' outputs were committed through the daemon"
+    again = subprocess.run(["make"], cwd=hooked, env=tool_env(), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_plugin_example_installs_and_runs(tmp_path):
+    require_tools("ninja", "cc")
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--no-index", "--target", str(target), str(EXAMPLES / "plugin")],
+                         capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    env = tool_env()
+    env["PYTHONPATH"] = str(target)
+    vtree = copy_tree(EXAMPLES / "ninja-hello", tmp_path / "v")
+    listed = json.loads(vrift("plugins", "--json", cwd=vtree, env=env, check=True).stdout)
+    stamp = next(p for p in listed["plugins"] if p["name"] == "buildstamp")
+    assert stamp["source"] == "entry point" and stamp["hooks"] == ["vrift_cache_key", "vrift_post_build"]
+    wrapped = vrift("wrap", "ninja", cwd=vtree, env=env, check=True)
+    line = [x for x in wrapped.stderr.splitlines() if x.startswith("buildstamp: ")]
+    assert line and line[0].startswith("buildstamp: ninja in v: ok, ") and "files committed" in line[0]
+    from vrift.hooks.manager import load
+
+    sys.path.insert(0, str(target))
+    try:
+        manager = load(report=None, entry_points=[("buildstamp", "vrift_buildstamp")])
+        assert b"cc-version=" in manager.cache_key({"argv": ["cc", "-c", "x.c"]})
+    finally:
+        sys.path.remove(str(target))
+        sys.modules.pop("vrift_buildstamp", None)
