@@ -1,0 +1,349 @@
+"""One project's index: LMDB (cold, durable) + WAL + the shared-memory VDir (hot), kept in step.
+
+Exactly one process owns a project's index at a time (the project daemon, or `vrift ingest`
+when no daemon runs): an flock on db/<id>/owner.lock says who.  Every change goes through
+`apply()`, which makes it durable as the mode promises *before* it reaches shared memory, so
+the hot tier is never ahead of what survives a crash (SPEC §7):
+
+    sync   LMDB commit + fsync, then shared memory
+    wal    WAL append + fdatasync, then shared memory; LMDB in background batches
+    async  LMDB commit without fsync, then shared memory; env.sync every sync_interval_ms
+
+Start-up: WAL replay -> LMDB -> shared memory (an existing VDir file is kept when it is valid
+and its index generation matches LMDB's).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..project import Home, Project, VriftError
+from . import layout, wal
+from .entry import Entry
+from .lmdb_store import LmdbStore
+from .shm import VDirError, VDirWriter
+
+log = logging.getLogger("vrift.index")
+
+MODES = ("sync", "wal", "async")
+
+
+class ProjectIndex:
+    def __init__(self, home: Home, project: Project, durability: str = "wal", sync_interval_ms: int = 100,
+                 sync_batch_size: int = 1000, mapsize_gb: float = 10, shm: bool = True):
+        if durability not in MODES:
+            raise VriftError(f"durability: expected one of {', '.join(MODES)}, got {durability!r}")
+        self.home, self.project = home, project
+        self.durability = durability
+        self.sync_interval = max(1, int(sync_interval_ms)) / 1000
+        self.sync_batch_size = max(1, int(sync_batch_size))
+        self.mapsize_gb = mapsize_gb
+        self.use_shm = shm
+        self.db_dir = home.db_dir(project.id)
+        self.wal_path = home.wal_path(project.id)
+        self.vdir_path = home.vdir_path(project.id)
+        self._root = str(project.root)
+        self._entries: dict[bytes, Entry] = {}
+        self._gen = 0
+        self._lock = threading.RLock()
+        self._store: LmdbStore | None = None
+        self._wal: wal.WriteAheadLog | None = None
+        self._shm: VDirWriter | None = None
+        self._owner_fd = -1
+        # wal mode: changes acknowledged through the WAL and not yet written to LMDB
+        self._pending: dict[bytes, Entry] = {}
+        self._pending_records: list[tuple[int, Entry]] = []
+        self._lmdb_gen = 0
+        self._flush_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._flush_mutex = threading.Lock()  # one LMDB flush at a time; taken before _lock
+        self.counters = {"applies": 0, "changes": 0, "flushes": 0, "replayed": 0, "shm_reused": 0,
+                         "shm_rebuilt": 0}
+
+    # ------------------------------------------------------------------ life cycle
+    def open(self) -> "ProjectIndex":
+        self.home.ensure()
+        self.db_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._take_ownership()
+        try:
+            self._store = LmdbStore(self.db_dir, self.mapsize_gb)
+            self._store.write_description(self._root, self.project.id)
+            self._replay_wal()
+            meta = self._store.meta()
+            self._gen = self._lmdb_gen = meta["generation"]
+            self._entries = {e.path: e for e in self._store.entries()}
+            if self.durability == "wal":
+                self._wal = wal.WriteAheadLog(self.wal_path)
+            if self.use_shm:
+                self._open_shm()
+        except BaseException:
+            self._release()
+            raise
+        if self.durability != "sync":
+            self._flusher = threading.Thread(target=self._flush_loop, name="vrift-index-flush", daemon=True)
+            self._flusher.start()
+        return self
+
+    def _take_ownership(self) -> None:
+        lock = self.db_dir / "owner.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise VriftError(f"index of {self._root} is in use by another process (pid {holder}); "
+                             f"stop it or go through its daemon") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._owner_fd = fd
+
+    def _replay_wal(self) -> None:
+        """Apply WAL records newer than LMDB, in one transaction, then empty the WAL."""
+        records, good, size = wal.read(self.wal_path)
+        lmdb_gen = self._store.meta()["generation"]
+        newer = [(g, e) for g, e in records if g > lmdb_gen]
+        if newer:
+            latest: dict[bytes, Entry] = {}
+            for _, e in newer:
+                latest[e.path] = e
+            self._store.write(latest.values(), max(g for g, _ in newer), self._root, sync=True)
+            self.counters["replayed"] = len(newer)
+            log.info("replayed %d WAL records up to generation %d", len(newer), max(g for g, _ in newer))
+        if size:
+            if good < size:
+                log.warning("WAL %s: dropped a torn tail of %d bytes", self.wal_path, size - good)
+            log_ = wal.WriteAheadLog(self.wal_path)
+            try:
+                log_.reset()
+            finally:
+                log_.close()
+
+    def _open_shm(self) -> None:
+        try:
+            writer = VDirWriter.open_existing(self.vdir_path, self._root, self.project.id)
+        except (VDirError, OSError):
+            writer = None
+        if writer is not None:
+            if writer.index_generation == self._gen and len(writer) == len(self._entries):
+                self._shm = writer
+                self.counters["shm_reused"] += 1
+                return
+            writer.close()
+        self._build_shm()
+
+    def _build_shm(self) -> None:
+        writer = VDirWriter.create(self.vdir_path, self._root, self.project.id,
+                                   capacity_hint=len(self._entries), index_generation=self._gen)
+        try:
+            if self._entries:
+                writer.put_many(self._entries.values(), index_generation=self._gen)
+        except BaseException:
+            writer.close(unlink=True)
+            raise
+        old, self._shm = self._shm, writer
+        if old is not None:
+            old.close()
+        self.counters["shm_rebuilt"] += 1
+
+    def rebuild_shm(self) -> None:
+        """A fresh VDir file from the index (the old one was corrupted or removed)."""
+        with self._lock:
+            if self.use_shm:
+                self._build_shm()
+
+    def flush(self) -> None:
+        """Everything acknowledged so far written to LMDB and synced; the WAL emptied."""
+        with self._flush_mutex, self._lock:
+            self._flush_locked()
+
+    def close(self, unlink_shm: bool = False) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+        with self._flush_mutex, self._lock:
+            try:
+                if self._store is not None:
+                    self._flush_locked()
+            finally:
+                if self._shm is not None:
+                    self._shm.close(unlink=unlink_shm)
+                    self._shm = None
+                self._release()
+
+    def _release(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._owner_fd >= 0:
+            os.close(self._owner_fd)
+            self._owner_fd = -1
+
+    def __enter__(self) -> "ProjectIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def generation(self) -> int:
+        return self._gen
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, rel: bytes) -> Entry | None:
+        return self._entries.get(rel)
+
+    def entries(self) -> Iterator[Entry]:
+        with self._lock:
+            snapshot = list(self._entries.values())
+        return iter(snapshot)
+
+    def under(self, rel: bytes) -> list[Entry]:
+        """Entries strictly below directory `rel` (b"" is the root)."""
+        prefix = rel + b"/" if rel else b""
+        with self._lock:
+            return [e for p, e in self._entries.items() if p.startswith(prefix) and p != rel]
+
+    # ------------------------------------------------------------------ writes
+    def apply(self, entries: Iterable[Entry]) -> int:
+        """Make `entries` (DELETED ones remove) durable per the mode, then publish them.
+        Returns the new generation (unchanged when nothing differs).  DIRTY is not part of an
+        entry's state: it is kept as clients set it in shared memory."""
+        with self._lock:
+            if self._flush_error:
+                raise VriftError(self._flush_error)
+            changes: dict[bytes, Entry] = {}
+            for e in entries:
+                if e.flags & layout.F_DIRTY:
+                    e = e.with_flags(e.flags & ~layout.F_DIRTY)
+                cur = self._entries.get(e.path)
+                if cur == e or (cur is None and e.is_deleted):
+                    changes.pop(e.path, None)  # back to (or still) what is published
+                    continue
+                changes[e.path] = e
+            if not changes:
+                return self._gen
+            gen = self._gen + 1
+            batch = list(changes.values())
+            if self.durability == "sync":
+                self._store.write(batch, gen, self._root, sync=True)
+                self._lmdb_gen = gen
+            elif self.durability == "wal":
+                self._wal.append(gen, batch)
+                self._pending.update(changes)
+                self._pending_records.extend((gen, e) for e in batch)
+                if len(self._pending) >= self.sync_batch_size:
+                    self._wake.set()
+            else:
+                self._store.write(batch, gen, self._root, sync=False)
+                self._lmdb_gen = gen
+            # durable as promised: now the world may see it
+            if self._shm is not None:
+                self._shm.put_many(batch, index_generation=gen, keep_flags=layout.F_DIRTY)
+            for p, e in changes.items():
+                if e.is_deleted:
+                    self._entries.pop(p, None)
+                else:
+                    self._entries[p] = e
+            self._gen = gen
+            self.counters["applies"] += 1
+            self.counters["changes"] += len(batch)
+            return gen
+
+    def set_dirty(self, rel: bytes, dirty: bool) -> bool:
+        """Set or clear DIRTY on the published entry; False when there is none."""
+        if self._shm is None:
+            return False
+        if dirty:
+            return self._shm.set_flags(rel, layout.F_DIRTY)
+        return self._shm.clear_flags(rel, layout.F_DIRTY)
+
+    # ------------------------------------------------------------------ background durability
+    def _flush_locked(self) -> None:
+        if self.durability == "wal" and self._pending:
+            self._store.write(self._pending.values(), self._gen, self._root, sync=True)
+            self._lmdb_gen = self._gen
+            self._pending.clear()
+            self._pending_records.clear()
+            self._wal.reset()
+            self.counters["flushes"] += 1
+        elif self.durability == "async" and self._store is not None:
+            self._store.sync()
+            self.counters["flushes"] += 1
+        elif self.durability == "sync" and self._store is not None and self._lmdb_gen != self._gen:
+            self._store.sync()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.sync_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                with self._flush_mutex:
+                    self._background_flush()
+            except VriftError as e:
+                log.error("%s", e)
+                self._flush_error = str(e)
+            except Exception:  # the writer must hear of it, not a dead thread
+                log.exception("index flush failed")
+                self._flush_error = f"index {self._root}: background flush failed (see the daemon log)"
+
+    def _background_flush(self) -> None:
+        if self.durability == "async":
+            if self._store is not None:
+                self._store.sync()
+                self.counters["flushes"] += 1
+            return
+        # wal: write the pending batch to LMDB outside the lock (fsync is slow), then drop from
+        # the WAL exactly the records LMDB now holds; commits go on meanwhile.
+        with self._lock:
+            if not self._pending or self._store is None:
+                return
+            batch, gen = dict(self._pending), self._gen
+            n_records = len(self._pending_records)
+            self._pending.clear()
+        try:
+            self._store.write(batch.values(), gen, self._root, sync=True)
+        except BaseException:
+            with self._lock:
+                for p, e in batch.items():
+                    self._pending.setdefault(p, e)
+            raise
+        with self._lock:
+            self._lmdb_gen = max(self._lmdb_gen, gen)
+            keep = self._pending_records[n_records:]
+            self._pending_records = keep
+            if self._wal is not None:
+                self._wal.reset(keep)
+            self.counters["flushes"] += 1
+
+    # ------------------------------------------------------------------ insight
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "durability": self.durability, "generation": self._gen, "lmdb_generation": self._lmdb_gen,
+                "entries": len(self._entries), "pending": len(self._pending),
+                "wal_bytes": self._wal.size if self._wal else 0,
+                "wal_fsyncs": self._wal.fsyncs if self._wal else 0,
+                "lmdb_bytes": self._store.size_bytes() if self._store else 0,
+                "vdir_bytes": self._shm.size_bytes if self._shm else 0,
+                **self.counters,
+            }

@@ -1,0 +1,162 @@
+"""The cold tier of one project index: an LMDB environment under db/<project_id>/ (SPEC §4.4).
+
+Named databases:
+    vdir_entries   key: path relative to the root (bytes)   value: layout.RECORD (112 bytes)
+    metadata       generation, entry_count (u64 LE), project_root (bytes), format_version (u32 LE)
+
+The environment is always opened without LMDB's own fsync; the index calls `sync()` where its
+durability mode promises it.  That keeps one set of open flags per process (LMDB forbids two
+handles on one environment in a process), which `_ENVS` enforces by sharing the handle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import lmdb
+
+from ..project import VriftError
+from . import layout
+from .entry import Entry
+
+FORMAT_VERSION = 1
+U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
+
+_ENVS: dict[str, list] = {}  # realpath -> [env, refcount]
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(path: Path, mapsize_gb: float, readonly: bool) -> lmdb.Environment:
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        held = _ENVS.get(key)
+        if held is not None and (readonly or not held[0].flags()["readonly"]):
+            held[1] += 1
+            return held[0]
+        if held is not None:
+            raise VriftError(f"LMDB {path}: already open read-only in this process")
+        try:
+            env = lmdb.open(str(path), map_size=int(mapsize_gb * 2**30), max_dbs=4, subdir=True,
+                            readonly=readonly, create=not readonly, sync=False, metasync=False,
+                            lock=True, readahead=False, max_readers=256, mode=0o600)
+        except lmdb.Error as e:
+            raise VriftError(f"LMDB {path}: cannot open: {e}") from e
+        _ENVS[key] = [env, 1]
+        return env
+
+
+def _release_env(env: lmdb.Environment) -> None:
+    with _ENVS_LOCK:
+        for key, held in list(_ENVS.items()):
+            if held[0] is env:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _ENVS[key]
+                    env.close()
+                return
+
+
+class LmdbStore:
+    def __init__(self, path: Path, mapsize_gb: float = 10, readonly: bool = False):
+        self.path = Path(path)
+        self.mapsize_gb = mapsize_gb
+        if readonly and not (self.path / "data.mdb").exists():
+            raise VriftError(f"LMDB {self.path}: no index here (run `vrift ingest`)")
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.env = _open_env(self.path, mapsize_gb, readonly)
+        try:
+            self.entries_db = self.env.open_db(b"vdir_entries", create=not readonly)
+            self.meta_db = self.env.open_db(b"metadata", create=not readonly)
+        except lmdb.Error as e:
+            _release_env(self.env)
+            raise VriftError(f"LMDB {self.path}: {e}") from e
+        self.syncs = 0
+
+    # ------------------------------------------------------------------ reads
+    def meta(self) -> dict:
+        with self.env.begin(db=self.meta_db) as txn:
+            raw = {k: v for k, v in txn.cursor()}
+        version = U32.unpack(raw[b"format_version"])[0] if b"format_version" in raw else FORMAT_VERSION
+        if version != FORMAT_VERSION:
+            raise VriftError(f"LMDB {self.path}: format version {version}, this vrift reads {FORMAT_VERSION}")
+        return {
+            "generation": U64.unpack(raw[b"generation"])[0] if b"generation" in raw else 0,
+            "entry_count": U64.unpack(raw[b"entry_count"])[0] if b"entry_count" in raw else 0,
+            "project_root": raw.get(b"project_root", b"").decode("utf-8", "surrogateescape"),
+            "format_version": version,
+        }
+
+    def get(self, rel: bytes) -> Entry | None:
+        with self.env.begin(db=self.entries_db) as txn:
+            data = txn.get(rel)
+        return None if data is None else Entry.unpack_record(rel, data)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, in path order, from one consistent snapshot."""
+        with self.env.begin(db=self.entries_db) as txn:
+            for key, value in txn.cursor():
+                yield Entry.unpack_record(key, value)
+
+    # ------------------------------------------------------------------ writes
+    def write(self, changes: Iterable[Entry], generation: int, root: str, sync: bool) -> None:
+        """Put or delete `changes` and record `generation`, in one transaction; with `sync`,
+        durable when this returns.  A full map aborts the transaction: nothing is half-written."""
+        try:
+            with self.env.begin(write=True) as txn:
+                for e in changes:
+                    if e.is_deleted:
+                        txn.delete(e.path, db=self.entries_db)
+                    else:
+                        txn.put(e.path, e.with_flags(e.flags & ~layout.F_DIRTY).pack_record(), db=self.entries_db)
+                count = txn.stat(self.entries_db)["entries"]
+                txn.put(b"generation", U64.pack(generation), db=self.meta_db)
+                txn.put(b"entry_count", U64.pack(count), db=self.meta_db)
+                txn.put(b"project_root", os.fsencode(root), db=self.meta_db)
+                txn.put(b"format_version", U32.pack(FORMAT_VERSION), db=self.meta_db)
+        except lmdb.MapFullError as e:
+            raise VriftError(f"LMDB {self.path}: map full ({self.mapsize_gb:g} GiB); raise lmdb_mapsize_gb "
+                             f"(VRIFT_LMDB_MAPSIZE_GB)") from e
+        except lmdb.DiskError as e:
+            raise VriftError(f"LMDB {self.path}: disk error: {e}") from e
+        except lmdb.Error as e:
+            raise VriftError(f"LMDB {self.path}: write failed: {e}") from e
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
+        try:
+            self.env.sync(True)
+        except lmdb.Error as e:
+            raise VriftError(f"LMDB {self.path}: sync failed: {e}") from e
+        self.syncs += 1
+
+    def size_bytes(self) -> int:
+        info = self.env.info()
+        return (info["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def write_description(self, root: str, project_id: str) -> None:
+        """metadata.json beside the environment: lets gc and status name a project without LMDB."""
+        target = self.path / "metadata.json"
+        data = {"project_root": root, "project_id": project_id, "format_version": FORMAT_VERSION}
+        try:
+            if json.loads(target.read_text()) == data:
+                return
+        except (OSError, ValueError):
+            pass
+        data_s = json.dumps(data, indent=2) + "\n"
+        tmp = target.with_name(f".metadata.{os.getpid()}.{time.monotonic_ns()}")
+        tmp.write_text(data_s)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)
+
+    def close(self) -> None:
+        if self.env is not None:
+            _release_env(self.env)
+            self.env = None
