@@ -82,7 +82,8 @@ def cli():
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="vrift", standalone_mode=False)
+        # non-standalone click returns what ctx.exit(n) asked for instead of exiting
+        code = cli.main(args=argv, prog_name="vrift", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
@@ -94,4 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     except VriftError as e:
         click.echo(f"vrift: error: {e}", err=True)
         return 1
-    return 0
+    except BrokenPipeError:  # `vrift status | head`
+        return 141
+    return code if isinstance(code, int) else 0

@@ -143,9 +143,7 @@ class Ingester:
         if entry is not None and not entry.is_deleted:
             yield entry
         if entry is None or entry.flags & layout.F_DIR:  # children may be indexed
-            for e in self.index.entries():
-                if e.path.startswith(prefix) and e.path != rel:
-                    yield e
+            yield from self.index.under(rel)
 
     def _walk(self, top: bytes, report: IngestReport,
               top_stat: os.stat_result | None = None) -> Iterator[tuple[bytes, os.stat_result]]:

@@ -33,8 +33,10 @@ def run_local_ingest(home: Home, project: Project, cfg, progress: bool):
                          sync_batch_size=cfg["sync_batch_size"], mapsize_gb=cfg["lmdb_mapsize_gb"]).open()
     try:
         cas = CAS(home.cas_dir, link_strategy=cfg["link_strategy"])
-        report = Ingester(project, index, cas, ignore=cfg["ignore"], workers=cfg["hash_workers"]).ingest(
-            progress=progress)
+        from ..daemon.server import plugin_index_filter
+
+        report = Ingester(project, index, cas, ignore=cfg["ignore"], workers=cfg["hash_workers"],
+                          index_filter=plugin_index_filter(project, cfg)).ingest(progress=progress)
     finally:
         index.close()
     return report.to_json()

@@ -38,7 +38,7 @@ REQUEST_TIMEOUT_S = 600.0
 
 
 class ProjectDaemon:
-    def __init__(self, home: Home, project: Project, cfg):
+    def __init__(self, home: Home, project: Project, cfg, index_filter=None):
         from ..cas import CAS
         from ..ingest import Ingester
         from ..vdir.index import ProjectIndex
@@ -54,6 +54,7 @@ class ProjectDaemon:
                                   mapsize_gb=cfg["lmdb_mapsize_gb"])
         self.cas = CAS(home.cas_dir, link_strategy=cfg["link_strategy"])
         self.ingester_cls = Ingester
+        self.index_filter = index_filter  # from plugins' vrift_index_filter, chosen by main()
         self.ingester = None
         self.idle_timeout = float(cfg["daemon.idle_timeout_s"])
         self.started = time.time()
@@ -76,7 +77,7 @@ class ProjectDaemon:
     def start(self) -> None:
         self.index.open()
         self.ingester = self.ingester_cls(self.project, self.index, self.cas, ignore=self.cfg["ignore"],
-                                          workers=self.cfg["hash_workers"])
+                                          workers=self.cfg["hash_workers"], index_filter=self.index_filter)
         self.writer = IndexWriter(self.index, before_job=self._apply_watched, dir_entries=self._dir_entries).start()
         self.commits = CommitService(self)
         self.watcher = Watcher(os.fsencode(self.project.root), self.ingester.rules.ignored,
@@ -348,6 +349,14 @@ class ProjectDaemon:
         }
 
 
+def plugin_index_filter(project: Project, cfg):
+    """The plugins' vrift_index_filter as one predicate (None when no plugin filters).  The
+    daemon's entry point composes the process, like the CLI does, so it may load plugins."""
+    from ..hooks.manager import load
+
+    return load(cfg["plugins"] or [], report=lambda line: log.warning("%s", line)).index_filter(project)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vrift.daemon.server")
     parser.add_argument("--root", required=True)
@@ -365,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("a project daemon already runs for %s", project.root)
             return 0
         cfg = config_mod.load(project.root, home=home)
-        daemon = ProjectDaemon(home, project, cfg)
+        daemon = ProjectDaemon(home, project, cfg, index_filter=plugin_index_filter(project, cfg))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: daemon.stop_event.set())
         daemon.start()

@@ -49,6 +49,7 @@ class ProjectIndex:
         self.vdir_path = home.vdir_path(project.id)
         self._root = str(project.root)
         self._entries: dict[bytes, Entry] = {}
+        self._children: dict[bytes, set[bytes]] = {}  # directory -> indexed paths directly in it
         self._gen = 0
         self._lock = threading.RLock()
         self._store: LmdbStore | None = None
@@ -79,6 +80,8 @@ class ProjectIndex:
             meta = self._store.meta()
             self._gen = self._lmdb_gen = meta["generation"]
             self._entries = {e.path: e for e in self._store.entries()}
+            for p in self._entries:
+                self._link(p)
             if self.durability == "wal":
                 self._wal = wal.WriteAheadLog(self.wal_path)
             if self.use_shm:
@@ -216,10 +219,28 @@ class ProjectIndex:
         return iter(snapshot)
 
     def under(self, rel: bytes) -> list[Entry]:
-        """Entries strictly below directory `rel` (b"" is the root)."""
-        prefix = rel + b"/" if rel else b""
+        """Entries strictly below directory `rel` (b"" is the root), in O(size of the subtree)."""
+        out: list[Entry] = []
         with self._lock:
-            return [e for p, e in self._entries.items() if p.startswith(prefix) and p != rel]
+            stack = [rel]
+            while stack:
+                for child in self._children.get(stack.pop(), ()):
+                    out.append(self._entries[child])
+                    stack.append(child)
+        return out
+
+    def _link(self, path: bytes) -> None:
+        if path:
+            self._children.setdefault(path.rpartition(b"/")[0], set()).add(path)
+
+    def _unlink(self, path: bytes) -> None:
+        if path:
+            parent = path.rpartition(b"/")[0]
+            kids = self._children.get(parent)
+            if kids is not None:
+                kids.discard(path)
+                if not kids:
+                    del self._children[parent]
 
     # ------------------------------------------------------------------ writes
     def apply(self, entries: Iterable[Entry]) -> int:
@@ -259,7 +280,10 @@ class ProjectIndex:
                 self._shm.put_many(batch, index_generation=gen, keep_flags=layout.F_DIRTY)
             for p, e in changes.items():
                 if e.is_deleted:
-                    self._entries.pop(p, None)
+                    if self._entries.pop(p, None) is not None:
+                        self._unlink(p)
+                elif self._entries.setdefault(p, e) is e:
+                    self._link(p)
                 else:
                     self._entries[p] = e
             self._gen = gen
