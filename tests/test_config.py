@@ -143,6 +143,8 @@ def test_unknown_key_names_file_line_and_suggestion(proj, env):
     assert load_error(proj, env, "daemon:\n  idle_timeout_s: 1\n  idle_timeout: 3\n") == \
         f"{path}:3: unknown key 'daemon.idle_timeout' (did you mean 'daemon.idle_timeout_s'?)"
     assert load_error(proj, env, "colour: blue\n") == f"{path}:1: unknown key 'colour'"
+    assert load_error(proj, env, "idle_timeout_s: 5\n") == \
+        f"{path}:1: unknown key 'idle_timeout_s' (did you mean 'daemon.idle_timeout_s'? write it under 'daemon:')"
 
 
 def test_dotted_keys_must_be_nested(proj, env):
@@ -165,7 +167,9 @@ def test_dotted_keys_must_be_nested(proj, env):
     ("daemon: 3\n", 1, "daemon: expected a mapping of keys to values, got 3"),
     ("- a\n- b\n", 1, "expected a mapping of keys to values, got a list"),
     ("enabled: true\nenabled: false\n", 2, "duplicate key 'enabled'"),
-    ("enabled: [true\n", 2, "invalid YAML: did not find expected ',' or ']'"),
+    ("enabled: [true\n", 2, "invalid YAML: while parsing a flow sequence: did not find expected ',' or ']'"),
+    ("ignore:\n  - '*.o\n", 2, "invalid YAML: while scanning a quoted scalar: found unexpected end of stream"),
+    ("a: 1\n---\nb: 2\n", 2, "invalid YAML: expected a single document, found another"),
 ])
 def test_bad_values_name_file_key_and_line(proj, env, text, line, tail):
     assert load_error(proj, env, text) == f"{proj / '.vrift.yaml'}:{line}: {tail}"

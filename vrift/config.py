@@ -275,6 +275,10 @@ def _project_path(given: str, base: Path) -> Path:
 def _suggest(name: str) -> str:
     import difflib  # only on the error path
 
+    nested = [key for key in KEYS if key.rpartition(".")[2] == name and key != name]
+    if nested:  # a daemon or cache setting written at the top level
+        section = nested[0].partition(".")[0]
+        return f" (did you mean {nested[0]!r}? write it under '{section}:')"
     candidates = [*KEYS, *SECTIONS, PROJECTS]
     match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
@@ -309,6 +313,11 @@ def _read_file(path: Path, user_path: Path) -> dict | None:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            context = getattr(e, "context", None)
+            if context and getattr(e, "context_mark", None) is not None and "end of stream" in problem:
+                mark = e.context_mark  # the end of the file says less than where the construct began
+            if context:
+                problem = f"{context}: {problem}"
             if "another document" in problem:
                 problem = "expected a single document, found another"
             raise VriftError(f"{path}:{_line(mark)}: invalid YAML: {problem}") from None
