@@ -2,6 +2,7 @@
 
 Named databases:
     vdir_entries   key: path relative to the root (bytes)   value: layout.RECORD (112 bytes)
+                   (the root's own entry, path b"", is stored under b"." — LMDB has no empty keys)
     metadata       generation, entry_count (u64 LE), project_root (bytes), format_version (u32 LE)
 
 The environment is always opened without LMDB's own fsync; the index calls `sync()` where its
@@ -27,6 +28,17 @@ from .entry import Entry
 FORMAT_VERSION = 1
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
+
+ROOT_KEY = b"."  # never a normalised relative path
+
+
+def _key(rel: bytes) -> bytes:
+    return rel or ROOT_KEY
+
+
+def _rel(key: bytes) -> bytes:
+    return b"" if key == ROOT_KEY else key
+
 
 _ENVS: dict[str, list] = {}  # realpath -> [env, refcount]
 _ENVS_LOCK = threading.Lock()
@@ -95,14 +107,14 @@ class LmdbStore:
 
     def get(self, rel: bytes) -> Entry | None:
         with self.env.begin(db=self.entries_db) as txn:
-            data = txn.get(rel)
+            data = txn.get(_key(rel))
         return None if data is None else Entry.unpack_record(rel, data)
 
     def entries(self) -> Iterator[Entry]:
         """Every entry, in path order, from one consistent snapshot."""
         with self.env.begin(db=self.entries_db) as txn:
             for key, value in txn.cursor():
-                yield Entry.unpack_record(key, value)
+                yield Entry.unpack_record(_rel(key), value)
 
     # ------------------------------------------------------------------ writes
     def write(self, changes: Iterable[Entry], generation: int, root: str, sync: bool) -> None:
@@ -112,9 +124,9 @@ class LmdbStore:
             with self.env.begin(write=True) as txn:
                 for e in changes:
                     if e.is_deleted:
-                        txn.delete(e.path, db=self.entries_db)
+                        txn.delete(_key(e.path), db=self.entries_db)
                     else:
-                        txn.put(e.path, e.with_flags(e.flags & ~layout.F_DIRTY).pack_record(), db=self.entries_db)
+                        txn.put(_key(e.path), e.with_flags(e.flags & ~layout.F_DIRTY).pack_record(), db=self.entries_db)
                 count = txn.stat(self.entries_db)["entries"]
                 txn.put(b"generation", U64.pack(generation), db=self.meta_db)
                 txn.put(b"entry_count", U64.pack(count), db=self.meta_db)
