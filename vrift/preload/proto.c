@@ -1,21 +1,387 @@
-/* proto.c — request framing of docs/protocol.md (pending: until then every request reports
- * the daemon as unusable, and the callers keep the filesystem correct on their own). */
+/*
+ * proto.c — the requests of docs/protocol.md that the preload library sends: HELLO on every
+ * new connection, COMMIT at the last close of a staged file, INVALIDATE after a mutating
+ * call or an early publish.
+ *
+ * Off the read path, but still inside arbitrary programs' close() and rename(): no malloc,
+ * no stdio.  A request is gathered from small stack pieces and sent with one sendmsg(); the
+ * reply is read through a 2 KiB stack window and only the fields we use are kept (paths
+ * are compared as they stream by, never copied).  Every call is bounded by
+ * VRIFT_SOCKET_TIMEOUT_MS.  A failed exchange (I/O error, timeout, malformed or mismatched
+ * reply, an error the protocol says closes the connection) drops the connection; an
+ * in-band error answer (path rejected, not found, I/O error on the daemon's side) keeps it.
+ * Either way the caller gets -1 and keeps the filesystem correct on its own.
+ */
 #include "vrift_preload.h"
 
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* client.c */
+int vrift_conn_acquire(long deadline, int *temporary);
+void vrift_conn_release(int fd, int temporary, int broken);
+int vrift_io_write(int fd, const void *buf, size_t n, long deadline);
+int vrift_io_read(int fd, void *buf, size_t n, long deadline);
+long vrift_deadline(void);
+
+#define P_MAGIC 0x31505256u /* "VRP1" */
+#define P_VERSION 1
+#define P_HEADER 16
+#define P_FIELD 6
+#define P_MAX_BODY (1u << 20)
+#define P_MAX_FIELDS 4096
+#define P_REPLY 0x8000
+
+enum { M_HELLO = 0x01, M_COMMIT = 0x03, M_BEGIN_WRITE = 0x04, M_INVALIDATE = 0x05, M_ERROR = 0x7FFF };
+enum {
+    T_PATH = 1, T_STAGING = 2, T_PID = 3, T_GENERATION = 4, T_TEXT = 5, T_ROOT = 7,
+    T_STAGING_DIR = 11, T_ERROR_CODE = 12, T_FLAGS = 14,
+};
+enum {
+    E_BAD_FRAME = 1, E_BAD_VERSION = 2, E_TOO_LARGE = 3, E_BAD_REQUEST = 4, E_PATH_REJECTED = 5,
+    E_NOT_FOUND = 6, E_IO_ERROR = 7, E_SHUTTING_DOWN = 8, E_LIMIT = 9, E_INTERNAL = 10,
+};
+#define ERROR_FLAG_MOVED 1u /* COMMIT error: the staging file is already on the real path */
+
+/* Paths per INVALIDATE frame: a mutating call sends a handful; more are split over frames. */
+#define BATCH 64
+
+static uint32_t next_id;
+static int proto_off;     /* the daemon serves another project or speaks another version */
+static int commits_off;   /* the daemon's staging dir is not ours: COMMIT cannot succeed */
+
+static void put16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static void put32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+/* ------------------------------------------------------------------ requests */
+
+typedef struct request {
+    uint8_t head[P_HEADER];
+    uint8_t fh[BATCH + 2][P_FIELD + 4]; /* field header, then an inline u32 value if any */
+    struct iovec iov[1 + 2 * (BATCH + 2)];
+    int niov, nfields;
+    uint32_t body, id;
+    uint16_t type;
+} request;
+
+static void req_init(request *r, uint16_t type) {
+    r->type = type;
+    r->niov = 1;
+    r->nfields = 0;
+    r->body = 0;
+    r->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
+    r->iov[0].iov_base = r->head;
+    r->iov[0].iov_len = P_HEADER;
+}
+
+static void req_bytes(request *r, uint16_t tag, const void *value, size_t len) {
+    uint8_t *fh = r->fh[r->nfields++];
+    put16(fh, tag);
+    put32(fh + 2, (uint32_t)len);
+    r->iov[r->niov].iov_base = fh;
+    r->iov[r->niov++].iov_len = P_FIELD;
+    if (len) {
+        r->iov[r->niov].iov_base = (void *)value;
+        r->iov[r->niov++].iov_len = len;
+    }
+    r->body += P_FIELD + (uint32_t)len;
+}
+
+static void req_u32(request *r, uint16_t tag, uint32_t v) {
+    uint8_t *fh = r->fh[r->nfields++];
+    put16(fh, tag);
+    put32(fh + 2, 4);
+    put32(fh + P_FIELD, v);
+    r->iov[r->niov].iov_base = fh;
+    r->iov[r->niov++].iov_len = P_FIELD + 4;
+    r->body += P_FIELD + 4;
+}
+
+/* One sendmsg in the normal case; whatever the socket did not take is finished with the
+ * deadline-bound writer of client.c. */
+static int req_send(int fd, request *r, long deadline) {
+    put32(r->head, P_MAGIC);
+    put16(r->head + 4, P_VERSION);
+    put16(r->head + 6, r->type);
+    put32(r->head + 8, r->id);
+    put32(r->head + 12, r->body);
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = r->iov;
+    m.msg_iovlen = (size_t)r->niov;
+    ssize_t w;
+    do w = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+    if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        w = 0;
+    }
+    size_t sent = (size_t)w;
+    for (int i = 0; i < r->niov; i++) {
+        size_t len = r->iov[i].iov_len;
+        if (sent >= len) {
+            sent -= len;
+            continue;
+        }
+        if (vrift_io_write(fd, (const char *)r->iov[i].iov_base + sent, len - sent, deadline) != 0) return -1;
+        sent = 0;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ replies */
+
+typedef struct reader {
+    int fd;
+    long deadline;
+    uint32_t left; /* body bytes not yet received */
+    size_t pos, len;
+    uint8_t buf[2048];
+} reader;
+
+/* Copy (dst) or skip (dst NULL) n bytes of the body. */
+static int rd_take(reader *r, void *dst, size_t n) {
+    uint8_t *d = dst;
+    while (n) {
+        if (r->pos == r->len) {
+            if (r->left == 0) return -1;
+            size_t want = r->left < sizeof r->buf ? r->left : sizeof r->buf;
+            if (vrift_io_read(r->fd, r->buf, want, r->deadline) != 0) return -1;
+            r->left -= (uint32_t)want;
+            r->pos = 0;
+            r->len = want;
+        }
+        size_t k = r->len - r->pos < n ? r->len - r->pos : n;
+        if (d) {
+            memcpy(d, r->buf + r->pos, k);
+            d += k;
+        }
+        r->pos += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Compare the next n bytes with `want` (wlen bytes): 1 equal, 0 different, -1 I/O. */
+static int rd_equal(reader *r, size_t n, const char *want, size_t wlen) {
+    int same = n == wlen;
+    while (n) {
+        uint8_t chunk[128];
+        size_t k = n < sizeof chunk ? n : sizeof chunk;
+        if (rd_take(r, chunk, k) != 0) return -1;
+        if (same && memcmp(chunk, want, k) != 0) same = 0;
+        want += same ? k : 0;
+        n -= k;
+    }
+    return same;
+}
+
+typedef struct reply {
+    int error;          /* an ERROR frame */
+    uint32_t code;      /* its ERROR_CODE */
+    uint32_t flags;
+    uint64_t generation;
+    int root_ok;        /* ROOT field: -1 absent, 0 another root, 1 ours */
+    int staging_ok;     /* STAGING_DIR field, likewise */
+    char text[200];
+} reply;
+
+/* Read the answer to `q`: 0 parsed (a reply or an error frame), -1 the connection is unusable. */
+static int read_reply(int fd, const request *q, long deadline, reply *out) {
+    uint8_t h[P_HEADER];
+    memset(out, 0, sizeof *out);
+    out->root_ok = out->staging_ok = -1;
+    if (vrift_io_read(fd, h, sizeof h, deadline) != 0) return -1;
+    uint16_t type = get16(h + 6);
+    uint32_t id = get32(h + 8), body = get32(h + 12);
+    if (get32(h) != P_MAGIC || get16(h + 4) != P_VERSION || body > P_MAX_BODY) {
+        if (get32(h) == P_MAGIC && get16(h + 4) != P_VERSION) proto_off = 1; /* will not change */
+        errno = EPROTO;
+        return -1;
+    }
+    out->error = type == M_ERROR;
+    /* errors about the frame itself are sent before its request id is known */
+    if (out->error ? id != q->id && id != 0 : id != q->id || type != (q->type | P_REPLY)) {
+        errno = EPROTO;
+        return -1;
+    }
+    reader r;
+    r.fd = fd;
+    r.deadline = deadline;
+    r.left = body;
+    r.pos = r.len = 0;
+    for (int n = 0; r.left || r.pos < r.len; n++) {
+        uint8_t fh[P_FIELD], v[8];
+        if (n >= P_MAX_FIELDS || rd_take(&r, fh, sizeof fh) != 0) goto bad;
+        uint16_t tag = get16(fh);
+        uint32_t len = get32(fh + 2);
+        if (len > r.left + (r.len - r.pos)) goto bad;
+        int eq;
+        switch (tag) {
+        case T_ERROR_CODE:
+        case T_FLAGS:
+            if (len != 4 || rd_take(&r, v, 4) != 0) goto bad;
+            if (tag == T_ERROR_CODE)
+                out->code = get32(v);
+            else
+                out->flags = get32(v);
+            break;
+        case T_GENERATION:
+            if (len != 8 || rd_take(&r, v, 8) != 0) goto bad;
+            out->generation = get64(v);
+            break;
+        case T_TEXT: {
+            size_t keep = len < sizeof out->text - 1 ? len : sizeof out->text - 1;
+            if (rd_take(&r, out->text, keep) != 0 || rd_take(&r, NULL, len - keep) != 0) goto bad;
+            out->text[keep] = '\0';
+            break;
+        }
+        case T_ROOT:
+        case T_STAGING_DIR:
+            eq = tag == T_ROOT ? rd_equal(&r, len, vrift_root, vrift_root_len)
+                               : rd_equal(&r, len, vrift_staging, vrift_staging_len);
+            if (eq < 0) goto bad;
+            *(tag == T_ROOT ? &out->root_ok : &out->staging_ok) = eq;
+            break;
+        default: /* fields we do not use, and tags newer than us */
+            if (rd_take(&r, NULL, len) != 0) goto bad;
+        }
+    }
+    return 0;
+bad:
+    errno = EPROTO;
+    return -1;
+}
+
+/* Errors after which the daemon closes the connection (docs/protocol.md, error codes). */
+static int closes_connection(uint32_t code) {
+    return code == E_BAD_FRAME || code == E_BAD_VERSION || code == E_TOO_LARGE || code == E_SHUTTING_DOWN ||
+           code < E_BAD_FRAME || code > E_INTERNAL;
+}
+
+static const char *name_of(uint16_t type) {
+    switch (type) {
+    case M_HELLO: return "HELLO";
+    case M_COMMIT: return "COMMIT";
+    case M_BEGIN_WRITE: return "BEGIN_WRITE";
+    case M_INVALIDATE: return "INVALIDATE";
+    default: return "request";
+    }
+}
+
+/* Send `q` on fd and read its answer.  0: a reply; 1: an error frame on a connection that
+ * stays usable (*out says which); -1: the connection is broken. */
+static int exchange(int fd, request *q, long deadline, reply *out) {
+    if (req_send(fd, q, deadline) != 0 || read_reply(fd, q, deadline, out) != 0) {
+        int saved = errno; /* client.c tells a timeout (daemon gone) from other failures */
+        vrift_log("daemon %s failed: %s", name_of(q->type), strerror(saved));
+        errno = saved;
+        return -1;
+    }
+    if (!out->error) return 0;
+    vrift_log("daemon refused %s (code %u): %s", name_of(q->type), out->code, out->text);
+    if (out->code == E_BAD_VERSION) proto_off = 1;
+    if (closes_connection(out->code)) {
+        errno = ECONNRESET;
+        return -1;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ the library's calls */
+
+/* On a fresh connection (client.c): who we are, and is this daemon ours? */
 int vrift_proto_hello(int fd, long deadline) {
-    (void)fd;
-    (void)deadline;
-    return -1;
+    if (proto_off) return -1;
+    request q;
+    reply a;
+    req_init(&q, M_HELLO);
+    req_u32(&q, T_PID, (uint32_t)vrift_raw_getpid());
+    req_bytes(&q, T_ROOT, vrift_root, vrift_root_len);
+    int r = exchange(fd, &q, deadline, &a);
+    if (r == 1 && a.code == E_BAD_REQUEST) {
+        /* the only field it can dislike is ROOT: this daemon serves another project */
+        proto_off = 1;
+    }
+    if (r != 0) return -1;
+    if (a.root_ok == 0) {
+        vrift_log("daemon on %s serves another project than %s: not used", vrift_socket_path, vrift_root);
+        proto_off = 1;
+        return -1;
+    }
+    if (a.staging_ok == 0 && !commits_off) {
+        vrift_log("daemon's staging dir is not %s: files are put in place without it", vrift_staging);
+        commits_off = 1;
+    }
+    return 0;
 }
 
+/* 0 committed; 1 the daemon could not take it but nothing is left to do (the staging file
+ * is gone, or already moved onto the real path with the index not updated: DIRTY stays);
+ * -1 nothing was moved: the caller renames the staging file itself. */
 int vrift_daemon_commit(const char *virt, const char *staging) {
-    (void)virt;
-    (void)staging;
+    if (proto_off || commits_off) return -1;
+    long deadline = vrift_deadline();
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
+    if (fd < 0) return -1;
+    request q;
+    reply a;
+    req_init(&q, M_COMMIT);
+    req_bytes(&q, T_PATH, virt, strlen(virt));
+    req_bytes(&q, T_STAGING, staging, strlen(staging));
+    int r = exchange(fd, &q, deadline, &a);
+    vrift_conn_release(fd, temporary, r < 0);
+    if (r == 0) return 0;
+    if (r < 0) return -1;
+    vrift_count(VRIFT_C_DAEMON_ERRORS);
+    if (a.code == E_NOT_FOUND || (a.flags & ERROR_FLAG_MOVED)) return 1;
     return -1;
 }
 
-int vrift_daemon_invalidate(const char *const *paths, int n) {
-    (void)paths;
-    (void)n;
-    return -1;
+/* Paths split into frames of BATCH; 0 when every frame was accepted. */
+static int send_paths(uint16_t type, const char *const *paths, int n) {
+    if (proto_off) return -1;
+    if (n <= 0) return 0;
+    long deadline = vrift_deadline();
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
+    if (fd < 0) return -1;
+    int result = 0, broken = 0;
+    for (int i = 0; i < n && !broken;) {
+        request q;
+        reply a;
+        req_init(&q, type);
+        for (; i < n && q.nfields < BATCH; i++) {
+            size_t len = strlen(paths[i]);
+            if (q.body + P_FIELD + len > P_MAX_BODY) break;
+            req_bytes(&q, T_PATH, paths[i], len);
+        }
+        if (q.nfields == 0) { /* one path longer than a frame: not a path the daemon takes */
+            i++;
+            result = -1;
+            continue;
+        }
+        int r = exchange(fd, &q, deadline, &a);
+        if (r != 0) result = -1;
+        if (r < 0) broken = 1;
+        if (r > 0) vrift_count(VRIFT_C_DAEMON_ERRORS);
+    }
+    vrift_conn_release(fd, temporary, broken);
+    return result;
 }
+
+int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(M_INVALIDATE, paths, n); }
+
+int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(M_BEGIN_WRITE, paths, n); }

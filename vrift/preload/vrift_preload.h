@@ -186,6 +186,8 @@ void vrift_writes_atfork_child(void);
 int vrift_daemon_commit(const char *virt, const char *staging);
 /* INVALIDATE: 0 accepted, -1 unusable. */
 int vrift_daemon_invalidate(const char *const *paths, int n);
+/* BEGIN_WRITE (new paths without an entry: a DIRTY placeholder): 0 accepted, -1 unusable. */
+int vrift_daemon_begin_write(const char *const *paths, int n);
 void vrift_daemon_atfork_child(void);
 
 #endif
