@@ -195,3 +195,16 @@ def test_kill9_loses_nothing_acknowledged(vrift_env, home, project, mode):
             with VDirReader(index.vdir_path) as reader:
                 assert reader.index_generation == index.generation
     assert acked > 0
+
+
+def test_root_entry_and_paths_longer_than_an_lmdb_key(home, project):
+    st = os.stat(project.root)
+    long_path = b"d/" + b"x" * 3000
+    with ProjectIndex(home, project, durability="sync").open() as index:
+        index.apply([Entry.from_stat(b"", st), Entry.from_stat(long_path, st, digest=b"\x03" * 32)])
+    with ProjectIndex(home, project).open() as again:
+        assert again.get(b"") is not None and again.get(b"").flags & layout.F_DIR
+        assert again.get(long_path).digest == b"\x03" * 32
+        again.apply([Entry.deleted(long_path)])
+    with open_readonly(home, project) as view:
+        assert view.get(long_path) is None and len(view) == 1

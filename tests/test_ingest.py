@@ -71,7 +71,7 @@ def test_ingest_indexes_files_dirs_symlinks_and_skips_ignored(home, project):
             assert e.flags & layout.F_SYMLINK and statmod.S_ISLNK(e.mode) and not any(e.digest)
         # duplicate content stored once
         assert index.get(b"src/a.c").digest == index.get(b"src/b.c").digest
-        assert report.hashed == report.files == 7
+        assert report.hashed == report.files == 6
     finally:
         index.close()
 
@@ -151,7 +151,7 @@ def test_unreadable_entries_are_reported_and_skipped(home, project):
 def test_cli_ingest_stat_status(run_vrift, project):
     out = run_vrift("ingest", "--json", cwd=project.root, check=True)
     data = json.loads(out.stdout)
-    assert data["files"] == 8 and data["via"] == "local"  # build/out.o is not ignored here
+    assert data["files"] == 7 and data["via"] == "local"  # build/out.o is not ignored here
     st = json.loads(run_vrift("stat", "--json", project.root / "src" / "a.c", check=True).stdout)
     assert st["path"] == "src/a.c"
     assert st["digest"] == blake3.blake3(b"int a;\n").hexdigest()
@@ -159,8 +159,8 @@ def test_cli_ingest_stat_status(run_vrift, project):
     assert st["flags"] == []
     status = json.loads(run_vrift("status", "--json", check=True).stdout)
     (p,) = status["projects"]
-    assert p["root"] == str(project.root) and p["files"] == 8
-    assert status["cas"]["blobs"] == 7  # a.c and b.c share one blob
+    assert p["root"] == str(project.root) and p["files"] == 7
+    assert status["cas"]["blobs"] == 6  # a.c and b.c share one blob
     human = run_vrift("status", check=True).stdout
     assert "SHARED BLOBS" in human and str(project.root) in human
     missing = run_vrift("stat", project.root / "nope.c")

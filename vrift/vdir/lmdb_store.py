@@ -1,8 +1,10 @@
 """The cold tier of one project index: an LMDB environment under db/<project_id>/ (SPEC §4.4).
 
 Named databases:
-    vdir_entries   key: path relative to the root (bytes)   value: layout.RECORD (112 bytes)
-                   (the root's own entry, path b"", is stored under b"." — LMDB has no empty keys)
+    vdir_entries   key: b"/" + path relative to the root     value: layout.RECORD (112 bytes)
+                   (LMDB keys are 1..511 bytes: a longer path is filed under b"#" + its BLAKE3
+                   digest and its value is the record followed by the path)
+                   (the "/" also gives the root's entry, path b"", a key: LMDB has no empty keys)
     metadata       generation, entry_count (u64 LE), project_root (bytes), format_version (u32 LE)
 
 The environment is always opened without LMDB's own fsync; the index calls `sync()` where its
@@ -19,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import blake3
 import lmdb
 
 from ..project import VriftError
@@ -29,15 +32,22 @@ FORMAT_VERSION = 1
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 
-ROOT_KEY = b"."  # never a normalised relative path
+MAX_PLAIN_KEY = 500
 
 
-def _key(rel: bytes) -> bytes:
-    return rel or ROOT_KEY
+def _key(path: bytes) -> bytes:
+    return b"/" + path if len(path) < MAX_PLAIN_KEY else b"#" + blake3.blake3(path).digest()
 
 
-def _rel(key: bytes) -> bytes:
-    return b"" if key == ROOT_KEY else key
+def _value(e: Entry) -> bytes:
+    record = e.with_flags(e.flags & ~layout.F_DIRTY).pack_record()
+    return record if len(e.path) < MAX_PLAIN_KEY else record + e.path
+
+
+def _decode(key: bytes, value: bytes) -> Entry:
+    if key[:1] == b"#":
+        return Entry.unpack_record(value[layout.RECORD_SIZE:], value[:layout.RECORD_SIZE])
+    return Entry.unpack_record(key[1:], value)
 
 
 _ENVS: dict[str, list] = {}  # realpath -> [env, refcount]
@@ -106,15 +116,16 @@ class LmdbStore:
         }
 
     def get(self, rel: bytes) -> Entry | None:
+        key = _key(rel)
         with self.env.begin(db=self.entries_db) as txn:
-            data = txn.get(_key(rel))
-        return None if data is None else Entry.unpack_record(rel, data)
+            data = txn.get(key)
+        return None if data is None else _decode(key, data)
 
     def entries(self) -> Iterator[Entry]:
-        """Every entry, in path order, from one consistent snapshot."""
+        """Every entry from one consistent snapshot (path order, long paths last)."""
         with self.env.begin(db=self.entries_db) as txn:
             for key, value in txn.cursor():
-                yield Entry.unpack_record(_rel(key), value)
+                yield _decode(key, value)
 
     # ------------------------------------------------------------------ writes
     def write(self, changes: Iterable[Entry], generation: int, root: str, sync: bool) -> None:
@@ -126,7 +137,7 @@ class LmdbStore:
                     if e.is_deleted:
                         txn.delete(_key(e.path), db=self.entries_db)
                     else:
-                        txn.put(_key(e.path), e.with_flags(e.flags & ~layout.F_DIRTY).pack_record(), db=self.entries_db)
+                        txn.put(_key(e.path), _value(e), db=self.entries_db)
                 count = txn.stat(self.entries_db)["entries"]
                 txn.put(b"generation", U64.pack(generation), db=self.meta_db)
                 txn.put(b"entry_count", U64.pack(count), db=self.meta_db)
