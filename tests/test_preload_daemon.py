@@ -302,3 +302,51 @@ def test_unusable_daemon_costs_one_timeout(mode, vrift_env, tmp_path, writer_bin
             assert server.accepted == 1, server.accepted  # another version: not asked again
     finally:
         server.close()
+
+
+EXCL_WRITER = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* O_EXCL creation is written in place: the path is visible while half written. */
+int main(void) {
+    int fd = open("excl.txt", O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) return 1;
+    if (write(fd, "part", 4) != 4) return 2;
+    printf("ready\n");
+    fflush(stdout);
+    char c;
+    if (read(0, &c, 1) != 1) return 3;
+    if (write(fd, "+rest\n", 6) != 6) return 4;
+    return close(fd) == 0 ? 0 : 5;
+}
+"""
+
+
+def test_exclusive_create_is_dirty_while_written(wrapped, daemons, proj, tmp_path):
+    """BEGIN_WRITE: the watcher sees the new file at once, but readers must not be answered
+    from memory until the writer is done."""
+    client, env, counters = wrapped
+    exe = compile_c(EXCL_WRITER, tmp_path / "excl")
+    p = subprocess.Popen([str(exe)], env=env, cwd=proj.root, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        client.sync()  # the create event is applied
+        e = vdir_entry(daemons, proj, "excl.txt")
+        assert e is None or e.flags & layout.F_DIRTY, e
+        out, _ = p.communicate(b"x", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+
+    def clean():
+        e = vdir_entry(daemons, proj, "excl.txt")
+        return e is not None and not e.flags & layout.F_DIRTY
+    assert wait_for(clean, 5)
+    assert_committed(daemons, proj, "excl.txt", b"part+rest\n")
+    c = read_counters(counters)
+    assert c["DIRECT"] == 1 and c["DAEMON_ERRORS"] == 0, c

@@ -252,6 +252,12 @@ static void plan_write(int dirfd, const char *path, int flags, write_plan *p) {
     p->existing = have && S_ISREG(lst.st_mode);
     if (p->existing) p->st = lst;
     vrift_mark_path(p->abs, 0);
+    if (p->kind == P_DIRECT && !have) {
+        /* a new file written in place is visible (and indexed by the watcher) while it is
+         * written: only the daemon can put a DIRTY entry where there is none yet */
+        const char *one[1] = {p->abs};
+        vrift_daemon_begin_write(one, 1);
+    }
     if (p->kind == P_STAGED) {
         p->seq = __atomic_fetch_add(&next_seq, 1, __ATOMIC_RELAXED);
         staging_path(p->staging, pid, p->seq);
