@@ -76,3 +76,28 @@ def test_plugin_example_installs_and_runs(tmp_path):
     finally:
         sys.path.remove(str(target))
         sys.modules.pop("vrift_buildstamp", None)
+
+
+def test_multi_project_shares_blobs_and_builds(tmp_path, vrift_env):
+    """Two projects with identical shared code: the user config lists both, `vrift ingest --all`
+    indexes them, `vrift status` shows the blobs they share, and each builds like plain ninja."""
+    require_tools("ninja", "cc")
+    tree = copy_tree(EXAMPLES / "multi-project", tmp_path / "m")
+    plain_tree = copy_tree(EXAMPLES / "multi-project", tmp_path / "p")
+    home = vrift_env["VRIFT_HOME"]
+    config = (tree / "user-config.yaml").read_text().replace("  - app-", f"  - {tree}/app-")
+    with open(f"{home}/config.yaml", "w") as f:
+        f.write(config)
+    out = vrift("ingest", "--all", "--json", cwd=tree / "app-a", check=True)
+    assert [r["root"] for r in json.loads(out.stdout)] == [str(tree / "app-a"), str(tree / "app-b")]
+    status = json.loads(vrift("status", "--json", cwd=tree, check=True).stdout)
+    rows = {p["root"]: p for p in status["projects"]}
+    a, b = rows[str(tree / "app-a")], rows[str(tree / "app-b")]
+    # common/strbuf.[ch] and .vrift.yaml are identical in both projects: stored once
+    assert a["shared_blobs"] == b["shared_blobs"] == 3
+    assert status["cas"]["blobs"] == status["dedup"]["referenced_blobs"] == a["unique_blobs"] + b["unique_blobs"] - 3
+    for app in ("app-a", "app-b"):
+        plain("ninja", cwd=plain_tree / app)
+        vrift("wrap", "ninja", cwd=tree / app, check=True)
+        assert_same_outputs(tree / app, plain_tree / app)
+        assert plain(tree / app / "build" / app, cwd=tree).stdout == f"{app}: built from shared code\n"

@@ -16,14 +16,16 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def resolve(root: str | None = None, start: str | os.PathLike | None = None, cli: dict | None = None):
-    """(home, project, config) for a command; registers the project."""
+def resolve(root: str | None = None, start: str | os.PathLike | None = None, cli: dict | None = None,
+            register: bool = True):
+    """(home, project, config) for a command; registers the project unless told not to."""
     from .. import config as config_mod  # YAML only when a config file exists
 
     home = Home.from_env().ensure()
     project = Project.at(find_root(start=start, explicit=root))
     cfg = config_mod.load(project.root, cli=cli or {}, home=home)
-    Registry(home).touch(project)
+    if register:
+        Registry(home).touch(project)
     return home, project, cfg
 
 

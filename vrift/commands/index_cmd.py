@@ -45,15 +45,36 @@ def run_local_ingest(home: Home, project: Project, cfg, progress: bool):
 @click.command("ingest")
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
 @root_option
+@click.option("--all", "all_projects", is_flag=True,
+              help="Ingest every project of the user config's `projects:` list.")
 @click.option("--durability", type=click.Choice(["sync", "wal", "async"]), default=None,
               help="Override the durability mode for this run.")
 @json_option
-def ingest_cmd(path, root, durability, as_json):
+def ingest_cmd(path, root, all_projects, durability, as_json):
     """Index the project at PATH (default: the current project) into the VDir and the CAS.
 
     Unchanged files (same size, mtime, ctime, inode) keep their digest; the rest is hashed in
     parallel and stored.  Goes through the project's daemon when one runs."""
     cli = {"durability": durability} if durability else {}
+    if not all_projects:
+        result = _ingest_one(root, path, cli, as_json)
+        emit_json(result) if as_json else _show_ingest(result)
+        return
+    _home, _project, cfg = resolve(root, start=path, cli=cli, register=False)
+    if not cfg.projects:
+        raise VriftError("--all: the user config lists no `projects:` (see docs/configuration.md)")
+    results = []
+    for proj_root in cfg.projects:
+        if not proj_root.is_dir():
+            raise VriftError(f"projects: {proj_root} is not a directory (user config)")
+        results.append(_ingest_one(str(proj_root), None, cli, as_json))
+        if not as_json:
+            _show_ingest(results[-1])
+    if as_json:
+        emit_json(results)
+
+
+def _ingest_one(root, path, cli: dict, as_json: bool) -> dict:
     home, project, cfg = resolve(root, start=path, cli=cli)
     client = _running_daemon(home, project)
     progress = sys.stderr.isatty() and not as_json
@@ -65,12 +86,14 @@ def ingest_cmd(path, root, durability, as_json):
         result = run_local_ingest(home, project, cfg, progress)
         result["via"] = "local"
     result["root"] = str(project.root)
-    if as_json:
-        emit_json(result)
-        return
+    return result
+
+
+def _show_ingest(result: dict) -> None:
+    root = result["root"]
     paths = result["files"] + result["dirs"] + result["symlinks"]
     rate = f"{result['files_per_s']:,} paths/s" if result.get("files_per_s") else ""
-    click.echo(f"ingested {project.root}: {paths:,} paths ({result['files']:,} files, {result['dirs']:,} dirs, "
+    click.echo(f"ingested {root}: {paths:,} paths ({result['files']:,} files, {result['dirs']:,} dirs, "
                f"{result['symlinks']:,} symlinks) in {result['seconds']:.2f}s {rate}")
     click.echo(f"  hashed {result['hashed']:,} ({human_bytes(result['bytes_hashed'])}), reused {result['reused']:,}, "
                f"new blobs {result['new_blobs']:,}, updated {result['updated']:,}, removed {result['deleted']:,}")
