@@ -109,18 +109,13 @@ def _remove_if_still_old(path: str, cutoff: float) -> bool:
 
 
 def _sweep_temps(cas: CAS, cutoff: float) -> int:
-    """Named temporaries left by a crashed writer (only where O_TMPFILE is unavailable)."""
+    """Temporaries left behind by writers that crashed (a live writer's are seconds old)."""
     removed = 0
-    try:
-        it = os.scandir(cas.root / "tmp")
-    except FileNotFoundError:
-        return 0
-    with it:
-        for e in it:
+    for path, mtime in cas.iter_temps():
+        if mtime < cutoff:
             try:
-                if e.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(e.path)
-                    removed += 1
+                os.unlink(path)
+                removed += 1
             except FileNotFoundError:
                 pass
     return removed
