@@ -260,11 +260,14 @@ class ProjectDaemon:
     def _reread(self, rels: list[bytes]) -> tuple[int, int]:
         """Re-read paths and their directories; clear DIRTY where no writer still holds the file."""
         parents = {os.path.dirname(r) for r in rels if r}
+        # Ask about the beacons *before* reading: a writer that lets go between our read and
+        # the check would leave a clean entry describing the content before its last write.
+        free = {rel for rel in rels if process.beacon_free(self.policy.absolute(rel))}
         self.ingester.reconcile(rels)
         self._refresh_dirs(parents)
         held = 0
         for rel in rels:
-            if process.beacon_free(self.policy.absolute(rel)):
+            if rel in free:
                 self.index.set_dirty(rel, False)
                 self._beacon_waiting.discard(rel)
             else:
