@@ -446,3 +446,13 @@ def test_cli_verify_stats_path_gc(run_vrift, vrift_env):
     assert json.loads(proc.stdout)["bad"][0]["digest"] == digest.hex()
     assert run_vrift("cas", "verify", "--quarantine").returncode == 1
     assert run_vrift("cas", "verify").returncode == 0
+
+
+def test_link_unlink_naming_where_renameat2_is_missing(cas, tmp_path):
+    cas._noreplace = False  # what a filesystem without RENAME_NOREPLACE gets
+    src = tmp_path / "f"
+    for data in (b"a" * 10, os.urandom(SMALL * 2)):
+        src.write_bytes(data)
+        assert cas.store_file(str(src)).new and not cas.store_file(str(src)).new
+    assert cas.stats()[0] == 2 and verify(cas).ok
+    _no_temps(cas)
