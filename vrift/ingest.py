@@ -244,6 +244,8 @@ class Ingester:
             report.bytes_hashed += entry.size
             report.new_blobs += new_blob
             report.strategy = report.strategy or strategy
+        if updates:
+            self.cas.sync()  # the batch's blobs are on disk before the index refers to them
         self._apply(updates, report)
 
     def _store_one(self, rel: bytes, st: os.stat_result):
@@ -254,7 +256,7 @@ class Ingester:
         path = self._abs(rel)
         for _ in range(HASH_RETRIES):
             try:
-                result = self.cas.store_file(os.fsdecode(path))
+                result = self.cas.store_file(os.fsdecode(path), fsync=False)  # synced per batch
                 after = os.lstat(path)
             except FileNotFoundError:
                 return "vanished during ingest"

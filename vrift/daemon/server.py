@@ -52,7 +52,14 @@ class ProjectDaemon:
         self.index = ProjectIndex(home, project, durability=self.durability,
                                   sync_interval_ms=cfg["sync_interval_ms"], sync_batch_size=cfg["sync_batch_size"],
                                   mapsize_gb=cfg["lmdb_mapsize_gb"])
-        self.cas = CAS(home.cas_dir, link_strategy=cfg["link_strategy"])
+        # A commit's blob is fsynced on its connection's thread, so concurrent commits' fsyncs
+        # overlap (the filesystem's journal groups them).  syncfs per commit group was tried:
+        # it flushes everything dirty on the filesystem and cost 3.8 ms here, against 0.24 ms.
+        # In async mode blobs are not fsynced one by one: the index syncs them (syncfs) before
+        # each periodic LMDB sync, so LMDB never durably names a blob that is not on disk.
+        self.cas = CAS(home.cas_dir, link_strategy=cfg["link_strategy"], fsync=self.durability != "async")
+        if self.durability == "async":
+            self.index.before_sync = self.cas.sync
         self.ingester_cls = Ingester
         self.index_filter = index_filter  # from plugins' vrift_index_filter, chosen by main()
         self.ingester = None

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..project import Home, Project, VriftError
@@ -44,6 +44,9 @@ class ProjectIndex:
         self.sync_batch_size = max(1, int(sync_batch_size))
         self.mapsize_gb = mapsize_gb
         self.use_shm = shm
+        # called before LMDB is synced in async mode: whatever the index refers to (CAS blobs)
+        # must reach the disk first
+        self.before_sync: Callable[[], None] | None = None
         self.db_dir = home.db_dir(project.id)
         self.wal_path = home.wal_path(project.id)
         self.vdir_path = home.vdir_path(project.id)
@@ -309,6 +312,8 @@ class ProjectIndex:
             self._wal.reset()
             self.counters["flushes"] += 1
         elif self.durability == "async" and self._store is not None:
+            if self.before_sync is not None:
+                self.before_sync()
             self._store.sync()
             self.counters["flushes"] += 1
         elif self.durability == "sync" and self._store is not None and self._lmdb_gen != self._gen:
@@ -333,6 +338,8 @@ class ProjectIndex:
     def _background_flush(self) -> None:
         if self.durability == "async":
             if self._store is not None:
+                if self.before_sync is not None:
+                    self.before_sync()
                 self._store.sync()
                 self.counters["flushes"] += 1
             return
