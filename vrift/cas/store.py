@@ -238,7 +238,7 @@ class CAS:
         final = self._path(digest.hex())
         if self._existing(final, len(data)):
             return StoreResult(digest, len(data), False, self.strategy)
-        tfd, tmpname = self._open_temp(shown, os.path.dirname(final))
+        tfd, tmpname = self._open_temp(shown, durable, os.path.dirname(final))
         try:
             try:
                 _write_all(tfd, data)
@@ -252,7 +252,7 @@ class CAS:
     def _store_stream(self, fd: int, head: bytes, shown: str, durable: bool) -> StoreResult:
         h = blake3.blake3(head, max_threads=1)
         size = len(head)
-        tfd, tmpname = self._open_temp(shown)
+        tfd, tmpname = self._open_temp(shown, durable)
         try:
             try:
                 _write_all(tfd, head)
@@ -277,7 +277,7 @@ class CAS:
         return StoreResult(digest, size, new, self.strategy)
 
     def _store_reflink(self, shown: str, fd: int, st: os.stat_result, durable: bool) -> StoreResult | None:
-        tfd, tmpname = self._open_temp(shown, rw=True)
+        tfd, tmpname = self._open_temp(shown, durable, rw=True)
         try:
             try:
                 fcntl.ioctl(tfd, FICLONE, fd)
@@ -362,7 +362,7 @@ class CAS:
                 pass
         return True
 
-    def _open_temp(self, shown: str, where: str | None = None, rw: bool = False) -> tuple[int, str]:
+    def _open_temp(self, shown: str, durable: bool, where: str | None = None, rw: bool = False) -> tuple[int, str]:
         d = self._tmp if where is None else where
         name = f"{d}/{TEMP_PREFIX}{os.getpid()}.{threading.get_ident()}.{next(_counter)}"
         flags = (os.O_RDWR if rw else os.O_WRONLY) | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL
@@ -370,7 +370,7 @@ class CAS:
             try:
                 return os.open(name, flags, 0o444), name
             except FileNotFoundError:  # first blob of this directory: cheaper than a stat per blob
-                self._ensure_dir(d, self.fsync)
+                self._ensure_dir(d, durable)
                 return os.open(name, flags, 0o444), name
         except OSError as e:
             raise self._error(e, shown) from None
