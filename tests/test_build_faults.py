@@ -46,7 +46,7 @@ def test_project_daemon_killed_mid_build_the_build_completes_correctly(tmp_path,
         if build.poll() is None:
             build.kill()
             build.wait()
-    assert build.returncode == 0, err
+    assert build.returncode == 0, f"{out}\n{err}"
     assert_same_outputs(vtree, ptree)
     track(home, wait_daemon_back(home, project, old, 10))  # the coordinator restarts it
     again = vrift("wrap", "ninja", cwd=vtree, check=True)

@@ -367,6 +367,9 @@ static int finish(fd_slot *s) {
         vrift_count(VRIFT_C_COMMIT_LOCAL);
         return 0;
     }
+    /* The daemon died in the middle of our COMMIT, after moving the file into place: our
+     * data is where it belongs (it only ever removes staging files of dead processes). */
+    if (errno == ENOENT) return 0;
     REAL(unlink)(staging);
     return -1;
 }
