@@ -30,7 +30,42 @@ def vrift_env(tmp_path, monkeypatch) -> dict:
         monkeypatch.delenv(var, raising=False)
     env = dict(os.environ)
     yield env
+    stop_processes_of(home)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def stop_processes_of(home: Path) -> None:
+    """No vrift process outlives its test: whatever still runs with this VRIFT_HOME (a daemon
+    auto-started by a command, one a coordinator restarted late) is terminated, then killed."""
+    import signal
+    import time
+
+    want = b"VRIFT_HOME=" + os.fsencode(home) + b"\0"
+
+    def alive() -> list[int]:
+        pids = []
+        for d in os.listdir("/proc"):
+            if d.isdigit() and int(d) != os.getpid():
+                try:
+                    with open(f"/proc/{d}/environ", "rb") as f:
+                        if want in f.read() + b"\0":
+                            pids.append(int(d))
+                except OSError:
+                    pass
+        return pids
+
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+        pids = alive()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 @pytest.fixture

@@ -37,6 +37,26 @@ def all_daemon_pids(home: Home) -> set[int]:
 TRACKED: dict[Path, set[int]] = {}
 
 
+def processes_of(home: Home) -> set[int]:
+    """Every live process started with this VRIFT_HOME: catches a daemon the coordinator
+    restarted while the test ended, before it wrote its pid file."""
+    want = b"VRIFT_HOME=" + os.fsencode(home.root) + b"\0"
+    found = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read() + b"\0"
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if want in env and b"vrift.daemon" in cmd:
+            found.add(int(d))
+    return found
+
+
 def track(home: Home, pid: int | None) -> None:
     """Remember a daemon pid a test learned (a restarted one) for the teardown check."""
     if pid:
@@ -65,10 +85,15 @@ def daemons(home):
             pass
     seen |= all_daemon_pids(home)
     wait_for(lambda: not any(process.pid_alive(p) for p in seen), 10)
-    for pid in seen:
-        if process.pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: not any(process.pid_alive(p) for p in seen), 5), "a daemon survived the test"
+    for _ in range(3):  # a coordinator may restart a daemon while it is being stopped
+        for pid in seen | processes_of(home):
+            if process.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        seen |= processes_of(home)
+        if wait_for(lambda: not any(process.pid_alive(p) for p in seen), 2):
+            break
+    assert wait_for(lambda: not any(process.pid_alive(p) for p in seen | processes_of(home)), 5), \
+        "a daemon survived the test"
 
 
 def make_project(base: Path, name: str = "proj", files: dict[str, bytes] | None = None) -> Project:
