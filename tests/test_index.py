@@ -208,3 +208,21 @@ def test_root_entry_and_paths_longer_than_an_lmdb_key(home, project):
         again.apply([Entry.deleted(long_path)])
     with open_readonly(home, project) as view:
         assert view.get(long_path) is None and len(view) == 1
+
+
+def test_dirty_placeholder_for_a_path_being_created(home, project):
+    """BEGIN_WRITE of a new path: a DIRTY tombstone in shared memory only, and the entry
+    indexed while the writer still holds the file stays DIRTY."""
+    st = os.stat(project.root)
+    with ProjectIndex(home, project, durability="sync").open() as index:
+        gen = index.apply([Entry.deleted(b"new.o").with_flags(layout.F_DIRTY)])
+        assert gen == 0 and index.get(b"new.o") is None
+        with VDirReader(index.vdir_path) as reader:
+            e = reader.lookup(b"new.o")
+            assert e.is_deleted and e.flags & layout.F_DIRTY
+        index.apply([Entry.from_stat(b"new.o", st, digest=b"\x04" * 32)])
+        with VDirReader(index.vdir_path) as reader:
+            e = reader.lookup(b"new.o")
+            assert not e.is_deleted and e.flags & layout.F_DIRTY and e.digest == b"\x04" * 32
+    with open_readonly(home, project) as view:
+        assert not view.get(b"new.o").flags & layout.F_DIRTY

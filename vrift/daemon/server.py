@@ -284,6 +284,8 @@ class ProjectDaemon:
             else:
                 held += 1
                 self._beacon_waiting.add(rel)
+                # a path first indexed now is published clean: a writer still holds it
+                self.index.set_dirty(rel, True)
         for parent in parents:
             self.index.set_dirty(parent, False)
         return len(rels), held

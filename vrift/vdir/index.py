@@ -254,14 +254,22 @@ class ProjectIndex:
             if self._flush_error:
                 raise VriftError(self._flush_error)
             changes: dict[bytes, Entry] = {}
+            placeholders: list[Entry] = []
             for e in entries:
                 if e.flags & layout.F_DIRTY:
+                    if e.is_deleted and e.path not in self._entries:
+                        # a path about to be created: a DIRTY tombstone in shared memory only,
+                        # so readers go to the disk and the entry written later stays DIRTY
+                        placeholders.append(e)
+                        continue
                     e = e.with_flags(e.flags & ~layout.F_DIRTY)
                 cur = self._entries.get(e.path)
                 if cur == e or (cur is None and e.is_deleted):
                     changes.pop(e.path, None)  # back to (or still) what is published
                     continue
                 changes[e.path] = e
+            if placeholders and self._shm is not None:
+                self._shm.put_many(placeholders, keep_flags=layout.F_DIRTY)
             if not changes:
                 return self._gen
             gen = self._gen + 1
