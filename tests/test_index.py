@@ -215,7 +215,7 @@ def test_dirty_placeholder_for_a_path_being_created(home, project):
     indexed while the writer still holds the file stays DIRTY."""
     st = os.stat(project.root)
     with ProjectIndex(home, project, durability="sync").open() as index:
-        gen = index.apply([Entry.deleted(b"new.o").with_flags(layout.F_DIRTY)])
+        gen = index.apply([Entry.deleted(b"new.o").with_flags(layout.F_DELETED | layout.F_DIRTY)])
         assert gen == 0 and index.get(b"new.o") is None
         with VDirReader(index.vdir_path) as reader:
             e = reader.lookup(b"new.o")

@@ -182,7 +182,7 @@ class ProjectDaemon:
             raise RequestError(Err.BAD_REQUEST, "BEGIN_WRITE needs at least one PATH")
 
         def mark() -> int:
-            placeholders = [Entry.deleted(r).with_flags(layout.F_DIRTY) for r in rels
+            placeholders = [Entry.deleted(r).with_flags(layout.F_DELETED | layout.F_DIRTY) for r in rels
                             if not self.index.set_dirty(r, True)]
             if placeholders:
                 self.index.apply(placeholders)
