@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import queue
 import re
+import threading
 import stat as statmod
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +27,7 @@ from .vdir.index import ProjectIndex
 
 ALWAYS_IGNORED = (b".git", STATE_DIR.encode())
 APPLY_BATCH = 4096
+WALK_THREADS = 2  # listing threads of a full walk: enough to keep lstat calls in flight
 HASH_RETRIES = 3  # a file that keeps changing while we hash it is reported, not indexed
 
 
@@ -95,7 +98,7 @@ class Ingester:
         seen: set[bytes] = set()
         with Progress(None if not progress else len(self.index) or None, "ingest",
                       enabled=progress) as bar:
-            self._index_walk(self._walk(b"", report), report, seen, bar)
+            self._index_walk(self._walk_parallel(report), report, seen, bar)
         gone = [Entry.deleted(e.path) for e in self.index.entries() if e.path not in seen]
         self._apply(gone, report)
         report.deleted += len(gone)
@@ -181,6 +184,60 @@ class Ingester:
                     if statmod.S_ISDIR(st.st_mode):
                         stack.append(child)
                     yield child, st
+
+    def _walk_parallel(self, report: IngestReport) -> Iterator[tuple[bytes, os.stat_result]]:
+        """The whole tree like _walk, with directories listed and stat'ed on worker threads
+        (lstat releases the GIL): a re-ingest is one lstat per path, and the syscalls overlap
+        with the comparisons this thread makes.  Plugins' index filter runs on this thread."""
+        top_stat = self._lstat(b"")
+        if top_stat is None:
+            return
+        yield b"", top_stat
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        ignored, absolute = self.rules.ignored, self._abs
+
+        def lister() -> None:
+            while (rel := todo.get()) is not None:
+                prefix = rel + b"/" if rel else b""
+                items, skipped = [], []
+                try:
+                    with os.scandir(absolute(rel)) as it:
+                        for d in it:
+                            child = prefix + d.name
+                            if ignored(child, d.name):
+                                continue
+                            try:
+                                items.append((child, d.stat(follow_symlinks=False)))
+                            except FileNotFoundError:
+                                continue
+                            except OSError as e:
+                                skipped.append((os.fsdecode(child), e.strerror or str(e)))
+                except OSError as e:
+                    skipped.append((os.fsdecode(rel), f"cannot list: {e.strerror}"))
+                done.put((items, skipped))
+
+        threads = [threading.Thread(target=lister, daemon=True) for _ in range(WALK_THREADS)]
+        for t in threads:
+            t.start()
+        try:
+            todo.put(b"")
+            pending = 1
+            keep = self.index_filter
+            while pending:
+                items, skipped = done.get()
+                pending -= 1
+                report.skipped.extend(skipped)
+                for child, st in items:
+                    if keep is not None and not keep(child):
+                        continue
+                    if statmod.S_ISDIR(st.st_mode):
+                        todo.put(child)
+                        pending += 1
+                    yield child, st
+        finally:
+            for _ in threads:
+                todo.put(None)
 
     def _index_walk(self, items: Iterable[tuple[bytes, os.stat_result]], report: IngestReport,
                     seen: set[bytes], bar: Progress | None) -> None:
