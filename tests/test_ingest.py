@@ -165,3 +165,23 @@ def test_cli_ingest_stat_status(run_vrift, project):
     assert "SHARED BLOBS" in human and str(project.root) in human
     missing = run_vrift("stat", project.root / "nope.c")
     assert missing.returncode != 0 and "nope.c" in missing.stderr and "\n" not in missing.stderr.strip()
+
+
+def test_index_filter_keeps_paths_and_subtrees_out(home, project):
+    """The plugins' vrift_index_filter reaches the walker: a rejected file is not indexed and
+    a rejected directory is not descended into."""
+    asked = []
+
+    def keep(rel: bytes) -> bool:
+        asked.append(rel)
+        return not (rel.endswith(b".txt") or rel == b"src/sub")
+
+    index = open_index(home, project)
+    try:
+        Ingester(project, index, CAS(home.cas_dir), index_filter=keep).ingest()
+        paths = {e.path for e in index.entries()}
+        assert b"with space.txt" not in paths and b"src/sub" not in paths and b"src/sub/c.h" not in paths
+        assert b"src/a.c" in paths
+        assert b"src/sub/c.h" not in asked  # never listed
+    finally:
+        index.close()
