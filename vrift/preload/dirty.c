@@ -63,8 +63,9 @@ static int64_t locate(const char *rel, size_t len) {
         uint32_t cap = h->table_capacity, ecap = h->entry_capacity;
         uint64_t toff = h->table_offset, eoff = h->entries_offset, soff = h->strings_offset;
         uint64_t scap = h->strings_capacity;
-        if (cap && !(cap & (cap - 1)) && toff + (uint64_t)cap * VRIFT_SLOT_SIZE <= rw_size &&
-            eoff + (uint64_t)ecap * VRIFT_ENTRY_SIZE <= rw_size && soff + scap <= rw_size) {
+        /* the same bounds as vrift_lookup: whatever the bytes say, stay inside the mapping */
+        if (cap && !(cap & (cap - 1)) && vrift_span_ok(toff, (uint64_t)cap * VRIFT_SLOT_SIZE, rw_size) &&
+            vrift_span_ok(eoff, (uint64_t)ecap * VRIFT_ENTRY_SIZE, rw_size) && vrift_span_ok(soff, scap, rw_size)) {
             const vrift_slot *slots = (const vrift_slot *)(b + toff);
             uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
             for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
@@ -72,8 +73,10 @@ static int64_t locate(const char *rel, size_t len) {
                 if (ep == 0) break;
                 if (slots[i].hash_hi != hi || ep > ecap) continue;
                 const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
-                if (e->path_hash != hash || e->path_len != len || (uint64_t)e->path_off + len > scap) continue;
-                if (memcmp(b + soff + e->path_off, rel, len) != 0) continue;
+                if (e->path_hash != hash || e->path_len != len) continue;
+                uint32_t po = e->path_off; /* loaded once: checked and used as the same value */
+                if ((uint64_t)po + len > scap) continue;
+                if (memcmp(b + soff + po, rel, len) != 0) continue;
                 found = (int64_t)(ep - 1);
                 break;
             }
