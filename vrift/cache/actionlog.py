@@ -1,0 +1,138 @@
+"""The per-process logs a recording action leaves under `<root>/.vrift/actions/<id>/`
+(docs/cache.md, "Recording in the preload library").
+
+Each process writes `<pid>.<n>.log`: records `u8 kind, u32 length (LE), payload`.  A torn last
+record (the process was killed mid-write) ends that log; the log then has no 'Z' and the action
+is uncacheable, so nothing half-seen is ever stored.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from dataclasses import dataclass, field
+
+from ..project import VriftError
+
+HEAD = struct.Struct("<BI")
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+KINDS = frozenset(b"RADWUXOENTZ")
+ACTIONS_DIR = "actions"
+MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is uncacheable
+
+
+@dataclass
+class ProcessLog:
+    name: str
+    events: list[tuple[str, bytes]] = field(default_factory=list)  # (kind, path) in order: R A D W U X
+    output: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # (time, seq, 'O'|'E', bytes)
+    uncacheable: list[str] = field(default_factory=list)
+    status: int | None = None  # from 'Z'; None when the process did not finish
+    torn: bool = False
+
+
+@dataclass
+class ActionLogs:
+    processes: list[ProcessLog]
+
+    @property
+    def unfinished(self) -> list[str]:
+        return [p.name for p in self.processes if p.status is None]
+
+    def streams(self) -> tuple[bytes, bytes]:
+        """stdout and stderr of the whole tree, merged across processes by the 'T' stamps
+        (a process's own records stay in their order)."""
+        chunks = sorted(c for p in self.processes for c in p.output)
+        out = b"".join(data for _, _, kind, data in chunks if kind == "O")
+        err = b"".join(data for _, _, kind, data in chunks if kind == "E")
+        return out, err
+
+    def reasons(self) -> list[str]:
+        return [r for p in self.processes for r in p.uncacheable]
+
+
+def parse(data: bytes, name: str = "<log>") -> ProcessLog:
+    log = ProcessLog(name)
+    pos, end = 0, len(data)
+    stamp = 0
+    seq = 0
+    while pos < end:
+        if end - pos < HEAD.size:
+            log.torn = True
+            break
+        kind, length = HEAD.unpack_from(data, pos)
+        pos += HEAD.size
+        if length > end - pos or kind not in KINDS:
+            log.torn = True
+            break
+        payload = data[pos:pos + length]
+        pos += length
+        k = chr(kind)
+        if k in "RADWUX":
+            log.events.append((k, payload))
+        elif k in "OE":
+            seq += 1
+            log.output.append((stamp, seq, k, payload))
+        elif k == "T":
+            if length != 8:
+                log.torn = True
+                break
+            stamp = U64.unpack(payload)[0]
+        elif k == "N":
+            log.uncacheable.append(payload.decode("utf-8", "replace").strip() or "uncacheable")
+        elif k == "Z":
+            if length != 4:
+                log.torn = True
+                break
+            log.status = U32.unpack(payload)[0]
+    if log.torn:
+        log.status = None
+    return log
+
+
+def read_dir(directory: os.PathLike | str) -> ActionLogs:
+    """Every log of one action.  Raises VriftError when the directory cannot be read."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".log"))
+    except OSError as e:
+        raise VriftError(f"{os.fsdecode(directory)}: cannot read the action's logs: {e.strerror or e}") from None
+    logs = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_LOG_BYTES + 1)
+        except OSError:
+            logs.append(ProcessLog(name, torn=True))
+            continue
+        if len(data) > MAX_LOG_BYTES:
+            log = ProcessLog(name, torn=True)
+            log.uncacheable.append("a process log exceeds 256 MiB")
+            logs.append(log)
+            continue
+        logs.append(parse(data, name))
+    return ActionLogs(logs)
+
+
+def take(directory: os.PathLike | str) -> ActionLogs:
+    """Read an action's logs and remove its directory (whatever happens to the reading)."""
+    try:
+        return read_dir(directory)
+    finally:
+        remove(directory)
+
+
+def remove(directory: os.PathLike | str) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- writing: the format, for tests and tools that play the preload library's part ---------------
+def record(kind: str, payload: bytes | int = b"") -> bytes:
+    if kind == "T":
+        payload = U64.pack(payload)
+    elif kind == "Z":
+        payload = U32.pack(payload)
+    elif isinstance(payload, str):
+        payload = os.fsencode(payload)
+    return HEAD.pack(ord(kind), len(payload)) + payload

@@ -1,0 +1,312 @@
+"""Fingerprints: what one run of an action read, probed and listed, and what it produced
+(SPEC §11, docs/cache.md).
+
+`build()` turns the logs of a finished action into a Fingerprint, or says why the action is
+uncacheable.  `match()` checks a fingerprint against the files as they are now and names the
+first input that differs (for `--explain`).
+
+Paths are stored relative to the project root when inside it (so another checkout of the same
+sources matches) and absolute otherwise.  Digests of inputs come from a DigestMemo keyed by
+stat fields, seeded from the project index where its entry still describes the file.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import stat as statmod
+import time
+from dataclasses import dataclass, field
+
+import blake3
+
+from .actionlog import ActionLogs
+from .key import DigestMemo
+
+MAX_REPLAY_OUTPUT = 512 * 1024  # stdout + stderr: a LOOKUP reply must fit one frame
+STATE_DIR = b".vrift"
+
+
+class Uncacheable(Exception):
+    """The action cannot be cached; str() is the reason (short, grouped in the stats)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+@dataclass
+class Fingerprint:
+    inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]
+    outputs: list[list] = field(default_factory=list)  # [rel path, digest hex, mode, size]
+    stdout: str | None = None
+    stderr: str | None = None
+    status: int = 0
+    size: int = 0
+    created: float = 0.0
+    tool: str = ""
+    argv: list[str] = field(default_factory=list)
+
+    def content(self) -> dict:
+        return {"inputs": self.inputs, "outputs": self.outputs, "stdout": self.stdout, "stderr": self.stderr,
+                "status": self.status}
+
+    @property
+    def id(self) -> bytes:
+        return blake3.blake3(json.dumps(self.content(), separators=(",", ":"), sort_keys=True).encode(),
+                             max_threads=1).digest()
+
+    def to_json(self) -> dict:
+        return {**self.content(), "size": self.size, "created": self.created, "tool": self.tool, "argv": self.argv}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Fingerprint":
+        return cls(inputs=data.get("inputs", []), outputs=data.get("outputs", []), stdout=data.get("stdout"),
+                   stderr=data.get("stderr"), status=int(data.get("status", 0)), size=int(data.get("size", 0)),
+                   created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []))
+
+    def digests(self) -> set[bytes]:
+        """Every blob this fingerprint needs (for gc)."""
+        out = {bytes.fromhex(o[1]) for o in self.outputs if o[1]}
+        out |= {bytes.fromhex(d) for d in (self.stdout, self.stderr) if d}
+        return out
+
+
+def _rel(path: bytes, root: bytes) -> bytes | None:
+    if path.startswith(root + b"/"):
+        return path[len(root) + 1:]
+    return None
+
+
+def _show(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def listing_digest(path: bytes, skip: set[bytes] = frozenset()) -> bytes:
+    names = sorted(n for n in os.listdir(path) if n not in skip)
+    return blake3.blake3(b"\0".join(names), max_threads=1).digest()
+
+
+def matches_tool(patterns, tool: str, argv0: str = "") -> bool:
+    names = {tool, os.path.basename(argv0)} - {""}
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns or () for n in names)
+
+
+class Context:
+    """What building and matching need: the root, the CAS, the index (optional), a memo."""
+
+    def __init__(self, root, cas, index=None, memo: DigestMemo | None = None, cache_failures: bool = False,
+                 max_entry_mb: float = 64, never=(), always=()):
+        self.root = os.fsencode(root)
+        self.cas = cas
+        self.index = index
+        self.memo = memo or DigestMemo()
+        self.cache_failures = cache_failures
+        self.max_entry_bytes = int(float(max_entry_mb) * (1 << 20))
+        self.never = list(never or ())
+        self.always = list(always or ())
+
+    def excluded_tool(self, tool: str, argv0: str = "") -> bool:
+        return matches_tool(self.never, tool, argv0) and not matches_tool(self.always, tool, argv0)
+
+    def absolute(self, stored: str) -> bytes:
+        p = os.fsencode(stored)
+        return p if p.startswith(b"/") else self.root + b"/" + p
+
+    def stored(self, path: bytes) -> str:
+        rel = _rel(path, self.root)
+        return _show(path if rel is None else rel)
+
+    def file_digest(self, path: bytes, st: os.stat_result) -> bytes:
+        """Digest of a regular file now, from the memo or the index before hashing it."""
+        d = self.memo.known(st)
+        if d is not None:
+            return d
+        rel = _rel(path, self.root)
+        if rel is not None and self.index is not None:
+            e = self.index.get(rel)
+            if e is not None and not e.is_deleted and any(e.digest) and e.same_file(st):
+                self.memo.remember(st, e.digest)
+                return e.digest
+        return self.memo.digest(path, st)
+
+
+# -- building -------------------------------------------------------------------------------------
+def _norm(path: bytes) -> bytes:
+    return os.path.normpath(path) if path.startswith(b"/") else path
+
+
+def classify(logs: ActionLogs, root: bytes):
+    """(inputs {(kind, path)}, written paths, removed-not-written paths, in-place updates)."""
+    state = root + b"/" + STATE_DIR
+    writers: dict[bytes, set[int]] = {}
+    removers: dict[bytes, set[int]] = {}
+    reads: list[tuple[int, str, bytes, bool]] = []  # (process, kind, path, before this process's own write)
+    for n, proc in enumerate(logs.processes):
+        own: set[bytes] = set()
+        for kind, raw in proc.events:
+            path = _norm(raw)
+            if path == state or path.startswith(state + b"/"):
+                continue
+            if kind == "W":
+                writers.setdefault(path, set()).add(n)
+                own.add(path)
+            elif kind == "U":
+                removers.setdefault(path, set()).add(n)
+                own.add(path)
+            else:
+                reads.append((n, "R" if kind == "X" else kind, path, path not in own))
+    touched = set(writers) | set(removers)
+    inputs: dict[tuple[str, bytes], None] = {}
+    in_place: list[bytes] = []
+    for n, kind, path, before_own in reads:
+        if path not in touched:
+            inputs[(kind, path)] = None
+            continue
+        others = (writers.get(path, set()) | removers.get(path, set())) - {n}
+        if before_own and not others:
+            # the state before the action mattered: an absence is an input, content is not known
+            if kind == "A":
+                inputs[(kind, path)] = None
+            elif n in writers.get(path, ()) or n in removers.get(path, ()):
+                in_place.append(path)
+        # else: produced by another process of the action first (pipelines, temporaries)
+    removed = [p for p in removers if p not in writers]
+    return list(inputs), writers, removed, in_place
+
+
+def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str = "",
+          argv: list[bytes] = ()) -> Fingerprint:
+    """The fingerprint of a finished action, with its outputs stored in the CAS; raises
+    Uncacheable.  Call it right after the action ended: files are read as they are now."""
+    reasons = logs.reasons()
+    if reasons:
+        # grouped by kind in the stats: "static binary /x/y" counts as "static binary"
+        raise Uncacheable(reasons[0].split(" /")[0].split(":")[0].strip()[:80], reasons[0])
+    if logs.unfinished or not logs.processes:
+        raise Uncacheable("a process of the action did not finish", ", ".join(logs.unfinished[:3]))
+    if status != 0 and not ctx.cache_failures:
+        raise Uncacheable("failed (non-zero exit status)", str(status))
+    if tool and ctx.excluded_tool(tool, os.fsdecode(argv[0]) if argv else ""):
+        raise Uncacheable("tool in cache.never", tool)
+    root = ctx.root
+    inputs, writers, removed, in_place = classify(logs, root)
+    if in_place:
+        raise Uncacheable("updates a file in place (read before write)", _show(in_place[0]))
+    if removed:  # `mv a b` shows no read of a: what flowed where cannot be known
+        raise Uncacheable("removes or moves a file it did not create", _show(removed[0]))
+    out, err = logs.streams()
+    if len(out) + len(err) > MAX_REPLAY_OUTPUT:
+        raise Uncacheable("output too large", f"{len(out) + len(err)} bytes of stdout+stderr")
+    fp = Fingerprint(status=status, tool=tool, argv=[os.fsdecode(a) for a in argv], created=round(time.time(), 3))
+    # outputs: what the action wrote and left behind
+    produced = []
+    for path in sorted(writers):
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # a temporary: created and removed by the action
+        rel = _rel(path, root)
+        if rel is None:
+            raise Uncacheable("writes outside the project root", _show(path))
+        if statmod.S_ISDIR(st.st_mode):
+            produced.append((path, rel, None))  # created by the action (mkdir): replayed as one
+            continue
+        if not statmod.S_ISREG(st.st_mode):
+            raise Uncacheable("creates something other than a regular file", _show(path))
+        produced.append((path, rel, st))
+    total = len(out) + len(err) + sum(st.st_size for _, _, st in produced if st is not None)
+    if total > ctx.max_entry_bytes:
+        raise Uncacheable("entry larger than cache.max_entry_mb", f"{total} bytes")
+    skip_names: dict[bytes, set[bytes]] = {}
+    for path in writers:
+        skip_names.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    # inputs: as they are now, and unchanged since the action started
+    for kind, path in sorted(inputs, key=lambda kp: (kp[1], kp[0])):
+        if kind == "A":
+            if os.path.lexists(path):
+                raise Uncacheable("an input changed while the action ran", f"{_show(path)} appeared")
+            fp.inputs.append(["A", ctx.stored(path), None])
+        elif kind == "D":
+            try:
+                skip = sorted(skip_names.get(path, ()))
+                digest = listing_digest(path, set(skip))
+            except OSError:
+                raise Uncacheable("an input changed while the action ran", f"{_show(path)} vanished") from None
+            fp.inputs.append(["D", ctx.stored(path), digest.hex(), [os.fsdecode(s) for s in skip]])
+        else:
+            try:
+                st = os.stat(path)
+                if not statmod.S_ISREG(st.st_mode):
+                    continue  # a device or fifo read is reported by an 'N' record
+                if st.st_ctime_ns > start_ns:
+                    raise Uncacheable("an input changed while the action ran", _show(path))
+                digest = ctx.file_digest(path, st)
+            except OSError:
+                raise Uncacheable("an input changed while the action ran", f"{_show(path)} vanished") from None
+            fp.inputs.append(["R", ctx.stored(path), digest.hex()])
+    for path, rel, st in produced:
+        if st is None:
+            fp.outputs.append([os.fsdecode(rel), None, 0o755, 0])
+            continue
+        digest = _stored_output(ctx, path, rel, st)
+        fp.outputs.append([os.fsdecode(rel), digest.hex(), statmod.S_IMODE(st.st_mode), st.st_size])
+    if out:
+        fp.stdout = ctx.cas.store_bytes(out).digest.hex()
+    if err:
+        fp.stderr = ctx.cas.store_bytes(err).digest.hex()
+    fp.size = total
+    return fp
+
+
+def _stored_output(ctx: Context, path: bytes, rel: bytes, st: os.stat_result) -> bytes:
+    """The output's digest, its blob in the CAS (a committed file's blob is there already)."""
+    if ctx.index is not None:
+        e = ctx.index.get(rel)
+        if e is not None and not e.is_deleted and any(e.digest) and e.same_file(st) and ctx.cas.has(e.digest):
+            ctx.memo.remember(st, e.digest)
+            return e.digest
+    try:
+        stored = ctx.cas.store_file(path)
+    except FileNotFoundError:
+        raise Uncacheable("an output changed after the action ended", _show(path)) from None
+    return stored.digest
+
+
+# -- matching -------------------------------------------------------------------------------------
+def match(fp: Fingerprint, ctx: Context) -> str | None:
+    """None when every input of `fp` is as recorded now (and its blobs exist); else the first
+    difference, as one line for --explain."""
+    for item in fp.inputs:
+        kind, stored, digest = item[0], item[1], item[2]
+        path = ctx.absolute(stored)
+        if kind == "A":
+            if os.path.lexists(path):
+                return f"{stored} exists now (it was absent)"
+        elif kind == "D":
+            skip = {os.fsencode(s) for s in (item[3] if len(item) > 3 else ())}
+            try:
+                if listing_digest(path, skip).hex() != digest:
+                    return f"the listing of {stored} changed"
+            except OSError:
+                return f"directory {stored} is gone"
+        else:
+            try:
+                st = os.stat(path)
+                if not statmod.S_ISREG(st.st_mode):
+                    return f"{stored} is no longer a regular file"
+                if ctx.file_digest(path, st).hex() != digest:
+                    return f"{stored} changed"
+            except OSError:
+                return f"{stored} is gone"
+    for rel, digest, *_ in fp.outputs:
+        if digest and not ctx.cas.has(digest):
+            return f"the blob of output {rel} is no longer in the CAS"
+    for d in (fp.stdout, fp.stderr):
+        if d and not ctx.cas.has(d):
+            return "the blob of the recorded output is no longer in the CAS"
+    return None
