@@ -131,6 +131,30 @@ class ProjectClient(Client):
     def ingest(self) -> dict:
         return self.request(Msg.INGEST).json()
 
+    def action_lookup(self, exe, cwd, argv, action_id: str, env=(), pid: int | None = None) -> dict:
+        """ACTION_LOOKUP as the preload library sends it: {"hit", "flags", "status", "stdout", "stderr"}."""
+        fields = [(Tag.PID, os.getpid() if pid is None else pid), (Tag.PATH, _path(exe)), (Tag.TEXT, _path(cwd))]
+        fields += [(Tag.ARG, _path(a)) for a in argv] + [(Tag.ENV, _path(e)) for e in env]
+        fields.append((Tag.ACTION, action_id.encode()))
+        r = self.request(Msg.ACTION_LOOKUP, *fields)
+        flags = r.int(Tag.FLAGS, 0) or 0
+        return {"hit": bool(flags & 1), "flags": flags, "status": r.int(Tag.COUNT, 0),
+                "stdout": r.get(Tag.STDOUT, b""), "stderr": r.get(Tag.STDERR, b"")}
+
+    def action_end(self, action_id: str, status: int = 0, pid: int | None = None) -> int:
+        """ACTION_END; returns the reply's FLAGS (bit 0: an entry is being recorded)."""
+        r = self.request(Msg.ACTION_END, (Tag.ACTION, action_id.encode()), (Tag.COUNT, status),
+                         (Tag.PID, os.getpid() if pid is None else pid))
+        return r.int(Tag.FLAGS, 0) or 0
+
+    def cache_stats(self, explain_since: int | None = None) -> dict:
+        """The action cache's counters (STATS with FLAGS bit 0), and explanations of misses
+        newer than `explain_since` (bit 1)."""
+        fields = [(Tag.FLAGS, 1 if explain_since is None else 3)]
+        if explain_since is not None:
+            fields.append((Tag.SIZE, explain_since))
+        return self.request(Msg.STATS, *fields).json()
+
     def vdir_bad(self, detail: str = "") -> int:
         return self.request(Msg.VDIR_BAD, (Tag.TEXT, detail)).int(Tag.GENERATION)
 

@@ -38,6 +38,8 @@ class Msg(IntEnum):
     SHUTDOWN = 0x08
     PING = 0x09
     VDIR_BAD = 0x0A
+    ACTION_LOOKUP = 0x30
+    ACTION_END = 0x31
     # coordinator
     ENSURE_PROJECT = 0x20
     LIST = 0x21
@@ -63,6 +65,11 @@ class Tag(IntEnum):
     FLAGS = 14        # u32
     SIZE = 15         # u64
     PROJECT_ID = 16   # 32 ASCII hex chars
+    ARG = 17          # bytes, repeatable: argv[0..n] of an action, in order
+    ENV = 18          # bytes, repeatable: NAME=value of a variable that is part of an action's key
+    ACTION = 19       # 16 ASCII hex chars: an action's id
+    STDOUT = 20       # bytes: an action's recorded stdout
+    STDERR = 21       # bytes: an action's recorded stderr
 
 
 class Err(IntEnum):

@@ -35,10 +35,12 @@ TICK_S = 0.05
 HEALTH_EVERY_S = 1.0
 ROLLBACK_GRACE_S = 2.0  # how long a dropped client's process may take to finish exiting
 REQUEST_TIMEOUT_S = 600.0
+STATS_CACHE_ONLY = 1  # STATS FLAGS: only the action cache's counters (no writer round trip)
+STATS_EXPLAIN = 2     # STATS FLAGS: with the explanations of misses newer than SIZE (a sequence number)
 
 
 class ProjectDaemon:
-    def __init__(self, home: Home, project: Project, cfg, index_filter=None):
+    def __init__(self, home: Home, project: Project, cfg, index_filter=None, cache_key=None):
         from ..cas import CAS
         from ..ingest import Ingester
         from ..vdir.index import ProjectIndex
@@ -80,6 +82,9 @@ class ProjectDaemon:
         self.watcher: Watcher | None = None
         self.commits: CommitService | None = None
         self.listener = Listener(self.files.socket, self.handle, on_open=self._opened, on_close=self._closed)
+        from .actions import ActionCache
+
+        self.cache = ActionCache(self, cfg, plugin_key=cache_key)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,6 +98,7 @@ class ProjectDaemon:
         # the tree may have changed while nobody watched: reconcile it (digests are reused)
         self.writer.call(self._full_rescan).add_done_callback(lambda _f: self.scanned.set())
         self.writer.call(self._sweep_staging)
+        self.cache.start()
         self.listener.start()
 
     def serve_forever(self) -> None:
@@ -103,6 +109,7 @@ class ProjectDaemon:
                 self.writer.call(self._retry_pending)
             if now >= next_health:
                 next_health = now + HEALTH_EVERY_S
+                self.cache.tick()
                 self.writer.call(self._check_vdir)
                 if (self.idle_timeout > 0 and self.listener.client_count == 0
                         and now - self.last_activity > self.idle_timeout):
@@ -112,6 +119,7 @@ class ProjectDaemon:
 
     def shutdown(self) -> None:
         self.listener.stop()
+        self.cache.stop()
         if self.watcher:
             self.watcher.stop()
         if self.writer:
@@ -206,6 +214,12 @@ class ProjectDaemon:
                 .add(Tag.GENERATION, self.index.generation))
 
     def _stats(self, conn: Connection, req: Frame) -> Frame:
+        flags = req.int(Tag.FLAGS, 0) or 0
+        if flags & STATS_CACHE_ONLY:  # the wrapper, before and after a build: cheap, no writer
+            out = {"cache": self.cache.stats()}
+            if flags & STATS_EXPLAIN:
+                out["explain"] = self.cache.explanations(req.int(Tag.SIZE, 0) or 0)
+            return reply(req).add_json(out).add(Tag.GENERATION, self.index.generation)
         stats = self.writer.run(self.stats, REQUEST_TIMEOUT_S)
         return reply(req).add_json(stats).add(Tag.GENERATION, stats["generation"])
 
@@ -227,9 +241,16 @@ class ProjectDaemon:
         self.writer.run(self._check_vdir, REQUEST_TIMEOUT_S)
         return reply(req).add(Tag.GENERATION, self.index.generation)
 
+    def _action_lookup(self, conn: Connection, req: Frame) -> Frame:
+        return self.cache.lookup(conn, req)
+
+    def _action_end(self, conn: Connection, req: Frame) -> Frame:
+        return self.cache.end(conn, req)
+
     HANDLERS = {Msg.HELLO: _hello, Msg.SYNC: _sync, Msg.COMMIT: _commit, Msg.BEGIN_WRITE: _begin_write,
                 Msg.INVALIDATE: _invalidate, Msg.STATS: _stats, Msg.INGEST: _ingest, Msg.SHUTDOWN: _shutdown,
-                Msg.PING: _ping, Msg.VDIR_BAD: _vdir_bad}
+                Msg.PING: _ping, Msg.VDIR_BAD: _vdir_bad, Msg.ACTION_LOOKUP: _action_lookup,
+                Msg.ACTION_END: _action_end}
 
     # -- writer-thread work ----------------------------------------------------------------------
     def _full_rescan(self) -> dict:
@@ -362,15 +383,22 @@ class ProjectDaemon:
             "beacon_waiting": len(self._beacon_waiting),
             "watcher": self.watcher.stats() if self.watcher else None,
             "index": index_stats,
+            "cache": self.cache.stats(),
         }
 
 
-def plugin_index_filter(project: Project, cfg):
-    """The plugins' vrift_index_filter as one predicate (None when no plugin filters).  The
-    daemon's entry point composes the process, like the CLI does, so it may load plugins."""
+def plugin_hooks(project: Project, cfg):
+    """(index filter, cache-key contribution) from the plugins: vrift_index_filter as one
+    predicate (None when no plugin filters) and vrift_cache_key as a callable of an action.
+    The daemon's entry point composes the process, like the CLI does, so it may load plugins."""
     from ..hooks.manager import load
 
-    return load(cfg["plugins"] or [], report=lambda line: log.warning("%s", line)).index_filter(project)
+    manager = load(cfg["plugins"] or [], report=lambda line: log.warning("%s", line))
+    return manager.index_filter(project), manager.cache_key
+
+
+def plugin_index_filter(project: Project, cfg):
+    return plugin_hooks(project, cfg)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("a project daemon already runs for %s", project.root)
             return 0
         cfg = config_mod.load(project.root, home=home)
-        daemon = ProjectDaemon(home, project, cfg, index_filter=plugin_index_filter(project, cfg))
+        index_filter, cache_key = plugin_hooks(project, cfg)
+        daemon = ProjectDaemon(home, project, cfg, index_filter=index_filter, cache_key=cache_key)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: daemon.stop_event.set())
         daemon.start()

@@ -1,0 +1,313 @@
+"""ACTION_LOOKUP and ACTION_END, server side (docs/cache.md, docs/protocol.md).
+
+LOOKUP: compute the key, find a fingerprint that matches the files now, and on a hit
+materialise its outputs from the CAS (atomically, fresh mtimes) and publish them in the index
+like commits, all before replying with the recorded status, stdout and stderr.
+
+END: take the action's logs (read, then remove the directory), build the fingerprint while the
+files are as the action left them, reply, and write the entry to LMDB on a background thread
+(its fsync is not on the build's path).  Counters live in memory and are folded into the cache's
+LMDB every few seconds and at shutdown.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from ..cache import actionlog
+from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match
+from ..cache.key import Action, DigestMemo, action_key
+from ..cache.store import CacheStore, merge_counters
+from ..project import VriftError
+from ..vdir import layout
+from ..vdir.entry import Entry
+from . import process
+from .listener import Connection, RequestError
+from .protocol import Err, Frame, Tag, reply
+
+log = logging.getLogger("vrift.daemon")
+
+HIT = 1        # LOOKUP reply FLAGS: the outputs are in place, replay and exit
+NO_RECORD = 2  # LOOKUP reply FLAGS: uncacheable by configuration, do not record
+ACTION_ID = re.compile(rb"^[0-9a-f]{16}$")
+PENDING_LIMIT = 100_000
+STALE_S = 3600.0
+EXPLAIN_KEEP = 2000
+
+
+class ActionCache:
+    def __init__(self, daemon, cfg, plugin_key=None):
+        self.daemon = daemon
+        self.enabled = bool(cfg["cache.enabled"])
+        self.root = os.fsencode(daemon.project.root)
+        self.actions_dir = daemon.project.state_dir / actionlog.ACTIONS_DIR
+        self.plugin_key = plugin_key
+        self.memo = DigestMemo()
+        self.ctx = Context(daemon.project.root, daemon.cas, daemon.index, self.memo,
+                           cache_failures=bool(cfg["cache.cache_failures"]), max_entry_mb=cfg["cache.max_entry_mb"],
+                           never=cfg["cache.never"], always=cfg["cache.always"])
+        self.store: CacheStore | None = None
+        self._pending: dict[bytes, dict] = {}
+        self._lock = threading.Lock()
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
+        self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
+                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0}
+        self._unflushed: dict = {}
+        self._last_hit: dict[bytes, float] = {}
+        self._explain: deque = deque(maxlen=EXPLAIN_KEEP)
+        self._seq = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.store = CacheStore(self.daemon.home)
+        except VriftError as e:
+            log.error("action cache unavailable: %s", e)
+            self.enabled = False
+        self.sweep(startup=True)
+
+    def stop(self) -> None:
+        self._recorder.submit(self._flush)
+        self._recorder.shutdown(wait=True)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def tick(self) -> None:
+        """Periodic work (from the daemon's loop): fold counters into LMDB, sweep stale logs."""
+        self._recorder.submit(self._flush)
+        self._recorder.submit(self.sweep)
+
+    def _count(self, name: str, n: int = 1, reason: str | None = None) -> None:
+        with self._lock:
+            if reason is not None:
+                self.counters["uncacheable"][reason] = self.counters["uncacheable"].get(reason, 0) + 1
+                merge_counters(self._unflushed, {"uncacheable": {reason: 1}})
+            else:
+                self.counters[name] += n
+                merge_counters(self._unflushed, {name: n})
+
+    def _flush(self) -> None:
+        with self._lock:
+            delta, self._unflushed = self._unflushed, {}
+            hits, self._last_hit = self._last_hit, {}
+        if self.store is not None and (delta or hits):
+            try:
+                self.store.add(delta, hits)
+            except Exception:  # noqa: BLE001 - counters are insight, not state
+                log.exception("folding cache counters into LMDB failed")
+
+    def stats(self) -> dict:
+        with self._lock:
+            out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.counters.items()}
+            out["seq"] = self._seq
+            out["pending"] = len(self._pending)
+        out["enabled"] = self.enabled
+        out["hashed"] = self.memo.hashed
+        return out
+
+    def explanations(self, since: int) -> list[dict]:
+        with self._lock:
+            return [e for e in self._explain if e["seq"] > since]
+
+    def _note(self, kind: str, argv: list[bytes], why: str) -> None:
+        with self._lock:
+            self._seq += 1
+            self._explain.append({"seq": self._seq, "kind": kind,
+                                  "argv": " ".join(os.fsdecode(a) for a in argv)[:400], "why": why})
+        if kind == "miss":
+            log.debug("cache miss: %s: %s", " ".join(os.fsdecode(a) for a in argv)[:200], why)
+
+    # -- LOOKUP -------------------------------------------------------------------------------
+    def lookup(self, conn: Connection, req: Frame) -> Frame:
+        exe, cwd, aid = req.get(Tag.PATH), req.get(Tag.TEXT), req.get(Tag.ACTION)
+        argv = req.all(Tag.ARG)
+        if not exe or not exe.startswith(b"/") or not cwd or not cwd.startswith(b"/") or not argv:
+            raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs PATH (absolute), TEXT (cwd, absolute) and ARG")
+        if aid is None or not ACTION_ID.match(aid):
+            raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs ACTION (16 lowercase hex characters)")
+        out = reply(req)
+        self._count("lookups")
+        action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(req.all(Tag.ENV))), self.root,
+                        aid.decode())
+        if not self.enabled:
+            return out.add(Tag.FLAGS, NO_RECORD)
+        if self.ctx.excluded_tool(action.tool, os.fsdecode(argv[0])):
+            self._count("", reason="tool in cache.never")
+            return out.add(Tag.FLAGS, NO_RECORD)
+        try:
+            exe_digest = self.memo.digest(exe)
+            extra = self.plugin_key(action) if self.plugin_key is not None else b""
+            key = action_key(action, exe_digest, extra)
+        except OSError as e:
+            raise RequestError(Err.IO_ERROR, f"{os.fsdecode(exe)}: cannot hash the executable: {e.strerror or e}") from None
+        start_ns = time.time_ns()
+        with self._lock:
+            if len(self._pending) >= PENDING_LIMIT:
+                self._pending.clear()  # roots that died without END: forget them rather than grow
+            self._pending[aid] = {"key": key, "start_ns": start_ns, "pid": req.int(Tag.PID, 0) or 0,
+                                  "tool": action.tool, "argv": list(argv)}
+        why = "no entry for this key (new command line, tool, directory or environment)"
+        for fid, data in self.store.candidates(key):
+            fp = Fingerprint.from_json(data)
+            difference = match(fp, self.ctx)
+            if difference is None:
+                try:
+                    replayed = self._replay(fp)
+                except (RequestError, VriftError, OSError) as e:
+                    self._count("errors")
+                    log.warning("replaying %s failed: %s", key.hex()[:16], e)
+                    difference = f"replay failed: {e}"
+                else:
+                    with self._lock:
+                        self._pending.pop(aid, None)
+                        self._last_hit[fid] = round(time.time(), 3)
+                    self._count("hits")
+                    self._count("bytes_replayed", replayed)
+                    self._count("outputs_replayed", len(fp.outputs))
+                    out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
+                    if fp.stdout:
+                        out.add(Tag.STDOUT, self.daemon.cas.read_bytes(fp.stdout))
+                    if fp.stderr:
+                        out.add(Tag.STDERR, self.daemon.cas.read_bytes(fp.stderr))
+                    return out
+            if why.startswith("no entry"):
+                why = difference  # the newest fingerprint's first difference explains best
+        self._count("misses")
+        self._note("miss", argv, why)
+        return out.add(Tag.FLAGS, 0)
+
+    def _replay(self, fp: Fingerprint) -> int:
+        """Materialise the outputs and publish them like commits; returns the bytes written."""
+        daemon = self.daemon
+        targets = []
+        for rel_s, digest, mode, *rest in fp.outputs:
+            rel = daemon.policy.target(self.root + b"/" + os.fsencode(rel_s), allow_root=False)
+            targets.append((rel, digest, mode))
+        rels = [t[0] for t in targets]
+
+        def mark() -> None:  # readers go to the disk while the files change under them
+            placeholders = [Entry.deleted(r).with_flags(layout.F_DELETED | layout.F_DIRTY) for r in rels
+                            if not daemon.index.set_dirty(r, True)]
+            if placeholders:
+                daemon.index.apply(placeholders)
+                for e in placeholders:
+                    daemon.index.set_dirty(e.path, True)
+
+        daemon.writer.run(mark, 600)
+        created: list[bytes] = []
+        futures = []
+        total = 0
+        try:
+            for rel, digest, mode in targets:
+                path = daemon.policy.absolute(rel)
+                parent = os.path.dirname(path)
+                if digest is None:  # a directory the action created
+                    if not os.path.isdir(path):
+                        os.makedirs(path, exist_ok=True)
+                        created.append(rel)
+                    continue
+                if not os.path.isdir(parent):
+                    os.makedirs(parent, exist_ok=True)
+                    created.append(os.path.dirname(rel))
+                daemon.cas.materialize(digest, path, mode)
+                st = os.lstat(path)
+                total += st.st_size
+                self.memo.remember(os.stat(path), bytes.fromhex(digest))
+                futures.append(daemon.writer.commit(Entry.from_stat(rel, st, bytes.fromhex(digest)),
+                                                    os.path.dirname(rel)))
+        finally:
+            for f in futures:
+                f.result(600)
+            if created:  # new directories: index them (and what is now in them)
+                daemon.writer.run(lambda: daemon._reread(sorted(set(created))), 600)
+            leftover = [r for r in rels if daemon.index.get(r) is None]
+            if leftover:  # a failed replay: put the index back in step with the disk
+                daemon.writer.run(lambda: daemon._reread(leftover), 600)
+        return total
+
+    # -- END ----------------------------------------------------------------------------------
+    def end(self, conn: Connection, req: Frame) -> Frame:
+        aid = req.get(Tag.ACTION)
+        if aid is None or not ACTION_ID.match(aid):
+            raise RequestError(Err.BAD_REQUEST, "ACTION_END needs ACTION (16 lowercase hex characters)")
+        status = req.int(Tag.COUNT, 0) or 0
+        directory = self.actions_dir / aid.decode()
+        with self._lock:
+            pending = self._pending.pop(aid, None)
+        try:
+            logs = actionlog.take(directory)
+        except VriftError as e:
+            self._count("", reason="the action's logs are missing")
+            log.debug("%s", e)
+            return reply(req).add(Tag.FLAGS, 0)
+        if pending is None:
+            self._count("", reason="no lookup seen for the action (daemon restarted?)")
+            return reply(req).add(Tag.FLAGS, 0)
+        try:
+            fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"])
+        except Uncacheable as u:
+            self._count("", reason=u.reason)
+            self._note("uncacheable", pending["argv"], str(u))
+            return reply(req).add(Tag.FLAGS, 0)
+        except Exception as e:  # noqa: BLE001 - a bug here costs one entry, not the build
+            self._count("errors")
+            log.exception("recording action %s failed", aid.decode())
+            self._note("uncacheable", pending["argv"], f"internal error: {e}")
+            return reply(req).add(Tag.FLAGS, 0)
+        self._recorder.submit(self._put, pending["key"], fp)
+        return reply(req).add(Tag.FLAGS, 1)
+
+    def _put(self, key: bytes, fp: Fingerprint) -> None:
+        try:
+            self.store.put(key, fp.id, fp.to_json())
+            self._count("recorded")
+        except Exception:  # noqa: BLE001
+            self._count("errors")
+            log.exception("storing a cache entry failed")
+
+    def drain(self, timeout: float = 30) -> None:
+        """Wait until every entry handed to the recorder is written (tests, shutdown)."""
+        self._recorder.submit(lambda: None).result(timeout)
+
+    # -- stale logs -----------------------------------------------------------------------------
+    def sweep(self, startup: bool = False) -> int:
+        """Remove action directories whose root died without END (or that are over an hour old)."""
+        try:
+            names = os.listdir(self.actions_dir)
+        except OSError:
+            return 0
+        removed = 0
+        now = time.time()
+        for name in names:
+            aid = os.fsencode(name)
+            path = self.actions_dir / name
+            with self._lock:
+                pending = self._pending.get(aid)
+            if pending is not None:
+                stale = not process.pid_alive(pending["pid"]) if pending["pid"] else False
+            else:
+                try:
+                    age = now - os.stat(path).st_mtime
+                except OSError:
+                    continue
+                pids = {int(n.split(".")[0]) for n in _names(path) if n.split(".")[0].isdigit()}
+                stale = age > STALE_S or (startup or age > 60) and not any(process.pid_alive(p) for p in pids)
+            if stale:
+                with self._lock:
+                    self._pending.pop(aid, None)
+                actionlog.remove(path)
+                removed += 1
+        return removed
+
+
+def _names(path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
