@@ -196,13 +196,13 @@ static void cwd_refresh(void) {
 
 EXPORT int chdir(const char *path) {
     int r = REAL(chdir) ? vrift_real.chdir(path) : (int)syscall(SYS_chdir, path);
-    if (r == 0 && vrift_reads_on) cwd_refresh();
+    if (r == 0 && (vrift_reads_on || vrift_recording)) cwd_refresh();
     return r;
 }
 
 EXPORT int fchdir(int fd) {
     int r = REAL(fchdir) ? vrift_real.fchdir(fd) : (int)syscall(SYS_fchdir, fd);
-    if (r == 0 && vrift_reads_on) cwd_refresh();
+    if (r == 0 && (vrift_reads_on || vrift_recording)) cwd_refresh();
     return r;
 }
 
@@ -225,6 +225,8 @@ static inline long cwd_copy(char *buf) {
     }
     return -1;
 }
+
+long vrift_cwd_copy(char *buf) { return cwd_copy(buf); }
 
 /* ------------------------------------------------------------------ path resolution */
 
@@ -332,6 +334,7 @@ static void atfork_child(void) {
     for (int i = 0; i < VRIFT_C_COUNT; i++) __atomic_store_n(&vrift_counts[i], 0, __ATOMIC_RELAXED);
     vrift_writes_atfork_child();
     vrift_daemon_atfork_child();
+    if (vrift_recording) vrift_rec_atfork_child();
 }
 
 static int copy_env(const char *name, char *dst, size_t cap) {
@@ -348,8 +351,11 @@ static int env_flag(const char *name, const char *value) {
     return v && strcmp(v, value) == 0;
 }
 
-__attribute__((constructor)) static void vrift_init(void) {
+/* glibc passes main's arguments to constructors: the action cache keys on argv. */
+__attribute__((constructor)) static void vrift_init(int argc, char **argv, char **envp) {
+    (void)envp;
     int saved = errno;
+    int configured = 0;
     resolve_all();
     vrift_pid = vrift_raw_getpid();
     vrift_debug = getenv("VRIFT_DEBUG") && *getenv("VRIFT_DEBUG");
@@ -374,6 +380,7 @@ __attribute__((constructor)) static void vrift_init(void) {
     if (vrift_staging_len + 32 >= sizeof vrift_staging) goto out; /* room for /<pid>/<n> */
     pthread_atfork(NULL, NULL, atfork_child);
     vrift_count(VRIFT_C_PROCESSES);
+    configured = 1;
 
     if (copy_env("VRIFT_VDIR", vdir_path, sizeof vdir_path) != 1 || map_file(&maps[0]) != 0) {
         /* Fallback for the rest of the process: plain filesystem for reads and writes. */
@@ -388,6 +395,8 @@ __attribute__((constructor)) static void vrift_init(void) {
     vrift_writes_on = 1;
     vrift_log("active: root %s, VDir %s", vrift_root, vdir_path);
 out:
+    /* last: a cache hit exits from here, with everything above in place */
+    if (configured) vrift_action_init(argc, argv);
     errno = saved;
 }
 
@@ -398,6 +407,10 @@ __attribute__((destructor)) static void vrift_fini(void) {
          * staged stream is in the file before it is committed. */
         fflush(NULL);
         vrift_finish_all();
+    }
+    if (UNLIKELY(vrift_recording)) {
+        fflush(NULL);
+        vrift_action_fini();
     }
     vrift_flush_counters();
     errno = saved;

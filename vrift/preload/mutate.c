@@ -98,14 +98,24 @@ EXPORT int rename(const char *a, const char *b) {
     T;
     touch(&t, AT_FDCWD, a, 0, 1);
     touch(&t, AT_FDCWD, b, 0, 1);
-    return done(&t, REAL(rename)(a, b));
+    int r = REAL(rename)(a, b);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('U', AT_FDCWD, a);
+        vrift_rec_path('W', AT_FDCWD, b);
+    }
+    return done(&t, r);
 }
 
 EXPORT int renameat(int da, const char *a, int db, const char *b) {
     T;
     touch(&t, da, a, 0, 1);
     touch(&t, db, b, 0, 1);
-    return done(&t, REAL(renameat)(da, a, db, b));
+    int r = REAL(renameat)(da, a, db, b);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('U', da, a);
+        vrift_rec_path('W', db, b);
+    }
+    return done(&t, r);
 }
 
 EXPORT int renameat2(int da, const char *a, int db, const char *b, unsigned int flags) {
@@ -114,44 +124,73 @@ EXPORT int renameat2(int da, const char *a, int db, const char *b, unsigned int 
     touch(&t, db, b, 0, 1);
     int r = REAL(renameat2) ? vrift_real.renameat2(da, a, db, b, flags)
                             : (int)syscall(SYS_renameat2, da, a, db, b, flags);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        /* RENAME_EXCHANGE: both names now hold new content */
+        vrift_rec_path((flags & RENAME_EXCHANGE) ? 'W' : 'U', da, a);
+        vrift_rec_path('W', db, b);
+    }
     return done(&t, r);
 }
 
 EXPORT int unlink(const char *a) {
     T;
     touch(&t, AT_FDCWD, a, 0, 0);
-    return done(&t, REAL(unlink)(a));
+    int r = REAL(unlink)(a);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('U', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int unlinkat(int d, const char *a, int flags) {
     T;
     touch(&t, d, a, 0, (flags & AT_REMOVEDIR) != 0);
-    return done(&t, REAL(unlinkat)(d, a, flags));
+    int r = REAL(unlinkat)(d, a, flags);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('U', d, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int mkdir(const char *a, mode_t mode) {
     T;
     touch(&t, AT_FDCWD, a, 0, 0);
-    return done(&t, REAL(mkdir)(a, mode));
+    int r = REAL(mkdir)(a, mode);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int mkdirat(int d, const char *a, mode_t mode) {
     T;
     touch(&t, d, a, 0, 0);
-    return done(&t, REAL(mkdirat)(d, a, mode));
+    int r = REAL(mkdirat)(d, a, mode);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', d, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int rmdir(const char *a) {
     T;
     touch(&t, AT_FDCWD, a, 0, 1);
-    return done(&t, REAL(rmdir)(a));
+    int r = REAL(rmdir)(a);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('U', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int link(const char *a, const char *b) {
     T;
     touch(&t, AT_FDCWD, a, 0, 0);
     touch(&t, AT_FDCWD, b, 0, 0);
-    return done(&t, REAL(link)(a, b));
+    int r = REAL(link)(a, b);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, b);
+    }
+    return done(&t, r);
 }
 
 EXPORT int linkat(int da, const char *a, int db, const char *b, int flags) {
@@ -161,44 +200,72 @@ EXPORT int linkat(int da, const char *a, int db, const char *b, int flags) {
     else
         touch(&t, da, a, (flags & AT_SYMLINK_FOLLOW) != 0, 0);
     touch(&t, db, b, 0, 0);
-    return done(&t, REAL(linkat)(da, a, db, b, flags));
+    int r = REAL(linkat)(da, a, db, b, flags);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', db, b);
+    }
+    return done(&t, r);
 }
 
 EXPORT int symlink(const char *target, const char *b) {
     T;
     touch(&t, AT_FDCWD, b, 0, 0);
-    return done(&t, REAL(symlink)(target, b));
+    int r = REAL(symlink)(target, b);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, b);
+    }
+    return done(&t, r);
 }
 
 EXPORT int symlinkat(const char *target, int d, const char *b) {
     T;
     touch(&t, d, b, 0, 0);
-    return done(&t, REAL(symlinkat)(target, d, b));
+    int r = REAL(symlinkat)(target, d, b);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', d, b);
+    }
+    return done(&t, r);
 }
 
 EXPORT int truncate(const char *a, off_t len) {
     T;
     touch(&t, AT_FDCWD, a, 1, 0);
-    return done(&t, REAL(truncate)(a, len));
+    int r = REAL(truncate)(a, len);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int truncate64(const char *a, off64_t len) {
     T;
     touch(&t, AT_FDCWD, a, 1, 0);
-    return done(&t, REAL(truncate64)(a, len));
+    int r = REAL(truncate64)(a, len);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }
 
 /* A directory's mode decides whether its descendants can be reached: subtree. */
 EXPORT int chmod(const char *a, mode_t mode) {
     T;
     touch(&t, AT_FDCWD, a, 1, 1);
-    return done(&t, REAL(chmod)(a, mode));
+    int r = REAL(chmod)(a, mode);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int fchmodat(int d, const char *a, mode_t mode, int flags) {
     T;
     touch(&t, d, a, !(flags & AT_SYMLINK_NOFOLLOW), 1);
-    return done(&t, REAL(fchmodat)(d, a, mode, flags));
+    int r = REAL(fchmodat)(d, a, mode, flags);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', d, a);
+    }
+    return done(&t, r);
 }
 
 #pragma GCC diagnostic ignored "-Wnonnull-compare" /* utimensat: declared nonnull, the kernel takes NULL */
@@ -208,23 +275,40 @@ EXPORT int utimensat(int d, const char *a, const struct timespec times[2], int f
         touch_fd(&t, d); /* futimens() is utimensat(fd, NULL, …) in the kernel */
     else
         touch(&t, d, a, !(flags & AT_SYMLINK_NOFOLLOW), 0);
-    return done(&t, REAL(utimensat)(d, a, times, flags));
+    int r = REAL(utimensat)(d, a, times, flags);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        if (a == NULL)
+            vrift_rec_fd('W', d);
+        else
+            vrift_rec_path('W', d, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int futimens(int fd, const struct timespec times[2]) {
     T;
     touch_fd(&t, fd);
-    return done(&t, REAL(futimens)(fd, times));
+    int r = REAL(futimens)(fd, times);
+    if (UNLIKELY(vrift_recording) && r == 0) vrift_rec_fd('W', fd);
+    return done(&t, r);
 }
 
 EXPORT int utimes(const char *a, const struct timeval times[2]) {
     T;
     touch(&t, AT_FDCWD, a, 1, 0);
-    return done(&t, REAL(utimes)(a, times));
+    int r = REAL(utimes)(a, times);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }
 
 EXPORT int utime(const char *a, const struct utimbuf *times) {
     T;
     touch(&t, AT_FDCWD, a, 1, 0);
-    return done(&t, REAL(utime)(a, times));
+    int r = REAL(utime)(a, times);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        vrift_rec_path('W', AT_FDCWD, a);
+    }
+    return done(&t, r);
 }

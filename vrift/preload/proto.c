@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -385,3 +386,51 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
 int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(M_INVALIDATE, paths, n); }
 
 int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(M_BEGIN_WRITE, paths, n); }
+
+/* ------------------------------------------------------------------ action cache */
+
+/* One request whose body the caller has already laid out (ACTION_LOOKUP with its argv and
+ * environment does not fit the small field table above).  The reply's body is read whole
+ * into an anonymous mapping (*body, *len; munmap by the caller) — a HIT carries the
+ * action's stdout and stderr, up to 512 KiB.  0: a reply; 1: an error frame; -1: unusable. */
+int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t **body, uint32_t *len) {
+    *body = NULL;
+    *len = 0;
+    if (proto_off || req_len > P_MAX_BODY) return -1;
+    long deadline = vrift_deadline();
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
+    if (fd < 0) return -1;
+    uint8_t h[P_HEADER];
+    uint32_t id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
+    put32(h, P_MAGIC);
+    put16(h + 4, P_VERSION);
+    put16(h + 6, type);
+    put32(h + 8, id);
+    put32(h + 12, req_len);
+    int result = -1;
+    if (vrift_io_write(fd, h, sizeof h, deadline) != 0 || vrift_io_write(fd, req, req_len, deadline) != 0 ||
+        vrift_io_read(fd, h, sizeof h, deadline) != 0)
+        goto done;
+    uint16_t rtype = get16(h + 6);
+    uint32_t rlen = get32(h + 12);
+    if (get32(h) != P_MAGIC || get16(h + 4) != P_VERSION || rlen > P_MAX_BODY ||
+        (rtype != M_ERROR && (get32(h + 8) != id || rtype != (type | P_REPLY))))
+        goto done;
+    uint8_t *b = NULL;
+    if (rlen) {
+        void *m = mmap(NULL, rlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) goto done;
+        b = m;
+        if (vrift_io_read(fd, b, rlen, deadline) != 0) {
+            munmap(b, rlen);
+            goto done;
+        }
+    }
+    *body = b;
+    *len = rlen;
+    result = rtype == M_ERROR ? 1 : 0;
+done:
+    vrift_conn_release(fd, temporary, result < 0);
+    if (result < 0) vrift_log("daemon action request 0x%x failed", type);
+    return result;
+}

@@ -17,11 +17,28 @@
 #include <unistd.h>
 
 
+extern char **environ;
+
 static void before_exec(void) {
     if (vrift_raw_getpid() != vrift_pid) return; /* vfork child: the memory is the parent's */
     vrift_before_exec();
     vrift_flush_counters();
 }
+
+/* Action cache (docs/cache.md): in the build tool, a child's environment gets a fresh
+ * action id; a member records the exec.  Both only when VRIFT_CACHE=1 set them up.  The
+ * new environment lives on the caller's stack (alloca in this frame: no allocation). */
+#define ACTION_ENV(envp, out, spawning)                                                      \
+    char *const *out = (envp);                                                               \
+    char role_[32], id_[40];                                                                 \
+    if (UNLIKELY(vrift_action_tool) && vrift_action_is_tool_child(spawning)) {              \
+        char **room_ = alloca(vrift_action_env_slots(envp) * sizeof(char *));                \
+        out = vrift_action_child_env((envp), room_, role_, id_);                             \
+    }
+#define ACTION_EXEC(path, search, envp)                                                      \
+    if (UNLIKELY(vrift_recording)) vrift_action_before_exec((path), (search), (envp), 1)
+#define ACTION_FAILED() \
+    if (UNLIKELY(vrift_recording)) vrift_action_exec_failed()
 
 EXPORT pid_t fork(void) {
     vrift_before_spawn();
@@ -52,13 +69,17 @@ __asm__(".text\n"
 EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
     vrift_before_spawn();
-    return REAL(posix_spawn)(pid, path, fa, attr, argv, envp);
+    ACTION_ENV(envp, env, 1);
+    if (UNLIKELY(vrift_recording)) vrift_action_before_exec(path, 0, env, 0);
+    return REAL(posix_spawn)(pid, path, fa, attr, argv, env);
 }
 
 EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
                         const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
     vrift_before_spawn();
-    return REAL(posix_spawnp)(pid, file, fa, attr, argv, envp);
+    ACTION_ENV(envp, env, 1);
+    if (UNLIKELY(vrift_recording)) vrift_action_before_exec(file, 1, env, 0);
+    return REAL(posix_spawnp)(pid, file, fa, attr, argv, env);
 }
 
 EXPORT int system(const char *cmd) {
@@ -73,27 +94,48 @@ EXPORT FILE *popen(const char *cmd, const char *mode) {
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[]) {
     before_exec();
-    return REAL(execve)(path, argv, envp);
+    ACTION_ENV(envp, env, 0);
+    ACTION_EXEC(path, 0, env);
+    int r = REAL(execve)(path, argv, env);
+    ACTION_FAILED();
+    return r;
 }
 
 EXPORT int execv(const char *path, char *const argv[]) {
     before_exec();
+    if (UNLIKELY(vrift_action_tool | vrift_recording)) return execve(path, argv, environ);
     return REAL(execv)(path, argv);
 }
 
 EXPORT int execvp(const char *file, char *const argv[]) {
     before_exec();
+    if (UNLIKELY(vrift_action_tool | vrift_recording)) return execvpe(file, argv, environ);
     return REAL(execvp)(file, argv);
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[]) {
     before_exec();
-    return REAL(execvpe)(file, argv, envp);
+    ACTION_ENV(envp, env, 0);
+    ACTION_EXEC(file, 1, env);
+    int r = REAL(execvpe)(file, argv, env);
+    ACTION_FAILED();
+    return r;
 }
 
 EXPORT int fexecve(int fd, char *const argv[], char *const envp[]) {
     before_exec();
-    return REAL(fexecve)(fd, argv, envp);
+    ACTION_ENV(envp, env, 0);
+    if (UNLIKELY(vrift_recording)) {
+        char link[32];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        char target[VRIFT_PATH_MAX];
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        target[n > 0 ? n : 0] = '\0';
+        vrift_action_before_exec(n > 0 ? target : NULL, 0, env, 1);
+    }
+    int r = REAL(fexecve)(fd, argv, env);
+    ACTION_FAILED();
+    return r;
 }
 
 /* glibc's execl* call execve internally (not through the PLT): collect the arguments and
@@ -129,21 +171,22 @@ EXPORT int execle(const char *path, const char *arg, ...) {
     return execve(path, argv, envp);
 }
 
-static void at_quick_exit_of_image(void) {
+static void at_quick_exit_of_image(int status) {
     if (vrift_raw_getpid() != vrift_pid) return;
     if (vrift_writes_on) vrift_finish_all();
+    if (UNLIKELY(vrift_recording)) vrift_action_exit(status, 0);
     vrift_flush_counters();
 }
 
 EXPORT void _exit(int status) {
-    at_quick_exit_of_image();
+    at_quick_exit_of_image(status);
     if (REAL(_exit)) vrift_real._exit(status);
     syscall(SYS_exit_group, status);
     __builtin_unreachable();
 }
 
 EXPORT void _Exit(int status) {
-    at_quick_exit_of_image();
+    at_quick_exit_of_image(status);
     if (REAL(_Exit)) vrift_real._Exit(status);
     syscall(SYS_exit_group, status);
     __builtin_unreachable();

@@ -110,11 +110,19 @@ static int real_fstatat(int dirfd, const char *path, void *buf, int flags) {
     return (int)syscall(SYS_newfstatat, dirfd, path, buf, flags);
 }
 
-#define STAT_BODY(DIRFD, PATH, BUF, NOFOLLOW, REALCALL) \
-    vrift_entry e;                                       \
-    int q = query(DIRFD, PATH, NOFOLLOW, &e);            \
-    if (q != Q_PASS) return answer(q, &e, BUF);          \
-    return REALCALL;
+/* Recording an action (docs/cache.md): a failed probe is an input.  Without VRIFT_CACHE
+ * this is the one extra branch of the hot path. */
+#define PROBED(DIRFD, PATH, R)                                                   \
+    ({                                                                           \
+        int r_ = (R);                                                            \
+        if (UNLIKELY(vrift_recording)) vrift_rec_probe(DIRFD, PATH, r_);         \
+        r_;                                                                      \
+    })
+
+#define STAT_BODY(DIRFD, PATH, BUF, NOFOLLOW, REALCALL)                 \
+    vrift_entry e;                                                       \
+    int q = query(DIRFD, PATH, NOFOLLOW, &e);                            \
+    return PROBED(DIRFD, PATH, q != Q_PASS ? answer(q, &e, BUF) : REALCALL);
 
 EXPORT int stat(const char *path, struct stat *buf) {
     STAT_BODY(AT_FDCWD, path, buf, 0,
@@ -144,7 +152,7 @@ static inline int at_flags_ok(int flags) {
     return (flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT)) == 0;
 }
 
-EXPORT int fstatat(int dirfd, const char *path, struct stat *buf, int flags) {
+static inline int fstatat_(int dirfd, const char *path, struct stat *buf, int flags) {
     if (at_flags_ok(flags)) {
         vrift_entry e;
         int q = query(dirfd, path, flags & AT_SYMLINK_NOFOLLOW, &e);
@@ -153,7 +161,11 @@ EXPORT int fstatat(int dirfd, const char *path, struct stat *buf, int flags) {
     return real_fstatat(dirfd, path, buf, flags);
 }
 
-EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *buf, int flags) {
+EXPORT int fstatat(int dirfd, const char *path, struct stat *buf, int flags) {
+    return PROBED(dirfd, path, fstatat_(dirfd, path, buf, flags));
+}
+
+static inline int fstatat64_(int dirfd, const char *path, struct stat64 *buf, int flags) {
     if (at_flags_ok(flags)) {
         vrift_entry e;
         int q = query(dirfd, path, flags & AT_SYMLINK_NOFOLLOW, &e);
@@ -161,6 +173,10 @@ EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *buf, int flags)
     }
     if (REAL(fstatat64)) return vrift_real.fstatat64(dirfd, path, buf, flags);
     return real_fstatat(dirfd, path, buf, flags);
+}
+
+EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *buf, int flags) {
+    return PROBED(dirfd, path, fstatat64_(dirfd, path, buf, flags));
 }
 
 /* newfstatat is the kernel's name; glibc does not export it, but a program may define a
@@ -210,7 +226,7 @@ EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *buf
  * for anything else (btime, mount id, DIO alignment…) or a forced sync goes to the kernel. */
 #define VOUCHED_MASK (STATX_BASIC_STATS & ~STATX_ATIME)
 
-EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx) {
+static inline int statx_(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx) {
     if ((mask & ~STATX_BASIC_STATS) == 0 &&
         (flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC)) == 0) {
         vrift_entry e;
@@ -243,6 +259,10 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
     return (int)syscall(SYS_statx, dirfd, path, flags, mask, stx);
 }
 
+EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx) {
+    return PROBED(dirfd, path, statx_(dirfd, path, flags, mask, stx));
+}
+
 /* access family: existence (F_OK) is answered from the index; permission bits are not —
  * they depend on the caller's ids, capabilities, ACLs and mount flags (docs/preload.md). */
 static inline int access_query(int dirfd, const char *path, int mode, int nofollow) {
@@ -257,14 +277,16 @@ static inline int access_answer(int q) {
     return -1;
 }
 
-EXPORT int access(const char *path, int mode) {
+static inline int access_(const char *path, int mode) {
     int q = access_query(AT_FDCWD, path, mode, 0);
     if (q != Q_PASS) return access_answer(q);
     if (REAL(access)) return vrift_real.access(path, mode);
     return (int)syscall(SYS_faccessat, AT_FDCWD, path, mode);
 }
 
-EXPORT int faccessat(int dirfd, const char *path, int mode, int flags) {
+EXPORT int access(const char *path, int mode) { return PROBED(AT_FDCWD, path, access_(path, mode)); }
+
+static inline int faccessat_(int dirfd, const char *path, int mode, int flags) {
     if ((flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW)) == 0) {
         int q = access_query(dirfd, path, mode, flags & AT_SYMLINK_NOFOLLOW);
         if (q != Q_PASS) return access_answer(q);
@@ -273,19 +295,27 @@ EXPORT int faccessat(int dirfd, const char *path, int mode, int flags) {
     return (int)syscall(SYS_faccessat2, dirfd, path, mode, flags);
 }
 
-EXPORT int euidaccess(const char *path, int mode) {
+EXPORT int faccessat(int dirfd, const char *path, int mode, int flags) {
+    return PROBED(dirfd, path, faccessat_(dirfd, path, mode, flags));
+}
+
+static inline int euidaccess_(const char *path, int mode) {
     int q = access_query(AT_FDCWD, path, mode, 0);
     if (q != Q_PASS) return access_answer(q);
     if (REAL(euidaccess)) return vrift_real.euidaccess(path, mode);
-    return faccessat(AT_FDCWD, path, mode, AT_EACCESS);
+    return faccessat_(AT_FDCWD, path, mode, AT_EACCESS);
 }
 
-EXPORT int eaccess(const char *path, int mode) {
+EXPORT int euidaccess(const char *path, int mode) { return PROBED(AT_FDCWD, path, euidaccess_(path, mode)); }
+
+static inline int eaccess_(const char *path, int mode) {
     int q = access_query(AT_FDCWD, path, mode, 0);
     if (q != Q_PASS) return access_answer(q);
     if (REAL(eaccess)) return vrift_real.eaccess(path, mode);
-    return faccessat(AT_FDCWD, path, mode, AT_EACCESS);
+    return faccessat_(AT_FDCWD, path, mode, AT_EACCESS);
 }
+
+EXPORT int eaccess(const char *path, int mode) { return PROBED(AT_FDCWD, path, eaccess_(path, mode)); }
 
 /* For open() of a path for reading: 1 when the index says with certainty that it does not
  * exist (DELETED, or a miss under a COMPLETE_DIR parent) — a compiler's failed include

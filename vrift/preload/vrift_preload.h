@@ -190,4 +190,8 @@ int vrift_daemon_invalidate(const char *const *paths, int n);
 int vrift_daemon_begin_write(const char *const *paths, int n);
 void vrift_daemon_atfork_child(void);
 
+/* ---- action cache (action.c, record.c) ---- */
+long vrift_cwd_copy(char *buf);
+#include "vrift_action.h"
+
 #endif

@@ -545,8 +545,8 @@ void vrift_writes_atfork_child(void) {
 
 /* ------------------------------------------------------------------ the open family */
 
-static int open_common(int dirfd, const char *path, int flags, mode_t mode,
-                       int (*realf)(int, const char *, int, ...)) {
+static int open_plain(int dirfd, const char *path, int flags, mode_t mode,
+                      int (*realf)(int, const char *, int, ...)) {
     if (UNLIKELY(!wants_write(flags))) {
         if (vrift_staged_count() > 0) {
             char abs[VRIFT_PATH_MAX];
@@ -580,6 +580,13 @@ static int open_common(int dirfd, const char *path, int flags, mode_t mode,
         else
             abandon(&p);
     }
+    return fd;
+}
+
+static int open_common(int dirfd, const char *path, int flags, mode_t mode,
+                       int (*realf)(int, const char *, int, ...)) {
+    int fd = open_plain(dirfd, path, flags, mode, realf);
+    if (UNLIKELY(vrift_recording)) vrift_rec_open(dirfd, path, flags, fd);
     return fd;
 }
 
@@ -646,7 +653,7 @@ static int fopen_flags(const char *mode) {
 
 typedef FILE *(*fopen_fn)(const char *, const char *);
 
-static FILE *fopen_common(const char *path, const char *mode, FILE *(*realf)(const char *, const char *)) {
+static FILE *fopen_plain(const char *path, const char *mode, FILE *(*realf)(const char *, const char *)) {
     int flags = mode ? fopen_flags(mode) : -1;
     if (flags < 0 || !wants_write(flags)) {
         if (vrift_staged_count() > 0 && path) {
@@ -677,6 +684,12 @@ static FILE *fopen_common(const char *path, const char *mode, FILE *(*realf)(con
     return f;
 }
 
+static FILE *fopen_common(const char *path, const char *mode, FILE *(*realf)(const char *, const char *)) {
+    FILE *f = fopen_plain(path, mode, realf);
+    if (UNLIKELY(vrift_recording) && mode) vrift_rec_open(AT_FDCWD, path, fopen_flags(mode), f ? fileno(f) : -1);
+    return f;
+}
+
 EXPORT FILE *fopen(const char *path, const char *mode) { return fopen_common(path, mode, REAL(fopen)); }
 EXPORT FILE *fopen64(const char *path, const char *mode) { return fopen_common(path, mode, REAL(fopen64)); }
 
@@ -702,6 +715,7 @@ static FILE *freopen_common(const char *path, const char *mode, FILE *fp,
     }
     int saved = errno;
     if (mine) finish(&snap);
+    if (UNLIKELY(vrift_recording) && path && flags >= 0) vrift_rec_open(AT_FDCWD, path, flags, f ? fileno(f) : -1);
     errno = saved;
     if (p.kind != P_PASS) {
         if (f)

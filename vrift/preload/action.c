@@ -1,0 +1,745 @@
+/*
+ * action.c — action identity, replay at exec, the end of an action (docs/cache.md,
+ * "Recording in the preload library" and "Replay at exec").
+ *
+ * The build tool (VRIFT_ACTION_ROLE=tool) gives every child a fresh VRIFT_ACTION_ID and
+ * ROLE=root.  The first image with that id to start is the action's root: it asks the
+ * daemon (ACTION_LOOKUP) before main; on a HIT it replays stdout/stderr and exits with the
+ * recorded status, on a miss it records.  Every descendant is a member and records too.
+ * The root's stdout and stderr are redirected into two unlinked capture files for the whole
+ * tree; at the root's end their content becomes 'O'/'E' records and is passed on to the
+ * original fds.  Then 'Z', the log is flushed, and ACTION_END tells the daemon.
+ *
+ * On any doubt the library records an 'N' (uncacheable) or does not replay: running the
+ * command is always right.
+ */
+#include "vrift_preload.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t **body, uint32_t *len);
+
+#define M_ACTION_LOOKUP 0x30
+#define M_ACTION_END 0x31
+enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
+       T_STDOUT = 20, T_STDERR = 21 };
+#define OUTPUT_MAX (512u * 1024u) /* the daemon stores no entry with more output than this */
+
+int vrift_action_tool;
+static pid_t tool_pid;
+static char action_id[17];
+static char action_dir[VRIFT_PATH_MAX];
+static size_t action_dir_len;
+static int is_root;        /* this image is (or continues) the action's root */
+static pid_t root_pid;
+static int keep_logs;      /* VRIFT_CACHE_KEEP_LOGS=1: record without a daemon, keep the logs */
+static int exit_known;
+static char lib_path[VRIFT_PATH_MAX];
+
+/* The capture: originals of fd 1/2 and the two capture files, all close-on-exec except
+ * across an exec of the root itself. */
+static int cap_fds[4] = {-1, -1, -1, -1}; /* orig out, orig err, capture out, capture err */
+static dev_t cap_dev[4];
+static ino_t cap_ino[4];
+
+static int valid_id(const char *s) {
+    if (!s || strlen(s) != 16) return 0;
+    for (int i = 0; i < 16; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
+static void new_id(char out[17]) {
+    static const char hex[] = "0123456789abcdef";
+    uint8_t r[8];
+    if (syscall(SYS_getrandom, r, sizeof r, 0) != (long)sizeof r) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t v = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)vrift_raw_getpid() << 40;
+        memcpy(r, &v, 8);
+    }
+    for (int i = 0; i < 8; i++) {
+        out[2 * i] = hex[r[i] >> 4];
+        out[2 * i + 1] = hex[r[i] & 15];
+    }
+    out[16] = '\0';
+}
+
+static int full_write(int fd, const void *p, size_t n) {
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ tool: children's identity */
+
+int vrift_action_is_tool_child(int spawning) {
+    return vrift_action_tool && (spawning || vrift_raw_getpid() != tool_pid);
+}
+
+size_t vrift_action_env_slots(char *const envp[]) {
+    size_t n = 0;
+    if (envp)
+        while (envp[n]) n++;
+    return n + 3;
+}
+
+/* The child's environment: envp without any VRIFT_ACTION_* variable, plus ROLE=root and a
+ * fresh id.  `room` has env_slots() pointers, `role` 32 bytes, `id` 40 bytes. */
+char **vrift_action_child_env(char *const envp[], char **room, char *role, char *id) {
+    size_t k = 0;
+    for (size_t i = 0; envp && envp[i]; i++)
+        if (strncmp(envp[i], "VRIFT_ACTION_", 13) != 0) room[k++] = envp[i];
+    memcpy(role, "VRIFT_ACTION_ROLE=root", sizeof "VRIFT_ACTION_ROLE=root");
+    memcpy(id, "VRIFT_ACTION_ID=", 16);
+    new_id(id + 16);
+    room[k++] = role;
+    room[k++] = id;
+    room[k] = NULL;
+    return room;
+}
+
+/* ------------------------------------------------------------------ exec checks (members) */
+
+/* 1: an ELF without PT_INTERP (static), 0: dynamic or not ELF (a script), -1: unreadable. */
+static int static_elf(const char *path) {
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    Elf64_Ehdr eh;
+    int r = 0;
+    if (syscall(SYS_pread64, fd, &eh, sizeof eh, 0) == (long)sizeof eh && memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0) {
+        if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 ||
+            eh.e_phnum > 512) {
+            r = 1; /* not what this library can run in: as good as static */
+        } else {
+            Elf64_Phdr ph[64];
+            r = 1;
+            for (unsigned done = 0; done < eh.e_phnum && r == 1;) {
+                unsigned k = eh.e_phnum - done < 64 ? eh.e_phnum - done : 64;
+                long want = (long)(k * sizeof(Elf64_Phdr));
+                if (syscall(SYS_pread64, fd, ph, want, eh.e_phoff + done * sizeof(Elf64_Phdr)) != want) break;
+                for (unsigned i = 0; i < k; i++)
+                    if (ph[i].p_type == PT_INTERP) r = 0;
+                done += k;
+            }
+        }
+    }
+    syscall(SYS_close, fd);
+    return r;
+}
+
+static const char *env_get(char *const envp[], const char *name) {
+    size_t n = strlen(name);
+    for (size_t i = 0; envp && envp[i]; i++)
+        if (strncmp(envp[i], name, n) == 0 && envp[i][n] == '=') return envp[i] + n + 1;
+    return NULL;
+}
+
+/* Would the new image run this library, in this action? */
+static const char *env_problem(char *const envp[]) {
+    const char *v = env_get(envp, "LD_PRELOAD");
+    if (!v || !lib_path[0] || !strstr(v, lib_path)) return "exec without the preload library";
+    v = env_get(envp, "VRIFT_PROJECT_ROOT");
+    if (!v || strcmp(v, vrift_root) != 0) return "exec without the project root";
+    v = env_get(envp, "VRIFT_CACHE");
+    if (!v || strcmp(v, "1") != 0) return "exec without VRIFT_CACHE";
+    v = env_get(envp, "VRIFT_ACTION_ID");
+    const char *started = env_get(envp, "VRIFT_ACTION_STARTED"), *role = env_get(envp, "VRIFT_ACTION_ROLE");
+    if (!v || strcmp(v, action_id) != 0 || !started || strcmp(started, action_id) != 0 || !role ||
+        strcmp(role, "root") != 0)
+        return "exec outside the action's identity";
+    v = env_get(envp, "VRIFT_ENABLED");
+    if (v && strcmp(v, "0") == 0) return "exec with the library disabled";
+    v = env_get(envp, "VRIFT_FALLBACK_MODE");
+    if (v && strcmp(v, "1") == 0) return "exec with the library disabled";
+    return NULL;
+}
+
+/* The file execvp/posix_spawnp would run; failed candidates are recorded as probes. */
+static int search_path(const char *file, char *out) {
+    const char *path = getenv("PATH");
+    if (!path) path = "/bin:/usr/bin";
+    size_t fl = strlen(file);
+    for (const char *p = path;; p++) {
+        const char *s = p;
+        while (*p && *p != ':') p++;
+        size_t dl = (size_t)(p - s);
+        char cand[VRIFT_PATH_MAX];
+        if (dl + 1 + fl < sizeof cand) {
+            if (dl == 0) {
+                cand[0] = '.';
+                dl = 1;
+            } else {
+                memcpy(cand, s, dl);
+            }
+            cand[dl] = '/';
+            memcpy(cand + dl + 1, file, fl + 1);
+            if (syscall(SYS_faccessat, AT_FDCWD, cand, X_OK) == 0) {
+                struct stat st;
+                if (syscall(SYS_newfstatat, AT_FDCWD, cand, &st, 0) == 0 && S_ISREG(st.st_mode))
+                    return vrift_rec_absolute(AT_FDCWD, cand, out);
+            } else if (errno == ENOENT || errno == ENOTDIR) {
+                vrift_rec_path('A', AT_FDCWD, cand);
+            }
+        }
+        if (!*p) break;
+    }
+    return -1;
+}
+
+static void set_cloexec(int on) {
+    for (int i = 0; i < 4; i++) {
+        if (cap_fds[i] < 0) continue;
+        int fl = fcntl(cap_fds[i], F_GETFD);
+        if (fl >= 0) fcntl(cap_fds[i], F_SETFD, on ? fl | FD_CLOEXEC : fl & ~FD_CLOEXEC);
+    }
+}
+
+/* Before exec (replacing: this image goes) or posix_spawn of `path` by a member. */
+void vrift_action_before_exec(const char *path, int search, char *const envp[], int replacing) {
+    if (!vrift_recording) return;
+    int saved = errno;
+    char abs[VRIFT_PATH_MAX];
+    int ok = -1;
+    if (path && search && !strchr(path, '/'))
+        ok = search_path(path, abs);
+    else if (path)
+        ok = vrift_rec_absolute(AT_FDCWD, path, abs);
+    if (ok == 0) {
+        vrift_rec_abs('X', abs);
+        vrift_rec_abs('R', abs); /* the program's bytes are an input like any file */
+        int s = static_elf(abs);
+        if (s == 1) vrift_rec_uncacheable("static binary", abs);
+        struct stat st;
+        if (syscall(SYS_newfstatat, AT_FDCWD, abs, &st, 0) == 0 &&
+            (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) || ((st.st_mode & S_ISGID) && st.st_gid != getegid())))
+            vrift_rec_uncacheable("set-id binary (the preload library is dropped)", abs);
+    } else if (path && !(search && !strchr(path, '/'))) {
+        vrift_rec_uncacheable("exec of an unresolvable path", path);
+    }
+    const char *why = env_problem(envp);
+    if (why) vrift_rec_uncacheable(why, path);
+    if (replacing && is_root && vrift_raw_getpid() == root_pid) set_cloexec(0);
+    vrift_rec_flush();
+    errno = saved;
+}
+
+void vrift_action_exec_failed(void) {
+    if (is_root && vrift_raw_getpid() == root_pid) set_cloexec(1);
+}
+
+/* ------------------------------------------------------------------ lookup and replay */
+
+typedef struct body {
+    uint8_t *p;
+    size_t len, cap;
+} body;
+
+static void put_field(body *b, uint16_t tag, const void *v, size_t n) {
+    if (b->len + 6 + n > b->cap) {
+        b->len = b->cap + 1; /* overflow: the request is not sent */
+        return;
+    }
+    uint8_t *h = b->p + b->len;
+    h[0] = (uint8_t)tag;
+    h[1] = (uint8_t)(tag >> 8);
+    for (int i = 0; i < 4; i++) h[2 + i] = (uint8_t)(n >> (8 * i));
+    if (n) memcpy(h + 6, v, n);
+    b->len += 6 + n;
+}
+
+static void put_u32(body *b, uint16_t tag, uint32_t v) {
+    uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    put_field(b, tag, x, 4);
+}
+
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
+static int lookup(int argc, char **argv) {
+    body b;
+    b.cap = 1u << 20;
+    b.len = 0;
+    void *m = mmap(NULL, b.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    b.p = m;
+    char exe[VRIFT_PATH_MAX], cwd[VRIFT_PATH_MAX];
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el <= 0 || !getcwd(cwd, sizeof cwd) || !argv) {
+        munmap(m, b.cap);
+        return -1;
+    }
+    put_u32(&b, T_PID, (uint32_t)vrift_pid);
+    put_field(&b, T_PATH, exe, (size_t)el);
+    put_field(&b, T_TEXT, cwd, strlen(cwd));
+    for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
+    const char *list = getenv("VRIFT_CACHE_ENV");
+    for (const char *p = list; p && *p;) {
+        const char *s = p;
+        while (*p && *p != ':') p++;
+        size_t n = (size_t)(p - s);
+        if (*p) p++;
+        if (n == 0 || n >= 256) continue;
+        char name[256];
+        memcpy(name, s, n);
+        name[n] = '\0';
+        const char *v = getenv(name);
+        if (!v) continue;
+        size_t vl = strlen(v);
+        char *kv = (char *)b.p + b.cap - n - vl - 2; /* scratch at the end, copied right away */
+        if (b.len + 2 * (n + vl + 8) > b.cap) break;
+        memcpy(kv, name, n);
+        kv[n] = '=';
+        memcpy(kv + n + 1, v, vl);
+        put_field(&b, T_ENV, kv, n + 1 + vl);
+    }
+    put_field(&b, T_ACTION, action_id, 16);
+    int result = -1;
+    uint8_t *rb;
+    uint32_t rl;
+    if (b.len <= b.cap && vrift_proto_call(M_ACTION_LOOKUP, b.p, (uint32_t)b.len, &rb, &rl) == 0) {
+        uint32_t flags = 0, status = 0;
+        int have_status = 0, bad = 0;
+        const uint8_t *out = NULL, *err = NULL;
+        size_t out_len = 0, err_len = 0;
+        for (size_t off = 0; off < rl;) {
+            if (rl - off < 6) {
+                bad = 1;
+                break;
+            }
+            uint16_t tag = (uint16_t)(rb[off] | rb[off + 1] << 8);
+            uint32_t n = get32(rb + off + 2);
+            if (n > rl - off - 6) {
+                bad = 1;
+                break;
+            }
+            const uint8_t *v = rb + off + 6;
+            if ((tag == T_FLAGS || tag == T_COUNT) && n != 4) bad = 1;
+            else if (tag == T_FLAGS) flags = get32(v);
+            else if (tag == T_COUNT) status = get32(v), have_status = 1;
+            else if (tag == T_STDOUT) out = v, out_len = n;
+            else if (tag == T_STDERR) err = v, err_len = n;
+            off += 6 + n;
+        }
+        if (!bad && (flags & 1u) && have_status && status <= 255) {
+            /* the daemon has put every output in place: replay and go */
+            if ((out_len && full_write(1, out, out_len) != 0) || (err_len && full_write(2, err, err_len) != 0)) {
+                /* the output cannot be delivered: running the command is still right */
+                vrift_log("action %s: replay output could not be written, running it", action_id);
+            } else {
+                vrift_log("action %s: hit, status %u", action_id, status);
+                vrift_flush_counters();
+                syscall(SYS_exit_group, (int)status);
+            }
+            result = -1;
+        } else if (!bad && !(flags & 1u)) {
+            result = flags & 2u ? 2 : 0; /* 2: the daemon will not cache it, do not record */
+        }
+        if (rb) munmap(rb, rl);
+    }
+    munmap(m, b.cap);
+    return result;
+}
+
+/* ------------------------------------------------------------------ capture of stdout/stderr */
+
+static int remember(int i, int fd) {
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) return -1;
+    cap_fds[i] = fd;
+    cap_dev[i] = st.st_dev;
+    cap_ino[i] = st.st_ino;
+    return 0;
+}
+
+static int still_ours(int i) {
+    struct stat st;
+    return cap_fds[i] >= 0 && fstat(cap_fds[i], &st) == 0 && st.st_dev == cap_dev[i] && st.st_ino == cap_ino[i];
+}
+
+static int capture_start(void) {
+    for (int stream = 1; stream <= 2; stream++) {
+        char name[VRIFT_PATH_MAX];
+        memcpy(name, action_dir, action_dir_len);
+        memcpy(name + action_dir_len, stream == 1 ? "/capture.1" : "/capture.2", 11);
+        int c = (int)syscall(SYS_openat, AT_FDCWD, name, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+        if (c < 0) return -1;
+        syscall(SYS_unlinkat, AT_FDCWD, name, 0);
+        int orig = fcntl(stream, F_DUPFD_CLOEXEC, 100);
+        int cap = fcntl(c, F_DUPFD_CLOEXEC, 100);
+        syscall(SYS_close, c);
+        if (orig < 0 || cap < 0 || remember(stream - 1, orig) != 0 || remember(stream + 1, cap) != 0) return -1;
+        if (syscall(SYS_dup2, cap, stream) != stream) return -1;
+    }
+    char v[80];
+    int n = snprintf(v, sizeof v, "%d,%d,%d,%d", cap_fds[0], cap_fds[1], cap_fds[2], cap_fds[3]);
+    if (n <= 0 || (size_t)n >= sizeof v) return -1;
+    return setenv("VRIFT_ACTION_CAP", v, 1);
+}
+
+/* After an exec of the root: the capture fds came along. */
+static void capture_resume(void) {
+    const char *v = getenv("VRIFT_ACTION_CAP");
+    int f[4];
+    if (!v || sscanf(v, "%d,%d,%d,%d", &f[0], &f[1], &f[2], &f[3]) != 4) return;
+    for (int i = 0; i < 4; i++)
+        if (remember(i, f[i]) != 0) cap_fds[i] = -1;
+    set_cloexec(1);
+}
+
+/* The tree's output: records for the daemon, and on to where it was going. */
+static void capture_drain(void) {
+    if (cap_fds[0] < 0 && cap_fds[2] < 0) return;
+    size_t total = 0;
+    for (int s = 0; s < 2; s++) {
+        int orig = cap_fds[s], cap = cap_fds[s + 2];
+        if (!still_ours(s + 2) || !still_ours(s)) {
+            vrift_rec_uncacheable("the captured output was lost (fds closed)", NULL);
+            continue;
+        }
+        char chunk[16384];
+        off_t off = 0;
+        for (;;) {
+            ssize_t r = pread(cap, chunk, sizeof chunk, off);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            off += r;
+            total += (size_t)r;
+            if (total <= OUTPUT_MAX) {
+                vrift_rec_time();
+                vrift_rec_bytes(s == 0 ? 'O' : 'E', chunk, (size_t)r);
+            }
+            if (full_write(orig, chunk, (size_t)r) != 0) vrift_rec_uncacheable("output could not be passed on", NULL);
+        }
+    }
+    if (total > OUTPUT_MAX) vrift_rec_uncacheable("output too large", NULL);
+    /* later writers (a process that outlives the root) go to the original fds */
+    if (cap_fds[0] >= 0) syscall(SYS_dup2, cap_fds[0], 1);
+    if (cap_fds[1] >= 0) syscall(SYS_dup2, cap_fds[1], 2);
+    for (int i = 0; i < 4; i++)
+        if (cap_fds[i] >= 0) syscall(SYS_close, cap_fds[i]);
+    for (int i = 0; i < 4; i++) cap_fds[i] = -1;
+}
+
+/* ------------------------------------------------------------------ start */
+
+static void record_mapped_files(void);
+
+/* exit() runs this after the library destructors: our constructor registered it before
+ * __libc_start_main registered the loader's fini, and handlers run in reverse order.  By now
+ * the destructor has committed the files this process wrote. */
+static void on_exit_status(int status, void *arg) {
+    (void)arg;
+    if (!vrift_recording || vrift_raw_getpid() != vrift_pid) return;
+    exit_known = 1;
+    fflush(NULL);
+    vrift_action_exit(status, 1);
+}
+
+static int make_dirs(const char *path, size_t len) {
+    char buf[VRIFT_PATH_MAX];
+    memcpy(buf, path, len + 1);
+    for (size_t i = vrift_root_len + 1; i <= len; i++) {
+        if (buf[i] != '/' && buf[i] != '\0') continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        if (syscall(SYS_mkdirat, AT_FDCWD, buf, 0700) == 0) {
+            if (i == vrift_root_len + 7) vrift_mark_dirty("", 0, 0); /* <root>/.vrift is new */
+        } else if (errno != EEXIST && c == '\0') {
+            return -1;
+        }
+        buf[i] = c;
+    }
+    return 0;
+}
+
+static void remove_dir(void) {
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, action_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0) return;
+    char d[4096];
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, d, sizeof d);
+        if (n <= 0) break;
+        for (long off = 0; off < n;) {
+            struct dirent64 *e = (struct dirent64 *)(d + off);
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) syscall(SYS_unlinkat, fd, e->d_name, 0);
+            off += e->d_reclen;
+        }
+    }
+    syscall(SYS_close, fd);
+    syscall(SYS_unlinkat, AT_FDCWD, action_dir, AT_REMOVEDIR);
+}
+
+static void begin_recording(void) {
+    if (vrift_rec_start(action_dir, action_dir_len) != 0) return;
+    on_exit(on_exit_status, NULL);
+    char exe[VRIFT_PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        vrift_rec_abs('X', exe);
+        vrift_rec_abs('R', exe);
+    }
+}
+
+void vrift_action_init(int argc, char **argv) {
+    const char *cache = getenv("VRIFT_CACHE");
+    if (!cache || strcmp(cache, "1") != 0) return;
+    const char *role = getenv("VRIFT_ACTION_ROLE");
+    if (!role) return;
+    if (strcmp(role, "tool") == 0) {
+        vrift_action_tool = 1;
+        tool_pid = vrift_pid;
+        return;
+    }
+    const char *id = getenv("VRIFT_ACTION_ID");
+    if (strcmp(role, "root") != 0 || !valid_id(id)) return;
+    memcpy(action_id, id, 17);
+    keep_logs = getenv("VRIFT_CACHE_KEEP_LOGS") && strcmp(getenv("VRIFT_CACHE_KEEP_LOGS"), "1") == 0;
+    Dl_info info;
+    if (dladdr((void *)vrift_action_init, &info) && info.dli_fname) {
+        char *r = realpath(info.dli_fname, NULL); /* once, at start-up */
+        const char *name = r ? r : info.dli_fname;
+        if (strlen(name) < sizeof lib_path) strcpy(lib_path, name);
+        free(r);
+        /* LD_PRELOAD may name the library by another spelling: use its file name */
+        const char *base = strrchr(lib_path, '/');
+        if (base) memmove(lib_path, base + 1, strlen(base + 1) + 1);
+    }
+    int n = snprintf(action_dir, sizeof action_dir, "%s/.vrift/actions/%s", vrift_root, action_id);
+    if (n <= 0 || (size_t)n >= sizeof action_dir - 64) return;
+    action_dir_len = (size_t)n;
+    const char *started = getenv("VRIFT_ACTION_STARTED");
+    if (started && strcmp(started, action_id) == 0) {
+        /* a member (or the root again, after an exec) */
+        const char *rp = getenv("VRIFT_ACTION_ROOT_PID");
+        root_pid = rp ? (pid_t)strtol(rp, NULL, 10) : 0;
+        is_root = root_pid == vrift_pid;
+        if (is_root) capture_resume();
+        begin_recording();
+        return;
+    }
+    char pid[24];
+    snprintf(pid, sizeof pid, "%d", (int)vrift_pid);
+    setenv("VRIFT_ACTION_STARTED", action_id, 1);
+    setenv("VRIFT_ACTION_ROOT_PID", pid, 1);
+    int r = lookup(argc, argv);
+    if (r == 2 || (r < 0 && !keep_logs)) {
+        /* no answer: the action runs uncached, and nothing below it records */
+        setenv("VRIFT_ACTION_ROLE", "off", 1);
+        return;
+    }
+    root_pid = vrift_pid;
+    is_root = 1;
+    if (make_dirs(action_dir, action_dir_len) != 0) {
+        setenv("VRIFT_ACTION_ROLE", "off", 1);
+        return;
+    }
+    begin_recording();
+    if (capture_start() != 0) vrift_rec_uncacheable("stdout/stderr could not be captured", NULL);
+}
+
+/* ------------------------------------------------------------------ end */
+
+/* Shared libraries the loader mapped (and dlopen-ed ones) are read without open(). */
+static void record_mapped_files(void) {
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) return;
+    char b[8192], last[VRIFT_PATH_MAX] = "";
+    size_t have = 0;
+    for (;;) {
+        long r = syscall(SYS_read, fd, b + have, sizeof b - have);
+        if (r <= 0 && have == 0) break;
+        if (r > 0) have += (size_t)r;
+        size_t start = 0;
+        for (size_t i = 0; i < have; i++) {
+            if (b[i] != '\n') continue;
+            b[i] = '\0';
+            char *path = strchr(b + start, '/');
+            if (path && strcmp(path, last) != 0 && strlen(path) < sizeof last && !strstr(path, " (deleted)")) {
+                strcpy(last, path);
+                vrift_rec_abs('R', path);
+            }
+            start = i + 1;
+        }
+        if (start == 0 && have == sizeof b) have = 0; /* a line longer than the buffer */
+        memmove(b, b + start, have - start);
+        have -= start;
+        if (r <= 0) break;
+    }
+    syscall(SYS_close, fd);
+}
+
+static void send_end(int status) {
+    uint8_t req[64];
+    body b = {req, 0, sizeof req};
+    put_field(&b, T_ACTION, action_id, 16);
+    put_u32(&b, T_COUNT, (uint32_t)status);
+    put_u32(&b, T_PID, (uint32_t)vrift_raw_getpid());
+    uint8_t *rb;
+    uint32_t rl;
+    int r = vrift_proto_call(M_ACTION_END, req, (uint32_t)b.len, &rb, &rl);
+    if (rb) munmap(rb, rl);
+    if (r != 0 && !keep_logs) remove_dir(); /* nobody will read them */
+}
+
+void vrift_action_exit(int status, int via_exit) {
+    (void)via_exit;
+    if (!vrift_recording || vrift_raw_getpid() != vrift_pid) return;
+    int saved = errno;
+    /* stdio that read stdin (its buffer exists) from something other than a file */
+    if (stdin && stdin->_IO_buf_base) {
+        struct stat st;
+        if (fstat(0, &st) == 0 && !S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && major(st.st_rdev) == 1))
+            vrift_rec_uncacheable("read from stdin", S_ISFIFO(st.st_mode) ? "(pipe)" : "(not a file)");
+    }
+    record_mapped_files();
+    int root_end = is_root && vrift_raw_getpid() == root_pid;
+    if (root_end) capture_drain();
+    vrift_rec_done(status);
+    if (root_end) send_end(status);
+    errno = saved;
+}
+
+/* Destructor: exit() calls on_exit_status() next, which ends the image.  Only what is
+ * buffered goes out now, in case the process dies before that. */
+void vrift_action_fini(void) {
+    if (!vrift_recording || exit_known) return;
+    vrift_rec_flush();
+}
+
+/* ------------------------------------------------------------------ interposers (recording only) */
+
+static void stdin_check(int fd) {
+    if (fd != 0) return;
+    static int reported;
+    if (reported) return;
+    int saved = errno;
+    struct stat st;
+    if (fstat(0, &st) == 0 && !S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && major(st.st_rdev) == 1)) {
+        reported = 1;
+        vrift_rec_uncacheable("read from stdin", S_ISFIFO(st.st_mode) ? "(pipe)" : S_ISCHR(st.st_mode) ? "(terminal or device)" : "(socket)");
+    }
+    errno = saved;
+}
+
+ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen);
+
+#define LAZY(fn)                                  \
+    static __typeof__(&fn) real_##fn;             \
+    if (UNLIKELY(!real_##fn)) real_##fn = (__typeof__(&fn))vrift_resolve(#fn)
+
+EXPORT ssize_t read(int fd, void *b, size_t n) {
+    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    LAZY(read);
+    if (real_read) return real_read(fd, b, n);
+    return syscall(SYS_read, fd, b, n);
+}
+
+EXPORT ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen) {
+    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    LAZY(__read_chk);
+    if (real___read_chk) return real___read_chk(fd, b, n, buflen);
+    return syscall(SYS_read, fd, b, n);
+}
+
+EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
+    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    LAZY(readv);
+    if (real_readv) return real_readv(fd, iov, cnt);
+    return syscall(SYS_readv, fd, iov, cnt);
+}
+
+EXPORT ssize_t pread(int fd, void *b, size_t n, off_t off) {
+    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    LAZY(pread);
+    if (real_pread) return real_pread(fd, b, n, off);
+    return syscall(SYS_pread64, fd, b, n, off);
+}
+
+EXPORT ssize_t pread64(int fd, void *b, size_t n, off_t off) {
+    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    LAZY(pread64);
+    if (real_pread64) return real_pread64(fd, b, n, off);
+    return syscall(SYS_pread64, fd, b, n, off);
+}
+
+static int own_socket(const struct sockaddr *a, socklen_t len) {
+    if (!a || a->sa_family != AF_UNIX || !vrift_socket_path[0]) return 0;
+    const struct sockaddr_un *u = (const struct sockaddr_un *)a;
+    size_t n = strnlen(vrift_socket_path, sizeof u->sun_path);
+    return len >= offsetof(struct sockaddr_un, sun_path) + n && strncmp(u->sun_path, vrift_socket_path, n) == 0 &&
+           (len == offsetof(struct sockaddr_un, sun_path) + n || u->sun_path[n] == '\0');
+}
+
+EXPORT int connect(int fd, const struct sockaddr *a, socklen_t len) {
+    if (UNLIKELY(vrift_recording) && !own_socket(a, len)) vrift_rec_uncacheable("socket connect", NULL);
+    LAZY(connect);
+    if (real_connect) return real_connect(fd, a, len);
+    return (int)syscall(SYS_connect, fd, a, len);
+}
+
+EXPORT int bind(int fd, const struct sockaddr *a, socklen_t len) {
+    if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("socket bind", NULL);
+    LAZY(bind);
+    if (real_bind) return real_bind(fd, a, len);
+    return (int)syscall(SYS_bind, fd, a, len);
+}
+
+EXPORT ssize_t sendto(int fd, const void *b, size_t n, int flags, const struct sockaddr *a, socklen_t len) {
+    if (UNLIKELY(vrift_recording) && a) vrift_rec_uncacheable("socket sendto", NULL);
+    LAZY(sendto);
+    if (real_sendto) return real_sendto(fd, b, n, flags, a, len);
+    return syscall(SYS_sendto, fd, b, n, flags, a, len);
+}
+
+EXPORT ssize_t getrandom(void *b, size_t n, unsigned int flags) {
+    if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("getrandom", NULL);
+    LAZY(getrandom);
+    if (real_getrandom) return real_getrandom(b, n, flags);
+    return syscall(SYS_getrandom, b, n, flags);
+}
+
+EXPORT int getentropy(void *b, size_t n) {
+    if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("getentropy", NULL);
+    LAZY(getentropy);
+    if (real_getentropy) return real_getentropy(b, n);
+    return syscall(SYS_getrandom, b, n, 0) == (long)n ? 0 : -1;
+}
+
+EXPORT DIR *opendir(const char *name) {
+    LAZY(opendir);
+    DIR *d = real_opendir ? real_opendir(name) : NULL;
+    if (UNLIKELY(vrift_recording) && d) vrift_rec_path('D', AT_FDCWD, name);
+    return d;
+}
+
+EXPORT DIR *fdopendir(int fd) {
+    LAZY(fdopendir);
+    DIR *d = real_fdopendir ? real_fdopendir(fd) : NULL;
+    if (UNLIKELY(vrift_recording) && d) vrift_rec_fd('D', fd);
+    return d;
+}
