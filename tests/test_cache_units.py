@@ -36,6 +36,14 @@ def test_log_records_streams_and_a_torn_tail(tmp_path):
     assert len(taken.processes) == 3 and not a.dir.exists()
 
 
+def test_an_image_that_exec_d_another_is_finished(tmp_path):
+    a = FakeAction(tmp_path)
+    a.log(("R", b"/bin/sh-script"), ("X", b"/usr/bin/cc"), pid=7, status=None)  # sh exec'd cc
+    a.log(("R", b"/x/a.c"), pid=7)
+    a.log(("X", b"/usr/bin/cc"), pid=8, status=None)  # exec'd, but no image of pid 8 finished
+    assert actionlog.read_dir(a.dir).unfinished == ["8.3.log"]
+
+
 def test_uncacheable_records_are_collected(tmp_path):
     a = FakeAction(tmp_path)
     a.log(("N", b"static binary /opt/x"))

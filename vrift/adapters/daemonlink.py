@@ -17,8 +17,10 @@ VERSION = 1
 HEADER = struct.Struct("<4sHHII")
 FIELD = struct.Struct("<HI")
 MAX_BODY = 1 << 20
-MSG_HELLO, MSG_SYNC, MSG_ERROR, REPLY_BIT = 0x01, 0x02, 0x7FFF, 0x8000
-TAG_GENERATION, TAG_TEXT, TAG_ROOT, TAG_VDIR, TAG_SOCKET, TAG_STAGING_DIR, TAG_ERROR_CODE = 4, 5, 7, 8, 9, 11, 12
+MSG_HELLO, MSG_SYNC, MSG_STATS, MSG_ERROR, REPLY_BIT = 0x01, 0x02, 0x06, 0x7FFF, 0x8000
+TAG_GENERATION, TAG_TEXT, TAG_JSON, TAG_ROOT, TAG_VDIR, TAG_SOCKET, TAG_STAGING_DIR, TAG_ERROR_CODE = 4, 5, 6, 7, 8, 9, 11, 12
+TAG_FLAGS, TAG_SIZE = 14, 15
+STATS_CACHE_ONLY, STATS_EXPLAIN = 1, 2
 SYNC_TIMEOUT_S = 60.0  # a degraded watcher makes SYNC a full rescan of the tree
 
 
@@ -70,9 +72,10 @@ def decode_reply(sock, mtype: int, request_id: int) -> dict[int, bytes]:
     return fields
 
 
-def hello_sync(socket_path: str, root: str, timeout_s: float) -> dict[str, str | int]:
+def hello_sync(socket_path: str, root: str, timeout_s: float, cache: bool = False) -> dict[str, str | int]:
     """Connect, HELLO (naming the root) and SYNC; returns the daemon's identity after the
-    barrier: root, vdir, socket, staging_dir, generation."""
+    barrier: root, vdir, socket, staging_dir, generation (and with `cache`, the action cache's
+    counters before the build, as "cache", from a STATS pipelined behind the SYNC)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout_s)
@@ -83,10 +86,14 @@ def hello_sync(socket_path: str, root: str, timeout_s: float) -> dict[str, str |
         except OSError as e:
             raise LinkError(f"cannot connect to {socket_path}: {e.strerror or e}") from None
         try:
-            sock.sendall(encode(MSG_HELLO, 1, [(TAG_ROOT, os.fsencode(root))]) + encode(MSG_SYNC, 2, []))
+            frames = encode(MSG_HELLO, 1, [(TAG_ROOT, os.fsencode(root))]) + encode(MSG_SYNC, 2, [])
+            if cache:
+                frames += encode(MSG_STATS, 3, [(TAG_FLAGS, struct.pack("<I", STATS_CACHE_ONLY))])
+            sock.sendall(frames)
             hello = decode_reply(sock, MSG_HELLO, 1)
             sock.settimeout(max(timeout_s, SYNC_TIMEOUT_S))
             sync = decode_reply(sock, MSG_SYNC, 2)
+            counts = _stats_json(decode_reply(sock, MSG_STATS, 3)) if cache else None
         except TimeoutError:
             raise LinkError(f"the daemon on {socket_path} did not answer in time") from None
         except OSError as e:
@@ -99,6 +106,36 @@ def hello_sync(socket_path: str, root: str, timeout_s: float) -> dict[str, str |
                           ("staging_dir", TAG_STAGING_DIR))
     }
     info["generation"] = int.from_bytes(sync.get(TAG_GENERATION, b"\0" * 8), "little")
+    if counts is not None:
+        info["cache"] = counts
     if not info["vdir"] or not info["socket"]:
         raise LinkError("the daemon's HELLO lacks the VDir or socket path")
     return info
+
+
+def _stats_json(fields: dict[int, bytes]) -> dict:
+    import json  # loaded already by wrapcache; local to keep this module's imports bare
+
+    try:
+        data = json.loads(fields.get(TAG_JSON, b"{}"))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cache_stats(socket_path: str, timeout_s: float, explain_since: int | None = None) -> dict:
+    """The action cache's counters after a build (and the explanations of misses newer than
+    `explain_since`); {} when the daemon cannot say."""
+    fields = [(TAG_FLAGS, struct.pack("<I", STATS_CACHE_ONLY | (STATS_EXPLAIN if explain_since is not None else 0)))]
+    if explain_since is not None:
+        fields.append((TAG_SIZE, struct.pack("<Q", explain_since)))
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(os.fsencode(socket_path))
+        sock.sendall(encode(MSG_STATS, 1, fields))
+        return _stats_json(decode_reply(sock, MSG_STATS, 1))
+    except (OSError, LinkError):
+        return {}
+    finally:
+        sock.close()

@@ -29,13 +29,16 @@ FALSE_WORDS = ("0", "false", "no", "off")
 
 
 class WrapOptions:
-    __slots__ = ("argv", "quiet", "root", "adapter")
+    __slots__ = ("argv", "quiet", "root", "adapter", "no_cache", "explain")
 
-    def __init__(self, argv: list[str], quiet: bool = False, root: str | None = None, adapter: str | None = None):
+    def __init__(self, argv: list[str], quiet: bool = False, root: str | None = None, adapter: str | None = None,
+                 no_cache: bool = False, explain: bool = False):
         self.argv = list(argv)
         self.quiet = quiet
         self.root = root
         self.adapter = adapter
+        self.no_cache = no_cache
+        self.explain = explain
 
 
 def parse(argv: list[str]) -> WrapOptions | None:
@@ -49,6 +52,10 @@ def parse(argv: list[str]) -> WrapOptions | None:
             break
         if word in ("-q", "--quiet"):
             opts.quiet = True
+        elif word == "--no-cache":
+            opts.no_cache = True
+        elif word == "--explain":
+            opts.explain = True
         elif word in ("--root", "--adapter"):
             if i + 1 >= len(argv):
                 return None
@@ -138,7 +145,8 @@ class Settings:
                     raise
                 self.error = f"configuration error: {e}"
                 values = {"enabled": True, "fallback_mode": False, "adapter": None, "plugins": [],
-                          "daemon.socket_timeout_ms": DEFAULT_SOCKET_TIMEOUT_MS}
+                          "daemon.socket_timeout_ms": DEFAULT_SOCKET_TIMEOUT_MS, "cache.enabled": False,
+                          "cache.env": []}
             else:
                 wrapcache.store_settings(cache, stamps, values)
         self.values = values
@@ -171,11 +179,11 @@ def _plain(value):
     return value
 
 
-def connect(root: str, project_id: str, env, timeout_ms: int) -> tuple[dict | None, str | None]:
+def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = False) -> tuple[dict | None, str | None]:
     """(daemon identity after SYNC, None) or (None, why vrift cannot be used)."""
     first = None
     try:
-        return hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000), None
+        return hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache), None
     except NoDaemon:
         pass
     except LinkError as e:  # e.g. a daemon shutting down: ask the coordinator for a live one
@@ -188,7 +196,7 @@ def connect(root: str, project_id: str, env, timeout_ms: int) -> tuple[dict | No
         project = Project.at(root)
         Registry(home).touch(project)
         started = ensure_daemon(home, project)
-        return hello_sync(started["socket"], root, timeout_ms / 1000), None
+        return hello_sync(started["socket"], root, timeout_ms / 1000, cache), None
     except (VriftError, LinkError) as e:
         return None, f"the daemon is unavailable: {e if first is None else first}"
 
@@ -216,6 +224,8 @@ class Plan:
         self.project = None
         self.config = None
         self.counters_path: str | None = None
+        self.cache_before: dict | None = None  # the daemon's cache counters when the build started
+        self.socket: str | None = None
 
 
 def prepare(opts: WrapOptions, env) -> Plan:
@@ -250,10 +260,17 @@ def prepare(opts: WrapOptions, env) -> Plan:
         plan.reason = f"the preload library is missing ({lib or 'not built: reinstall vrift'})"
     if plan.reason is None:
         timeout_ms = int(settings["daemon.socket_timeout_ms"] or DEFAULT_SOCKET_TIMEOUT_MS)
-        info, plan.reason = connect(root, project_id, env, timeout_ms)
+        cache = bool(settings["cache.enabled"]) and not opts.no_cache
+        info, plan.reason = connect(root, project_id, env, timeout_ms, cache)
         if info is not None:
             plan.counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
             plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
+            plan.socket = info["socket"]
+            explain = opts.explain or "cache" in env.get("VRIFT_DEBUG", "").split(",")
+            if launch.cache_env(plan.env, cache, settings["cache.env"] or [], explain):
+                plan.cache_before = (info.get("cache") or {}).get("cache") or {}
+    if plan.reason is not None or plan.cache_before is None:
+        launch.cache_env(plan.env, False, [], False)
     return plan
 
 
@@ -291,10 +308,24 @@ def wrap(opts: WrapOptions, env=None) -> int:
     finally:
         launch.remove_quietly(plan.counters_path)
     summary = launch.summarize(counters, time.monotonic() - t0, plan.reason)
+    if plan.cache_before is not None:
+        explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
+        after = daemon_cache_stats(plan, explain)
+        summary["cache"] = launch.cache_summary(plan.cache_before, after.get("cache") or {})
+        if explain and not opts.quiet:
+            for line in launch.explain_lines(after.get("explain") or []):
+                print(line, file=sys.stderr)
     summary.update(adapter=plan.adapter.name if plan.adapter else None, root=plan.root)
     if plan.hooks is not None:
         plan.hooks.post_build(plan.project, plan.config, argv, code, summary)
     return finish(opts, summary, code)
+
+
+def daemon_cache_stats(plan: Plan, explain: bool) -> dict:
+    from .daemonlink import cache_stats
+
+    since = int(plan.cache_before.get("seq", 0)) if explain else None
+    return cache_stats(plan.socket, DEFAULT_SOCKET_TIMEOUT_MS / 1000, since)
 
 
 def finish(opts: WrapOptions, summary: dict, code: int) -> int:

@@ -85,6 +85,49 @@ def vrift_env(base, lib: str, info: dict, counters: str | None, socket_timeout_m
     return env
 
 
+ACTION_VARS = ("VRIFT_ACTION_ROLE", "VRIFT_ACTION_ID", "VRIFT_ACTION_STARTED", "VRIFT_ACTION_ROOT_PID",
+               "VRIFT_ACTION_OUT", "VRIFT_ACTION_ERR")
+
+
+def cache_env(env: dict, enabled: bool, names, explain: bool) -> bool:
+    """Turn the action cache on or off in the build's environment (docs/cache.md); True when on.
+    Inside an action already being recorded (a `vrift wrap` run by a recipe) the wrapped tool
+    stays a member of that action: its variables are left alone."""
+    if env.get("VRIFT_ACTION_STARTED"):
+        return False
+    for var in ("VRIFT_CACHE", "VRIFT_CACHE_ENV", "VRIFT_CACHE_EXPLAIN", *ACTION_VARS):
+        env.pop(var, None)
+    if not enabled:
+        return False
+    env["VRIFT_CACHE"] = "1"
+    env["VRIFT_ACTION_ROLE"] = "tool"
+    env["VRIFT_CACHE_ENV"] = ":".join(names)
+    if explain:
+        env["VRIFT_CACHE_EXPLAIN"] = "1"
+    return True
+
+
+def cache_summary(before: dict, after: dict) -> dict:
+    """This build's share of the daemon's cache counters (other builds of the same project
+    running at the same time are counted too)."""
+    def delta(name):
+        return max(0, int(after.get(name, 0)) - int(before.get(name, 0)))
+
+    reasons = {}
+    for reason, n in (after.get("uncacheable") or {}).items():
+        d = int(n) - int((before.get("uncacheable") or {}).get(reason, 0))
+        if d > 0:
+            reasons[reason] = d
+    return {"hits": delta("hits"), "misses": delta("misses"), "uncacheable": sum(reasons.values()),
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])), "recorded": delta("recorded"),
+            "bytes_replayed": delta("bytes_replayed")}
+
+
+def explain_lines(items: list) -> list[str]:
+    return [f"vrift: cache {'miss' if e.get('kind') == 'miss' else 'uncacheable'}: {e.get('argv', '')}: {e.get('why', '')}"
+            for e in items]
+
+
 def with_preload(existing: str, lib: str) -> str:
     """`lib` first, then what was preloaded already (kept; not added twice in a nested wrap)."""
     others = [p for p in existing.replace(":", " ").split() if p != lib]
@@ -142,6 +185,13 @@ def summary_line(summary: dict) -> str:
         notes.append(f"{summary['fallback_processes']} processes fell back to the real filesystem (VDir unusable)")
     if summary.get("written_without_daemon"):
         notes.append(f"{summary['written_without_daemon']} files written without the daemon")
+    cache = summary.get("cache")
+    if cache and (cache["hits"] or cache["misses"] or cache["uncacheable"]):
+        text = f"cache: {cache['hits']} hits, {cache['misses']} misses, {cache['uncacheable']} uncacheable"
+        if cache["reasons"]:
+            top = list(cache["reasons"].items())[:2]
+            text += " (top: " + ", ".join(f"{r} ×{n}" for r, n in top) + ")"
+        notes.append(text)
     return line + (f" ({'; '.join(notes)})" if notes else "")
 
 

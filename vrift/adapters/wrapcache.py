@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 
-SETTINGS_KEYS = ("enabled", "fallback_mode", "adapter", "plugins", "daemon.socket_timeout_ms")
+SETTINGS_KEYS = ("enabled", "fallback_mode", "adapter", "plugins", "daemon.socket_timeout_ms", "cache.enabled",
+                 "cache.env")
 PER_RUN_ENV = frozenset({"VRIFT_COUNTERS"})  # set by the wrapper itself for each build
 FORMAT = 1
 

@@ -30,6 +30,11 @@ class ProcessLog:
     uncacheable: list[str] = field(default_factory=list)
     status: int | None = None  # from 'Z'; None when the process did not finish
     torn: bool = False
+    last: str = ""  # kind of the last record: 'X' when the image exec'd another one
+
+    @property
+    def pid(self) -> str:
+        return self.name.split(".", 1)[0]
 
 
 @dataclass
@@ -38,7 +43,13 @@ class ActionLogs:
 
     @property
     def unfinished(self) -> list[str]:
-        return [p.name for p in self.processes if p.status is None]
+        """Logs of images that neither exited normally ('Z') nor exec'd into another image of
+        the same process (whose own log then carries the 'Z')."""
+        count: dict[str, int] = {}
+        for p in self.processes:
+            count[p.pid] = count.get(p.pid, 0) + 1
+        return [p.name for p in self.processes
+                if p.status is None and not (p.last == "X" and not p.torn and count[p.pid] > 1)]
 
     def streams(self) -> tuple[bytes, bytes]:
         """stdout and stderr of the whole tree, merged across processes by the 'T' stamps
@@ -69,6 +80,7 @@ def parse(data: bytes, name: str = "<log>") -> ProcessLog:
         payload = data[pos:pos + length]
         pos += length
         k = chr(kind)
+        log.last = k
         if k in "RADWUX":
             log.events.append((k, payload))
         elif k in "OE":

@@ -36,6 +36,8 @@ class Uncacheable(Exception):
         self.detail = detail
 
     def __str__(self) -> str:
+        if self.detail.startswith(self.reason):
+            return self.detail
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
@@ -169,10 +171,14 @@ def classify(logs: ActionLogs, root: bytes):
             continue
         others = (writers.get(path, set()) | removers.get(path, set())) - {n}
         if before_own and not others:
-            # the state before the action mattered: an absence is an input, content is not known
             if kind == "A":
-                inputs[(kind, path)] = None
+                # a probe of the file it is about to create (as, ld and ar stat their output
+                # first): existence alone is not taken as an input, or every rebuild over an
+                # existing output would miss.  A tool that reads its old output is caught below.
+                if n not in writers.get(path, ()):
+                    inputs[(kind, path)] = None
             elif n in writers.get(path, ()) or n in removers.get(path, ()):
+                # the content before the action mattered and is gone now: not seen whole
                 in_place.append(path)
         # else: produced by another process of the action first (pipelines, temporaries)
     removed = [p for p in removers if p not in writers]

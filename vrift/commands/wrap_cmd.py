@@ -17,8 +17,10 @@ from .common import emit_json, json_option, render_table, root_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @root_option
 @click.option("--adapter", default=None, help="Adapter to use (default: chosen by the tool's name).")
+@click.option("--no-cache", is_flag=True, help="Neither replay nor record actions (the action cache is off).")
+@click.option("--explain", is_flag=True, help="Say for each cache miss which input changed (also VRIFT_DEBUG=cache).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def wrap_cmd(quiet, root, adapter, command):
+def wrap_cmd(quiet, root, adapter, no_cache, explain, command):
     """Run COMMAND (ninja, make, any command tree) under vrift.
 
     \b
@@ -27,12 +29,14 @@ def wrap_cmd(quiet, root, adapter, command):
       vrift wrap -- ./build.sh --all
 
     The index is synced first, then COMMAND runs with the preload library; its exit status,
-    stdout and stderr are passed through unchanged.  A one-line summary follows on stderr.
+    stdout and stderr are passed through unchanged.  A one-line summary follows on stderr
+    (with the action cache's hits, misses and uncacheable actions).
     If vrift is disabled, missing or broken, COMMAND still runs on the real filesystem."""
     from ..adapters.fastwrap import WrapOptions, wrap
 
     try:
-        code = wrap(WrapOptions(list(command), quiet=quiet, root=root, adapter=adapter))
+        code = wrap(WrapOptions(list(command), quiet=quiet, root=root, adapter=adapter, no_cache=no_cache,
+                                explain=explain))
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)  # the tool's status, whatever click does with return values

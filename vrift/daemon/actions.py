@@ -252,6 +252,7 @@ class ActionCache:
         try:
             fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"])
         except Uncacheable as u:
+            log.debug("action %s uncacheable: %s", aid.decode(), u)
             self._count("", reason=u.reason)
             self._note("uncacheable", pending["argv"], str(u))
             return reply(req).add(Tag.FLAGS, 0)
