@@ -579,6 +579,11 @@ static void record_mapped_files(void) {
             if (b[i] != '\n') continue;
             b[i] = '\0';
             char *path = strchr(b + start, '/');
+            /* "addr perms offset dev inode path": a shared mapping is IPC (the VDir, shm),
+             * not a file read */
+            char *perms = strchr(b + start, ' ');
+            if (perms && perms[1] && perms[2] && perms[3] && perms[4] == 's') path = NULL;
+            if (path && strcmp(path, vrift_vdir_path()) == 0) path = NULL;
             if (path && strcmp(path, last) != 0 && strlen(path) < sizeof last && !strstr(path, " (deleted)")) {
                 strcpy(last, path);
                 vrift_rec_abs('R', path);
@@ -742,4 +747,34 @@ EXPORT DIR *fdopendir(int fd) {
     DIR *d = real_fdopendir ? real_fdopendir(fd) : NULL;
     if (UNLIKELY(vrift_recording) && d) vrift_rec_fd('D', fd);
     return d;
+}
+
+/* mkstemp and friends open through libc's internal open(): the name they made is written
+ * here, and its later unlink must not look like the removal of a file the action found. */
+#define MKSTEMP(name, params, args)                                           \
+    EXPORT int name params {                                                   \
+        LAZY(name);                                                            \
+        if (UNLIKELY(!real_##name)) {                                          \
+            errno = ENOSYS;                                                    \
+            return -1;                                                         \
+        }                                                                      \
+        int fd = real_##name args;                                             \
+        if (UNLIKELY(vrift_recording) && fd >= 0) vrift_rec_path('W', AT_FDCWD, tmpl); \
+        return fd;                                                             \
+    }
+
+MKSTEMP(mkstemp, (char *tmpl), (tmpl))
+MKSTEMP(mkstemp64, (char *tmpl), (tmpl))
+MKSTEMP(mkostemp, (char *tmpl, int flags), (tmpl, flags))
+MKSTEMP(mkostemp64, (char *tmpl, int flags), (tmpl, flags))
+MKSTEMP(mkstemps, (char *tmpl, int suffixlen), (tmpl, suffixlen))
+MKSTEMP(mkstemps64, (char *tmpl, int suffixlen), (tmpl, suffixlen))
+MKSTEMP(mkostemps, (char *tmpl, int suffixlen, int flags), (tmpl, suffixlen, flags))
+MKSTEMP(mkostemps64, (char *tmpl, int suffixlen, int flags), (tmpl, suffixlen, flags))
+
+EXPORT char *mkdtemp(char *tmpl) {
+    LAZY(mkdtemp);
+    char *r = real_mkdtemp ? real_mkdtemp(tmpl) : NULL;
+    if (UNLIKELY(vrift_recording) && r) vrift_rec_path('W', AT_FDCWD, r);
+    return r;
 }
