@@ -686,7 +686,8 @@ static FILE *fopen_plain(const char *path, const char *mode, FILE *(*realf)(cons
 
 static FILE *fopen_common(const char *path, const char *mode, FILE *(*realf)(const char *, const char *)) {
     FILE *f = fopen_plain(path, mode, realf);
-    if (UNLIKELY(vrift_recording) && mode) vrift_rec_open(AT_FDCWD, path, fopen_flags(mode), f ? fileno(f) : -1);
+    if (UNLIKELY(vrift_recording) && mode && fopen_flags(mode) >= 0)
+        vrift_rec_open(AT_FDCWD, path, fopen_flags(mode), f ? fileno(f) : -1);
     return f;
 }
 
