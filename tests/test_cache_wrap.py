@@ -64,7 +64,7 @@ with ProjectClient(os.environ["VRIFT_SOCKET"]) as c:
     assert "cache: 1 hits, 2 misses, 1 uncacheable (top: device ×1)" in notes, done.stderr
     assert "vrift: cache miss: cc -c src/a.c: no entry for this key" in done.stderr
     assert "vrift: cache uncacheable: sh -c date: device /dev/urandom" in done.stderr
-    run_vrift("daemon", "stop", "--all", check=False)  # counters are folded into LMDB at shutdown
+    run_vrift("daemon", "stop", check=True)  # counters are folded into LMDB at shutdown
     stats = json.loads(run_vrift("cache", "stats", "--json", check=True).stdout)
     assert stats["keys"] == 1 and stats["fingerprints"] == 1
     assert stats["counters"]["hits"] == 1 and stats["counters"]["uncacheable"] == {"device": 1}
@@ -156,6 +156,6 @@ def test_no_cache_records_nothing(tmp_path, daemons, run_vrift):
     done = vrift("wrap", "--no-cache", "ninja", cwd=proj, check=True)
     assert "cache:" not in parse_summary(done.stderr)["notes"]
     assert not (proj / ".vrift/actions").exists() or not any((proj / ".vrift/actions").iterdir())
-    run_vrift("daemon", "stop", "--all", check=False)
+    run_vrift("daemon", "stop", check=True)
     stats = json.loads(run_vrift("cache", "stats", "--json", check=True).stdout)
     assert stats["keys"] == 0 and not stats["counters"].get("misses")
