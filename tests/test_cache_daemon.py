@@ -122,3 +122,65 @@ def test_stale_action_directories_are_swept_at_start(daemons, proj):
     with connect_project(daemons, proj) as c:
         c.hello()
         assert not dead.dir.exists()
+
+
+def test_an_outside_header_edited_between_lookups_misses(daemons, proj, tmp_path):
+    """Digests of files outside the root are memoised by stat fields: an edit that keeps the
+    size and puts the mtime back still changes the ctime, so the memo cannot answer for it."""
+    sys_h = tmp_path / "sysinc" / "stdio.h"
+    sys_h.parent.mkdir()
+    sys_h.write_bytes(b"/* v1 */\n")
+
+    def action(output=b"OBJ"):
+        a = FakeAction(proj.root)
+        answer = c.action_lookup(CC, proj.root, [b"cc", b"-c", b"src/a.c"], a.id)
+        if not answer["hit"]:
+            (proj.root / "build/a.o").write_bytes(output)
+            a.log(("R", bytes(proj.root / "src/a.c")), ("R", bytes(sys_h)), ("W", bytes(proj.root / "build/a.o")))
+            assert c.action_end(a.id, 0) == 1
+        return answer["hit"]
+
+    with connect_project(daemons, proj) as c:
+        assert not action()
+        wait_recorded(c, 1)
+        assert action(), "unchanged: hit (the outside digest comes from the memo)"
+        st = os.stat(sys_h)
+        time.sleep(0.01)
+        sys_h.write_bytes(b"/* v2 */\n")
+        os.utime(sys_h, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.stat(sys_h).st_size == st.st_size and os.stat(sys_h).st_mtime_ns == st.st_mtime_ns
+        assert not action(b"OBJ2")
+        wait_recorded(c, 2)
+        assert action() and (proj.root / "build/a.o").read_bytes() == b"OBJ2"
+
+
+def test_a_hit_publishes_every_output_and_its_directories(daemons, proj):
+    """Outputs in several directories (one of them created by the replay) are all in the
+    index when the reply comes, with the directories' fresh entries."""
+    def action():
+        a = FakeAction(proj.root)
+        answer = c.action_lookup(CC, proj.root, [b"gen", b"x"], a.id)
+        if not answer["hit"]:
+            (proj.root / "build/sub").mkdir()
+            (proj.root / "build/x.h").write_bytes(b"H")
+            (proj.root / "build/sub/x.c").write_bytes(b"C")
+            a.log(("R", bytes(proj.root / "src/a.c")), ("W", bytes(proj.root / "build/sub")),
+                  ("W", bytes(proj.root / "build/x.h")), ("W", bytes(proj.root / "build/sub/x.c")))
+            assert c.action_end(a.id, 0) == 1
+        return answer["hit"]
+
+    with connect_project(daemons, proj) as c:
+        c.hello()
+        assert not action()
+        wait_recorded(c, 1)
+        shutil.rmtree(proj.root / "build/sub")
+        os.unlink(proj.root / "build/x.h")
+        c.sync()
+        assert action()
+        for rel, data in (("build/x.h", b"H"), ("build/sub/x.c", b"C")):
+            e = vdir_entry(daemons, proj, rel)
+            assert e is not None and not e.is_deleted and e.digest == hash_bytes(data), rel
+            assert e.mtime_ns == os.stat(proj.root / rel).st_mtime_ns
+        for rel in ("build", "build/sub"):
+            e = vdir_entry(daemons, proj, rel)
+            assert e is not None and e.mtime_ns == os.stat(proj.root / rel).st_mtime_ns, rel

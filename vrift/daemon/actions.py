@@ -183,52 +183,68 @@ class ActionCache:
         return out.add(Tag.FLAGS, 0)
 
     def _replay(self, fp: Fingerprint) -> int:
-        """Materialise the outputs and publish them like commits; returns the bytes written."""
+        """Materialise the outputs and publish them; returns the bytes written.
+
+        One job on the index writer does it all: mark the paths DIRTY (readers go to the disk
+        while the files change under them; shared memory only), put each file in place
+        (reflink or copy from the CAS, temp + rename), then publish every output's entry and
+        its directory's refreshed entry in one apply — one durable index write per hit, not
+        one per file.  The blobs are already durable in the CAS, so the files themselves are
+        not synced: after a crash an output is either whole or re-materialised from the index
+        (docs/cache.md).  Running it on the writer keeps the watcher from re-reading the new
+        files between the renames and the apply."""
         daemon = self.daemon
         targets = []
         for rel_s, digest, mode, *rest in fp.outputs:
             rel = daemon.policy.target(self.root + b"/" + os.fsencode(rel_s), allow_root=False)
             targets.append((rel, digest, mode))
+        return daemon.writer.run(lambda: self._replay_on_writer(targets), 600)
+
+    def _replay_on_writer(self, targets: list) -> int:
+        daemon, index = self.daemon, self.daemon.index
         rels = [t[0] for t in targets]
-
-        def mark() -> None:  # readers go to the disk while the files change under them
-            placeholders = [Entry.deleted(r).with_flags(layout.F_DELETED | layout.F_DIRTY) for r in rels
-                            if not daemon.index.set_dirty(r, True)]
-            if placeholders:
-                daemon.index.apply(placeholders)
-                for e in placeholders:
-                    daemon.index.set_dirty(e.path, True)
-
-        daemon.writer.run(mark, 600)
+        placeholders = [Entry.deleted(r).with_flags(layout.F_DELETED | layout.F_DIRTY) for r in rels
+                        if not index.set_dirty(r, True)]
+        if placeholders:
+            index.apply(placeholders)  # DIRTY tombstones: shared memory only, nothing durable
+            for e in placeholders:
+                index.set_dirty(e.path, True)
         created: list[bytes] = []
-        futures = []
+        entries: list[Entry] = []
+        parents: set[bytes] = set()
         total = 0
+        published = False
         try:
             for rel, digest, mode in targets:
                 path = daemon.policy.absolute(rel)
-                parent = os.path.dirname(path)
                 if digest is None:  # a directory the action created
                     if not os.path.isdir(path):
                         os.makedirs(path, exist_ok=True)
                         created.append(rel)
                     continue
+                parent = os.path.dirname(path)
                 if not os.path.isdir(parent):
                     os.makedirs(parent, exist_ok=True)
                     created.append(os.path.dirname(rel))
-                daemon.cas.materialize(digest, path, mode)
+                raw = bytes.fromhex(digest)
+                daemon.cas.materialize(raw, path, mode)
                 st = os.lstat(path)
                 total += st.st_size
-                self.memo.remember(os.stat(path), bytes.fromhex(digest))
-                futures.append(daemon.writer.commit(Entry.from_stat(rel, st, bytes.fromhex(digest)),
-                                                    os.path.dirname(rel)))
+                self.memo.remember(st, raw)
+                entries.append(Entry.from_stat(rel, st, raw))
+                parents.add(os.path.dirname(rel))
+            if entries:
+                index.apply(entries + daemon._dir_entries(parents))
+                for e in entries:
+                    index.set_dirty(e.path, False)
+                for parent in parents:
+                    index.set_dirty(parent, False)
+            published = True
         finally:
-            for f in futures:
-                f.result(600)
             if created:  # new directories: index them (and what is now in them)
-                daemon.writer.run(lambda: daemon._reread(sorted(set(created))), 600)
-            leftover = [r for r in rels if daemon.index.get(r) is None]
-            if leftover:  # a failed replay: put the index back in step with the disk
-                daemon.writer.run(lambda: daemon._reread(leftover), 600)
+                daemon._reread(sorted(set(created)))
+            if not published:  # a failed replay: put the index back in step with the disk
+                daemon._reread(rels)
         return total
 
     # -- END ----------------------------------------------------------------------------------
