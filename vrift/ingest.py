@@ -28,6 +28,7 @@ from .vdir.index import ProjectIndex
 ALWAYS_IGNORED = (b".git", STATE_DIR.encode())
 APPLY_BATCH = 4096
 WALK_THREADS = 2  # listing threads of a full walk: enough to keep lstat calls in flight
+SMALL_BATCH = 32  # up to this many files to store: one fsync each, else one syncfs for all
 HASH_RETRIES = 3  # a file that keeps changing while we hash it is reported, not indexed
 
 
@@ -284,11 +285,15 @@ class Ingester:
                     seen: set[bytes]) -> None:
         if not batch:
             return
+        # A few files (the daemon's watcher, INVALIDATE) are fsynced one by one; a large batch is
+        # stored without and the filesystem synced once (syncfs costs milliseconds when the
+        # filesystem is busy, far more than a handful of fsyncs).
+        durable = len(batch) <= SMALL_BATCH
         if len(batch) == 1 or self.workers == 1:
-            results = [self._store_one(rel, st) for rel, st in batch]
+            results = [self._store_one(rel, st, durable) for rel, st in batch]
         else:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                results = list(pool.map(lambda item: self._store_one(*item), batch))
+                results = list(pool.map(lambda item: self._store_one(*item, durable), batch))
         updates = []
         for rel, outcome in zip((rel for rel, _ in batch), results):
             if isinstance(outcome, str):
@@ -301,11 +306,11 @@ class Ingester:
             report.bytes_hashed += entry.size
             report.new_blobs += new_blob
             report.strategy = report.strategy or strategy
-        if updates:
+        if updates and not durable:
             self.cas.sync()  # the batch's blobs are on disk before the index refers to them
         self._apply(updates, report)
 
-    def _store_one(self, rel: bytes, st: os.stat_result):
+    def _store_one(self, rel: bytes, st: os.stat_result, durable: bool = False):
         """Store one file; returns (Entry, new_blob, strategy) or a reason string.
 
         The entry's stat must describe the bytes that were hashed: stat again after storing
@@ -313,7 +318,7 @@ class Ingester:
         path = self._abs(rel)
         for _ in range(HASH_RETRIES):
             try:
-                result = self.cas.store_file(os.fsdecode(path), fsync=False)  # synced per batch
+                result = self.cas.store_file(os.fsdecode(path), fsync=durable)
                 after = os.lstat(path)
             except FileNotFoundError:
                 return "vanished during ingest"

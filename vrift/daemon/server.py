@@ -263,6 +263,16 @@ class ProjectDaemon:
             self._full_rescan()
             return
         if paths:
+            # A file a process under the preload library still holds open for writing (its
+            # beacon) is DIRTY, so readers bypass its entry; re-reading it at each of its writes
+            # (ninja appends to .ninja_log after every edge) would hash it again and again.
+            # It is re-read once, when the beacon is released (_closed_write, _retry_pending).
+            held = [p for p in paths if not process.beacon_free(self.policy.absolute(p))]
+            for rel in held:
+                self.index.set_dirty(rel, True)
+                self._beacon_waiting.add(rel)
+            if held:
+                paths = set(paths) - set(held)
             self.ingester.reconcile(paths)
         if dirs:
             self._refresh_dirs(dirs)

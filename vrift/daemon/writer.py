@@ -10,12 +10,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
 log = logging.getLogger("vrift.daemon")
 
 MAX_GROUP = 512  # commits per apply: bounds the latency of the first one in a group
+# After a commit group, watcher changes are applied at most this often: each application is an
+# index write (an fsync in wal mode) and during a build most events are the commits' own
+# renames.  Calls (SYNC, INVALIDATE, …) and idle ticks still apply them first.
+WATCH_COALESCE_S = 0.025
 
 
 class _Commit:
@@ -39,6 +44,7 @@ class IndexWriter:
     def __init__(self, index, before_job: Callable[[], None] | None = None,
                  dir_entries: Callable[[set[bytes]], list] | None = None):
         self.index = index
+        self._last_watched = 0.0
         self.before_job = before_job  # apply pending watcher changes (before calls, after commits)
         self.dir_entries = dir_entries  # fresh entries of the committed files' directories
         self._q: queue.Queue = queue.Queue()
@@ -111,11 +117,13 @@ class IndexWriter:
             if group:
                 self._do_group(group)
             # after the group, not before: the commits' own renames are then seen as unchanged
-            self._watched()
+            if time.monotonic() - self._last_watched >= WATCH_COALESCE_S:
+                self._watched()
             if stop_after:
                 return
 
     def _watched(self) -> None:
+        self._last_watched = time.monotonic()
         if self.before_job is not None:
             try:
                 self.before_job()
