@@ -26,6 +26,7 @@ def test_autostart_hello_and_private_files(daemons, proj):
     home = daemons
     with connect_project(home, proj) as c:
         info = c.hello()
+        c.sync()  # the barrier: queued behind the start-up ingest
     files = project_files(home, proj.id)
     assert info["root"] == str(proj.root) and info["project_id"] == proj.id
     assert info["vdir"] == str(home.vdir_path(proj.id)) and info["socket"] == str(files.socket)

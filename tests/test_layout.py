@@ -82,3 +82,15 @@ def test_c_sources_compile_without_warnings(source):
     proc = subprocess.run(["gcc", "-x", "c", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
                            f"-I{NATIVE}", str(NATIVE / source)], capture_output=True, text=True)
     assert proc.returncode == 0, f"{source}:\n{proc.stderr}"
+
+
+def test_tool_state_names_agree_between_c_and_python():
+    """The preload library writes these straight through; the ingester must never index them."""
+    import re
+    from pathlib import Path
+
+    from vrift.ingest import TOOL_STATE
+
+    src = (Path(__file__).resolve().parent.parent / "vrift" / "preload" / "write.c").read_text()
+    table = re.search(r"tool_state\[\] = \{([^}]*)\}", src).group(1)
+    assert tuple(n.encode() for n in re.findall(r'"([^"]+)"', table)) == TOOL_STATE

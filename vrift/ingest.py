@@ -25,7 +25,10 @@ from .vdir import layout
 from .vdir.entry import Entry
 from .vdir.index import ProjectIndex
 
-ALWAYS_IGNORED = (b".git", STATE_DIR.encode())
+# Build tools' private state: rewritten after every edge, read by nobody else; never indexed, and
+# the preload library writes it straight through (the same list is in vrift/preload/write.c).
+TOOL_STATE = (b".ninja_log", b".ninja_deps", b".ninja_lock")
+ALWAYS_IGNORED = (b".git", STATE_DIR.encode(), *TOOL_STATE)
 APPLY_BATCH = 4096
 WALK_THREADS = 2  # listing threads of a full walk: enough to keep lstat calls in flight
 SMALL_BATCH = 32  # up to this many files to store: one fsync each, else one syncfs for all

@@ -14,6 +14,7 @@ from .protocol import Err, Frame, Msg, ProtocolError, Tag, read_frame
 
 DEFAULT_TIMEOUT_MS = 30_000
 START_TIMEOUT_S = 30.0
+LONG_WAIT_S = 600.0  # the daemon bounds every request by the same time (server.REQUEST_TIMEOUT_S)
 
 
 class DaemonError(VriftError):
@@ -64,9 +65,13 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def request(self, mtype: int, *fields: tuple[int, bytes | str | int]) -> Frame:
+    def request(self, mtype: int, *fields: tuple[int, bytes | str | int], wait_s: float | None = None) -> Frame:
+        """One request.  `wait_s`: how long the answer may take, for requests that wait for
+        queued work (SYNC and INGEST behind a first ingest of a large tree); the socket
+        timeout otherwise."""
         if self.sock is None:
             self.connect()
+        self.sock.settimeout(wait_s if wait_s is not None else self.timeout_ms / 1000)
         frame = Frame(mtype, next(self._ids) & 0xFFFFFFFF)
         for tag, value in fields:
             frame.add(tag, value)
@@ -110,7 +115,7 @@ def _path(p) -> bytes:
 class ProjectClient(Client):
     def sync(self, path=None) -> int:
         fields = [(Tag.PATH, _path(path))] if path is not None else []
-        return self.request(Msg.SYNC, *fields).int(Tag.GENERATION)
+        return self.request(Msg.SYNC, *fields, wait_s=LONG_WAIT_S).int(Tag.GENERATION)
 
     def commit(self, path, staging) -> tuple[bytes, int, int]:
         """(digest, size, generation)"""
@@ -129,7 +134,7 @@ class ProjectClient(Client):
         return self.request(Msg.STATS).json()
 
     def ingest(self) -> dict:
-        return self.request(Msg.INGEST).json()
+        return self.request(Msg.INGEST, wait_s=LONG_WAIT_S).json()
 
     def action_lookup(self, exe, cwd, argv, action_id: str, env=(), pid: int | None = None) -> dict:
         """ACTION_LOOKUP as the preload library sends it: {"hit", "flags", "status", "stdout", "stderr"}."""

@@ -69,7 +69,6 @@ class ProjectDaemon:
         self.started = time.time()
         self.last_activity = time.monotonic()
         self.stop_event = threading.Event()
-        self.scanned = threading.Event()
         self.exit_reason = "stopped"
         self.requests = 0
         self.rollbacks = 0
@@ -96,7 +95,7 @@ class ProjectDaemon:
         self.watcher = Watcher(os.fsencode(self.project.root), self.ingester.rules.ignored,
                                on_close_write=self._closed_write).start()
         # the tree may have changed while nobody watched: reconcile it (digests are reused)
-        self.writer.call(self._full_rescan).add_done_callback(lambda _f: self.scanned.set())
+        self.writer.call(self._full_rescan)
         self.writer.call(self._sweep_staging)
         self.cache.start()
         self.listener.start()
@@ -163,9 +162,8 @@ class ProjectDaemon:
         if root is not None and os.path.realpath(root) != os.fsencode(self.project.root):
             raise RequestError(Err.BAD_REQUEST, f"{os.fsdecode(root)}: this daemon serves {self.project.root}")
         conn.client_pid = pid
-        # The index a client maps must describe the tree as it is: the rescan queued at start
-        # (the tree may have changed while no daemon watched) completes before any HELLO.
-        self.scanned.wait(REQUEST_TIMEOUT_S)
+        # HELLO does not wait for the start-up rescan (a first ingest of a large tree takes
+        # minutes and the coordinator is waiting): SYNC, queued behind it, is the barrier.
         return self._identity(reply(req))
 
     def _identity(self, out: Frame) -> Frame:

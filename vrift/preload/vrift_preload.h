@@ -194,4 +194,7 @@ void vrift_daemon_atfork_child(void);
 long vrift_cwd_copy(char *buf);
 #include "vrift_action.h"
 
+/* 1 when `abs` names a build tool's private state file (written straight through, not indexed). */
+int vrift_tool_state(const char *abs);
+
 #endif

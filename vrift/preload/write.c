@@ -192,6 +192,21 @@ typedef struct write_plan {
     char staging[VRIFT_PATH_MAX];
 } write_plan;
 
+/* Build tools' private state files (ninja rewrites .ninja_lock after every edge and appends to
+ * .ninja_log): never indexed (vrift/ingest.py TOOL_STATE, checked by tests/test_layout.py), so
+ * written straight through — staging and committing them cost the build a daemon round trip
+ * per edge. */
+static const char *const tool_state[] = {".ninja_log", ".ninja_deps", ".ninja_lock"};
+
+int vrift_tool_state(const char *abs) {
+    const char *base = strrchr(abs, '/');
+    base = base ? base + 1 : abs;
+    if (base[0] != '.') return 0;
+    for (size_t i = 0; i < sizeof tool_state / sizeof *tool_state; i++)
+        if (strcmp(base, tool_state[i]) == 0) return 1;
+    return 0;
+}
+
 static int wants_write(int flags) {
     return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
@@ -203,6 +218,7 @@ static void plan_write(int dirfd, const char *path, int flags, write_plan *p) {
     if (!vrift_writes_on || (flags & (O_PATH | __O_TMPFILE)) == O_PATH || (flags & __O_TMPFILE) == __O_TMPFILE)
         return;
     if (!vrift_resolve_name(dirfd, path, p->abs)) return;
+    if (vrift_tool_state(p->abs)) return;
     pid_t pid = vrift_raw_getpid();
     int saved = errno;
     struct stat lst;
