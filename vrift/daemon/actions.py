@@ -198,7 +198,13 @@ class ActionCache:
         for rel_s, digest, mode, *rest in fp.outputs:
             rel = daemon.policy.target(self.root + b"/" + os.fsencode(rel_s), allow_root=False)
             targets.append((rel, digest, mode))
-        return daemon.writer.run(lambda: self._replay_on_writer(targets), 600)
+        return daemon.writer.run(lambda: self._replay_lazily(targets), 600)
+
+    def _replay_lazily(self, targets: list) -> int:
+        # the outputs' blobs are durable in the CAS and the files are on disk: their index
+        # entries need no fsync of their own (ProjectIndex.lazy)
+        with self.daemon.index.lazy():
+            return self._replay_on_writer(targets)
 
     def _replay_on_writer(self, targets: list) -> int:
         daemon, index = self.daemon, self.daemon.index

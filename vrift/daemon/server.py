@@ -256,6 +256,13 @@ class ProjectDaemon:
         return self.ingester.ingest().to_json()
 
     def _apply_watched(self, for_sync: bool = False) -> None:
+        # The tree shows these changes again after a crash (the start-up rescan): no fsync of
+        # their own.  A process crash loses nothing (the WAL's pages are written); a machine
+        # crash loses the shared-memory file with them.
+        with self.index.lazy():
+            self._apply_watched_now(for_sync)
+
+    def _apply_watched_now(self, for_sync: bool) -> None:
         paths, dirs, full = self.watcher.take(for_sync)
         if full:
             self._full_rescan()

@@ -14,6 +14,7 @@ and its index generation matches LMDB's).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -68,6 +69,7 @@ class ProjectIndex:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self._flush_mutex = threading.Lock()  # one LMDB flush at a time; taken before _lock
+        self._lazy = 0  # > 0: applies skip their own fsync (see lazy())
         self.counters = {"applies": 0, "changes": 0, "flushes": 0, "replayed": 0, "shm_reused": 0,
                          "shm_rebuilt": 0}
 
@@ -246,6 +248,21 @@ class ProjectIndex:
                     del self._children[parent]
 
     # ------------------------------------------------------------------ writes
+    @contextlib.contextmanager
+    def lazy(self):
+        """Applies inside skip their own fsync (sync and wal modes): for changes the tree itself
+        will show again — the watcher's re-reads, outputs replayed from the CAS, whose blobs are
+        already durable.  Lost in a crash, they come back from the start-up rescan; the next
+        synced apply or background flush makes them durable anyway (the WAL is append-only and
+        one fdatasync covers every earlier record).  Commits never run inside."""
+        with self._lock:
+            self._lazy += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._lazy -= 1
+
     def apply(self, entries: Iterable[Entry]) -> int:
         """Make `entries` (DELETED ones remove) durable per the mode, then publish them.
         Returns the new generation (unchanged when nothing differs).  DIRTY is not part of an
@@ -275,10 +292,10 @@ class ProjectIndex:
             gen = self._gen + 1
             batch = list(changes.values())
             if self.durability == "sync":
-                self._store.write(batch, gen, self._root, sync=True)
+                self._store.write(batch, gen, self._root, sync=not self._lazy)
                 self._lmdb_gen = gen
             elif self.durability == "wal":
-                self._wal.append(gen, batch)
+                self._wal.append(gen, batch, fsync=not self._lazy)
                 self._pending.update(changes)
                 self._pending_records.extend((gen, e) for e in batch)
                 if len(self._pending) >= self.sync_batch_size:
