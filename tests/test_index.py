@@ -226,3 +226,21 @@ def test_dirty_placeholder_for_a_path_being_created(home, project):
             assert not e.is_deleted and e.flags & layout.F_DIRTY and e.digest == b"\x04" * 32
     with open_readonly(home, project) as view:
         assert not view.get(b"new.o").flags & layout.F_DIRTY
+
+
+def test_lazy_applies_skip_their_fsync_and_survive_a_process_restart(home, project):
+    """Watcher re-reads and replayed outputs: no fsync of their own, still in the WAL (a later
+    synced apply covers them), so a restarted process finds them."""
+    st = os.stat(project.root)
+    index = ProjectIndex(home, project, durability="wal", sync_interval_ms=60_000,
+                         sync_batch_size=10**6).open()
+    try:
+        with index.lazy():
+            index.apply([entry(1, st)])
+        assert index.stats()["wal_fsyncs"] == 0 and index.stats()["wal_bytes"] > 0
+        index.apply([entry(2, st)])
+        assert index.stats()["wal_fsyncs"] == 1
+    finally:
+        index.close()
+    with ProjectIndex(home, project).open() as again:
+        assert again.get(b"f/1") == entry(1, st) and again.get(b"f/2") == entry(2, st)
