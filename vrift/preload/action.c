@@ -222,16 +222,20 @@ void vrift_action_before_exec(const char *path, int search, char *const envp[], 
     int saved = errno;
     char abs[VRIFT_PATH_MAX];
     int ok = -1;
+    struct stat st;
     if (path && search && !strchr(path, '/'))
         ok = search_path(path, abs);
     else if (path)
         ok = vrift_rec_absolute(AT_FDCWD, path, abs);
-    if (ok == 0) {
+    if (ok == 0 && syscall(SYS_newfstatat, AT_FDCWD, abs, &st, 0) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
+        /* the exec will fail (a shell trying every PATH entry with execve, as dash's `exec`
+           does): the program's absence is what the action saw, not an input that vanished */
+        vrift_rec_abs('A', abs);
+    } else if (ok == 0) {
         vrift_rec_abs('X', abs);
         vrift_rec_abs('R', abs); /* the program's bytes are an input like any file */
         int s = static_elf(abs);
         if (s == 1) vrift_rec_uncacheable("static binary", abs);
-        struct stat st;
         if (syscall(SYS_newfstatat, AT_FDCWD, abs, &st, 0) == 0 &&
             (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) || ((st.st_mode & S_ISGID) && st.st_gid != getegid())))
             vrift_rec_uncacheable("set-id binary (the preload library is dropped)", abs);
