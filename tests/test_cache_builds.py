@@ -269,3 +269,47 @@ def test_cache_entries_keep_their_blobs_through_gc(tmp_path, tools, run_vrift):
     assert after["referenced"] == swept["referenced"] - after["removable"], (swept, after)
     gc(run_vrift, "--delete")
     assert not outputs & blob_digests(tools), "blobs only the cleared cache named survived gc"
+
+
+
+def test_make_runs_the_compiler_itself_and_its_content_is_in_the_key(tmp_path, daemons):
+    """Under make a simple recipe line is the compiler itself (no shell): the action's executable
+    is `cc` from PATH, and the key holds its digest: other bytes at the same path, another key."""
+    require_tools("make", "cc", "ar")
+    real_cc = Path(os.path.realpath(shutil.which("cc")))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = tool_env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+
+    def install_cc(version: int) -> None:  # a compiler that runs the real one
+        src = tmp_path / "wrapper.c"
+        src.write_text(f'#include <unistd.h>\nstatic const char v[] = "v{version}";\n'
+                       f'int main(int c, char **a) {{ if (c < 0) return v[1]; a[0] = (char *)"{real_cc}"; '
+                       'execv(a[0], a); return 127; }\n')  # gcc finds cc1 from its argv[0]
+        plain(real_cc, "-O1", "-o", tmp_path / "cc.new", src, cwd=tmp_path)
+        os.replace(tmp_path / "cc.new", bin_dir / "cc")
+
+    install_cc(1)
+    proj = generate(tmp_path / "p")
+    compile_lines = UNITS + 1
+
+    def build() -> tuple[subprocess.CompletedProcess, int, int]:
+        done = vrift("wrap", "--explain", "make", cwd=proj, env=env, check=True)
+        shutil.rmtree(proj / "build")
+        hits, misses, uncacheable = cache_counts(done.stderr)
+        assert uncacheable == 0, done.stderr
+        return done, hits, misses
+
+    _, _, misses = build()
+    assert misses >= compile_lines
+    done, hits, misses = build()
+    assert misses == 0 and hits >= compile_lines + 2, done.stderr
+    first = (bin_dir / "cc").read_bytes()
+    install_cc(2)
+    assert (bin_dir / "cc").read_bytes() != first
+    done, hits, misses = build()
+    assert misses == compile_lines + 1, done.stderr  # + the link, also $(CC)
+    new_keys = [line for line in done.stderr.splitlines()
+                if line.startswith("vrift: cache miss: cc ") and "no entry for this key" in line]
+    assert len(new_keys) == compile_lines + 1, done.stderr
