@@ -128,7 +128,10 @@ class ProjectDaemon:
                 log.exception("final rollback failed")
             self.writer.stop()
         self.index.flush()
-        self.index.close(unlink_shm=False)
+        # Asked to stop (`vrift daemon stop`, eviction): give the shared memory back now.  After
+        # an idle exit the file stays for a quick restart; the coordinator removes it after
+        # daemon.cleanup_after_s.
+        self.index.close(unlink_shm=self.exit_reason == "requested")
         if self.exit_reason == "idle":
             process.write_private(self.files.idle_file, f"{time.time():.3f}\n")
         log.info("exiting (%s)", self.exit_reason)
