@@ -313,8 +313,9 @@ class ProjectDaemon:
         # Ask about the beacons *before* reading: a writer that lets go between our read and
         # the check would leave a clean entry describing the content before its last write.
         free = {rel for rel in rels if process.beacon_free(self.policy.absolute(rel))}
-        self.ingester.reconcile(rels)
-        self._refresh_dirs(parents)
+        with self.index.lazy():  # what is re-read from disk is recovered by a rescan: no fsync
+            self.ingester.reconcile(rels)
+            self._refresh_dirs(parents)
         held = 0
         for rel in rels:
             if rel in free:
