@@ -285,6 +285,10 @@ class ProjectDaemon:
         if dirs:
             self._refresh_dirs(dirs)
 
+    def _indexed_dir(self, rel: bytes) -> bool:
+        e = self.index.get(rel)
+        return e is not None and bool(e.flags & layout.F_DIR)
+
     def _refresh_dirs(self, rels) -> None:
         updates = self._dir_entries(rels)
         if updates:
@@ -313,9 +317,13 @@ class ProjectDaemon:
         # Ask about the beacons *before* reading: a writer that lets go between our read and
         # the check would leave a clean entry describing the content before its last write.
         free = {rel for rel in rels if process.beacon_free(self.policy.absolute(rel))}
+        # A directory named with one of its children (the preload library sends a changed path
+        # with its parent) changed because of that child: refresh its own entry, do not rescan
+        # its subtree (for build/ or the root that cost milliseconds on every unlink).
+        dirs_only = {r for r in rels if r in parents and self._indexed_dir(r)}
         with self.index.lazy():  # what is re-read from disk is recovered by a rescan: no fsync
-            self.ingester.reconcile(rels)
-            self._refresh_dirs(parents)
+            self.ingester.reconcile([r for r in rels if r not in dirs_only])
+            self._refresh_dirs(parents | dirs_only)
         held = 0
         for rel in rels:
             if rel in free:
