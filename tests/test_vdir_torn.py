@@ -86,6 +86,7 @@ GROW_WRITER = textwrap.dedent(r"""
     w = VDirWriter.create(path, sys.argv[4], sys.argv[5])
     w.put(Entry(b"p/0", 0o100644, 1, 0, 1, 0, 0, 0, 0, 0, 0), index_generation=1)
     print("ready", flush=True)
+    sys.stdin.readline()   # "go": every reader has the file mapped (a loaded machine starts them late)
     sizes = {w.size_bytes}
     n = 1
     while n < total:
@@ -107,6 +108,7 @@ GROW_READER = textwrap.dedent(r"""
 
     path, stop = sys.argv[1], Path(sys.argv[2])
     r = VDirReader(path)
+    print("attached", flush=True)
     lookups = misses = passes = 0
     sizes = set()
     while True:
@@ -179,6 +181,10 @@ def test_readers_keep_every_path_while_the_table_grows(home, tmp_path):
         assert writer.stdout.readline().strip() == "ready", writer.stderr.read()
         readers = [spawn(GROW_READER, vdir, stop) for _ in range(2)]
         procs += readers
+        for r in readers:
+            assert r.stdout.readline().strip() == "attached", r.stderr.read()
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
         distinct_sizes = int(writer.stdout.readline())
         stop.touch()
         results = []
