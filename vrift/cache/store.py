@@ -17,8 +17,6 @@ crash may forget the last entries, never corrupt the others.
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,47 +24,14 @@ from pathlib import Path
 import lmdb
 
 from ..project import Home, VriftError
+from ..vdir import lmdb_env
 
 MAX_FINGERPRINTS = 16  # per key: variants beyond this are forgotten, oldest first
 DIGEST = 32
 MAP_SIZE = 8 << 30
 
-_ENVS: dict[str, list] = {}  # realpath -> [env, refcount]: LMDB allows one handle per process
-_ENVS_LOCK = threading.Lock()
-
-
 def cache_dir(home: Home) -> Path:
     return home.root / "cache"
-
-
-def _open(path: Path, readonly: bool) -> lmdb.Environment:
-    key = os.path.realpath(path)
-    with _ENVS_LOCK:
-        held = _ENVS.get(key)
-        if held is not None:
-            held[1] += 1
-            return held[0]
-        if not readonly:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=4, subdir=True, create=not readonly,
-                            readonly=False, sync=True, metasync=False, lock=True, readahead=False,
-                            max_readers=512, mode=0o600)
-        except lmdb.Error as e:
-            raise VriftError(f"action cache {path}: cannot open: {e}") from e
-        _ENVS[key] = [env, 1]
-        return env
-
-
-def _release(env: lmdb.Environment) -> None:
-    with _ENVS_LOCK:
-        for key, held in list(_ENVS.items()):
-            if held[0] is env:
-                held[1] -= 1
-                if held[1] == 0:
-                    del _ENVS[key]
-                    env.close()
-                return
 
 
 def merge_counters(into: dict, delta: dict) -> dict:
@@ -83,20 +48,24 @@ class CacheStore:
         self.path = cache_dir(home)
         if readonly and not (self.path / "data.mdb").exists():
             raise VriftError(f"{self.path}: the action cache is empty (nothing recorded yet)")
-        self.env = _open(self.path, readonly)
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # always a read-write handle: a read-only one could not be shared with the daemon's
+        self.env = lmdb_env.acquire(self.path, "action cache", map_size=MAP_SIZE, max_dbs=4, sync=True,
+                                    metasync=False, readahead=False, max_readers=512)
         try:
             self.actions = self.env.open_db(b"actions")
             self.fingerprints = self.env.open_db(b"fingerprints")
             self.meta = self.env.open_db(b"meta")
         except lmdb.Error as e:
-            _release(self.env)
+            lmdb_env.release(self.env)
             raise VriftError(f"action cache {self.path}: {e}") from e
         self._closed = False
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _release(self.env)
+            lmdb_env.release(self.env)
 
     def __enter__(self) -> "CacheStore":
         return self

@@ -9,14 +9,13 @@ Named databases:
 
 The environment is always opened without LMDB's own fsync; the index calls `sync()` where its
 durability mode promises it.  That keeps one set of open flags per process (LMDB forbids two
-handles on one environment in a process), which `_ENVS` enforces by sharing the handle.
+handles on one environment in a process, so `lmdb_env` shares the handle).
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import blake3
 import lmdb
 
 from ..project import VriftError
-from . import layout
+from . import layout, lmdb_env
 from .entry import Entry
 
 FORMAT_VERSION = 1
@@ -50,40 +49,6 @@ def _decode(key: bytes, value: bytes) -> Entry:
     return Entry.unpack_record(key[1:], value)
 
 
-_ENVS: dict[str, list] = {}  # realpath -> [env, refcount]
-_ENVS_LOCK = threading.Lock()
-
-
-def _open_env(path: Path, mapsize_gb: float, readonly: bool) -> lmdb.Environment:
-    key = os.path.realpath(path)
-    with _ENVS_LOCK:
-        held = _ENVS.get(key)
-        if held is not None and (readonly or not held[0].flags()["readonly"]):
-            held[1] += 1
-            return held[0]
-        if held is not None:
-            raise VriftError(f"LMDB {path}: already open read-only in this process")
-        try:
-            env = lmdb.open(str(path), map_size=int(mapsize_gb * 2**30), max_dbs=4, subdir=True,
-                            readonly=readonly, create=not readonly, sync=False, metasync=False,
-                            lock=True, readahead=False, max_readers=256, mode=0o600)
-        except lmdb.Error as e:
-            raise VriftError(f"LMDB {path}: cannot open: {e}") from e
-        _ENVS[key] = [env, 1]
-        return env
-
-
-def _release_env(env: lmdb.Environment) -> None:
-    with _ENVS_LOCK:
-        for key, held in list(_ENVS.items()):
-            if held[0] is env:
-                held[1] -= 1
-                if held[1] == 0:
-                    del _ENVS[key]
-                    env.close()
-                return
-
-
 class LmdbStore:
     def __init__(self, path: Path, mapsize_gb: float = 10, readonly: bool = False):
         self.path = Path(path)
@@ -92,12 +57,13 @@ class LmdbStore:
             raise VriftError(f"LMDB {self.path}: no index here (run `vrift ingest`)")
         if not readonly:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.env = _open_env(self.path, mapsize_gb, readonly)
+        self.env = lmdb_env.acquire(self.path, "LMDB", readonly=readonly, map_size=int(mapsize_gb * 2**30),
+                                    max_dbs=4, sync=False, metasync=False, readahead=False, max_readers=256)
         try:
             self.entries_db = self.env.open_db(b"vdir_entries", create=not readonly)
             self.meta_db = self.env.open_db(b"metadata", create=not readonly)
         except lmdb.Error as e:
-            _release_env(self.env)
+            lmdb_env.release(self.env)
             raise VriftError(f"LMDB {self.path}: {e}") from e
         self.syncs = 0
 
@@ -181,5 +147,5 @@ class LmdbStore:
 
     def close(self) -> None:
         if self.env is not None:
-            _release_env(self.env)
+            lmdb_env.release(self.env)
             self.env = None
