@@ -80,18 +80,6 @@ static void new_id(char out[17]) {
     out[16] = '\0';
 }
 
-static int full_write(int fd, const void *p, size_t n) {
-    const char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------ tool: children's identity */
 
 int vrift_action_is_tool_child(int spawning) {
@@ -350,7 +338,7 @@ static int lookup(int argc, char **argv) {
         }
         if (!bad && (flags & 1u) && have_status && status <= 255) {
             /* the daemon has put every output in place: replay and go */
-            if ((out_len && full_write(1, out, out_len) != 0) || (err_len && full_write(2, err, err_len) != 0)) {
+            if ((out_len && vrift_write_all(1, out, out_len) != 0) || (err_len && vrift_write_all(2, err, err_len) != 0)) {
                 /* the output cannot be delivered: running the command is still right */
                 vrift_log("action %s: replay output could not be written, running it", action_id);
             } else {
@@ -436,7 +424,7 @@ static void capture_drain(void) {
                 vrift_rec_time();
                 vrift_rec_bytes(s == 0 ? 'O' : 'E', chunk, (size_t)r);
             }
-            if (full_write(orig, chunk, (size_t)r) != 0) vrift_rec_uncacheable("output could not be passed on", NULL);
+            if (vrift_write_all(orig, chunk, (size_t)r) != 0) vrift_rec_uncacheable("output could not be passed on", NULL);
         }
     }
     if (total > OUTPUT_MAX) vrift_rec_uncacheable("output too large", NULL);

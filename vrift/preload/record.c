@@ -52,7 +52,8 @@ static size_t put_dec(char *out, uint64_t v) {
     return n;
 }
 
-static int write_all(int fd, const void *p, size_t n) {
+/* The whole buffer, retrying short writes and EINTR (the logs, replayed output). */
+int vrift_write_all(int fd, const void *p, size_t n) {
     const char *c = p;
     while (n) {
         ssize_t w = write(fd, c, n);
@@ -116,10 +117,10 @@ static void flush_locked(const void *extra, size_t extra_len) {
             /* an 'N' record, written ahead of what is buffered */
             static const char why[] = "a record of the action log was lost";
             uint8_t h[5] = {'N', (uint8_t)(sizeof why - 1), 0, 0, 0};
-            if (write_all(fd, h, 5) == 0 && write_all(fd, why, sizeof why - 1) == 0) lost = 0;
+            if (vrift_write_all(fd, h, 5) == 0 && vrift_write_all(fd, why, sizeof why - 1) == 0) lost = 0;
         }
-        write_all(fd, buf, used);
-        if (extra_len) write_all(fd, extra, extra_len);
+        vrift_write_all(fd, buf, used);
+        if (extra_len) vrift_write_all(fd, extra, extra_len);
         syscall(SYS_close, fd);
     }
     /* A log that cannot be written leaves the action without this process's 'Z': the

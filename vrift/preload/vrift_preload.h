@@ -197,4 +197,7 @@ long vrift_cwd_copy(char *buf);
 /* 1 when `abs` names a build tool's private state file (written straight through, not indexed). */
 int vrift_tool_state(const char *abs);
 
+/* write(2) until all of `p` is written (EINTR retried); 0 or -1. */
+int vrift_write_all(int fd, const void *p, size_t n);
+
 #endif
