@@ -244,3 +244,16 @@ def test_lazy_applies_skip_their_fsync_and_survive_a_process_restart(home, proje
         index.close()
     with ProjectIndex(home, project).open() as again:
         assert again.get(b"f/1") == entry(1, st) and again.get(b"f/2") == entry(2, st)
+
+
+def test_sync_mode_flushes_lazy_writes_at_close(home, project):
+    st = os.stat(project.root)
+    index = ProjectIndex(home, project, durability="sync").open()
+    with index.lazy():
+        index.apply([entry(1, st)])
+    syncs = index._store.syncs
+    index.flush()
+    assert index._store.syncs == syncs + 1  # the lazy write is made durable by the flush
+    index.flush()
+    assert index._store.syncs == syncs + 1  # and nothing is left to sync
+    index.close()

@@ -70,6 +70,7 @@ class ProjectIndex:
         self._flusher: threading.Thread | None = None
         self._flush_mutex = threading.Lock()  # one LMDB flush at a time; taken before _lock
         self._lazy = 0  # > 0: applies skip their own fsync (see lazy())
+        self._unsynced = False  # sync mode: a lazy apply wrote LMDB without syncing it
         self.counters = {"applies": 0, "changes": 0, "flushes": 0, "replayed": 0, "shm_reused": 0,
                          "shm_rebuilt": 0}
 
@@ -293,6 +294,7 @@ class ProjectIndex:
             batch = list(changes.values())
             if self.durability == "sync":
                 self._store.write(batch, gen, self._root, sync=not self._lazy)
+                self._unsynced = bool(self._lazy)  # a synced write covers the earlier ones
                 self._lmdb_gen = gen
             elif self.durability == "wal":
                 self._wal.append(gen, batch, fsync=not self._lazy)
@@ -341,8 +343,9 @@ class ProjectIndex:
                 self.before_sync()
             self._store.sync()
             self.counters["flushes"] += 1
-        elif self.durability == "sync" and self._store is not None and self._lmdb_gen != self._gen:
+        elif self.durability == "sync" and self._store is not None and self._unsynced:
             self._store.sync()
+            self._unsynced = False
 
     def _flush_loop(self) -> None:
         while not self._stop.is_set():
