@@ -152,10 +152,31 @@ class Ingester:
         if entry is None or entry.flags & layout.F_DIR:  # children may be indexed
             yield from self.index.under(rel)
 
+    def _list(self, rel: bytes) -> tuple[list[tuple[bytes, os.stat_result]], list[tuple[str, str]]]:
+        """One directory: ((child, lstat) of each name not ignored, (path, reason) skipped).
+        Never follows symlinks; safe on any thread (lstat releases the GIL)."""
+        prefix = rel + b"/" if rel else b""
+        items, skipped = [], []
+        try:
+            with os.scandir(self._abs(rel)) as it:
+                for d in it:
+                    child = prefix + d.name
+                    if self.rules.ignored(child, d.name):
+                        continue
+                    try:
+                        items.append((child, d.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue
+                    except OSError as e:
+                        skipped.append((os.fsdecode(child), e.strerror or str(e)))
+        except OSError as e:
+            skipped.append((os.fsdecode(rel), f"cannot list: {e.strerror}"))
+        return items, skipped
+
     def _walk(self, top: bytes, report: IngestReport,
               top_stat: os.stat_result | None = None) -> Iterator[tuple[bytes, os.stat_result]]:
-        """Yield (relative path, lstat) for `top` and everything under it, never following
-        symlinks and skipping ignored names."""
+        """Yield (relative path, lstat) for `top` and everything under it, skipping ignored
+        names and what the plugins' index filter rejects (a rejected directory is not entered)."""
         if top_stat is None:
             top_stat = self._lstat(top)
             if top_stat is None:
@@ -163,82 +184,52 @@ class Ingester:
         yield top, top_stat
         stack = [top]
         while stack:
-            rel = stack.pop()
-            prefix = rel + b"/" if rel else b""
-            try:
-                it = os.scandir(self._abs(rel))
-            except OSError as e:
-                report.skipped.append((os.fsdecode(rel), f"cannot list: {e.strerror}"))
+            items, skipped = self._list(stack.pop())
+            report.skipped.extend(skipped)
+            yield from self._kept(items, stack.append)
+
+    def _kept(self, items, enter) -> Iterator[tuple[bytes, os.stat_result]]:
+        """The items the index filter keeps; `enter` is called with each kept directory."""
+        keep = self.index_filter
+        for child, st in items:
+            if keep is not None and not keep(child):
                 continue
-            with it:
-                for d in it:
-                    name = d.name
-                    child = prefix + name
-                    if self.rules.ignored(child, name):
-                        continue
-                    if self.index_filter is not None and not self.index_filter(child):
-                        continue
-                    try:
-                        st = d.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    except OSError as e:
-                        report.skipped.append((os.fsdecode(child), e.strerror or str(e)))
-                        continue
-                    if statmod.S_ISDIR(st.st_mode):
-                        stack.append(child)
-                    yield child, st
+            if statmod.S_ISDIR(st.st_mode):
+                enter(child)
+            yield child, st
 
     def _walk_parallel(self, report: IngestReport) -> Iterator[tuple[bytes, os.stat_result]]:
-        """The whole tree like _walk, with directories listed and stat'ed on worker threads
-        (lstat releases the GIL): a re-ingest is one lstat per path, and the syscalls overlap
-        with the comparisons this thread makes.  Plugins' index filter runs on this thread."""
+        """The whole tree like _walk, with directories listed on worker threads: a re-ingest is
+        one lstat per path, and the syscalls overlap with the comparisons this thread makes.
+        The plugins' index filter runs on this thread."""
         top_stat = self._lstat(b"")
         if top_stat is None:
             return
         yield b"", top_stat
         todo: queue.SimpleQueue = queue.SimpleQueue()
         done: queue.SimpleQueue = queue.SimpleQueue()
-        ignored, absolute = self.rules.ignored, self._abs
 
         def lister() -> None:
             while (rel := todo.get()) is not None:
-                prefix = rel + b"/" if rel else b""
-                items, skipped = [], []
-                try:
-                    with os.scandir(absolute(rel)) as it:
-                        for d in it:
-                            child = prefix + d.name
-                            if ignored(child, d.name):
-                                continue
-                            try:
-                                items.append((child, d.stat(follow_symlinks=False)))
-                            except FileNotFoundError:
-                                continue
-                            except OSError as e:
-                                skipped.append((os.fsdecode(child), e.strerror or str(e)))
-                except OSError as e:
-                    skipped.append((os.fsdecode(rel), f"cannot list: {e.strerror}"))
-                done.put((items, skipped))
+                done.put(self._list(rel))
 
         threads = [threading.Thread(target=lister, daemon=True) for _ in range(WALK_THREADS)]
         for t in threads:
             t.start()
+        pending = 0
+
+        def enter(rel: bytes) -> None:
+            nonlocal pending
+            todo.put(rel)
+            pending += 1
+
         try:
-            todo.put(b"")
-            pending = 1
-            keep = self.index_filter
+            enter(b"")
             while pending:
                 items, skipped = done.get()
                 pending -= 1
                 report.skipped.extend(skipped)
-                for child, st in items:
-                    if keep is not None and not keep(child):
-                        continue
-                    if statmod.S_ISDIR(st.st_mode):
-                        todo.put(child)
-                        pending += 1
-                    yield child, st
+                yield from self._kept(items, enter)
         finally:
             for _ in threads:
                 todo.put(None)
