@@ -44,14 +44,6 @@ static void lock(void) {
 }
 static void unlock(void) { __atomic_store_n(&lock_word, 0, __ATOMIC_RELEASE); }
 
-static size_t put_dec(char *out, uint64_t v) {
-    char tmp[24];
-    size_t n = 0;
-    do tmp[n++] = (char)('0' + v % 10); while ((v /= 10) != 0);
-    for (size_t i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
-    return n;
-}
-
 /* The whole buffer, retrying short writes and EINTR (the logs, replayed output). */
 int vrift_write_all(int fd, const void *p, size_t n) {
     const char *c = p;
@@ -105,9 +97,9 @@ static void flush_locked(const void *extra, size_t extra_len) {
         size_t n = dir_len;
         memcpy(file, dir, n);
         file[n++] = '/';
-        n += put_dec(file + n, (uint64_t)pid);
+        n += vrift_put_dec(file + n, (uint64_t)pid);
         file[n++] = '.';
-        n += put_dec(file + n, start_time());
+        n += vrift_put_dec(file + n, start_time());
         memcpy(file + n, ".log", 5);
         file_pid = pid;
     }
@@ -195,7 +187,7 @@ int vrift_rec_absolute(int dirfd, const char *path, char *out) {
         } else {
             char link[32] = "/proc/self/fd/";
             size_t k = 14;
-            k += put_dec(link + k, (uint64_t)(unsigned)dirfd);
+            k += vrift_put_dec(link + k, (uint64_t)(unsigned)dirfd);
             link[k] = '\0';
             c = readlink(link, tmp, sizeof tmp - 1);
         }
@@ -244,7 +236,7 @@ void vrift_rec_fd(char kind, int fd) {
     int saved = errno;
     char link[32] = "/proc/self/fd/", abs[VRIFT_PATH_MAX];
     size_t k = 14;
-    k += put_dec(link + k, (uint64_t)(unsigned)fd);
+    k += vrift_put_dec(link + k, (uint64_t)(unsigned)fd);
     link[k] = '\0';
     ssize_t r = readlink(link, abs, sizeof abs - 1);
     if (r > 0 && abs[0] == '/') {

@@ -200,4 +200,7 @@ int vrift_tool_state(const char *abs);
 /* write(2) until all of `p` is written (EINTR retried); 0 or -1. */
 int vrift_write_all(int fd, const void *p, size_t n);
 
+/* `v` in decimal at `out`, no terminator; returns the number of digits. */
+size_t vrift_put_dec(char *out, uint64_t v);
+
 #endif

@@ -63,7 +63,8 @@ static void tunlock(void) { __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE); 
 
 int vrift_staged_count(void) { return __atomic_load_n(&staged_count, __ATOMIC_RELAXED); }
 
-static size_t put_u64(char *out, uint64_t v) {
+/* No stdio here: this runs inside interposed calls. */
+size_t vrift_put_dec(char *out, uint64_t v) {
     char tmp[24];
     size_t n = 0;
     do tmp[n++] = (char)('0' + v % 10); while ((v /= 10) != 0);
@@ -76,10 +77,10 @@ static void staging_name(char *out, pid_t owner, int with_seq, uint64_t seq) {
     size_t n = vrift_staging_len;
     memcpy(out, vrift_staging, n);
     out[n++] = '/';
-    n += put_u64(out + n, (uint64_t)owner);
+    n += vrift_put_dec(out + n, (uint64_t)owner);
     if (with_seq) {
         out[n++] = '/';
-        n += put_u64(out + n, seq);
+        n += vrift_put_dec(out + n, seq);
     }
     out[n] = '\0';
 }
