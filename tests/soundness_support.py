@@ -164,7 +164,7 @@ class Twin:
         the tree, or `only` those)."""
         plain = self.run(self.plain, cmd, wrapped=False, **kw)
         wrapped = self.run(self.wrapped, cmd, wrapped=True, **kw)
-        shown = f"plain:\n{plain.stdout}{plain.stderr}\nwrapped:\n{wrapped.stdout}{wrapped.stderr}"
+        shown = f"plain:\n{plain.stdout}{plain.stderr or ''}\nwrapped:\n{wrapped.stdout}{wrapped.stderr or ''}"
         assert plain.returncode == status, shown
         assert wrapped.returncode == status, shown
         assert normalised(wrapped.stdout, self.wrapped, ordered) == normalised(plain.stdout, self.plain, ordered), \
