@@ -143,11 +143,12 @@ def test_a_header_moved_between_include_dirs(twin):
     pytest.param("rm src/b.c", id="loses"),
 ])
 def test_a_glob_that_gains_or_loses_a_file(twin, change):
-    makefile = ("SRCS := $(wildcard src/*.c)\nall: app list.txt names.txt\n"
+    makefile = ("SRCS := $(wildcard src/*.c)\nall: app list.txt names.txt found.txt\n"
                 "app: $(SRCS:.c=.o)\n\tcc -shared -o app $^\n"
                 "%.o: %.c\n\tcc -fPIC -c $< -o $@\n"
                 "list.txt: FORCE\n\tls src > list.txt\n"
                 "names.txt: FORCE\n\techo src/*.c > names.txt\n"
+                "found.txt: FORCE\n\tfind src -name '*.c' | sort > found.txt\n"
                 "FORCE:\n.PHONY: FORCE\n")
     t = twin({"Makefile": makefile, "src/a.c": "int a(void) { return 1; }\n", "src/b.c": "int b(void) { return 2; }\n"})
     t.build("make")

@@ -99,3 +99,11 @@ def test_recipes_see_the_terminal_and_colours_survive(twin):
     t.sh("rm warn.o")
     plain, wrapped = terminal_builds(t, "make")  # the compile a hit: its replayed warning
     assert wrapped == plain
+
+
+def test_a_recipe_whose_only_output_is_stdout(twin):
+    t = twin({"Makefile": "show:\n\tcat data.txt\n\tseq 1 100000\n.PHONY: show\n", "data.txt": "one\n"})
+    t.build("make")
+    t.edit("data.txt", "one", "two")
+    t.build("make")
+    t.build("make")
