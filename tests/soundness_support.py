@@ -144,7 +144,11 @@ class Twin:
     def run(self, root: Path, cmd, *, wrapped: bool, stdin=None, env=None, umask=None, stderr_to_stdout=False,
             wrap_args=()):
         full = tool_env()  # the same PATH for both: the same make, ninja, cc
-        full.update(env or {})
+        for name, value in (env or {}).items():  # None: unset
+            if value is None:
+                full.pop(name, None)
+            else:
+                full[name] = value
         argv = [sys.executable, "-m", "vrift", "wrap", "--explain", *wrap_args, *cmd] if wrapped else list(cmd)
         stdin_file = open(root / stdin, "rb") if stdin else subprocess.DEVNULL
         try:

@@ -259,3 +259,37 @@ def test_a_large_output(twin):
     t.build("make")
     t.edit("n", "60000", "60001")
     t.build("make")
+
+
+def test_a_read_only_output_replaced_by_a_replay(twin):
+    t = twin({"Makefile": "ro.txt: src.txt\n\tinstall -m 0444 src.txt ro.txt\n", "src.txt": "one\n"})
+    t.build("make")
+    t.edit("src.txt", "one", "two")
+    t.build("make")
+    t.edit("src.txt", "two", "one")  # the first entry again, over a read-only file
+    t.build("make")
+
+
+def test_an_output_directory_that_is_a_symlink_out_of_the_tree(twin):
+    """A build directory on a scratch disk (`out -> ../scratch`): a replay writes through the
+    link and leaves it a link."""
+    t = twin({"Makefile": "out/a.o: a.c\n\tcc -c a.c -o out/a.o\n", "a.c": "int a(void) { return 1; }\n"})
+    t.sh("mkdir ../scratch; ln -s ../scratch out")
+    for change in ("true", "rm out/a.o", "echo 'int a(void) { return 2; }' > a.c"):
+        t.sh(change)
+        t.build("make")
+        plain, wrapped = (root.parent / "scratch/a.o" for root in t.roots)
+        assert wrapped.read_bytes() == plain.read_bytes()
+
+
+@xfail("cc1 reading the clock for __TIME__ does not make the compile uncacheable: the old time is replayed")
+def test_time_macro_in_a_source(twin):
+    import time
+    t = twin({"Makefile": "t.o: t.c\n\tcc -c t.c -o t.o\n", "t.c": 'const char *built = __TIME__;\n'})
+    unset = {"SOURCE_DATE_EPOCH": None}  # which would fix __TIME__
+    t.build("make", only=[], env=unset)
+    first = (t.wrapped / "t.o").read_bytes()
+    time.sleep(1.1)  # __TIME__ has a resolution of one second
+    t.sh("rm t.o")
+    t.build("make", only=[], env=unset)
+    assert (t.wrapped / "t.o").read_bytes() != first
