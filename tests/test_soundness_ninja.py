@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from soundness_support import daemons, has, needs_c_side, twin, xfail  # noqa: F401
+from soundness_support import daemons, has, needs_c_side, twin  # noqa: F401
 
 pytestmark = needs_c_side
 

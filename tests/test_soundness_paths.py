@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from build_support import require_tools, tool_env, vrift
-from soundness_support import Link, daemons, git_env, needs_c_side, twin, write_tree, xfail  # noqa: F401
+from soundness_support import daemons, needs_c_side, twin, write_tree, xfail  # noqa: F401
 from test_cache_wrap import cache_counts
 from vrift import native
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import pty
+import select
 import subprocess
 import sys
 
@@ -58,6 +59,13 @@ def under_a_terminal(root, argv, env) -> str:
     shown = b""
     try:
         while True:
+            # a process left holding the terminal (a daemon) must not keep us reading forever:
+            # once the build has exited, what is there is all there is
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
             try:
                 chunk = os.read(master, 65536)
             except OSError as e:  # EIO: every writer closed the terminal
