@@ -82,3 +82,34 @@ def test_a_raw_syscall_reader_is_never_replayed_stale(twin):
     t.build("make")
     assert (t.wrapped / "copy.txt").read_text() == "two\n"
     assert os.access(t.wrapped / "rawcat", os.X_OK)
+
+
+TMPFILE_WRITER = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+/* writes its output as an unnamed file, then gives it a name (as systemd's tools do) */
+int main(int argc, char **argv) {
+    char proc[64], text[256];
+    FILE *in = fopen(argv[1], "r");
+    if (!in || !fgets(text, sizeof text, in)) return 1;
+    int fd = open(".", O_TMPFILE | O_WRONLY, 0644);
+    if (fd < 0) return 2;
+    if (write(fd, text, strlen(text)) < 0) return 3;
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    unlink(argv[2]);
+    return linkat(AT_FDCWD, proc, AT_FDCWD, argv[2], AT_SYMLINK_FOLLOW) ? 4 : 0;
+}
+"""
+
+
+def test_an_output_named_with_linkat_from_o_tmpfile(twin):
+    t = twin({"Makefile": "out.txt: in.txt writer\n\t./writer in.txt out.txt\nwriter: writer.c\n\tcc -o writer writer.c\n",
+              "writer.c": TMPFILE_WRITER, "in.txt": "one\n"})
+    t.build("make")
+    t.sh("rm out.txt")
+    t.build("make")
+    t.edit("in.txt", "one", "two")
+    t.build("make")

@@ -166,3 +166,18 @@ def test_a_file_replaced_by_a_symlink_and_a_hard_link(twin):
     t.build("make")
     t.sh("echo four > other.txt")  # in place: data.txt is the same inode
     t.build("make")
+
+
+def test_a_recipe_that_changes_directory(twin):
+    t = twin({"Makefile": "out.txt:\n\tcd sub && cat x.txt > ../out.txt\n",
+              "sub/x.txt": "one\n", "x.txt": "decoy\n"})
+    t.build("make")
+    t.sh("echo two > sub/x.txt; rm out.txt")
+    t.build("make")
+
+
+def test_a_response_file_is_an_input(twin):
+    t = twin({"Makefile": "a.o: a.c\n\tcc @flags.rsp -c a.c -o a.o\n", "flags.rsp": "-DV=1\n", "a.c": "int v = V;\n"})
+    t.build("make")
+    t.sh("echo -DV=2 > flags.rsp; rm a.o")
+    t.build("make")

@@ -151,3 +151,21 @@ def test_the_same_command_in_two_directories(twin):
     t.build("make")
     t.edit("b/x.c", "return 2", "return 3")
     t.build("make")
+
+
+BUILD_SH = """\
+read -r flags
+cc $flags -c a.c -o a.o
+cc $flags -c b.c -o b.o
+"""
+
+
+@xfail("a script that cannot be cached (stdin a pipe) is a wall: the compiles it runs never hit")
+def test_children_of_an_uncacheable_script_still_hit(twin):
+    graph = ("rule script\n  command = echo -O1 | sh build.sh\n  description = SCRIPT\n"
+             "build a.o b.o: script a.c b.c | build.sh\n")
+    t = twin({"build.ninja": graph, "build.sh": BUILD_SH, "a.c": "int a;\n", "b.c": "int b;\n"})
+    t.build("ninja", "-j1")
+    t.sh("rm a.o b.o")
+    warm = t.build("ninja", "-j1")
+    assert warm.counts[0] >= 2, warm.wrapped.stderr  # the two compiles
