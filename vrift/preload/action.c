@@ -439,6 +439,8 @@ static void capture_drain(void) {
 /* ------------------------------------------------------------------ start */
 
 static void record_mapped_files(void);
+static void send_end(int status);
+extern char **environ;
 
 /* exit() runs this after the library destructors: our constructor registered it before
  * __libc_start_main registered the loader's fini, and handlers run in reverse order.  By now
@@ -497,6 +499,44 @@ static void begin_recording(void) {
     }
 }
 
+/* A build tool started inside the build (docs/cache.md, "Nested build tools") is a tool too:
+ * its children start actions.  When an action ran it, that action saw only part of what
+ * happens below and is never replayed: this image says so in the action's log (and when it is
+ * the action's root, after an exec, it ends the action first). */
+static void become_tool(const char *exe) {
+    const char *started = getenv("VRIFT_ACTION_STARTED");
+    if (started && strcmp(started, action_id) == 0 && vrift_rec_start(action_dir, action_dir_len) == 0) {
+        const char *rp = getenv("VRIFT_ACTION_ROOT_PID");
+        root_pid = rp ? (pid_t)strtol(rp, NULL, 10) : 0;
+        is_root = root_pid == vrift_pid;
+        vrift_rec_uncacheable("runs a nested build tool", exe);
+        if (is_root) {
+            capture_resume();
+            capture_drain(); /* the tool writes to the action's original stdout/stderr */
+            vrift_rec_done(0);
+            send_end(0);
+        } else {
+            vrift_rec_flush();
+            vrift_recording = 0;
+        }
+        is_root = 0;
+    }
+    /* copy the names first: unsetenv moves the entries of environ */
+    char names[16][32];
+    int n = 0;
+    for (char **e = environ; e && *e && n < 16; e++) {
+        size_t l = strcspn(*e, "=");
+        if (strncmp(*e, "VRIFT_ACTION_", 13) == 0 && l < sizeof names[0]) {
+            memcpy(names[n], *e, l);
+            names[n++][l] = '\0';
+        }
+    }
+    for (int i = 0; i < n; i++) unsetenv(names[i]);
+    setenv("VRIFT_ACTION_ROLE", "tool", 1);
+    vrift_action_tool = 1;
+    tool_pid = vrift_pid;
+}
+
 void vrift_action_init(int argc, char **argv) {
     const char *cache = getenv("VRIFT_CACHE");
     if (!cache || strcmp(cache, "1") != 0) return;
@@ -524,6 +564,13 @@ void vrift_action_init(int argc, char **argv) {
     int n = snprintf(action_dir, sizeof action_dir, "%s/.vrift/actions/%s", vrift_root, action_id);
     if (n <= 0 || (size_t)n >= sizeof action_dir - 64) return;
     action_dir_len = (size_t)n;
+    char exe[VRIFT_PATH_MAX];
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[el > 0 ? el : 0] = '\0';
+    if (vrift_is_build_tool(exe, argc > 0 && argv ? argv[0] : NULL)) {
+        become_tool(exe);
+        return;
+    }
     const char *started = getenv("VRIFT_ACTION_STARTED");
     if (started && strcmp(started, action_id) == 0) {
         /* a member (or the root again, after an exec) */

@@ -49,4 +49,7 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
 int vrift_action_is_tool_child(int spawning);
 void vrift_action_exec_failed(void);
 
+/* tools.c */
+int vrift_is_build_tool(const char *exe, const char *argv0); /* a nested make, ninja, ... */
+
 #endif
