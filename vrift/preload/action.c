@@ -492,11 +492,12 @@ static void begin_recording(void) {
     on_exit(on_exit_status, NULL);
     char exe[VRIFT_PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
     if (n > 0) {
-        exe[n] = '\0';
         vrift_rec_abs('X', exe);
         vrift_rec_abs('R', exe);
     }
+    vrift_clock_start(exe);
 }
 
 /* A build tool started inside the build (docs/cache.md, "Nested build tools") is a tool too:

@@ -49,6 +49,9 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
 int vrift_action_is_tool_child(int spawning);
 void vrift_action_exec_failed(void);
 
+/* clock.c: what this image may read of the real-time clock (at the start of recording) */
+void vrift_clock_start(const char *exe);
+
 /* tools.c */
 int vrift_is_build_tool(const char *exe, const char *argv0); /* a nested make, ninja, ... */
 
