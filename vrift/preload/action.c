@@ -17,7 +17,6 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -110,33 +109,6 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
 
 /* ------------------------------------------------------------------ exec checks (members) */
 
-/* 1: an ELF without PT_INTERP (static), 0: dynamic or not ELF (a script), -1: unreadable. */
-static int static_elf(const char *path) {
-    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    Elf64_Ehdr eh;
-    int r = 0;
-    if (syscall(SYS_pread64, fd, &eh, sizeof eh, 0) == (long)sizeof eh && memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0) {
-        if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 ||
-            eh.e_phnum > 512) {
-            r = 1; /* not what this library can run in: as good as static */
-        } else {
-            Elf64_Phdr ph[64];
-            r = 1;
-            for (unsigned done = 0; done < eh.e_phnum && r == 1;) {
-                unsigned k = eh.e_phnum - done < 64 ? eh.e_phnum - done : 64;
-                long want = (long)(k * sizeof(Elf64_Phdr));
-                if (syscall(SYS_pread64, fd, ph, want, eh.e_phoff + done * sizeof(Elf64_Phdr)) != want) break;
-                for (unsigned i = 0; i < k; i++)
-                    if (ph[i].p_type == PT_INTERP) r = 0;
-                done += k;
-            }
-        }
-    }
-    syscall(SYS_close, fd);
-    return r;
-}
-
 static const char *env_get(char *const envp[], const char *name) {
     size_t n = strlen(name);
     for (size_t i = 0; envp && envp[i]; i++)
@@ -222,8 +194,8 @@ void vrift_action_before_exec(const char *path, int search, char *const envp[], 
     } else if (ok == 0) {
         vrift_rec_abs('X', abs);
         vrift_rec_abs('R', abs); /* the program's bytes are an input like any file */
-        int s = static_elf(abs);
-        if (s == 1) vrift_rec_uncacheable("static binary", abs);
+        const char *invisible = vrift_elf_invisible(abs);
+        if (invisible) vrift_rec_uncacheable(invisible, abs);
         if (syscall(SYS_newfstatat, AT_FDCWD, abs, &st, 0) == 0 &&
             (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) || ((st.st_mode & S_ISGID) && st.st_gid != getegid())))
             vrift_rec_uncacheable("set-id binary (the preload library is dropped)", abs);
@@ -599,6 +571,9 @@ void vrift_action_init(int argc, char **argv) {
         return;
     }
     begin_recording();
+    /* a member's image was looked at by the exec that started it; the root's first was not */
+    const char *invisible = vrift_elf_invisible(exe);
+    if (invisible) vrift_rec_uncacheable(invisible, exe);
     if (capture_start() != 0) vrift_rec_uncacheable("stdout/stderr could not be captured", NULL);
 }
 

@@ -52,6 +52,9 @@ void vrift_action_exec_failed(void);
 /* clock.c: what this image may read of the real-time clock (at the start of recording) */
 void vrift_clock_start(const char *exe);
 
+/* elf.c: why an executable's file accesses cannot be seen (static, Go), or NULL */
+const char *vrift_elf_invisible(const char *path);
+
 /* tools.c */
 int vrift_is_build_tool(const char *exe, const char *argv0); /* a nested make, ninja, ... */
 
