@@ -52,10 +52,14 @@ class Fingerprint:
     created: float = 0.0
     tool: str = ""
     argv: list[str] = field(default_factory=list)
+    stdin: list | None = None  # [stored path, offset left at the end]: the action read its fd 0, this file
 
     def content(self) -> dict:
-        return {"inputs": self.inputs, "outputs": self.outputs, "stdout": self.stdout, "stderr": self.stderr,
-                "status": self.status}
+        c = {"inputs": self.inputs, "outputs": self.outputs, "stdout": self.stdout, "stderr": self.stderr,
+             "status": self.status}
+        if self.stdin is not None:
+            c["stdin"] = self.stdin
+        return c
 
     @property
     def id(self) -> bytes:
@@ -69,7 +73,8 @@ class Fingerprint:
     def from_json(cls, data: dict) -> "Fingerprint":
         return cls(inputs=data.get("inputs", []), outputs=data.get("outputs", []), stdout=data.get("stdout"),
                    stderr=data.get("stderr"), status=int(data.get("status", 0)), size=int(data.get("size", 0)),
-                   created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []))
+                   created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []),
+                   stdin=data.get("stdin"))
 
     def digests(self) -> set[bytes]:
         """Every blob this fingerprint needs (for gc)."""
@@ -186,9 +191,11 @@ def classify(logs: ActionLogs, root: bytes):
 
 
 def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str = "",
-          argv: list[bytes] = ()) -> Fingerprint:
+          argv: list[bytes] = (), stdin: bytes | None = None, stdin_end: int | None = None) -> Fingerprint:
     """The fingerprint of a finished action, with its outputs stored in the CAS; raises
-    Uncacheable.  Call it right after the action ended: files are read as they are now."""
+    Uncacheable.  Call it right after the action ended: files are read as they are now.
+    `stdin`: the file behind the root's fd 0 at its start; when the action read it (an R of
+    it), a hit needs the same file there, and `stdin_end` is where the replay leaves its offset."""
     reasons = logs.reasons()
     if reasons:
         # grouped by kind in the stats: "static binary /x/y" counts as "static binary"
@@ -209,6 +216,8 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     if len(out) + len(err) > MAX_REPLAY_OUTPUT:
         raise Uncacheable("output too large", f"{len(out) + len(err)} bytes of stdout+stderr")
     fp = Fingerprint(status=status, tool=tool, argv=[os.fsdecode(a) for a in argv], created=round(time.time(), 3))
+    if stdin is not None and ("R", _norm(stdin)) in inputs:
+        fp.stdin = [ctx.stored(_norm(stdin)), int(stdin_end or 0)]
     # outputs: what the action wrote and left behind
     produced = []
     for path in sorted(writers):
@@ -284,9 +293,13 @@ def _stored_output(ctx: Context, path: bytes, rel: bytes, st: os.stat_result) ->
 
 
 # -- matching -------------------------------------------------------------------------------------
-def match(fp: Fingerprint, ctx: Context) -> str | None:
+def match(fp: Fingerprint, ctx: Context, stdin: bytes | None = None) -> str | None:
     """None when every input of `fp` is as recorded now (and its blobs exist); else the first
-    difference, as one line for --explain."""
+    difference, as one line for --explain.  `stdin`: the file behind fd 0 of the new process."""
+    if fp.stdin is not None:
+        now = ctx.stored(_norm(stdin)) if stdin else None
+        if now != fp.stdin[0]:
+            return f"stdin is {'not a file read from its start' if now is None else now} (it was {fp.stdin[0]})"
     for item in fp.inputs:
         kind, stored, digest = item[0], item[1], item[2]
         path = ctx.absolute(stored)

@@ -26,7 +26,6 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -36,7 +35,7 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
 #define M_ACTION_LOOKUP 0x30
 #define M_ACTION_END 0x31
 enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
-       T_STDOUT = 20, T_STDERR = 21 };
+       T_STDOUT = 20, T_STDERR = 21, T_SIZE = 15, T_STDIN = 30 };
 #define OUTPUT_MAX (512u * 1024u) /* the daemon stores no entry with more output than this */
 
 int vrift_action_tool;
@@ -259,6 +258,9 @@ static int lookup(int argc, char **argv) {
     put_u32(&b, T_PID, (uint32_t)vrift_pid);
     put_field(&b, T_PATH, exe, (size_t)el);
     put_field(&b, T_TEXT, cwd, strlen(cwd));
+    char in[VRIFT_PATH_MAX];
+    int il = vrift_stdin_path(in, sizeof in);
+    if (il > 0) put_field(&b, T_STDIN, in, (size_t)il);
     for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
     const char *list = getenv("VRIFT_CACHE_ENV");
     for (const char *p = list; p && *p;) {
@@ -286,7 +288,8 @@ static int lookup(int argc, char **argv) {
     uint32_t rl;
     if (b.len <= b.cap && vrift_proto_call(M_ACTION_LOOKUP, b.p, (uint32_t)b.len, &rb, &rl) == 0) {
         uint32_t flags = 0, status = 0;
-        int have_status = 0, bad = 0;
+        int have_status = 0, bad = 0, seek = 0;
+        unsigned long long stdin_end = 0;
         const uint8_t *out = NULL, *err = NULL;
         size_t out_len = 0, err_len = 0;
         for (size_t off = 0; off < rl;) {
@@ -306,6 +309,7 @@ static int lookup(int argc, char **argv) {
             else if (tag == T_COUNT) status = get32(v), have_status = 1;
             else if (tag == T_STDOUT) out = v, out_len = n;
             else if (tag == T_STDERR) err = v, err_len = n;
+            else if (tag == T_SIZE && n == 8) stdin_end = get32(v) | (unsigned long long)get32(v + 4) << 32, seek = 1;
             off += 6 + n;
         }
         if (!bad && (flags & 1u) && have_status && status <= 255) {
@@ -315,6 +319,7 @@ static int lookup(int argc, char **argv) {
                 vrift_log("action %s: replay output could not be written, running it", action_id);
             } else {
                 vrift_log("action %s: hit, status %u", action_id, status);
+                if (seek) vrift_stdin_seek(stdin_end); /* as if the command had read it */
                 vrift_flush_counters();
                 syscall(SYS_exit_group, (int)status);
             }
@@ -470,6 +475,7 @@ static void begin_recording(void) {
         vrift_rec_abs('R', exe);
     }
     vrift_clock_start(exe);
+    vrift_stdin_start();
 }
 
 /* A build tool started inside the build (docs/cache.md, "Nested build tools") is a tool too:
@@ -614,11 +620,18 @@ static void record_mapped_files(void) {
 }
 
 static void send_end(int status) {
-    uint8_t req[64];
+    uint8_t req[96];
     body b = {req, 0, sizeof req};
     put_field(&b, T_ACTION, action_id, 16);
     put_u32(&b, T_COUNT, (uint32_t)status);
     put_u32(&b, T_PID, (uint32_t)vrift_raw_getpid());
+    long long in_off = vrift_stdin_offset();
+    if (in_off >= 0) {
+        uint64_t v = (uint64_t)in_off;
+        uint8_t x[8];
+        for (int i = 0; i < 8; i++) x[i] = (uint8_t)(v >> (8 * i));
+        put_field(&b, T_SIZE, x, 8);
+    }
     uint8_t *rb;
     uint32_t rl;
     int r = vrift_proto_call(M_ACTION_END, req, (uint32_t)b.len, &rb, &rl);
@@ -630,12 +643,8 @@ void vrift_action_exit(int status, int via_exit) {
     (void)via_exit;
     if (!vrift_recording || vrift_raw_getpid() != vrift_pid) return;
     int saved = errno;
-    /* stdio that read stdin (its buffer exists) from something other than a file */
-    if (stdin && stdin->_IO_buf_base) {
-        struct stat st;
-        if (fstat(0, &st) == 0 && !S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && major(st.st_rdev) == 1))
-            vrift_rec_uncacheable("read from stdin", S_ISFIFO(st.st_mode) ? "(pipe)" : "(not a file)");
-    }
+    /* stdio read stdin (its buffer exists) through libc's internal read */
+    if (stdin && stdin->_IO_buf_base) vrift_stdin_read();
     record_mapped_files();
     int root_end = is_root && vrift_raw_getpid() == root_pid;
     if (root_end) capture_drain();
@@ -653,55 +662,38 @@ void vrift_action_fini(void) {
 
 /* ------------------------------------------------------------------ interposers (recording only) */
 
-static void stdin_check(int fd) {
-    if (fd != 0) return;
-    static int reported;
-    if (reported) return;
-    int saved = errno;
-    struct stat st;
-    if (fstat(0, &st) == 0 && !S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && major(st.st_rdev) == 1)) {
-        reported = 1;
-        vrift_rec_uncacheable("read from stdin", S_ISFIFO(st.st_mode) ? "(pipe)" : S_ISCHR(st.st_mode) ? "(terminal or device)" : "(socket)");
-    }
-    errno = saved;
-}
-
 ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen);
 
-#define LAZY(fn)                                  \
-    static __typeof__(&fn) real_##fn;             \
-    if (UNLIKELY(!real_##fn)) real_##fn = (__typeof__(&fn))vrift_resolve(#fn)
-
 EXPORT ssize_t read(int fd, void *b, size_t n) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(read);
     if (real_read) return real_read(fd, b, n);
     return syscall(SYS_read, fd, b, n);
 }
 
 EXPORT ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(__read_chk);
     if (real___read_chk) return real___read_chk(fd, b, n, buflen);
     return syscall(SYS_read, fd, b, n);
 }
 
 EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(readv);
     if (real_readv) return real_readv(fd, iov, cnt);
     return syscall(SYS_readv, fd, iov, cnt);
 }
 
 EXPORT ssize_t pread(int fd, void *b, size_t n, off_t off) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(pread);
     if (real_pread) return real_pread(fd, b, n, off);
     return syscall(SYS_pread64, fd, b, n, off);
 }
 
 EXPORT ssize_t pread64(int fd, void *b, size_t n, off_t off) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(pread64);
     if (real_pread64) return real_pread64(fd, b, n, off);
     return syscall(SYS_pread64, fd, b, n, off);

@@ -103,10 +103,6 @@ static int realtime(clockid_t c) {
     return c == CLOCK_REALTIME || c == CLOCK_REALTIME_COARSE || c == CLOCK_TAI || c == CLOCK_REALTIME_ALARM;
 }
 
-#define LAZY(fn)                                  \
-    static __typeof__(&fn) real_##fn;             \
-    if (UNLIKELY(!real_##fn)) real_##fn = (__typeof__(&fn))vrift_resolve(#fn)
-
 EXPORT time_t time(time_t *t) {
     if (UNLIKELY(vrift_recording)) clock_read("time", __builtin_return_address(0));
     LAZY(time);
