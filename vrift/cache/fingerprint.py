@@ -43,7 +43,7 @@ class Uncacheable(Exception):
 
 @dataclass
 class Fingerprint:
-    inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]
+    inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]; C: [C, cwd read, root]
     outputs: list[list] = field(default_factory=list)  # [rel path, digest hex, mode, size]
     stdout: str | None = None
     stderr: str | None = None
@@ -156,6 +156,8 @@ def classify(logs: ActionLogs, root: bytes):
     for n, proc in enumerate(logs.processes):
         own: set[bytes] = set()
         for kind, raw in proc.events:
+            if kind == "C":  # the cwd was read: the root's path is an input (build)
+                continue
             path = _norm(raw)
             if path == state or path.startswith(state + b"/"):
                 continue
@@ -240,6 +242,11 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     skip_names: dict[bytes, set[bytes]] = {}
     for path in writers:
         skip_names.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    # the absolute path is in what the action read (gcc -g's DW_AT_comp_dir, `pwd`): another
+    # checkout of the same sources must not get its outputs
+    cwd = logs.cwd_read()
+    if cwd is not None:
+        fp.inputs.append(["C", os.fsdecode(cwd), os.fsdecode(root)])
     # inputs: as they are now, and unchanged since the action started
     for kind, path in sorted(inputs, key=lambda kp: (kp[1], kp[0])):
         if kind == "A":
@@ -302,6 +309,10 @@ def match(fp: Fingerprint, ctx: Context, stdin: bytes | None = None) -> str | No
             return f"stdin is {'not a file read from its start' if now is None else now} (it was {fp.stdin[0]})"
     for item in fp.inputs:
         kind, stored, digest = item[0], item[1], item[2]
+        if kind == "C":
+            if os.fsdecode(ctx.root) != digest:
+                return f"cwd differs and is read (the project is at {os.fsdecode(ctx.root)}, it was at {digest})"
+            continue
         path = ctx.absolute(stored)
         if kind == "A":
             if os.path.lexists(path):

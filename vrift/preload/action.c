@@ -251,7 +251,7 @@ static int lookup(int argc, char **argv) {
     b.p = m;
     char exe[VRIFT_PATH_MAX], cwd[VRIFT_PATH_MAX];
     ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (el <= 0 || !getcwd(cwd, sizeof cwd) || !argv) {
+    if (el <= 0 || !vrift_getcwd(cwd, sizeof cwd) || !argv) {
         munmap(m, b.cap);
         return -1;
     }
@@ -464,7 +464,7 @@ static void remove_dir(void) {
     syscall(SYS_unlinkat, AT_FDCWD, action_dir, AT_REMOVEDIR);
 }
 
-static void begin_recording(void) {
+static void begin_recording(int argc, char **argv) {
     if (vrift_rec_start(action_dir, action_dir_len) != 0) return;
     on_exit(on_exit_status, NULL);
     char exe[VRIFT_PATH_MAX];
@@ -476,6 +476,7 @@ static void begin_recording(void) {
     }
     vrift_clock_start(exe);
     vrift_stdin_start();
+    vrift_cwd_start(exe, argc, argv);
 }
 
 /* A build tool started inside the build (docs/cache.md, "Nested build tools") is a tool too:
@@ -557,7 +558,7 @@ void vrift_action_init(int argc, char **argv) {
         root_pid = rp ? (pid_t)strtol(rp, NULL, 10) : 0;
         is_root = root_pid == vrift_pid;
         if (is_root) capture_resume();
-        begin_recording();
+        begin_recording(argc, argv);
         return;
     }
     char pid[24];
@@ -576,7 +577,7 @@ void vrift_action_init(int argc, char **argv) {
         setenv("VRIFT_ACTION_ROLE", "off", 1);
         return;
     }
-    begin_recording();
+    begin_recording(argc, argv);
     /* a member's image was looked at by the exec that started it; the root's first was not */
     const char *invisible = vrift_elf_invisible(exe);
     if (invisible) vrift_rec_uncacheable(invisible, exe);

@@ -67,6 +67,10 @@ int vrift_stdin_path(char *out, size_t cap);   /* the file behind fd 0 at its st
 long long vrift_stdin_offset(void);            /* the offset of the file behind fd 0, or -1 */
 void vrift_stdin_seek(unsigned long long offset);
 
+/* cwd.c: reads of the working directory ('C') */
+void vrift_cwd_start(const char *exe, int argc, char **argv); /* when this image starts recording */
+void vrift_cwd_link(const char *path);                         /* readlink of /proc/<pid>/cwd */
+
 /* tools.c */
 int vrift_is_build_tool(const char *exe, const char *argv0); /* a nested make, ninja, ... */
 
