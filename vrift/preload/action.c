@@ -242,21 +242,21 @@ static uint32_t get32(const uint8_t *p) {
 }
 
 /* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
-static int lookup(int argc, char **argv) {
+static int lookup(int argc, char **argv, const char *exe) {
     body b;
     b.cap = 1u << 20;
     b.len = 0;
     void *m = mmap(NULL, b.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return -1;
     b.p = m;
-    char exe[VRIFT_PATH_MAX], cwd[VRIFT_PATH_MAX];
-    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (el <= 0 || !vrift_getcwd(cwd, sizeof cwd) || !argv) {
+    char cwd[VRIFT_PATH_MAX];
+    size_t el = strlen(exe);
+    if (el == 0 || !vrift_getcwd(cwd, sizeof cwd) || !argv) {
         munmap(m, b.cap);
         return -1;
     }
     put_u32(&b, T_PID, (uint32_t)vrift_pid);
-    put_field(&b, T_PATH, exe, (size_t)el);
+    put_field(&b, T_PATH, exe, el);
     put_field(&b, T_TEXT, cwd, strlen(cwd));
     char in[VRIFT_PATH_MAX];
     int il = vrift_stdin_path(in, sizeof in);
@@ -464,13 +464,10 @@ static void remove_dir(void) {
     syscall(SYS_unlinkat, AT_FDCWD, action_dir, AT_REMOVEDIR);
 }
 
-static void begin_recording(int argc, char **argv) {
+static void begin_recording(int argc, char **argv, const char *exe) {
     if (vrift_rec_start(action_dir, action_dir_len) != 0) return;
     on_exit(on_exit_status, NULL);
-    char exe[VRIFT_PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[n > 0 ? n : 0] = '\0';
-    if (n > 0) {
+    if (exe[0]) {
         vrift_rec_abs('X', exe);
         vrift_rec_abs('R', exe);
     }
@@ -558,14 +555,14 @@ void vrift_action_init(int argc, char **argv) {
         root_pid = rp ? (pid_t)strtol(rp, NULL, 10) : 0;
         is_root = root_pid == vrift_pid;
         if (is_root) capture_resume();
-        begin_recording(argc, argv);
+        begin_recording(argc, argv, exe);
         return;
     }
     char pid[24];
     snprintf(pid, sizeof pid, "%d", (int)vrift_pid);
     setenv("VRIFT_ACTION_STARTED", action_id, 1);
     setenv("VRIFT_ACTION_ROOT_PID", pid, 1);
-    int r = lookup(argc, argv);
+    int r = lookup(argc, argv, exe);
     if (r == 2 || (r < 0 && !keep_logs)) {
         /* no answer: the action runs uncached, and nothing below it records */
         setenv("VRIFT_ACTION_ROLE", "off", 1);
@@ -577,7 +574,7 @@ void vrift_action_init(int argc, char **argv) {
         setenv("VRIFT_ACTION_ROLE", "off", 1);
         return;
     }
-    begin_recording(argc, argv);
+    begin_recording(argc, argv, exe);
     /* a member's image was looked at by the exec that started it; the root's first was not */
     const char *invisible = vrift_elf_invisible(exe);
     if (invisible) vrift_rec_uncacheable(invisible, exe);

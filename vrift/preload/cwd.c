@@ -129,7 +129,8 @@ void vrift_cwd_link(const char *path) {
  * program's. */
 char *vrift_getcwd(char *b, size_t n) {
     LAZY(getcwd);
-    return real_getcwd ? real_getcwd(b, n) : NULL;
+    if (real_getcwd) return real_getcwd(b, n);
+    return b && syscall(SYS_getcwd, b, n) > 0 ? b : NULL; /* asked while dlsym runs */
 }
 
 EXPORT char *getcwd(char *b, size_t n) {
@@ -148,16 +149,28 @@ EXPORT char *getwd(char *b) { /* b has PATH_MAX bytes */
     return vrift_getcwd(b, 4096);
 }
 
+extern char **environ;
+
+/* getenv while the real one is not resolved yet (called from inside dlsym: an allocator's
+ * initialisation reading its variable): the same answer, from environ. */
+static char *scan_environ(const char *name) {
+    size_t n = strlen(name);
+    for (char **e = environ; e && *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') return *e + n + 1;
+    return NULL;
+}
+
 EXPORT char *getenv(const char *name) {
     if (UNLIKELY(vrift_recording) && name[0] == 'P' && strcmp(name, "PWD") == 0) cwd_read(ENV_PWD);
     LAZY(getenv);
-    return real_getenv ? real_getenv(name) : NULL;
+    return real_getenv ? real_getenv(name) : scan_environ(name);
 }
 
 EXPORT char *secure_getenv(const char *name) {
     if (UNLIKELY(vrift_recording) && name[0] == 'P' && strcmp(name, "PWD") == 0) cwd_read(ENV_PWD);
     LAZY(secure_getenv);
-    return real_secure_getenv ? real_secure_getenv(name) : NULL;
+    if (real_secure_getenv) return real_secure_getenv(name);
+    return getuid() == geteuid() && getgid() == getegid() ? scan_environ(name) : NULL;
 }
 
 /* libc resolves a relative name with its internal getcwd: the answer holds the cwd */
