@@ -143,6 +143,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         "Environment variables that are part of every action key.", item_pattern=_ENV_NAME),
     Key("cache.always", "list", [], "Tool globs always cached, even when not known to be deterministic."),
     Key("cache.never", "list", [], "Tool globs never cached."),
+    Key("cache.tools", "list", ["make", "gmake", "bmake", "pmake", "remake", "ninja", "samu"],
+        "Build tool globs: run inside a build, their commands are actions of their own."),
     Key("cache.max_entry_mb", "number", 64, "Largest action output (MiB) stored in the cache.", low=0),
     Key("cache.cache_failures", "bool", False, "Also cache actions that failed."),
 )}

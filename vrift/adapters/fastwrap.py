@@ -146,7 +146,7 @@ class Settings:
                 self.error = f"configuration error: {e}"
                 values = {"enabled": True, "fallback_mode": False, "adapter": None, "plugins": [],
                           "daemon.socket_timeout_ms": DEFAULT_SOCKET_TIMEOUT_MS, "cache.enabled": False,
-                          "cache.env": []}
+                          "cache.env": [], "cache.tools": []}
             else:
                 wrapcache.store_settings(cache, stamps, values)
         self.values = values
@@ -267,7 +267,7 @@ def prepare(opts: WrapOptions, env) -> Plan:
             plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
             plan.socket = info["socket"]
             explain = opts.explain or "cache" in env.get("VRIFT_DEBUG", "").split(",")
-            if launch.cache_env(plan.env, cache, settings["cache.env"] or [], explain):
+            if launch.cache_env(plan.env, cache, settings["cache.env"] or [], explain, settings["cache.tools"]):
                 plan.cache_before = (info.get("cache") or {}).get("cache") or {}
     if plan.reason is not None or plan.cache_before is None:
         launch.cache_env(plan.env, False, [], False)

@@ -14,7 +14,7 @@ import json
 import os
 
 SETTINGS_KEYS = ("enabled", "fallback_mode", "adapter", "plugins", "daemon.socket_timeout_ms", "cache.enabled",
-                 "cache.env")
+                 "cache.env", "cache.tools")
 PER_RUN_ENV = frozenset({"VRIFT_COUNTERS"})  # set by the wrapper itself for each build
 FORMAT = 1
 

@@ -17,7 +17,7 @@ from ..project import VriftError
 HEAD = struct.Struct("<BI")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
-KINDS = frozenset(b"RADWUXOENTZ")
+KINDS = frozenset(b"RADWUXCOENTZ")
 ACTIONS_DIR = "actions"
 MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is uncacheable
 
@@ -25,7 +25,7 @@ MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is u
 @dataclass
 class ProcessLog:
     name: str
-    events: list[tuple[str, bytes]] = field(default_factory=list)  # (kind, path) in order: R A D W U X
+    events: list[tuple[str, bytes]] = field(default_factory=list)  # (kind, path) in order: R A D W U X C
     output: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # (time, seq, 'O'|'E', bytes)
     uncacheable: list[str] = field(default_factory=list)
     status: int | None = None  # from 'Z'; None when the process did not finish
@@ -59,6 +59,10 @@ class ActionLogs:
         err = b"".join(data for _, _, kind, data in chunks if kind == "E")
         return out, err
 
+    def cwd_read(self) -> bytes | None:
+        """The first working directory a process of the action read ('C'), or None."""
+        return next((path for p in self.processes for k, path in p.events if k == "C"), None)
+
     def reasons(self) -> list[str]:
         return [r for p in self.processes for r in p.uncacheable]
 
@@ -81,7 +85,7 @@ def parse(data: bytes, name: str = "<log>") -> ProcessLog:
         pos += length
         k = chr(kind)
         log.last = k
-        if k in "RADWUX":
+        if k in "RADWUXC":
             log.events.append((k, payload))
         elif k in "OE":
             seq += 1

@@ -43,7 +43,7 @@ class Uncacheable(Exception):
 
 @dataclass
 class Fingerprint:
-    inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]
+    inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]; C: [C, cwd read, root]
     outputs: list[list] = field(default_factory=list)  # [rel path, digest hex, mode, size]
     stdout: str | None = None
     stderr: str | None = None
@@ -52,10 +52,14 @@ class Fingerprint:
     created: float = 0.0
     tool: str = ""
     argv: list[str] = field(default_factory=list)
+    stdin: list | None = None  # [stored path, offset left at the end]: the action read its fd 0, this file
 
     def content(self) -> dict:
-        return {"inputs": self.inputs, "outputs": self.outputs, "stdout": self.stdout, "stderr": self.stderr,
-                "status": self.status}
+        c = {"inputs": self.inputs, "outputs": self.outputs, "stdout": self.stdout, "stderr": self.stderr,
+             "status": self.status}
+        if self.stdin is not None:
+            c["stdin"] = self.stdin
+        return c
 
     @property
     def id(self) -> bytes:
@@ -69,7 +73,8 @@ class Fingerprint:
     def from_json(cls, data: dict) -> "Fingerprint":
         return cls(inputs=data.get("inputs", []), outputs=data.get("outputs", []), stdout=data.get("stdout"),
                    stderr=data.get("stderr"), status=int(data.get("status", 0)), size=int(data.get("size", 0)),
-                   created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []))
+                   created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []),
+                   stdin=data.get("stdin"))
 
     def digests(self) -> set[bytes]:
         """Every blob this fingerprint needs (for gc)."""
@@ -151,6 +156,8 @@ def classify(logs: ActionLogs, root: bytes):
     for n, proc in enumerate(logs.processes):
         own: set[bytes] = set()
         for kind, raw in proc.events:
+            if kind == "C":  # the cwd was read: the root's path is an input (build)
+                continue
             path = _norm(raw)
             if path == state or path.startswith(state + b"/"):
                 continue
@@ -186,9 +193,11 @@ def classify(logs: ActionLogs, root: bytes):
 
 
 def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str = "",
-          argv: list[bytes] = ()) -> Fingerprint:
+          argv: list[bytes] = (), stdin: bytes | None = None, stdin_end: int | None = None) -> Fingerprint:
     """The fingerprint of a finished action, with its outputs stored in the CAS; raises
-    Uncacheable.  Call it right after the action ended: files are read as they are now."""
+    Uncacheable.  Call it right after the action ended: files are read as they are now.
+    `stdin`: the file behind the root's fd 0 at its start; when the action read it (an R of
+    it), a hit needs the same file there, and `stdin_end` is where the replay leaves its offset."""
     reasons = logs.reasons()
     if reasons:
         # grouped by kind in the stats: "static binary /x/y" counts as "static binary"
@@ -209,6 +218,8 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     if len(out) + len(err) > MAX_REPLAY_OUTPUT:
         raise Uncacheable("output too large", f"{len(out) + len(err)} bytes of stdout+stderr")
     fp = Fingerprint(status=status, tool=tool, argv=[os.fsdecode(a) for a in argv], created=round(time.time(), 3))
+    if stdin is not None and ("R", _norm(stdin)) in inputs:
+        fp.stdin = [ctx.stored(_norm(stdin)), int(stdin_end or 0)]
     # outputs: what the action wrote and left behind
     produced = []
     for path in sorted(writers):
@@ -231,6 +242,11 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     skip_names: dict[bytes, set[bytes]] = {}
     for path in writers:
         skip_names.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    # the absolute path is in what the action read (gcc -g's DW_AT_comp_dir, `pwd`): another
+    # checkout of the same sources must not get its outputs
+    cwd = logs.cwd_read()
+    if cwd is not None:
+        fp.inputs.append(["C", os.fsdecode(cwd), os.fsdecode(root)])
     # inputs: as they are now, and unchanged since the action started
     for kind, path in sorted(inputs, key=lambda kp: (kp[1], kp[0])):
         if kind == "A":
@@ -284,11 +300,19 @@ def _stored_output(ctx: Context, path: bytes, rel: bytes, st: os.stat_result) ->
 
 
 # -- matching -------------------------------------------------------------------------------------
-def match(fp: Fingerprint, ctx: Context) -> str | None:
+def match(fp: Fingerprint, ctx: Context, stdin: bytes | None = None) -> str | None:
     """None when every input of `fp` is as recorded now (and its blobs exist); else the first
-    difference, as one line for --explain."""
+    difference, as one line for --explain.  `stdin`: the file behind fd 0 of the new process."""
+    if fp.stdin is not None:
+        now = ctx.stored(_norm(stdin)) if stdin else None
+        if now != fp.stdin[0]:
+            return f"stdin is {'not a file read from its start' if now is None else now} (it was {fp.stdin[0]})"
     for item in fp.inputs:
         kind, stored, digest = item[0], item[1], item[2]
+        if kind == "C":
+            if os.fsdecode(ctx.root) != digest:
+                return f"cwd differs and is read (the project is at {os.fsdecode(ctx.root)}, it was at {digest})"
+            continue
         path = ctx.absolute(stored)
         if kind == "A":
             if os.path.lexists(path):

@@ -15,7 +15,9 @@ import blake3
 
 from ..cas.store import hash_file
 
-KEY_VERSION = b"vrift-action-key/1"
+# a new version whenever what a fingerprint must contain grows: entries recorded without it
+# (a sub-make recorded whole, a clock or cwd read not seen) must never be replayed
+KEY_VERSION = b"vrift-action-key/2"
 
 
 @dataclass(frozen=True)

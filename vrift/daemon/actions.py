@@ -126,6 +126,9 @@ class ActionCache:
     # -- LOOKUP -------------------------------------------------------------------------------
     def lookup(self, conn: Connection, req: Frame) -> Frame:
         exe, cwd, aid = req.get(Tag.PATH), req.get(Tag.TEXT), req.get(Tag.ACTION)
+        stdin = req.get(Tag.STDIN)
+        if stdin is not None and not stdin.startswith(b"/"):
+            raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP: STDIN must be an absolute path")
         argv = req.all(Tag.ARG)
         if not exe or not exe.startswith(b"/") or not cwd or not cwd.startswith(b"/") or not argv:
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs PATH (absolute), TEXT (cwd, absolute) and ARG")
@@ -151,11 +154,11 @@ class ActionCache:
             if len(self._pending) >= PENDING_LIMIT:
                 self._pending.clear()  # roots that died without END: forget them rather than grow
             self._pending[aid] = {"key": key, "start_ns": start_ns, "pid": req.int(Tag.PID, 0) or 0,
-                                  "tool": action.tool, "argv": list(argv)}
+                                  "tool": action.tool, "argv": list(argv), "stdin": stdin}
         why = "no entry for this key (new command line, tool, directory or environment)"
         for fid, data in self.store.candidates(key):
             fp = Fingerprint.from_json(data)
-            difference = match(fp, self.ctx)
+            difference = match(fp, self.ctx, stdin)
             if difference is None:
                 try:
                     replayed = self._replay(fp)
@@ -171,6 +174,8 @@ class ActionCache:
                     self._count("bytes_replayed", replayed)
                     self._count("outputs_replayed", len(fp.outputs))
                     out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
+                    if fp.stdin is not None:  # the replay leaves the offset as the run did
+                        out.add(Tag.SIZE, int(fp.stdin[1]))
                     if fp.stdout:
                         out.add(Tag.STDOUT, self.daemon.cas.read_bytes(fp.stdout))
                     if fp.stderr:
@@ -272,7 +277,8 @@ class ActionCache:
             self._count("", reason="no lookup seen for the action (daemon restarted?)")
             return reply(req).add(Tag.FLAGS, 0)
         try:
-            fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"])
+            fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"],
+                       pending.get("stdin"), req.int(Tag.SIZE, None))
         except Uncacheable as u:
             log.debug("action %s uncacheable: %s", aid.decode(), u)
             self._count("", reason=u.reason)

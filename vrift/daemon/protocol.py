@@ -70,6 +70,7 @@ class Tag(IntEnum):
     ACTION = 19       # 16 ASCII hex chars: an action's id
     STDOUT = 20       # bytes: an action's recorded stdout
     STDERR = 21       # bytes: an action's recorded stderr
+    STDIN = 30        # bytes: the regular file behind an action's fd 0 (absolute), read from its start
 
 
 class Err(IntEnum):

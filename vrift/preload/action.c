@@ -17,7 +17,6 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -27,7 +26,6 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -37,7 +35,7 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
 #define M_ACTION_LOOKUP 0x30
 #define M_ACTION_END 0x31
 enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
-       T_STDOUT = 20, T_STDERR = 21 };
+       T_STDOUT = 20, T_STDERR = 21, T_SIZE = 15, T_STDIN = 30 };
 #define OUTPUT_MAX (512u * 1024u) /* the daemon stores no entry with more output than this */
 
 int vrift_action_tool;
@@ -109,33 +107,6 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
 }
 
 /* ------------------------------------------------------------------ exec checks (members) */
-
-/* 1: an ELF without PT_INTERP (static), 0: dynamic or not ELF (a script), -1: unreadable. */
-static int static_elf(const char *path) {
-    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    Elf64_Ehdr eh;
-    int r = 0;
-    if (syscall(SYS_pread64, fd, &eh, sizeof eh, 0) == (long)sizeof eh && memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0) {
-        if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 ||
-            eh.e_phnum > 512) {
-            r = 1; /* not what this library can run in: as good as static */
-        } else {
-            Elf64_Phdr ph[64];
-            r = 1;
-            for (unsigned done = 0; done < eh.e_phnum && r == 1;) {
-                unsigned k = eh.e_phnum - done < 64 ? eh.e_phnum - done : 64;
-                long want = (long)(k * sizeof(Elf64_Phdr));
-                if (syscall(SYS_pread64, fd, ph, want, eh.e_phoff + done * sizeof(Elf64_Phdr)) != want) break;
-                for (unsigned i = 0; i < k; i++)
-                    if (ph[i].p_type == PT_INTERP) r = 0;
-                done += k;
-            }
-        }
-    }
-    syscall(SYS_close, fd);
-    return r;
-}
 
 static const char *env_get(char *const envp[], const char *name) {
     size_t n = strlen(name);
@@ -222,8 +193,8 @@ void vrift_action_before_exec(const char *path, int search, char *const envp[], 
     } else if (ok == 0) {
         vrift_rec_abs('X', abs);
         vrift_rec_abs('R', abs); /* the program's bytes are an input like any file */
-        int s = static_elf(abs);
-        if (s == 1) vrift_rec_uncacheable("static binary", abs);
+        const char *invisible = vrift_elf_invisible(abs);
+        if (invisible) vrift_rec_uncacheable(invisible, abs);
         if (syscall(SYS_newfstatat, AT_FDCWD, abs, &st, 0) == 0 &&
             (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) || ((st.st_mode & S_ISGID) && st.st_gid != getegid())))
             vrift_rec_uncacheable("set-id binary (the preload library is dropped)", abs);
@@ -271,22 +242,25 @@ static uint32_t get32(const uint8_t *p) {
 }
 
 /* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
-static int lookup(int argc, char **argv) {
+static int lookup(int argc, char **argv, const char *exe) {
     body b;
     b.cap = 1u << 20;
     b.len = 0;
     void *m = mmap(NULL, b.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return -1;
     b.p = m;
-    char exe[VRIFT_PATH_MAX], cwd[VRIFT_PATH_MAX];
-    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (el <= 0 || !getcwd(cwd, sizeof cwd) || !argv) {
+    char cwd[VRIFT_PATH_MAX];
+    size_t el = strlen(exe);
+    if (el == 0 || !vrift_getcwd(cwd, sizeof cwd) || !argv) {
         munmap(m, b.cap);
         return -1;
     }
     put_u32(&b, T_PID, (uint32_t)vrift_pid);
-    put_field(&b, T_PATH, exe, (size_t)el);
+    put_field(&b, T_PATH, exe, el);
     put_field(&b, T_TEXT, cwd, strlen(cwd));
+    char in[VRIFT_PATH_MAX];
+    int il = vrift_stdin_path(in, sizeof in);
+    if (il > 0) put_field(&b, T_STDIN, in, (size_t)il);
     for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
     const char *list = getenv("VRIFT_CACHE_ENV");
     for (const char *p = list; p && *p;) {
@@ -314,7 +288,8 @@ static int lookup(int argc, char **argv) {
     uint32_t rl;
     if (b.len <= b.cap && vrift_proto_call(M_ACTION_LOOKUP, b.p, (uint32_t)b.len, &rb, &rl) == 0) {
         uint32_t flags = 0, status = 0;
-        int have_status = 0, bad = 0;
+        int have_status = 0, bad = 0, seek = 0;
+        unsigned long long stdin_end = 0;
         const uint8_t *out = NULL, *err = NULL;
         size_t out_len = 0, err_len = 0;
         for (size_t off = 0; off < rl;) {
@@ -334,6 +309,7 @@ static int lookup(int argc, char **argv) {
             else if (tag == T_COUNT) status = get32(v), have_status = 1;
             else if (tag == T_STDOUT) out = v, out_len = n;
             else if (tag == T_STDERR) err = v, err_len = n;
+            else if (tag == T_SIZE && n == 8) stdin_end = get32(v) | (unsigned long long)get32(v + 4) << 32, seek = 1;
             off += 6 + n;
         }
         if (!bad && (flags & 1u) && have_status && status <= 255) {
@@ -343,6 +319,7 @@ static int lookup(int argc, char **argv) {
                 vrift_log("action %s: replay output could not be written, running it", action_id);
             } else {
                 vrift_log("action %s: hit, status %u", action_id, status);
+                if (seek) vrift_stdin_seek(stdin_end); /* as if the command had read it */
                 vrift_flush_counters();
                 syscall(SYS_exit_group, (int)status);
             }
@@ -439,6 +416,8 @@ static void capture_drain(void) {
 /* ------------------------------------------------------------------ start */
 
 static void record_mapped_files(void);
+static void send_end(int status);
+extern char **environ;
 
 /* exit() runs this after the library destructors: our constructor registered it before
  * __libc_start_main registered the loader's fini, and handlers run in reverse order.  By now
@@ -485,16 +464,54 @@ static void remove_dir(void) {
     syscall(SYS_unlinkat, AT_FDCWD, action_dir, AT_REMOVEDIR);
 }
 
-static void begin_recording(void) {
+static void begin_recording(int argc, char **argv, const char *exe) {
     if (vrift_rec_start(action_dir, action_dir_len) != 0) return;
     on_exit(on_exit_status, NULL);
-    char exe[VRIFT_PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
+    if (exe[0]) {
         vrift_rec_abs('X', exe);
         vrift_rec_abs('R', exe);
     }
+    vrift_clock_start(exe);
+    vrift_stdin_start();
+    vrift_cwd_start(exe, argc, argv);
+}
+
+/* A build tool started inside the build (docs/cache.md, "Nested build tools") is a tool too:
+ * its children start actions.  When an action ran it, that action saw only part of what
+ * happens below and is never replayed: this image says so in the action's log (and when it is
+ * the action's root, after an exec, it ends the action first). */
+static void become_tool(const char *exe) {
+    const char *started = getenv("VRIFT_ACTION_STARTED");
+    if (started && strcmp(started, action_id) == 0 && vrift_rec_start(action_dir, action_dir_len) == 0) {
+        const char *rp = getenv("VRIFT_ACTION_ROOT_PID");
+        root_pid = rp ? (pid_t)strtol(rp, NULL, 10) : 0;
+        is_root = root_pid == vrift_pid;
+        vrift_rec_uncacheable("runs a nested build tool", exe);
+        if (is_root) {
+            capture_resume();
+            capture_drain(); /* the tool writes to the action's original stdout/stderr */
+            vrift_rec_done(0);
+            send_end(0);
+        } else {
+            vrift_rec_flush();
+            vrift_recording = 0;
+        }
+        is_root = 0;
+    }
+    /* copy the names first: unsetenv moves the entries of environ */
+    char names[16][32];
+    int n = 0;
+    for (char **e = environ; e && *e && n < 16; e++) {
+        size_t l = strcspn(*e, "=");
+        if (strncmp(*e, "VRIFT_ACTION_", 13) == 0 && l < sizeof names[0]) {
+            memcpy(names[n], *e, l);
+            names[n++][l] = '\0';
+        }
+    }
+    for (int i = 0; i < n; i++) unsetenv(names[i]);
+    setenv("VRIFT_ACTION_ROLE", "tool", 1);
+    vrift_action_tool = 1;
+    tool_pid = vrift_pid;
 }
 
 void vrift_action_init(int argc, char **argv) {
@@ -524,6 +541,13 @@ void vrift_action_init(int argc, char **argv) {
     int n = snprintf(action_dir, sizeof action_dir, "%s/.vrift/actions/%s", vrift_root, action_id);
     if (n <= 0 || (size_t)n >= sizeof action_dir - 64) return;
     action_dir_len = (size_t)n;
+    char exe[VRIFT_PATH_MAX];
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[el > 0 ? el : 0] = '\0';
+    if (vrift_is_build_tool(exe, argc > 0 && argv ? argv[0] : NULL)) {
+        become_tool(exe);
+        return;
+    }
     const char *started = getenv("VRIFT_ACTION_STARTED");
     if (started && strcmp(started, action_id) == 0) {
         /* a member (or the root again, after an exec) */
@@ -531,14 +555,14 @@ void vrift_action_init(int argc, char **argv) {
         root_pid = rp ? (pid_t)strtol(rp, NULL, 10) : 0;
         is_root = root_pid == vrift_pid;
         if (is_root) capture_resume();
-        begin_recording();
+        begin_recording(argc, argv, exe);
         return;
     }
     char pid[24];
     snprintf(pid, sizeof pid, "%d", (int)vrift_pid);
     setenv("VRIFT_ACTION_STARTED", action_id, 1);
     setenv("VRIFT_ACTION_ROOT_PID", pid, 1);
-    int r = lookup(argc, argv);
+    int r = lookup(argc, argv, exe);
     if (r == 2 || (r < 0 && !keep_logs)) {
         /* no answer: the action runs uncached, and nothing below it records */
         setenv("VRIFT_ACTION_ROLE", "off", 1);
@@ -550,7 +574,10 @@ void vrift_action_init(int argc, char **argv) {
         setenv("VRIFT_ACTION_ROLE", "off", 1);
         return;
     }
-    begin_recording();
+    begin_recording(argc, argv, exe);
+    /* a member's image was looked at by the exec that started it; the root's first was not */
+    const char *invisible = vrift_elf_invisible(exe);
+    if (invisible) vrift_rec_uncacheable(invisible, exe);
     if (capture_start() != 0) vrift_rec_uncacheable("stdout/stderr could not be captured", NULL);
 }
 
@@ -591,11 +618,18 @@ static void record_mapped_files(void) {
 }
 
 static void send_end(int status) {
-    uint8_t req[64];
+    uint8_t req[96];
     body b = {req, 0, sizeof req};
     put_field(&b, T_ACTION, action_id, 16);
     put_u32(&b, T_COUNT, (uint32_t)status);
     put_u32(&b, T_PID, (uint32_t)vrift_raw_getpid());
+    long long in_off = vrift_stdin_offset();
+    if (in_off >= 0) {
+        uint64_t v = (uint64_t)in_off;
+        uint8_t x[8];
+        for (int i = 0; i < 8; i++) x[i] = (uint8_t)(v >> (8 * i));
+        put_field(&b, T_SIZE, x, 8);
+    }
     uint8_t *rb;
     uint32_t rl;
     int r = vrift_proto_call(M_ACTION_END, req, (uint32_t)b.len, &rb, &rl);
@@ -607,12 +641,8 @@ void vrift_action_exit(int status, int via_exit) {
     (void)via_exit;
     if (!vrift_recording || vrift_raw_getpid() != vrift_pid) return;
     int saved = errno;
-    /* stdio that read stdin (its buffer exists) from something other than a file */
-    if (stdin && stdin->_IO_buf_base) {
-        struct stat st;
-        if (fstat(0, &st) == 0 && !S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && major(st.st_rdev) == 1))
-            vrift_rec_uncacheable("read from stdin", S_ISFIFO(st.st_mode) ? "(pipe)" : "(not a file)");
-    }
+    /* stdio read stdin (its buffer exists) through libc's internal read */
+    if (stdin && stdin->_IO_buf_base) vrift_stdin_read();
     record_mapped_files();
     int root_end = is_root && vrift_raw_getpid() == root_pid;
     if (root_end) capture_drain();
@@ -630,55 +660,38 @@ void vrift_action_fini(void) {
 
 /* ------------------------------------------------------------------ interposers (recording only) */
 
-static void stdin_check(int fd) {
-    if (fd != 0) return;
-    static int reported;
-    if (reported) return;
-    int saved = errno;
-    struct stat st;
-    if (fstat(0, &st) == 0 && !S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && major(st.st_rdev) == 1)) {
-        reported = 1;
-        vrift_rec_uncacheable("read from stdin", S_ISFIFO(st.st_mode) ? "(pipe)" : S_ISCHR(st.st_mode) ? "(terminal or device)" : "(socket)");
-    }
-    errno = saved;
-}
-
 ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen);
 
-#define LAZY(fn)                                  \
-    static __typeof__(&fn) real_##fn;             \
-    if (UNLIKELY(!real_##fn)) real_##fn = (__typeof__(&fn))vrift_resolve(#fn)
-
 EXPORT ssize_t read(int fd, void *b, size_t n) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(read);
     if (real_read) return real_read(fd, b, n);
     return syscall(SYS_read, fd, b, n);
 }
 
 EXPORT ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(__read_chk);
     if (real___read_chk) return real___read_chk(fd, b, n, buflen);
     return syscall(SYS_read, fd, b, n);
 }
 
 EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(readv);
     if (real_readv) return real_readv(fd, iov, cnt);
     return syscall(SYS_readv, fd, iov, cnt);
 }
 
 EXPORT ssize_t pread(int fd, void *b, size_t n, off_t off) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(pread);
     if (real_pread) return real_pread(fd, b, n, off);
     return syscall(SYS_pread64, fd, b, n, off);
 }
 
 EXPORT ssize_t pread64(int fd, void *b, size_t n, off_t off) {
-    if (UNLIKELY(vrift_recording) && fd == 0) stdin_check(fd);
+    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
     LAZY(pread64);
     if (real_pread64) return real_pread64(fd, b, n, off);
     return syscall(SYS_pread64, fd, b, n, off);

@@ -177,7 +177,7 @@ int vrift_resolve_name(int dirfd, const char *path, char *out) {
     size_t n = 0, pl = strlen(path);
     if (path[0] != '/') {
         if (dirfd == AT_FDCWD) {
-            if (!getcwd(joined, sizeof joined)) return 0;
+            if (!vrift_getcwd(joined, sizeof joined)) return 0;
         } else {
             char link[64];
             snprintf(link, sizeof link, "/proc/self/fd/%d", dirfd);

@@ -180,7 +180,7 @@ static void cwd_refresh(void) {
     }
     int saved = errno;
     char tmp[VRIFT_PATH_MAX];
-    int ok = getcwd(tmp, sizeof tmp) != NULL && tmp[0] == '/';
+    int ok = vrift_getcwd(tmp, sizeof tmp) != NULL && tmp[0] == '/';
     __atomic_fetch_add(&cwd_seq, 1, __ATOMIC_ACQ_REL);
     if (ok) {
         size_t n = strlen(tmp);

@@ -183,7 +183,7 @@ int vrift_rec_absolute(int dirfd, const char *path, char *out) {
         long c = -1;
         if (dirfd == AT_FDCWD) {
             c = vrift_cwd_copy(tmp);
-            if (c < 0 && getcwd(tmp, sizeof tmp)) c = (long)strlen(tmp);
+            if (c < 0 && vrift_getcwd(tmp, sizeof tmp)) c = (long)strlen(tmp);
         } else {
             char link[32] = "/proc/self/fd/";
             size_t k = 14;

@@ -17,6 +17,11 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* An interposer of a function only the action cache needs: its real one, resolved on first use. */
+#define LAZY(fn)                                  \
+    static __typeof__(&fn) real_##fn;             \
+    if (UNLIKELY(!real_##fn)) real_##fn = (__typeof__(&fn))vrift_resolve(#fn)
+
 extern int vrift_recording;   /* this image records into an action log */
 extern int vrift_action_tool; /* this process is the build tool: its children start actions */
 
@@ -48,5 +53,25 @@ size_t vrift_action_env_slots(char *const envp[]);
 char **vrift_action_child_env(char *const envp[], char **room, char *role, char *id);
 int vrift_action_is_tool_child(int spawning);
 void vrift_action_exec_failed(void);
+
+/* clock.c: what this image may read of the real-time clock (at the start of recording) */
+void vrift_clock_start(const char *exe);
+
+/* elf.c: why an executable's file accesses cannot be seen (static, Go), or NULL */
+const char *vrift_elf_invisible(const char *path);
+
+/* stdin.c: fd 0 as an input */
+void vrift_stdin_start(void);                  /* when this image starts recording */
+void vrift_stdin_read(void);                   /* fd 0 was read */
+int vrift_stdin_path(char *out, size_t cap);   /* the file behind fd 0 at its start, or -1 */
+long long vrift_stdin_offset(void);            /* the offset of the file behind fd 0, or -1 */
+void vrift_stdin_seek(unsigned long long offset);
+
+/* cwd.c: reads of the working directory ('C') */
+void vrift_cwd_start(const char *exe, int argc, char **argv); /* when this image starts recording */
+void vrift_cwd_link(const char *path);                         /* readlink of /proc/<pid>/cwd */
+
+/* tools.c */
+int vrift_is_build_tool(const char *exe, const char *argv0); /* a nested make, ninja, ... */
 
 #endif

@@ -192,6 +192,7 @@ void vrift_daemon_atfork_child(void);
 
 /* ---- action cache (action.c, record.c) ---- */
 long vrift_cwd_copy(char *buf);
+char *vrift_getcwd(char *buf, size_t n); /* the real getcwd: not a read by the program */
 #include "vrift_action.h"
 
 /* 1 when `abs` names a build tool's private state file (written straight through, not indexed). */

@@ -1,0 +1,105 @@
+/*
+ * stdin.c — what an action reads on fd 0 (docs/cache.md, "stdin").
+ *
+ * A regular file behind fd 0 (`vrift wrap make < f`, `cmd < in` in a recipe) is an input like
+ * any file: its path and digest.  The offset matters too: the action must have read it from
+ * the start (else what it read depends on who read before it), and a replay leaves the shared
+ * offset where the recorded run left it (the daemon gets the end offset with ACTION_END and
+ * answers it with a hit).  A pipe, a terminal or a socket is data from outside the file system:
+ * uncacheable.  /dev/null and /dev/zero are nothing.
+ */
+#include "vrift_preload.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/sendfile.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+static off_t start_offset = -1; /* of fd 0 when this image started recording (a file), else -1 */
+static int seen;
+
+void vrift_stdin_start(void) {
+    struct stat st;
+    seen = 0;
+    start_offset = -1;
+    if (fstat(0, &st) == 0 && S_ISREG(st.st_mode)) start_offset = (off_t)syscall(SYS_lseek, 0, 0, SEEK_CUR);
+}
+
+/* fd 0 was read (by read/pread/readv, or by stdio: seen at exit). */
+void vrift_stdin_read(void) {
+    if (seen) return;
+    seen = 1;
+    int saved = errno;
+    struct stat st;
+    if (fstat(0, &st) != 0) {
+        /* closed: the read failed */
+    } else if (S_ISREG(st.st_mode)) {
+        if (start_offset != 0)
+            vrift_rec_uncacheable("read from stdin", "(a file, not from its start)");
+        else
+            vrift_rec_fd('R', 0);
+    } else if (!(S_ISCHR(st.st_mode) && major(st.st_rdev) == 1)) {
+        vrift_rec_uncacheable("read from stdin", S_ISFIFO(st.st_mode)  ? "(pipe)"
+                                                 : S_ISCHR(st.st_mode) ? "(terminal or device)"
+                                                                       : "(socket)");
+    }
+    errno = saved;
+}
+
+/* For ACTION_LOOKUP: the path behind fd 0 when it is a regular file at its start. */
+int vrift_stdin_path(char *out, size_t cap) {
+    struct stat st;
+    if (fstat(0, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink == 0) return -1;
+    if (syscall(SYS_lseek, 0, 0, SEEK_CUR) != 0) return -1;
+    ssize_t n = readlink("/proc/self/fd/0", out, cap - 1);
+    if (n <= 0 || out[0] != '/') return -1;
+    out[n] = '\0';
+    return (int)n;
+}
+
+/* For ACTION_END: where the action left the offset of its stdin file (-1: not a file). */
+long long vrift_stdin_offset(void) {
+    struct stat st;
+    if (fstat(0, &st) != 0 || !S_ISREG(st.st_mode)) return -1;
+    return (long long)syscall(SYS_lseek, 0, 0, SEEK_CUR);
+}
+
+/* After a hit: the offset as the recorded run left it, for whoever reads fd 0 next. */
+void vrift_stdin_seek(unsigned long long offset) {
+    struct stat st;
+    if (fstat(0, &st) == 0 && S_ISREG(st.st_mode)) syscall(SYS_lseek, 0, (off_t)offset, SEEK_SET);
+}
+
+/* Copies in the kernel read their source too (coreutils' cat copies stdin with
+ * copy_file_range when its output is a file). */
+EXPORT ssize_t copy_file_range(int in, loff_t *in_off, int out, loff_t *out_off, size_t n, unsigned int flags) {
+    if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
+    LAZY(copy_file_range);
+    if (real_copy_file_range) return real_copy_file_range(in, in_off, out, out_off, n, flags);
+    return syscall(SYS_copy_file_range, in, in_off, out, out_off, n, flags);
+}
+
+EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t n) {
+    if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
+    LAZY(sendfile);
+    if (real_sendfile) return real_sendfile(out, in, off, n);
+    return syscall(SYS_sendfile, out, in, off, n);
+}
+
+EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t n) {
+    if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
+    LAZY(sendfile64);
+    if (real_sendfile64) return real_sendfile64(out, in, off, n);
+    return syscall(SYS_sendfile, out, in, off, n);
+}
+
+EXPORT ssize_t splice(int in, loff_t *in_off, int out, loff_t *out_off, size_t n, unsigned int flags) {
+    if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
+    LAZY(splice);
+    if (real_splice) return real_splice(in, in_off, out, out_off, n, flags);
+    return syscall(SYS_splice, in, in_off, out, out_off, n, flags);
+}
