@@ -282,7 +282,6 @@ def test_an_output_directory_that_is_a_symlink_out_of_the_tree(twin):
         assert wrapped.read_bytes() == plain.read_bytes()
 
 
-@xfail("cc1 reading the clock for __TIME__ does not make the compile uncacheable: the old time is replayed")
 def test_time_macro_in_a_source(twin):
     import time
     t = twin({"Makefile": "t.o: t.c\n\tcc -c t.c -o t.o\n", "t.c": 'const char *built = __TIME__;\n'})

@@ -28,7 +28,7 @@ PROBE_FILES = {"Makefile": PROBES, "opt.h": "", "tool": "#!/bin/sh\n", "data": "
     pytest.param("rm opt.h; rm opt.txt", id="existence", marks=xfail("a successful stat is not an input: `[ -e opt.h ]` replays 'yes' after rm")),
     pytest.param("chmod +x tool; rm tool.txt", id="mode", marks=xfail("mode bits are not an input: `[ -x tool ]` replays after chmod")),
     pytest.param("printf 12345678 > data; rm size.txt", id="size", marks=xfail("size from stat is not an input: `stat -c %s` replays the old size")),
-    pytest.param("chmod 600 data; rm listing.txt", id="ls-l", marks=xfail("metadata listed by `ls -l` is not an input")),
+    pytest.param("chmod 600 data; rm listing.txt", id="ls-l"),
 ])
 def test_stat_answers_are_inputs(twin, change):
     t = twin(PROBE_FILES)

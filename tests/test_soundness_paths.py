@@ -43,7 +43,6 @@ def test_a_second_checkout_hits_where_no_path_reaches_the_outputs(tmp_path, daem
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-@xfail("the cwd is not an input: the second checkout gets the first's debug info and `pwd`")
 def test_a_second_checkout_never_gets_the_first_ones_paths(tmp_path, daemons):
     require_tools("make", "cc")
     files = {"Makefile": "all: main.o where.txt\nmain.o: main.c\n\tcc -g -c main.c -o main.o\n"

@@ -17,7 +17,6 @@ from soundness_support import daemons, needs_c_side, twin, xfail  # noqa: F401
 pytestmark = needs_c_side
 
 
-@xfail("stdin redirected from a regular file is not an input: `vrift wrap make < f` replays the old content")
 def test_stdin_of_the_build_from_a_file(twin):
     t = twin({"Makefile": "out.txt:\n\tcat > out.txt\n", "f": "one\n"})
     t.build("make", stdin="f")
