@@ -3,9 +3,9 @@
  * "Recording in the preload library" and "Replay at exec").
  *
  * action.c: identity (tool → root → members), ACTION_LOOKUP and replay at the root's
- *           constructor, the capture of the action's stdout/stderr, ACTION_END, and the
- *           interposers that only matter while recording (read of stdin, connect,
- *           getrandom, opendir).
+ *           constructor, ACTION_END, and the interposers that only matter while recording
+ *           (read of stdin, connect, getrandom, opendir).
+ * capture.c: the action's stdout/stderr, captured by its root.
  * record.c: the per-process log: a static buffer of records, written with write(2) when
  *           full, before exec and at exit.
  *
@@ -48,5 +48,11 @@ size_t vrift_action_env_slots(char *const envp[]);
 char **vrift_action_child_env(char *const envp[], char **room, char *role, char *id);
 int vrift_action_is_tool_child(int spawning);
 void vrift_action_exec_failed(void);
+
+/* capture.c (the root only) */
+int vrift_capture_start(const char *action_dir, size_t len); /* 0 ok */
+void vrift_capture_resume(void);        /* after an exec of the root */
+void vrift_capture_cloexec(int on);     /* off just before an exec of the root, on again */
+void vrift_capture_drain(void);         /* the root's end: records, output passed on */
 
 #endif
