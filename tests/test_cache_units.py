@@ -12,7 +12,7 @@ import pytest
 
 from cache_support import FakeAction, out
 from vrift.cache import actionlog
-from vrift.cache.fingerprint import Context, Fingerprint, Uncacheable, build, match
+from vrift.cache.fingerprint import Context, Fingerprint, Uncacheable, build, match, unpack_streams
 from vrift.cache.key import Action, DigestMemo, action_key
 from vrift.cache.store import MAX_FINGERPRINTS, CacheStore
 from vrift.cas import CAS
@@ -30,7 +30,7 @@ def test_log_records_streams_and_a_torn_tail(tmp_path):
     logs = actionlog.read_dir(a.dir)
     assert [p.status for p in logs.processes] == [0, 3, None]
     assert logs.processes[2].torn and logs.unfinished == [torn.name]
-    assert logs.streams() == (b"first\nsecond\n", b"warn\n")
+    assert logs.streams() == [(1, b"first\nsecond\n"), (2, b"warn\n")], "in time order, one fd's chunks joined"
     assert logs.processes[0].events == [("R", b"/x/a.c"), ("X", b"/usr/bin/cc")]
     taken = actionlog.take(a.dir)
     assert len(taken.processes) == 3 and not a.dir.exists()
@@ -163,7 +163,7 @@ def test_build_and_match_a_compile(tmp_path, proj):
                       ("R", str(proj.parent / "sys/stdio.h")), ("D", "include")}, "the temporary is no input"
     assert fp.outputs == [["build/a.o", hash_bytes(b"OBJ").hex(), 0o644 & ~_umask(), 3]]
     assert ctx.cas.read_bytes(fp.outputs[0][1]) == b"OBJ"
-    assert ctx.cas.read_bytes(fp.stdout) == b"compiled\n" and ctx.cas.read_bytes(fp.stderr) == b"a warning\n"
+    assert unpack_streams(ctx.cas.read_bytes(fp.streams)) == [(1, b"compiled\n"), (2, b"a warning\n")]
     assert start and match(fp, ctx) is None
     again = Fingerprint.from_json(fp.to_json())
     assert again.id == fp.id and match(again, ctx) is None

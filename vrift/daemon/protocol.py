@@ -70,6 +70,7 @@ class Tag(IntEnum):
     ACTION = 19       # 16 ASCII hex chars: an action's id
     STDOUT = 20       # bytes: an action's recorded stdout
     STDERR = 21       # bytes: an action's recorded stderr
+    STREAMS = 22      # ASCII: what an action's fd 0/1/2 are (terminal and its size, pipe, shared), part of its key
 
 
 class Err(IntEnum):

@@ -36,7 +36,8 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
 #define M_ACTION_LOOKUP 0x30
 #define M_ACTION_END 0x31
 enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
-       T_STDOUT = 20, T_STDERR = 21 };
+       T_STDOUT = 20, T_STDERR = 21, T_STREAMS = 22 };
+#define TERMINAL_ENV "TERM:COLORTERM:COLUMNS:NO_COLOR:CLICOLOR:CLICOLOR_FORCE:GCC_COLORS:GCC_URLS:TERM_URLS"
 
 int vrift_action_tool;
 static pid_t tool_pid;
@@ -254,6 +255,29 @@ static uint32_t get32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* One ENV field for each name in the ':'-separated `list` that is set. */
+static void put_env(body *b, const char *list) {
+    for (const char *p = list; p && *p;) {
+        const char *s = p;
+        while (*p && *p != ':') p++;
+        size_t n = (size_t)(p - s);
+        if (*p) p++;
+        if (n == 0 || n >= 256) continue;
+        char name[256];
+        memcpy(name, s, n);
+        name[n] = '\0';
+        const char *v = getenv(name);
+        if (!v) continue;
+        size_t vl = strlen(v);
+        char *kv = (char *)b->p + b->cap - n - vl - 2; /* scratch at the end, copied right away */
+        if (b->len + 2 * (n + vl + 8) > b->cap) break;
+        memcpy(kv, name, n);
+        kv[n] = '=';
+        memcpy(kv + n + 1, v, vl);
+        put_field(b, T_ENV, kv, n + 1 + vl);
+    }
+}
+
 /* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
 static int lookup(int argc, char **argv) {
     body b;
@@ -272,26 +296,11 @@ static int lookup(int argc, char **argv) {
     put_field(&b, T_PATH, exe, (size_t)el);
     put_field(&b, T_TEXT, cwd, strlen(cwd));
     for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
-    const char *list = getenv("VRIFT_CACHE_ENV");
-    for (const char *p = list; p && *p;) {
-        const char *s = p;
-        while (*p && *p != ':') p++;
-        size_t n = (size_t)(p - s);
-        if (*p) p++;
-        if (n == 0 || n >= 256) continue;
-        char name[256];
-        memcpy(name, s, n);
-        name[n] = '\0';
-        const char *v = getenv(name);
-        if (!v) continue;
-        size_t vl = strlen(v);
-        char *kv = (char *)b.p + b.cap - n - vl - 2; /* scratch at the end, copied right away */
-        if (b.len + 2 * (n + vl + 8) > b.cap) break;
-        memcpy(kv, name, n);
-        kv[n] = '=';
-        memcpy(kv + n + 1, v, vl);
-        put_field(&b, T_ENV, kv, n + 1 + vl);
-    }
+    put_env(&b, getenv("VRIFT_CACHE_ENV"));
+    /* what a tool sees of a terminal: also these, which decide its colours and width */
+    if (vrift_capture_terminal()) put_env(&b, TERMINAL_ENV);
+    char shape[128];
+    put_field(&b, T_STREAMS, shape, vrift_capture_describe(shape, sizeof shape));
     put_field(&b, T_ACTION, action_id, 16);
     int result = -1;
     uint8_t *rb;
@@ -299,8 +308,6 @@ static int lookup(int argc, char **argv) {
     if (b.len <= b.cap && vrift_proto_call(M_ACTION_LOOKUP, b.p, (uint32_t)b.len, &rb, &rl) == 0) {
         uint32_t flags = 0, status = 0;
         int have_status = 0, bad = 0;
-        const uint8_t *out = NULL, *err = NULL;
-        size_t out_len = 0, err_len = 0;
         for (size_t off = 0; off < rl;) {
             if (rl - off < 6) {
                 bad = 1;
@@ -316,13 +323,11 @@ static int lookup(int argc, char **argv) {
             if ((tag == T_FLAGS || tag == T_COUNT) && n != 4) bad = 1;
             else if (tag == T_FLAGS) flags = get32(v);
             else if (tag == T_COUNT) status = get32(v), have_status = 1;
-            else if (tag == T_STDOUT) out = v, out_len = n;
-            else if (tag == T_STDERR) err = v, err_len = n;
             off += 6 + n;
         }
         if (!bad && (flags & 1u) && have_status && status <= 255) {
-            /* the daemon has put every output in place: replay and go */
-            if ((out_len && vrift_write_all(1, out, out_len) != 0) || (err_len && vrift_write_all(2, err, err_len) != 0)) {
+            /* the daemon has put every output in place: replay the streams in their order, and go */
+            if (vrift_capture_replay(rb, rl, T_STDOUT, T_STDERR) != 0) {
                 /* the output cannot be delivered: running the command is still right */
                 vrift_log("action %s: replay output could not be written, running it", action_id);
             } else {

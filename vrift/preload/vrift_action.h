@@ -15,6 +15,7 @@
 #define VRIFT_ACTION_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 extern int vrift_recording;   /* this image records into an action log */
@@ -50,6 +51,10 @@ int vrift_action_is_tool_child(int spawning);
 void vrift_action_exec_failed(void);
 
 /* capture.c (the root only) */
+size_t vrift_capture_describe(char *out, size_t cap); /* fd 0/1/2 as the tool sees them: part of the key */
+int vrift_capture_terminal(void);      /* one of fd 0/1/2 is a terminal */
+/* A hit: the reply's stream fields (tags out_tag → fd 1, err_tag → fd 2) written in order. */
+int vrift_capture_replay(const uint8_t *body, size_t len, uint16_t out_tag, uint16_t err_tag);
 int vrift_capture_start(const char *action_dir, size_t len); /* 0 ok */
 void vrift_capture_resume(void);        /* after an exec of the root */
 void vrift_capture_cloexec(int on);     /* off just before an exec of the root, on again */
