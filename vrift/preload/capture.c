@@ -6,7 +6,7 @@
  * where fd 1/2 is a terminal (isatty, line buffering and colours stay as they were), a pipe
  * otherwise.  When fd 1 and 2 are one destination (a terminal, `2>&1`) they share ONE
  * channel, so the kernel keeps the order of the writes across them.  A relay process (a
- * grandchild of the root, in its own session, holding nothing else) copies what arrives to
+ * child of the root that wait() does not see, in its own session, holding nothing else) copies what arrives to
  * the original destination at once and appends it, framed by stream, to a record file.  At
  * the root's end the root hands its fds 1/2 back to the destination, asks the relay to read
  * what is left (a read of an empty pty or pipe returns only once the kernel has delivered
@@ -261,12 +261,17 @@ static void relay_run(struct relay *r) {
             long got = syscall(SYS_read, r->ctl, &c, 1);
             if (got < 0 && errno == EINTR) continue;
             if (got == 1) {
-                /* the root ends: whatever its tree wrote is in the channels now */
-                for (int i = 0; i < 2; i++)
-                    for (int budget = DRAIN_READS; budget-- && r->in[i] >= 0 && relay_once(r, i) > 0;) {
+                /* the root ends: whatever its finished processes wrote is in the channels now,
+                   and a channel that still has a writer has a process of the tree alive */
+                int alive = 0;
+                for (int i = 0; i < 2; i++) {
+                    int budget = DRAIN_READS, got1 = 1;
+                    while (r->in[i] >= 0 && budget-- && (got1 = relay_once(r, i)) > 0) {
                     }
+                    alive |= r->in[i] >= 0 && got1 >= 0;
+                }
                 r->recording = 0;
-                c = 'A';
+                c = alive ? 'B' : 'A';
                 syscall(SYS_sendto, r->ctl, &c, 1, MSG_NOSIGNAL, NULL, 0);
             }
             raw_close(r->ctl); /* one drain per action; EOF: the root is gone */
@@ -350,18 +355,14 @@ int vrift_capture_start(const char *action_dir, size_t action_dir_len) {
     orig[1] = (int)syscall(SYS_fcntl, 2, F_DUPFD_CLOEXEC, 100);
     if (orig[0] < 0 || orig[1] < 0) goto out;
 
-    /* The relay: a grandchild, so that no wait() of the program ever sees it. */
-    long mid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
-    if (mid < 0) goto out;
-    if (mid == 0) {
-        if (syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0) == 0) {
-            struct relay r = {{rd[0], rd[1]}, {1, shape.merged ? 1 : 2}, ctl[1], rec, 1, 0};
-            relay_run(&r);
-        }
-        syscall(SYS_exit_group, 0);
-    }
-    int st;
-    while (syscall(SYS_wait4, (pid_t)mid, &st, 0, NULL) < 0 && errno == EINTR) {
+    /* The relay: a child that signals nothing when it ends, which wait()/waitpid(-1) without
+       __WALL never report: the program cannot reap it or wait for it.  It outlives the root
+       and is then reaped by whoever adopts orphans. */
+    long relay = syscall(SYS_clone, 0, 0, 0, 0, 0);
+    if (relay < 0) goto out;
+    if (relay == 0) {
+        struct relay r = {{rd[0], rd[1]}, {1, shape.merged ? 1 : 2}, ctl[1], rec, 1, 0};
+        relay_run(&r);
     }
 
     /* The tree writes into the channels from now on. */
@@ -463,8 +464,14 @@ void vrift_capture_drain(void) {
         while (r < 0 && errno == EINTR);
         do r = syscall(SYS_read, cap_fds[CTL], &c, 1);
         while (r < 0 && errno == EINTR);
-        if (r != 1 || c != 'A') vrift_rec_uncacheable("the captured output was lost (the relay ended)", NULL);
-        else drain_records(cap_fds[REC]);
+        if (r != 1 || (c != 'A' && c != 'B')) {
+            vrift_rec_uncacheable("the captured output was lost (the relay ended)", NULL);
+        } else {
+            /* a process that outlives the root (left in the background) may still write */
+            if (c == 'B')
+                vrift_rec_uncacheable("a process of the action did not finish:", "it held stdout/stderr after the root ended");
+            drain_records(cap_fds[REC]);
+        }
     }
     for (int i = 0; i < NFDS; i++) {
         raw_close(cap_fds[i]);
