@@ -122,7 +122,7 @@ def test_output_is_captured_passed_on_and_exit_status_recorded(project):
     assert r.stdout == b"to-out\n"
     assert r.stderr.startswith(b"to-err\n") and b"[status 3]" in r.stderr
     (logs,) = actions(root).values()
-    assert logs.streams() == (b"to-out\n", b"to-err\n")
+    assert logs.streams() == [(1, b"to-out\n"), (2, b"to-err\n")]
     assert [p.status for p in logs.processes] == [3]
 
 
@@ -132,8 +132,8 @@ def test_a_shell_as_the_tool_gives_each_forked_child_its_own_action(project):
     r = subprocess.run(["sh", "-c", "sh -c 'echo one'; sh -c 'echo two'; true"], cwd=root, env=env,
                        capture_output=True, timeout=60)
     assert r.returncode == 0 and r.stdout == b"one\ntwo\n", r.stderr
-    outs = sorted(logs.streams()[0] for logs in actions(root).values())
-    assert outs == [b"one\n", b"two\n"]
+    outs = sorted(logs.streams() for logs in actions(root).values())
+    assert outs == [[(1, b"one\n")], [(1, b"two\n")]]
 
 
 def test_without_vrift_cache_nothing_is_recorded(project):
@@ -317,7 +317,7 @@ def test_a_miss_records_and_ends_the_action_with_its_status(project, fake_daemon
     aid = values[T_ACTION].decode()
     assert struct.unpack("<I", values[T_COUNT])[0] == 0
     logs = d.logs_at_end[aid]  # complete when END arrives: every process has its 'Z'
-    assert not logs.unfinished and logs.streams()[0] == b"built\n"
+    assert not logs.unfinished and logs.streams() == [(1, b"built\n")]
     assert str(root / "x.o") in events(logs, "W")
 
 

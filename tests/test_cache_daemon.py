@@ -11,6 +11,7 @@ import pytest
 
 from cache_support import FakeAction, out
 from daemon_support import connect_project, daemons, make_project, vdir_entry  # noqa: F401
+from vrift.cache.fingerprint import pack_streams
 from vrift.cache.live import live_digests
 from vrift.cas.store import hash_bytes
 from vrift.daemon.client import DaemonError
@@ -69,7 +70,8 @@ def test_miss_record_then_hit_materialises_and_publishes(daemons, proj):
         assert run_action(c, proj)["hit"] and (proj.root / "build/a.o").read_bytes() == b"OBJ"
         # another command line is another key
         assert not run_action(c, proj, argv=(b"cc", b"-O2", b"-c", b"src/a.c"))["hit"]
-    assert hash_bytes(b"OBJ") in live_digests(daemons) and hash_bytes(b"compiling\n") in live_digests(daemons)
+    streams = pack_streams([(1, b"compiling\n"), (2, b"warn\n")])
+    assert hash_bytes(b"OBJ") in live_digests(daemons) and hash_bytes(streams) in live_digests(daemons)
 
 
 def wait_recorded(c, n, timeout=10.0):

@@ -12,7 +12,7 @@ import pytest
 
 from cache_support import FakeAction, out
 from vrift.cache import actionlog
-from vrift.cache.fingerprint import Context, Fingerprint, Uncacheable, build, match
+from vrift.cache.fingerprint import Context, Fingerprint, Uncacheable, build, match, pack_streams, unpack_streams
 from vrift.cache.key import Action, DigestMemo, action_key
 from vrift.cache.store import MAX_FINGERPRINTS, CacheStore
 from vrift.cas import CAS
@@ -30,7 +30,7 @@ def test_log_records_streams_and_a_torn_tail(tmp_path):
     logs = actionlog.read_dir(a.dir)
     assert [p.status for p in logs.processes] == [0, 3, None]
     assert logs.processes[2].torn and logs.unfinished == [torn.name]
-    assert logs.streams() == (b"first\nsecond\n", b"warn\n")
+    assert logs.streams() == [(1, b"first\nsecond\n"), (2, b"warn\n")], "in time order, one fd's chunks joined"
     assert logs.processes[0].events == [("R", b"/x/a.c"), ("X", b"/usr/bin/cc")]
     taken = actionlog.take(a.dir)
     assert len(taken.processes) == 3 and not a.dir.exists()
@@ -163,7 +163,7 @@ def test_build_and_match_a_compile(tmp_path, proj):
                       ("R", str(proj.parent / "sys/stdio.h")), ("D", "include")}, "the temporary is no input"
     assert fp.outputs == [["build/a.o", hash_bytes(b"OBJ").hex(), 0o644 & ~_umask(), 3]]
     assert ctx.cas.read_bytes(fp.outputs[0][1]) == b"OBJ"
-    assert ctx.cas.read_bytes(fp.stdout) == b"compiled\n" and ctx.cas.read_bytes(fp.stderr) == b"a warning\n"
+    assert unpack_streams(ctx.cas.read_bytes(fp.streams)) == [(1, b"compiled\n"), (2, b"a warning\n")]
     assert start and match(fp, ctx) is None
     again = Fingerprint.from_json(fp.to_json())
     assert again.id == fp.id and match(again, ctx) is None
@@ -184,6 +184,14 @@ def test_build_and_match_a_compile(tmp_path, proj):
     assert match(fp, ctx) == f"{proj.parent / 'sys/stdio.h'} changed"
 
 
+def test_stream_chunks_pack_and_unpack_in_order():
+    chunks = [(1, b"out\n"), (2, b"err\n"), (1, b""), (1, b"x" * 70_000)]
+    assert unpack_streams(pack_streams(chunks)) == chunks and unpack_streams(b"") == []
+    for bad in (pack_streams(chunks)[:-1], b"\x03\x00\x00\x00\x00", b"\x01\x05"):
+        with pytest.raises(ValueError):
+            unpack_streams(bad)
+
+
 def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
@@ -198,6 +206,7 @@ def _umask() -> int:
     ("in_place", "updates a file in place (read before write)"),
     ("moved", "removes or moves a file it did not create"),
     ("too_large", "output too large"),
+    ("fragmented", "output too fragmented"),
     ("max_entry", "entry larger than cache.max_entry_mb"),
     ("never", "tool in cache.never"),
     ("changed", "an input changed while the action ran"),
@@ -224,6 +233,8 @@ def test_uncacheable_actions(tmp_path, proj, case, reason):
         a.log(("U", bytes(proj / "src/a.c")), ("W", bytes(proj / "src/b.c")))
     elif case == "too_large":
         a.log(*out(1, b"x" * 600_000))
+    elif case == "fragmented":  # two destinations, written alternately: one reply field per chunk
+        a.log(*[r for i in range(1001) for r in out(i, b"x", "OE"[i % 2])])
     elif case == "max_entry":
         (proj / "build/big").write_bytes(b"x" * 2048)
         a.log(("W", bytes(proj / "build/big")))

@@ -51,13 +51,19 @@ class ActionLogs:
         return [p.name for p in self.processes
                 if p.status is None and not (p.last == "X" and not p.torn and count[p.pid] > 1)]
 
-    def streams(self) -> tuple[bytes, bytes]:
-        """stdout and stderr of the whole tree, merged across processes by the 'T' stamps
-        (a process's own records stay in their order)."""
-        chunks = sorted(c for p in self.processes for c in p.output)
-        out = b"".join(data for _, _, kind, data in chunks if kind == "O")
-        err = b"".join(data for _, _, kind, data in chunks if kind == "E")
-        return out, err
+    def streams(self) -> list[tuple[int, bytes]]:
+        """stdout and stderr of the whole tree as it wrote them: (fd, bytes) in order, 'O' to
+        fd 1 and 'E' to fd 2, adjacent chunks of one fd joined.  The root writes them in the
+        order its relay read them; logs are merged by the 'T' stamps (a process's own records
+        stay in their order)."""
+        chunks: list[tuple[int, bytes]] = []
+        for _, _, kind, data in sorted(c for p in self.processes for c in p.output):
+            fd = 1 if kind == "O" else 2
+            if chunks and chunks[-1][0] == fd:
+                chunks[-1] = (fd, chunks[-1][1] + data)
+            elif data:
+                chunks.append((fd, data))
+        return chunks
 
     def cwd_read(self) -> bytes | None:
         """The first working directory a process of the action read ('C'), or None."""

@@ -15,6 +15,7 @@ import fnmatch
 import json
 import os
 import stat as statmod
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from .actionlog import ActionLogs
 from .key import DigestMemo
 
 MAX_REPLAY_OUTPUT = 512 * 1024  # stdout + stderr: a LOOKUP reply must fit one frame
+MAX_STREAM_CHUNKS = 1000  # alternations of stdout and stderr: one reply field each
+_CHUNK = struct.Struct("<BI")
 STATE_DIR = b".vrift"
 
 
@@ -45,8 +48,7 @@ class Uncacheable(Exception):
 class Fingerprint:
     inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]; C: [C, cwd read, root]
     outputs: list[list] = field(default_factory=list)  # [rel path, digest hex, mode, size]
-    stdout: str | None = None
-    stderr: str | None = None
+    streams: str | None = None  # digest of the packed (fd, bytes) chunks of stdout/stderr, in order
     status: int = 0
     size: int = 0
     created: float = 0.0
@@ -55,8 +57,7 @@ class Fingerprint:
     stdin: list | None = None  # [stored path, offset left at the end]: the action read its fd 0, this file
 
     def content(self) -> dict:
-        c = {"inputs": self.inputs, "outputs": self.outputs, "stdout": self.stdout, "stderr": self.stderr,
-             "status": self.status}
+        c = {"inputs": self.inputs, "outputs": self.outputs, "streams": self.streams, "status": self.status}
         if self.stdin is not None:
             c["stdin"] = self.stdin
         return c
@@ -71,16 +72,37 @@ class Fingerprint:
 
     @classmethod
     def from_json(cls, data: dict) -> "Fingerprint":
-        return cls(inputs=data.get("inputs", []), outputs=data.get("outputs", []), stdout=data.get("stdout"),
-                   stderr=data.get("stderr"), status=int(data.get("status", 0)), size=int(data.get("size", 0)),
+        return cls(inputs=data.get("inputs", []), outputs=data.get("outputs", []), streams=data.get("streams"),
+                   status=int(data.get("status", 0)), size=int(data.get("size", 0)),
                    created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []),
                    stdin=data.get("stdin"))
 
     def digests(self) -> set[bytes]:
         """Every blob this fingerprint needs (for gc)."""
         out = {bytes.fromhex(o[1]) for o in self.outputs if o[1]}
-        out |= {bytes.fromhex(d) for d in (self.stdout, self.stderr) if d}
+        if self.streams:
+            out.add(bytes.fromhex(self.streams))
         return out
+
+
+def pack_streams(chunks: list[tuple[int, bytes]]) -> bytes:
+    """The blob of an action's output: `u8 fd, u32 length (LE), bytes` per chunk, in order."""
+    return b"".join(_CHUNK.pack(fd, len(data)) + data for fd, data in chunks)
+
+
+def unpack_streams(blob: bytes) -> list[tuple[int, bytes]]:
+    """The chunks of a pack_streams() blob; ValueError when it is not one."""
+    chunks, pos = [], 0
+    while pos < len(blob):
+        if len(blob) - pos < _CHUNK.size:
+            raise ValueError("a torn stream chunk")
+        fd, n = _CHUNK.unpack_from(blob, pos)
+        pos += _CHUNK.size
+        if fd not in (1, 2) or n > len(blob) - pos:
+            raise ValueError("a bad stream chunk")
+        chunks.append((fd, blob[pos:pos + n]))
+        pos += n
+    return chunks
 
 
 def _rel(path: bytes, root: bytes) -> bytes | None:
@@ -214,9 +236,12 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
         raise Uncacheable("updates a file in place (read before write)", _show(in_place[0]))
     if removed:  # `mv a b` shows no read of a: what flowed where cannot be known
         raise Uncacheable("removes or moves a file it did not create", _show(removed[0]))
-    out, err = logs.streams()
-    if len(out) + len(err) > MAX_REPLAY_OUTPUT:
-        raise Uncacheable("output too large", f"{len(out) + len(err)} bytes of stdout+stderr")
+    chunks = logs.streams()
+    streamed = sum(len(data) for _, data in chunks)
+    if streamed > MAX_REPLAY_OUTPUT:
+        raise Uncacheable("output too large", f"{streamed} bytes of stdout+stderr")
+    if len(chunks) > MAX_STREAM_CHUNKS:
+        raise Uncacheable("output too fragmented", f"stdout and stderr alternate {len(chunks)} times")
     fp = Fingerprint(status=status, tool=tool, argv=[os.fsdecode(a) for a in argv], created=round(time.time(), 3))
     if stdin is not None and ("R", _norm(stdin)) in inputs:
         fp.stdin = [ctx.stored(_norm(stdin)), int(stdin_end or 0)]
@@ -236,7 +261,7 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
         if not statmod.S_ISREG(st.st_mode):
             raise Uncacheable("creates something other than a regular file", _show(path))
         produced.append((path, rel, st))
-    total = len(out) + len(err) + sum(st.st_size for _, _, st in produced if st is not None)
+    total = streamed + sum(st.st_size for _, _, st in produced if st is not None)
     if total > ctx.max_entry_bytes:
         raise Uncacheable("entry larger than cache.max_entry_mb", f"{total} bytes")
     skip_names: dict[bytes, set[bytes]] = {}
@@ -277,10 +302,8 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
             continue
         digest = _stored_output(ctx, path, rel, st)
         fp.outputs.append([os.fsdecode(rel), digest.hex(), statmod.S_IMODE(st.st_mode), st.st_size])
-    if out:
-        fp.stdout = ctx.cas.store_bytes(out).digest.hex()
-    if err:
-        fp.stderr = ctx.cas.store_bytes(err).digest.hex()
+    if chunks:
+        fp.streams = ctx.cas.store_bytes(pack_streams(chunks)).digest.hex()
     fp.size = total
     return fp
 
@@ -336,7 +359,6 @@ def match(fp: Fingerprint, ctx: Context, stdin: bytes | None = None) -> str | No
     for rel, digest, *_ in fp.outputs:
         if digest and not ctx.cas.has(digest):
             return f"the blob of output {rel} is no longer in the CAS"
-    for d in (fp.stdout, fp.stderr):
-        if d and not ctx.cas.has(d):
-            return "the blob of the recorded output is no longer in the CAS"
+    if fp.streams and not ctx.cas.has(fp.streams):
+        return "the blob of the recorded output is no longer in the CAS"
     return None

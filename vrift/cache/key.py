@@ -1,5 +1,6 @@
 """An action's key (SPEC §11): BLAKE3 over argv, the cwd relative to the project root (absolute
-when outside it), the executable's digest, the configured environment variables and what
+when outside it), the executable's digest, the configured environment variables, what its
+stdout/stderr are (a terminal of which size, or not; one destination or two) and what
 plugins add (the `vrift_cache_key` hook).  The root itself is not part of the key, so two
 checkouts of the same sources share entries.
 
@@ -30,6 +31,7 @@ class Action:
     env: tuple[bytes, ...] = ()  # NAME=value, in the order the configuration lists the names
     root: bytes = b""
     action_id: str = ""
+    streams: bytes = b""  # what the tool sees on fd 0/1/2, e.g. b"out=tty,80x24 err=out" (docs/cache.md)
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -101,6 +103,7 @@ def action_key(action: Action, exe_digest: bytes, plugin_bytes: bytes = b"") -> 
     part(b"x", exe_digest)
     for var in action.env:
         part(b"e", var)
+    part(b"s", action.streams)
     part(b"p", plugin_bytes)
     return h.digest()
 

@@ -8,7 +8,7 @@ project of a user (docs/cache.md).
 
 A fingerprint and the key's list are written in one transaction: a crash leaves the entry
 whole or absent.  The id is BLAKE3 of the fingerprint's content, so two projects recording the
-same action store one fingerprint.  Blobs (outputs, stdout, stderr) live in the shared CAS and
+same action store one fingerprint.  Blobs (outputs, the stdout/stderr chunks) live in the shared CAS and
 are stored before the transaction that names them.
 
 The environment syncs data on commit but not the meta page (LMDB's `metasync=False`): a system

@@ -2,7 +2,8 @@
 
 LOOKUP: compute the key, find a fingerprint that matches the files now, and on a hit
 materialise its outputs from the CAS (atomically, fresh mtimes) and publish them in the index
-like commits, all before replying with the recorded status, stdout and stderr.
+like commits, all before replying with the recorded status and the stdout/stderr chunks in the
+order they were written.
 
 END: take the action's logs (read, then remove the directory), build the fingerprint while the
 files are as the action left them, reply, and write the entry to LMDB on a background thread
@@ -20,7 +21,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from ..cache import actionlog
-from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match
+from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match, unpack_streams
 from ..cache.key import Action, DigestMemo, action_key
 from ..cache.store import CacheStore, merge_counters
 from ..project import VriftError
@@ -137,7 +138,7 @@ class ActionCache:
         out = reply(req)
         self._count("lookups")
         action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(req.all(Tag.ENV))), self.root,
-                        aid.decode())
+                        aid.decode(), req.get(Tag.STREAMS, b""))
         if not self.enabled:
             return out.add(Tag.FLAGS, NO_RECORD)
         if self.ctx.excluded_tool(action.tool, os.fsdecode(argv[0])):
@@ -161,8 +162,9 @@ class ActionCache:
             difference = match(fp, self.ctx, stdin)
             if difference is None:
                 try:
+                    chunks = unpack_streams(self.daemon.cas.read_bytes(fp.streams)) if fp.streams else []
                     replayed = self._replay(fp)
-                except (RequestError, VriftError, OSError) as e:
+                except (RequestError, VriftError, OSError, ValueError) as e:
                     self._count("errors")
                     log.warning("replaying %s failed: %s", key.hex()[:16], e)
                     difference = f"replay failed: {e}"
@@ -176,10 +178,8 @@ class ActionCache:
                     out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
                     if fp.stdin is not None:  # the replay leaves the offset as the run did
                         out.add(Tag.SIZE, int(fp.stdin[1]))
-                    if fp.stdout:
-                        out.add(Tag.STDOUT, self.daemon.cas.read_bytes(fp.stdout))
-                    if fp.stderr:
-                        out.add(Tag.STDERR, self.daemon.cas.read_bytes(fp.stderr))
+                    for fd, data in chunks:  # in the order written: the library replays them so
+                        out.add(Tag.STDOUT if fd == 1 else Tag.STDERR, data)
                     return out
             if why.startswith("no entry"):
                 why = difference  # the newest fingerprint's first difference explains best

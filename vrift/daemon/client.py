@@ -136,15 +136,21 @@ class ProjectClient(Client):
     def ingest(self) -> dict:
         return self.request(Msg.INGEST, wait_s=LONG_WAIT_S).json()
 
-    def action_lookup(self, exe, cwd, argv, action_id: str, env=(), pid: int | None = None) -> dict:
-        """ACTION_LOOKUP as the preload library sends it: {"hit", "flags", "status", "stdout", "stderr"}."""
+    def action_lookup(self, exe, cwd, argv, action_id: str, env=(), pid: int | None = None,
+                      streams: bytes | None = None) -> dict:
+        """ACTION_LOOKUP as the preload library sends it: {"hit", "flags", "status", "stdout", "stderr",
+        "chunks"} — chunks: (fd, bytes) in the order they are to be written."""
         fields = [(Tag.PID, os.getpid() if pid is None else pid), (Tag.PATH, _path(exe)), (Tag.TEXT, _path(cwd))]
         fields += [(Tag.ARG, _path(a)) for a in argv] + [(Tag.ENV, _path(e)) for e in env]
+        if streams is not None:
+            fields.append((Tag.STREAMS, streams))
         fields.append((Tag.ACTION, action_id.encode()))
         r = self.request(Msg.ACTION_LOOKUP, *fields)
         flags = r.int(Tag.FLAGS, 0) or 0
-        return {"hit": bool(flags & 1), "flags": flags, "status": r.int(Tag.COUNT, 0),
-                "stdout": r.get(Tag.STDOUT, b""), "stderr": r.get(Tag.STDERR, b"")}
+        chunks = [(1 if t == Tag.STDOUT else 2, v) for t, v in r.fields if t in (Tag.STDOUT, Tag.STDERR)]
+        return {"hit": bool(flags & 1), "flags": flags, "status": r.int(Tag.COUNT, 0), "chunks": chunks,
+                "stdout": b"".join(v for fd, v in chunks if fd == 1),
+                "stderr": b"".join(v for fd, v in chunks if fd == 2)}
 
     def action_end(self, action_id: str, status: int = 0, pid: int | None = None) -> int:
         """ACTION_END; returns the reply's FLAGS (bit 0: an entry is being recorded)."""

@@ -71,6 +71,7 @@ class Tag(IntEnum):
     STDOUT = 20       # bytes: an action's recorded stdout
     STDERR = 21       # bytes: an action's recorded stderr
     STDIN = 30        # bytes: the regular file behind an action's fd 0 (absolute), read from its start
+    STREAMS = 22      # ASCII: what an action's fd 0/1/2 are (terminal and its size, pipe, shared), part of its key
 
 
 class Err(IntEnum):

@@ -6,9 +6,8 @@
  * ROLE=root.  The first image with that id to start is the action's root: it asks the
  * daemon (ACTION_LOOKUP) before main; on a HIT it replays stdout/stderr and exits with the
  * recorded status, on a miss it records.  Every descendant is a member and records too.
- * The root's stdout and stderr are redirected into two unlinked capture files for the whole
- * tree; at the root's end their content becomes 'O'/'E' records and is passed on to the
- * original fds.  Then 'Z', the log is flushed, and ACTION_END tells the daemon.
+ * The root captures the tree's stdout and stderr (capture.c); at its end the capture is
+ * drained, then 'Z', the log is flushed, and ACTION_END tells the daemon.
  *
  * On any doubt the library records an 'N' (uncacheable) or does not replay: running the
  * command is always right.
@@ -35,8 +34,8 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
 #define M_ACTION_LOOKUP 0x30
 #define M_ACTION_END 0x31
 enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
-       T_STDOUT = 20, T_STDERR = 21, T_SIZE = 15, T_STDIN = 30 };
-#define OUTPUT_MAX (512u * 1024u) /* the daemon stores no entry with more output than this */
+       T_STDOUT = 20, T_STDERR = 21, T_STREAMS = 22, T_SIZE = 15, T_STDIN = 30 };
+#define TERMINAL_ENV "TERM:COLORTERM:COLUMNS:NO_COLOR:CLICOLOR:CLICOLOR_FORCE:GCC_COLORS:GCC_URLS:TERM_URLS"
 
 int vrift_action_tool;
 static pid_t tool_pid;
@@ -48,12 +47,6 @@ static pid_t root_pid;
 static int keep_logs;      /* VRIFT_CACHE_KEEP_LOGS=1: record without a daemon, keep the logs */
 static int exit_known;
 static char lib_path[VRIFT_PATH_MAX];
-
-/* The capture: originals of fd 1/2 and the two capture files, all close-on-exec except
- * across an exec of the root itself. */
-static int cap_fds[4] = {-1, -1, -1, -1}; /* orig out, orig err, capture out, capture err */
-static dev_t cap_dev[4];
-static ino_t cap_ino[4];
 
 static int valid_id(const char *s) {
     if (!s || strlen(s) != 16) return 0;
@@ -167,14 +160,6 @@ static int search_path(const char *file, char *out) {
     return -1;
 }
 
-static void set_cloexec(int on) {
-    for (int i = 0; i < 4; i++) {
-        if (cap_fds[i] < 0) continue;
-        int fl = fcntl(cap_fds[i], F_GETFD);
-        if (fl >= 0) fcntl(cap_fds[i], F_SETFD, on ? fl | FD_CLOEXEC : fl & ~FD_CLOEXEC);
-    }
-}
-
 /* Before exec (replacing: this image goes) or posix_spawn of `path` by a member. */
 void vrift_action_before_exec(const char *path, int search, char *const envp[], int replacing) {
     if (!vrift_recording) return;
@@ -203,13 +188,13 @@ void vrift_action_before_exec(const char *path, int search, char *const envp[], 
     }
     const char *why = env_problem(envp);
     if (why) vrift_rec_uncacheable(why, path);
-    if (replacing && is_root && vrift_raw_getpid() == root_pid) set_cloexec(0);
+    if (replacing && is_root && vrift_raw_getpid() == root_pid) vrift_capture_cloexec(0);
     vrift_rec_flush();
     errno = saved;
 }
 
 void vrift_action_exec_failed(void) {
-    if (is_root && vrift_raw_getpid() == root_pid) set_cloexec(1);
+    if (is_root && vrift_raw_getpid() == root_pid) vrift_capture_cloexec(1);
 }
 
 /* ------------------------------------------------------------------ lookup and replay */
@@ -241,6 +226,29 @@ static uint32_t get32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* One ENV field for each name in the ':'-separated `list` that is set. */
+static void put_env(body *b, const char *list) {
+    for (const char *p = list; p && *p;) {
+        const char *s = p;
+        while (*p && *p != ':') p++;
+        size_t n = (size_t)(p - s);
+        if (*p) p++;
+        if (n == 0 || n >= 256) continue;
+        char name[256];
+        memcpy(name, s, n);
+        name[n] = '\0';
+        const char *v = getenv(name);
+        if (!v) continue;
+        size_t vl = strlen(v);
+        char *kv = (char *)b->p + b->cap - n - vl - 2; /* scratch at the end, copied right away */
+        if (b->len + 2 * (n + vl + 8) > b->cap) break;
+        memcpy(kv, name, n);
+        kv[n] = '=';
+        memcpy(kv + n + 1, v, vl);
+        put_field(b, T_ENV, kv, n + 1 + vl);
+    }
+}
+
 /* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
 static int lookup(int argc, char **argv, const char *exe) {
     body b;
@@ -262,26 +270,11 @@ static int lookup(int argc, char **argv, const char *exe) {
     int il = vrift_stdin_path(in, sizeof in);
     if (il > 0) put_field(&b, T_STDIN, in, (size_t)il);
     for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
-    const char *list = getenv("VRIFT_CACHE_ENV");
-    for (const char *p = list; p && *p;) {
-        const char *s = p;
-        while (*p && *p != ':') p++;
-        size_t n = (size_t)(p - s);
-        if (*p) p++;
-        if (n == 0 || n >= 256) continue;
-        char name[256];
-        memcpy(name, s, n);
-        name[n] = '\0';
-        const char *v = getenv(name);
-        if (!v) continue;
-        size_t vl = strlen(v);
-        char *kv = (char *)b.p + b.cap - n - vl - 2; /* scratch at the end, copied right away */
-        if (b.len + 2 * (n + vl + 8) > b.cap) break;
-        memcpy(kv, name, n);
-        kv[n] = '=';
-        memcpy(kv + n + 1, v, vl);
-        put_field(&b, T_ENV, kv, n + 1 + vl);
-    }
+    put_env(&b, getenv("VRIFT_CACHE_ENV"));
+    /* what a tool sees of a terminal: also these, which decide its colours and width */
+    if (vrift_capture_terminal()) put_env(&b, TERMINAL_ENV);
+    char shape[128];
+    put_field(&b, T_STREAMS, shape, vrift_capture_describe(shape, sizeof shape));
     put_field(&b, T_ACTION, action_id, 16);
     int result = -1;
     uint8_t *rb;
@@ -290,8 +283,6 @@ static int lookup(int argc, char **argv, const char *exe) {
         uint32_t flags = 0, status = 0;
         int have_status = 0, bad = 0, seek = 0;
         unsigned long long stdin_end = 0;
-        const uint8_t *out = NULL, *err = NULL;
-        size_t out_len = 0, err_len = 0;
         for (size_t off = 0; off < rl;) {
             if (rl - off < 6) {
                 bad = 1;
@@ -307,14 +298,12 @@ static int lookup(int argc, char **argv, const char *exe) {
             if ((tag == T_FLAGS || tag == T_COUNT) && n != 4) bad = 1;
             else if (tag == T_FLAGS) flags = get32(v);
             else if (tag == T_COUNT) status = get32(v), have_status = 1;
-            else if (tag == T_STDOUT) out = v, out_len = n;
-            else if (tag == T_STDERR) err = v, err_len = n;
             else if (tag == T_SIZE && n == 8) stdin_end = get32(v) | (unsigned long long)get32(v + 4) << 32, seek = 1;
             off += 6 + n;
         }
         if (!bad && (flags & 1u) && have_status && status <= 255) {
-            /* the daemon has put every output in place: replay and go */
-            if ((out_len && vrift_write_all(1, out, out_len) != 0) || (err_len && vrift_write_all(2, err, err_len) != 0)) {
+            /* the daemon has put every output in place: replay the streams in their order, and go */
+            if (vrift_capture_replay(rb, rl, T_STDOUT, T_STDERR) != 0) {
                 /* the output cannot be delivered: running the command is still right */
                 vrift_log("action %s: replay output could not be written, running it", action_id);
             } else {
@@ -331,86 +320,6 @@ static int lookup(int argc, char **argv, const char *exe) {
     }
     munmap(m, b.cap);
     return result;
-}
-
-/* ------------------------------------------------------------------ capture of stdout/stderr */
-
-static int remember(int i, int fd) {
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) return -1;
-    cap_fds[i] = fd;
-    cap_dev[i] = st.st_dev;
-    cap_ino[i] = st.st_ino;
-    return 0;
-}
-
-static int still_ours(int i) {
-    struct stat st;
-    return cap_fds[i] >= 0 && fstat(cap_fds[i], &st) == 0 && st.st_dev == cap_dev[i] && st.st_ino == cap_ino[i];
-}
-
-static int capture_start(void) {
-    for (int stream = 1; stream <= 2; stream++) {
-        char name[VRIFT_PATH_MAX];
-        memcpy(name, action_dir, action_dir_len);
-        memcpy(name + action_dir_len, stream == 1 ? "/capture.1" : "/capture.2", 11);
-        int c = (int)syscall(SYS_openat, AT_FDCWD, name, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
-        if (c < 0) return -1;
-        syscall(SYS_unlinkat, AT_FDCWD, name, 0);
-        int orig = fcntl(stream, F_DUPFD_CLOEXEC, 100);
-        int cap = fcntl(c, F_DUPFD_CLOEXEC, 100);
-        syscall(SYS_close, c);
-        if (orig < 0 || cap < 0 || remember(stream - 1, orig) != 0 || remember(stream + 1, cap) != 0) return -1;
-        if (syscall(SYS_dup2, cap, stream) != stream) return -1;
-    }
-    char v[80];
-    int n = snprintf(v, sizeof v, "%d,%d,%d,%d", cap_fds[0], cap_fds[1], cap_fds[2], cap_fds[3]);
-    if (n <= 0 || (size_t)n >= sizeof v) return -1;
-    return setenv("VRIFT_ACTION_CAP", v, 1);
-}
-
-/* After an exec of the root: the capture fds came along. */
-static void capture_resume(void) {
-    const char *v = getenv("VRIFT_ACTION_CAP");
-    int f[4];
-    if (!v || sscanf(v, "%d,%d,%d,%d", &f[0], &f[1], &f[2], &f[3]) != 4) return;
-    for (int i = 0; i < 4; i++)
-        if (remember(i, f[i]) != 0) cap_fds[i] = -1;
-    set_cloexec(1);
-}
-
-/* The tree's output: records for the daemon, and on to where it was going. */
-static void capture_drain(void) {
-    if (cap_fds[0] < 0 && cap_fds[2] < 0) return;
-    size_t total = 0;
-    for (int s = 0; s < 2; s++) {
-        int orig = cap_fds[s], cap = cap_fds[s + 2];
-        if (!still_ours(s + 2) || !still_ours(s)) {
-            vrift_rec_uncacheable("the captured output was lost (fds closed)", NULL);
-            continue;
-        }
-        char chunk[16384];
-        off_t off = 0;
-        for (;;) {
-            ssize_t r = pread(cap, chunk, sizeof chunk, off);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) break;
-            off += r;
-            total += (size_t)r;
-            if (total <= OUTPUT_MAX) {
-                vrift_rec_time();
-                vrift_rec_bytes(s == 0 ? 'O' : 'E', chunk, (size_t)r);
-            }
-            if (vrift_write_all(orig, chunk, (size_t)r) != 0) vrift_rec_uncacheable("output could not be passed on", NULL);
-        }
-    }
-    if (total > OUTPUT_MAX) vrift_rec_uncacheable("output too large", NULL);
-    /* later writers (a process that outlives the root) go to the original fds */
-    if (cap_fds[0] >= 0) syscall(SYS_dup2, cap_fds[0], 1);
-    if (cap_fds[1] >= 0) syscall(SYS_dup2, cap_fds[1], 2);
-    for (int i = 0; i < 4; i++)
-        if (cap_fds[i] >= 0) syscall(SYS_close, cap_fds[i]);
-    for (int i = 0; i < 4; i++) cap_fds[i] = -1;
 }
 
 /* ------------------------------------------------------------------ start */
@@ -488,8 +397,8 @@ static void become_tool(const char *exe) {
         is_root = root_pid == vrift_pid;
         vrift_rec_uncacheable("runs a nested build tool", exe);
         if (is_root) {
-            capture_resume();
-            capture_drain(); /* the tool writes to the action's original stdout/stderr */
+            vrift_capture_resume();
+            vrift_capture_drain(); /* the tool writes to the action's original stdout/stderr */
             vrift_rec_done(0);
             send_end(0);
         } else {
@@ -554,7 +463,7 @@ void vrift_action_init(int argc, char **argv) {
         const char *rp = getenv("VRIFT_ACTION_ROOT_PID");
         root_pid = rp ? (pid_t)strtol(rp, NULL, 10) : 0;
         is_root = root_pid == vrift_pid;
-        if (is_root) capture_resume();
+        if (is_root) vrift_capture_resume();
         begin_recording(argc, argv, exe);
         return;
     }
@@ -578,7 +487,7 @@ void vrift_action_init(int argc, char **argv) {
     /* a member's image was looked at by the exec that started it; the root's first was not */
     const char *invisible = vrift_elf_invisible(exe);
     if (invisible) vrift_rec_uncacheable(invisible, exe);
-    if (capture_start() != 0) vrift_rec_uncacheable("stdout/stderr could not be captured", NULL);
+    if (vrift_capture_start(action_dir, action_dir_len) != 0) vrift_rec_uncacheable("stdout/stderr could not be captured", NULL);
 }
 
 /* ------------------------------------------------------------------ end */
@@ -645,7 +554,7 @@ void vrift_action_exit(int status, int via_exit) {
     if (stdin && stdin->_IO_buf_base) vrift_stdin_read();
     record_mapped_files();
     int root_end = is_root && vrift_raw_getpid() == root_pid;
-    if (root_end) capture_drain();
+    if (root_end) vrift_capture_drain();
     vrift_rec_done(status);
     if (root_end) send_end(status);
     errno = saved;

@@ -3,9 +3,9 @@
  * "Recording in the preload library" and "Replay at exec").
  *
  * action.c: identity (tool → root → members), ACTION_LOOKUP and replay at the root's
- *           constructor, the capture of the action's stdout/stderr, ACTION_END, and the
- *           interposers that only matter while recording (read of stdin, connect,
- *           getrandom, opendir).
+ *           constructor, ACTION_END, and the interposers that only matter while recording
+ *           (read of stdin, connect, getrandom, opendir).
+ * capture.c: the action's stdout/stderr, captured by its root.
  * record.c: the per-process log: a static buffer of records, written with write(2) when
  *           full, before exec and at exit.
  *
@@ -15,6 +15,7 @@
 #define VRIFT_ACTION_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* An interposer of a function only the action cache needs: its real one, resolved on first use. */
@@ -73,5 +74,15 @@ void vrift_cwd_link(const char *path);                         /* readlink of /p
 
 /* tools.c */
 int vrift_is_build_tool(const char *exe, const char *argv0); /* a nested make, ninja, ... */
+
+/* capture.c (the root only) */
+size_t vrift_capture_describe(char *out, size_t cap); /* fd 0/1/2 as the tool sees them: part of the key */
+int vrift_capture_terminal(void);      /* one of fd 0/1/2 is a terminal */
+/* A hit: the reply's stream fields (tags out_tag → fd 1, err_tag → fd 2) written in order. */
+int vrift_capture_replay(const uint8_t *body, size_t len, uint16_t out_tag, uint16_t err_tag);
+int vrift_capture_start(const char *action_dir, size_t len); /* 0 ok */
+void vrift_capture_resume(void);        /* after an exec of the root */
+void vrift_capture_cloexec(int on);     /* off just before an exec of the root, on again */
+void vrift_capture_drain(void);         /* the root's end: records, output passed on */
 
 #endif
