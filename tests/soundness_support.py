@@ -41,7 +41,8 @@ class Built:
     @property
     def counts(self) -> tuple[int, int, int]:
         """(hits, misses, uncacheable) of the wrapped build's summary."""
-        return cache_counts(self.wrapped.stderr)
+        streams = self.wrapped.stderr if self.wrapped.stderr is not None else self.wrapped.stdout  # 2>&1
+        return cache_counts(streams)
 
 
 def write_tree(root: Path, files: dict, executable=()) -> None:

@@ -40,7 +40,6 @@ echo out3
 """
 
 
-@xfail("stdout and stderr are captured apart: merged with 2>&1 they come back in another order")
 def test_stdout_and_stderr_order_under_2_to_1(twin):
     t = twin({"Makefile": "all:\n\tsh talk.sh\n\tsh talk.sh > /dev/null\n", "talk.sh": TALK})
     t.build("make", stderr_to_stdout=True)  # a miss
@@ -97,7 +96,6 @@ warn.o: warn.c
 """
 
 
-@xfail("recipes see files instead of the terminal: no colours, `[ -t 1 ]` is false")
 def test_recipes_see_the_terminal_and_colours_survive(twin):
     t = twin({"Makefile": SEES, "warn.c": "int f(void) { int unused; return 0; }\n"})
     plain, wrapped = terminal_builds(t, "make")
