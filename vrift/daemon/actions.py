@@ -23,6 +23,7 @@ from ..cache import actionlog
 from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match
 from ..cache.key import Action, DigestMemo, action_key
 from ..cache.store import CacheStore, merge_counters
+from ..cas.store import BlobCorrupt
 from ..project import VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
@@ -56,7 +57,7 @@ class ActionCache:
         self._lock = threading.Lock()
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
-                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0}
+                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0}
         self._unflushed: dict = {}
         self._last_hit: dict[bytes, float] = {}
         self._explain: deque = deque(maxlen=EXPLAIN_KEEP)
@@ -158,7 +159,15 @@ class ActionCache:
             difference = match(fp, self.ctx)
             if difference is None:
                 try:
+                    # the streams first: a damaged blob is found before any output is touched
+                    streams = [(tag, self.daemon.cas.read_bytes(d)) for tag, d in
+                               ((Tag.STDOUT, fp.stdout), (Tag.STDERR, fp.stderr)) if d]
                     replayed = self._replay(fp)
+                except BlobCorrupt as e:
+                    # quarantined by the CAS; the command runs instead and records a sound entry
+                    self._count("corrupt_blobs")
+                    log.warning("replaying %s: %s", key.hex()[:16], e)
+                    difference = "a blob of the entry was damaged (quarantined; the command runs)"
                 except (RequestError, VriftError, OSError) as e:
                     self._count("errors")
                     log.warning("replaying %s failed: %s", key.hex()[:16], e)
@@ -171,10 +180,8 @@ class ActionCache:
                     self._count("bytes_replayed", replayed)
                     self._count("outputs_replayed", len(fp.outputs))
                     out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
-                    if fp.stdout:
-                        out.add(Tag.STDOUT, self.daemon.cas.read_bytes(fp.stdout))
-                    if fp.stderr:
-                        out.add(Tag.STDERR, self.daemon.cas.read_bytes(fp.stderr))
+                    for tag, data in streams:
+                        out.add(tag, data)
                     return out
             if why.startswith("no entry"):
                 why = difference  # the newest fingerprint's first difference explains best
