@@ -68,3 +68,100 @@ def test_a_damaged_blob_is_quarantined_and_the_command_runs(tmp_path, tools, run
     for name in ("a.o", "lib.a", "app"):
         t.remove(name)
     assert t.build()[0] == (3, 0, 0)
+
+
+def recipe_makefile(*lines: str) -> str:
+    """One phony target whose recipe lines are each an action (make runs them every time: the
+    cache alone decides whether a line runs or is replayed)."""
+    return ".PHONY: all\nall:\n" + "".join(f"\t{line}\n" for line in lines)
+
+
+def test_existence_probe_rm_and_recreate(tmp_path, tools):
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("if [ -e opt.h ]; then echo yes > conf.txt; else echo no > conf.txt; fi"),
+                        "opt.h": "#define OPT 1\n"})
+    assert t.build()[0] == (0, 1, 0)
+    assert t.build()[0] == (1, 0, 0)
+    t.remove("opt.h")
+    counts, err = t.build()
+    assert counts == (0, 1, 0) and (t.proj / "conf.txt").read_text() == "no\n", err
+    assert "opt.h is now absent" in err
+    t.write("opt.h", "#define OPT 2\n")
+    counts, err = t.build()
+    assert counts[0] == 0 and (t.proj / "conf.txt").read_text() == "yes\n", err
+
+
+def test_execute_bit_chmod(tmp_path, tools):
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("if [ -x tool ]; then echo run > how.txt; else echo skip > how.txt; fi"),
+                        "tool": "#!/bin/sh\n"})
+    assert t.build()[0] == (0, 1, 0)
+    assert (t.proj / "how.txt").read_text() == "skip\n"
+    t.both(lambda root: (root / "tool").chmod(0o755))
+    counts, err = t.build()
+    assert counts == (0, 1, 0) and (t.proj / "how.txt").read_text() == "run\n", err
+    assert "mode of tool changed" in err
+    assert t.build()[0] == (1, 0, 0)
+
+
+def test_size_and_mtime_read_by_stat_alone(tmp_path, tools):
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("stat -c %s data > size.txt",
+                                                    "ls -l --time-style=+%Y-%m-%d.%H:%M:%S.%N stamp | cut -d' ' -f6- > when.txt"),
+                        "data": "12345\n", "stamp": ""})
+    assert t.build()[0] == (0, 2, 0)
+    t.write("data", "1234567890\n")
+    counts, err = t.build()
+    assert counts == (1, 1, 0), err
+    assert (t.proj / "size.txt").read_text() == "11\n" and "size of data changed" in err
+    # a touch: the content is the same, but `ls -l` prints the time
+    t.both(lambda root: os.utime(root / "stamp", ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000)))
+    counts, err = t.build()
+    assert counts == (1, 1, 0) and "mtime of stamp changed" in err, err
+    assert "2001-09-09" in (t.proj / "when.txt").read_text()
+
+
+def test_mkdir_p_over_an_existing_directory_then_rm_rf(tmp_path, tools):
+    # recorded while out/ existed, mkdir -p did nothing; after rm -rf out it must run
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("mkdir -p out", "ls out > listing.txt"), "out/keep": "k\n"})
+    assert t.build()[0] == (0, 2, 0)
+    assert t.build()[0] == (2, 0, 0)
+    t.remove("out")
+    counts, err = t.build()
+    assert counts == (0, 2, 0), err
+    assert (t.proj / "out").is_dir() and (t.proj / "listing.txt").read_text() == ""
+    assert "out is now absent" in err
+    # created by the recorded mkdir this time: a replay creates it too
+    t.remove("out")
+    assert t.build()[0] == (2, 0, 0)  # and ls finds it as empty as it was recorded
+    assert (t.proj / "out").is_dir()
+
+
+def test_a_glob_that_gains_a_file(tmp_path, tools):
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("cat parts/*.in > all.txt"), "parts/a.in": "a\n", "parts/b.in": "b\n"})
+    assert t.build()[0] == (0, 1, 0)
+    assert t.build()[0] == (1, 0, 0)
+    t.write("parts/c.in", "c\n")
+    counts, err = t.build()
+    assert counts == (0, 1, 0) and (t.proj / "all.txt").read_text() == "a\nb\nc\n", err
+
+
+def test_readlink_target_retargeted(tmp_path, tools):
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("readlink cur > which.txt"), "v1/x": "1\n", "v2/x": "2\n"})
+    t.both(lambda root: os.symlink("v1", root / "cur"))
+    assert t.build()[0] == (0, 1, 0)
+    assert t.build()[0] == (1, 0, 0)
+
+    def retarget(root):
+        os.unlink(root / "cur")
+        os.symlink("v2", root / "cur")
+    t.both(retarget)
+    counts, err = t.build()
+    assert counts == (0, 1, 0) and (t.proj / "which.txt").read_text() == "v2\n", err
+    assert "symlink cur points elsewhere now" in err
+
+
+def test_copy_keeps_the_mode_of_a_file_read_and_stated(tmp_path, tools):
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("mkdir -p bin", "cp -p tool bin/tool"), "tool": "#!/bin/sh\necho hi\n"})
+    assert t.build()[0] == (0, 2, 0)
+    t.both(lambda root: (root / "tool").chmod(0o755))
+    counts, err = t.build()
+    assert counts == (1, 1, 0), err
+    assert os.access(t.proj / "bin/tool", os.X_OK)

@@ -11,6 +11,7 @@ stat fields, seeded from the project index where its entry still describes the f
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -43,7 +44,8 @@ class Uncacheable(Exception):
 
 @dataclass
 class Fingerprint:
-    inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]
+    # [kind, path, digest hex | None, (D) skipped names | (S) observation | (R) {"x": bits}]
+    inputs: list[list] = field(default_factory=list)
     outputs: list[list] = field(default_factory=list)  # [rel path, digest hex, mode, size]
     stdout: str | None = None
     stderr: str | None = None
@@ -137,6 +139,69 @@ class Context:
         return self.memo.digest(path, st)
 
 
+# -- stat observations ('S') -----------------------------------------------------------------------
+TYPE_NAMES = {"f": "a regular file", "d": "a directory", "l": "a symlink", "c": "a character device",
+              "b": "a block device", "p": "a named pipe", "s": "a socket", "?": "something else"}
+
+
+def _type(mode: int) -> str:
+    for test, t in ((statmod.S_ISREG, "f"), (statmod.S_ISDIR, "d"), (statmod.S_ISLNK, "l"), (statmod.S_ISCHR, "c"),
+                    (statmod.S_ISBLK, "b"), (statmod.S_ISFIFO, "p"), (statmod.S_ISSOCK, "s")):
+        if test(mode):
+            return t
+    return "?"
+
+
+def observe(path: bytes, how: str, read: bool) -> tuple[dict, os.stat_result | None]:
+    """What a successful stat-family answer told the action, as far as it can matter (docs/cache.md,
+    "How inputs are compared"): the type always; a symlink's target; for a file the action also
+    read by content only its execute bits (the digest covers the rest, and a fresh checkout's
+    mtimes must not make every compile miss); for a file it only stat'ed, its permission bits,
+    size and mtime; for a directory its type (its names are a 'D' listing).  `how` is 'f'
+    (stat), 'l' (lstat, readlink, mkdir) or 'a' (the access family: permission bits, no size
+    or time).  An answer other than existence (EACCES, ELOOP) is recorded as that error.
+    Raises FileNotFoundError/NotADirectoryError when the path is absent."""
+    try:
+        st = os.lstat(path) if how == "l" else os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        return {"h": how, "e": errno.errorcode.get(e.errno, str(e.errno))}, None
+    t = _type(st.st_mode)
+    obs: dict = {"h": how, "t": t}
+    if t == "l":
+        obs["target"] = os.fsdecode(os.readlink(path))
+    elif t == "d":
+        if how == "a":
+            obs["m"] = statmod.S_IMODE(st.st_mode)
+    elif read and how != "a":
+        obs["x"] = st.st_mode & 0o111
+    else:
+        obs["m"] = statmod.S_IMODE(st.st_mode)
+        if how != "a" and t == "f":
+            obs["z"] = st.st_size
+            obs["n"] = st.st_mtime_ns
+    return obs, st
+
+
+def observation_differs(stored: str, path: bytes, obs: dict) -> str | None:
+    """None when `path` answers now as recorded in `obs`; else the difference in plain words."""
+    try:
+        now, _ = observe(path, obs.get("h", "f"), "x" in obs)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{stored} is now absent"
+    if now.get("e") != obs.get("e"):
+        return f"{stored} answers differently now ({now.get('e') or 'accessible'}, was {obs.get('e') or 'accessible'})"
+    if now.get("t") != obs.get("t"):
+        return f"{stored} is now {TYPE_NAMES.get(now.get('t'), '?')} (was {TYPE_NAMES.get(obs.get('t'), '?')})"
+    if now.get("target") != obs.get("target"):
+        return f"symlink {stored} points elsewhere now"
+    for key, what in (("m", "mode"), ("x", "mode"), ("z", "size"), ("n", "mtime")):
+        if key in obs and now.get(key) != obs[key]:
+            return f"{what} of {stored} changed"
+    return None
+
+
 # -- building -------------------------------------------------------------------------------------
 def _norm(path: bytes) -> bytes:
     return os.path.normpath(path) if path.startswith(b"/") else path
@@ -171,7 +236,9 @@ def classify(logs: ActionLogs, root: bytes):
             continue
         others = (writers.get(path, set()) | removers.get(path, set())) - {n}
         if before_own and not others:
-            if kind == "A":
+            if kind[0] == "S":
+                pass  # the state of a file this process then writes or removes (`rm -f x`, as)
+            elif kind == "A":
                 # a probe of the file it is about to create (as, ld and ar stat their output
                 # first): existence alone is not taken as an input, or every rebuild over an
                 # existing output would miss.  A tool that reads its old output is caught below.
@@ -232,8 +299,20 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     for path in writers:
         skip_names.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
     # inputs: as they are now, and unchanged since the action started
+    read = {path for kind, path in inputs if kind == "R"}
+    stat_read = {path for kind, path in inputs if kind == "Sf" and path in read}  # folded into 'R'
     for kind, path in sorted(inputs, key=lambda kp: (kp[1], kp[0])):
-        if kind == "A":
+        if kind[0] == "S":
+            if path in stat_read:
+                continue
+            try:
+                obs, st = observe(path, kind[1], path in read)
+            except OSError:
+                raise Uncacheable("an input changed while the action ran", f"{_show(path)} vanished") from None
+            if st is not None and obs["t"] != "d" and st.st_ctime_ns > start_ns:
+                raise Uncacheable("an input changed while the action ran", _show(path))
+            fp.inputs.append(["S", ctx.stored(path), None, obs])
+        elif kind == "A":
             if os.path.lexists(path):
                 raise Uncacheable("an input changed while the action ran", f"{_show(path)} appeared")
             fp.inputs.append(["A", ctx.stored(path), None])
@@ -254,7 +333,10 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
                 digest = ctx.file_digest(path, st)
             except OSError:
                 raise Uncacheable("an input changed while the action ran", f"{_show(path)} vanished") from None
-            fp.inputs.append(["R", ctx.stored(path), digest.hex()])
+            item = ["R", ctx.stored(path), digest.hex()]
+            if path in stat_read:  # stat'ed and read: the digest, and whether it is executable
+                item.append({"x": st.st_mode & 0o111})
+            fp.inputs.append(item)
     for path, rel, st in produced:
         if st is None:
             fp.outputs.append([os.fsdecode(rel), None, 0o755, 0])
@@ -290,7 +372,11 @@ def match(fp: Fingerprint, ctx: Context) -> str | None:
     for item in fp.inputs:
         kind, stored, digest = item[0], item[1], item[2]
         path = ctx.absolute(stored)
-        if kind == "A":
+        if kind == "S":
+            why = observation_differs(stored, path, item[3])
+            if why:
+                return why
+        elif kind == "A":
             if os.path.lexists(path):
                 return f"{stored} exists now (it was absent)"
         elif kind == "D":
@@ -307,8 +393,10 @@ def match(fp: Fingerprint, ctx: Context) -> str | None:
                     return f"{stored} is no longer a regular file"
                 if ctx.file_digest(path, st).hex() != digest:
                     return f"{stored} changed"
+                if len(item) > 3 and st.st_mode & 0o111 != item[3].get("x"):
+                    return f"mode of {stored} changed"
             except OSError:
-                return f"{stored} is gone"
+                return f"{stored} is now absent"
     for rel, digest, *_ in fp.outputs:
         if digest and not ctx.cas.has(digest):
             return f"the blob of output {rel} is no longer in the CAS"

@@ -741,6 +741,30 @@ EXPORT DIR *fdopendir(int fd) {
     return d;
 }
 
+/* A symlink's target is an input ('S' with flavour 'l': the daemon records the target); the
+ * answer "not a symlink" (EINVAL) too.  realpath() resolves through libc's internal calls and
+ * is not seen (docs/cache.md, known limits). */
+static void link_seen(int dirfd, const char *path, ssize_t r) {
+    int e = errno;
+    if (r >= 0 || e == EINVAL || e == EACCES || e == ELOOP) vrift_rec_stat(dirfd, path, 'l');
+    else if (e == ENOENT || e == ENOTDIR) vrift_rec_path('A', dirfd, path);
+    errno = e;
+}
+
+EXPORT ssize_t readlink(const char *path, char *b, size_t n) {
+    LAZY(readlink);
+    ssize_t r = real_readlink ? real_readlink(path, b, n) : syscall(SYS_readlinkat, AT_FDCWD, path, b, n);
+    if (UNLIKELY(vrift_recording)) link_seen(AT_FDCWD, path, r);
+    return r;
+}
+
+EXPORT ssize_t readlinkat(int dirfd, const char *path, char *b, size_t n) {
+    LAZY(readlinkat);
+    ssize_t r = real_readlinkat ? real_readlinkat(dirfd, path, b, n) : syscall(SYS_readlinkat, dirfd, path, b, n);
+    if (UNLIKELY(vrift_recording)) link_seen(dirfd, path, r);
+    return r;
+}
+
 /* mkstemp and friends open through libc's internal open(): the name they made is written
  * here, and its later unlink must not look like the removal of a file the action found. */
 #define MKSTEMP(name, params, args)                                           \

@@ -156,8 +156,10 @@ EXPORT int mkdir(const char *a, mode_t mode) {
     T;
     touch(&t, AT_FDCWD, a, 0, 0);
     int r = REAL(mkdir)(a, mode);
-    if (UNLIKELY(vrift_recording) && r == 0) {
-        vrift_rec_path('W', AT_FDCWD, a);
+    if (UNLIKELY(vrift_recording)) {
+        if (r == 0) vrift_rec_path('W', AT_FDCWD, a);
+        /* `mkdir -p out` over an existing out/ relies on it: its existence is an input */
+        else if (errno == EEXIST) vrift_rec_stat(AT_FDCWD, a, 'l');
     }
     return done(&t, r);
 }
@@ -166,8 +168,10 @@ EXPORT int mkdirat(int d, const char *a, mode_t mode) {
     T;
     touch(&t, d, a, 0, 0);
     int r = REAL(mkdirat)(d, a, mode);
-    if (UNLIKELY(vrift_recording) && r == 0) {
-        vrift_rec_path('W', d, a);
+    if (UNLIKELY(vrift_recording)) {
+        if (r == 0) vrift_rec_path('W', d, a);
+        /* `mkdir -p out` over an existing out/ relies on it: its existence is an input */
+        else if (errno == EEXIST) vrift_rec_stat(d, a, 'l');
     }
     return done(&t, r);
 }
