@@ -165,3 +165,31 @@ def test_copy_keeps_the_mode_of_a_file_read_and_stated(tmp_path, tools):
     counts, err = t.build()
     assert counts == (1, 1, 0), err
     assert os.access(t.proj / "bin/tool", os.X_OK)
+
+
+def test_dotdot_after_a_symlinked_directory_is_the_file_the_kernel_opened(tmp_path, tools):
+    # inc -> real/sub, so inc/../common/x.h is real/common/x.h; by text it would be common/x.h
+    files = {"Makefile": "x.o: x.c\n\tcc -c x.c -o x.o\n",
+             "x.c": '#include "inc/../common/x.h"\nint v = X;\n',
+             "real/sub/.keep": "", "real/common/x.h": "#define X 1\n", "common/x.h": "#define X 100\n"}
+    t = Twin(tmp_path, files, make_args=["-B"])
+    t.both(lambda root: os.symlink("real/sub", root / "inc"))
+    assert t.build()[0] == (0, 1, 0)
+    assert t.build()[0] == (1, 0, 0)
+    t.write("real/common/x.h", "#define X 2\n")
+    counts, err = t.build()
+    assert counts == (0, 1, 0), err
+    assert "inc/../common/x.h changed" in err
+    # the decoy the text names is not an input
+    t.write("common/x.h", "#define X 200\n")
+    assert t.build()[0] == (1, 0, 0)
+    # retargeting the symlink changes what the same text opens
+    def retarget(root):
+        (root / "other/sub").mkdir(parents=True)
+        (root / "other/common").mkdir()
+        (root / "other/common/x.h").write_text("#define X 3\n")
+        os.unlink(root / "inc")
+        os.symlink("other/sub", root / "inc")
+    t.both(retarget)
+    counts, err = t.build()
+    assert counts == (0, 1, 0), err

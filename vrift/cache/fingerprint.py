@@ -203,8 +203,17 @@ def observation_differs(stored: str, path: bytes, obs: dict) -> str | None:
 
 
 # -- building -------------------------------------------------------------------------------------
-def _norm(path: bytes) -> bytes:
-    return os.path.normpath(path) if path.startswith(b"/") else path
+def _resolved_output(path: bytes) -> bytes:
+    """An output's path with `..` resolved by the kernel, not by text: `inc/../x.o` with `inc`
+    a symlink is written wherever `inc/..` really is (its parent directory exists: the file
+    was just written there, or removed from it)."""
+    if b"/.." not in path:
+        return path
+    parent, name = os.path.split(path)
+    try:
+        return os.path.join(os.path.realpath(parent), name)
+    except OSError:
+        return path
 
 
 def classify(logs: ActionLogs, root: bytes):
@@ -216,7 +225,9 @@ def classify(logs: ActionLogs, root: bytes):
     for n, proc in enumerate(logs.processes):
         own: set[bytes] = set()
         for kind, raw in proc.events:
-            path = _norm(raw)
+            # inputs keep their `..` as the action named them: matching opens the same string,
+            # so the kernel resolves it through the symlinks as they are then
+            path = _resolved_output(raw) if kind in "WU" else raw
             if path == state or path.startswith(state + b"/"):
                 continue
             if kind == "W":
