@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from build_support import require_tools
+from build_support import require_tools, tool_env, vrift
 from daemon_support import daemons  # noqa: F401
 from observe_support import Twin
 from test_cache_wrap import needs_c_side
@@ -106,6 +106,7 @@ def test_size_and_mtime_read_by_stat_alone(tmp_path, tools):
     t = Twin(tmp_path, {"Makefile": recipe_makefile("stat -c %s data > size.txt",
                                                     "ls -l --time-style=+%Y-%m-%d.%H:%M:%S.%N stamp | cut -d' ' -f6- > when.txt"),
                         "data": "12345\n", "stamp": ""})
+    t.both(lambda root: os.utime(root / "stamp", ns=(900_000_000_000_000_000, 900_000_000_000_000_000)))
     assert t.build()[0] == (0, 2, 0)
     t.write("data", "1234567890\n")
     counts, err = t.build()
@@ -119,19 +120,25 @@ def test_size_and_mtime_read_by_stat_alone(tmp_path, tools):
 
 
 def test_mkdir_p_over_an_existing_directory_then_rm_rf(tmp_path, tools):
-    # recorded while out/ existed, mkdir -p did nothing; after rm -rf out it must run
+    # recorded while out/ existed, mkdir -p did nothing; after rm -rf out the replay must make
+    # out/ (had it been absent, the command would have), or the next command fails
     t = Twin(tmp_path, {"Makefile": recipe_makefile("mkdir -p out", "ls out > listing.txt"), "out/keep": "k\n"})
     assert t.build()[0] == (0, 2, 0)
     assert t.build()[0] == (2, 0, 0)
     t.remove("out")
     counts, err = t.build()
-    assert counts == (0, 2, 0), err
+    assert counts == (1, 1, 0), err  # mkdir replayed; ls sees another listing and runs
     assert (t.proj / "out").is_dir() and (t.proj / "listing.txt").read_text() == ""
-    assert "out is now absent" in err
-    # created by the recorded mkdir this time: a replay creates it too
+    assert "the listing of out changed" in err
     t.remove("out")
     assert t.build()[0] == (2, 0, 0)  # and ls finds it as empty as it was recorded
     assert (t.proj / "out").is_dir()
+    # a file where the directory was: the replay cannot make it, the command runs and fails
+    t.remove("out")
+    t.write("out", "not a directory\n")
+    failed = vrift("wrap", "make", "-s", cwd=t.proj, env=tool_env())
+    assert failed.returncode != 0 and "out" in failed.stderr, failed.stderr
+    assert (t.proj / "out").read_text() == "not a directory\n"
 
 
 def test_a_glob_that_gains_a_file(tmp_path, tools):

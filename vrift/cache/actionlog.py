@@ -26,7 +26,7 @@ MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is u
 class ProcessLog:
     name: str
     # (kind, path) in order: R A D W U X, and 'S' + its flavour ('Sf' stat, 'Sl' lstat/readlink,
-    # 'Sa' access)
+    # 'Sa' access, 'Sm' mkdir found it existing)
     events: list[tuple[str, bytes]] = field(default_factory=list)
     output: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # (time, seq, 'O'|'E', bytes)
     uncacheable: list[str] = field(default_factory=list)
@@ -86,7 +86,7 @@ def parse(data: bytes, name: str = "<log>") -> ProcessLog:
         if k in "RADWUX":
             log.events.append((k, payload))
         elif k == "S":
-            if length < 2 or payload[:1] not in (b"f", b"l", b"a"):
+            if length < 2 or payload[:1] not in (b"f", b"l", b"a", b"m"):
                 log.torn = True
                 break
             log.events.append(("S" + chr(payload[0]), payload[1:]))

@@ -217,9 +217,12 @@ def _resolved_output(path: bytes) -> bytes:
 
 
 def classify(logs: ActionLogs, root: bytes):
-    """(inputs {(kind, path)}, written paths, removed-not-written paths, in-place updates)."""
+    """(inputs {(kind, path)}, written paths, removed-not-written paths, in-place updates, paths
+    only a failed mkdir wrote: EEXIST)."""
     state = root + b"/" + STATE_DIR
     writers: dict[bytes, set[int]] = {}
+    ensured: set[bytes] = set()  # only by a mkdir that found them
+    made: set[bytes] = set()
     removers: dict[bytes, set[int]] = {}
     reads: list[tuple[int, str, bytes, bool]] = []  # (process, kind, path, before this process's own write)
     for n, proc in enumerate(logs.processes):
@@ -230,9 +233,15 @@ def classify(logs: ActionLogs, root: bytes):
             path = _resolved_output(raw) if kind in "WU" else raw
             if path == state or path.startswith(state + b"/"):
                 continue
-            if kind == "W":
+            if kind == "W" or kind == "Sm":
+                # Sm: mkdir found it there (`mkdir -p out`): had it been absent, the action would
+                # have made it — a directory the action makes sure of, an output like a mkdir
                 writers.setdefault(path, set()).add(n)
                 own.add(path)
+                if kind == "Sm":
+                    ensured.add(path)
+                else:
+                    made.add(path)
             elif kind == "U":
                 removers.setdefault(path, set()).add(n)
                 own.add(path)
@@ -260,7 +269,7 @@ def classify(logs: ActionLogs, root: bytes):
                 in_place.append(path)
         # else: produced by another process of the action first (pipelines, temporaries)
     removed = [p for p in removers if p not in writers]
-    return list(inputs), writers, removed, in_place
+    return list(inputs), writers, removed, in_place, ensured - made
 
 
 def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str = "",
@@ -278,7 +287,7 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     if tool and ctx.excluded_tool(tool, os.fsdecode(argv[0]) if argv else ""):
         raise Uncacheable("tool in cache.never", tool)
     root = ctx.root
-    inputs, writers, removed, in_place = classify(logs, root)
+    inputs, writers, removed, in_place, ensured = classify(logs, root)
     if in_place:
         raise Uncacheable("updates a file in place (read before write)", _show(in_place[0]))
     if removed:  # `mv a b` shows no read of a: what flowed where cannot be known
@@ -295,10 +304,16 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
         except (FileNotFoundError, NotADirectoryError):
             continue  # a temporary: created and removed by the action
         rel = _rel(path, root)
+        if rel is None and path in ensured:
+            inputs.append(("Sl", path))  # a directory outside the root it found there
+            continue
         if rel is None:
             raise Uncacheable("writes outside the project root", _show(path))
         if statmod.S_ISDIR(st.st_mode):
             produced.append((path, rel, None))  # created by the action (mkdir): replayed as one
+            continue
+        if path in ensured:  # mkdir met a file or symlink there: what it found is an input
+            inputs.append(("Sl", path))
             continue
         if not statmod.S_ISREG(st.st_mode):
             raise Uncacheable("creates something other than a regular file", _show(path))

@@ -158,8 +158,8 @@ EXPORT int mkdir(const char *a, mode_t mode) {
     int r = REAL(mkdir)(a, mode);
     if (UNLIKELY(vrift_recording)) {
         if (r == 0) vrift_rec_path('W', AT_FDCWD, a);
-        /* `mkdir -p out` over an existing out/ relies on it: its existence is an input */
-        else if (errno == EEXIST) vrift_rec_stat(AT_FDCWD, a, 'l');
+        /* `mkdir -p out` over an existing out/: a directory it makes sure of (docs/cache.md) */
+        else if (errno == EEXIST) vrift_rec_stat(AT_FDCWD, a, 'm');
     }
     return done(&t, r);
 }
@@ -170,8 +170,8 @@ EXPORT int mkdirat(int d, const char *a, mode_t mode) {
     int r = REAL(mkdirat)(d, a, mode);
     if (UNLIKELY(vrift_recording)) {
         if (r == 0) vrift_rec_path('W', d, a);
-        /* `mkdir -p out` over an existing out/ relies on it: its existence is an input */
-        else if (errno == EEXIST) vrift_rec_stat(d, a, 'l');
+        /* `mkdir -p out` over an existing out/: a directory it makes sure of (docs/cache.md) */
+        else if (errno == EEXIST) vrift_rec_stat(d, a, 'm');
     }
     return done(&t, r);
 }

@@ -339,7 +339,7 @@ out:
 
 /* An answer about a path that exists (docs/cache.md, 'S'): the daemon records its type, mode,
  * size and mtime as the action left them.  `how`: 'f' stat (follows a final symlink), 'l'
- * lstat/readlink/mkdir, 'a' the access family (permission bits asked). */
+ * lstat/readlink, 'a' the access family (permission bits asked), 'm' mkdir's EEXIST. */
 void vrift_rec_stat(int dirfd, const char *path, char how) {
     if (!path || !*path) return; /* AT_EMPTY_PATH: the fd's own file, seen at its open */
     int saved = errno;
