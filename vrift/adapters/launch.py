@@ -101,7 +101,8 @@ def cache_env(env: dict, enabled: bool, names, explain: bool) -> bool:
         return False
     env["VRIFT_CACHE"] = "1"
     env["VRIFT_ACTION_ROLE"] = "tool"
-    env["VRIFT_CACHE_ENV"] = ":".join(names)
+    # PATH is always sent: the daemon resolves the names an action looks up in it (not a key part)
+    env["VRIFT_CACHE_ENV"] = ":".join(["PATH", *(n for n in names if n != "PATH")])
     if explain:
         env["VRIFT_CACHE_EXPLAIN"] = "1"
     return True

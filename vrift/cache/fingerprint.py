@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from . import search as pathsearch
 from .actionlog import ActionLogs
 from .key import DigestMemo
 
@@ -273,9 +274,11 @@ def classify(logs: ActionLogs, root: bytes):
 
 
 def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str = "",
-          argv: list[bytes] = ()) -> Fingerprint:
+          argv: list[bytes] = (), search: tuple[bytes | None, bytes] | None = None) -> Fingerprint:
     """The fingerprint of a finished action, with its outputs stored in the CAS; raises
-    Uncacheable.  Call it right after the action ended: files are read as they are now."""
+    Uncacheable.  Call it right after the action ended: files are read as they are now.
+    `search` is (PATH value or None when unset, cwd) of the action's root: where each name it
+    looked up in PATH resolves becomes an input ('P'; the PATH string is not in the key)."""
     reasons = logs.reasons()
     if reasons:
         # grouped by kind in the stats: "static binary /x/y" counts as "static binary"
@@ -363,6 +366,12 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
             if path in stat_read:  # stat'ed and read: the digest, and whether it is executable
                 item.append({"x": st.st_mode & 0o111})
             fp.inputs.append(item)
+    if search is not None:
+        dirs = pathsearch.search_dirs(*search)
+        events = [e for proc in logs.processes for e in proc.events]
+        for name in sorted(pathsearch.searched_names(events, argv[0] if argv else b"", dirs)):
+            found = pathsearch.resolve(name, dirs)
+            fp.inputs.append(["P", os.fsdecode(name), None if found is None else ctx.stored(found)])
     for path, rel, st in produced:
         if st is None:
             fp.outputs.append([os.fsdecode(rel), None, 0o755, 0])
@@ -392,11 +401,19 @@ def _stored_output(ctx: Context, path: bytes, rel: bytes, st: os.stat_result) ->
 
 
 # -- matching -------------------------------------------------------------------------------------
-def match(fp: Fingerprint, ctx: Context) -> str | None:
+def match(fp: Fingerprint, ctx: Context, search: tuple[bytes | None, bytes] | None = None) -> str | None:
     """None when every input of `fp` is as recorded now (and its blobs exist); else the first
-    difference, as one line for --explain."""
+    difference, as one line for --explain.  `search`: (PATH or None, cwd) of the lookup."""
+    dirs = pathsearch.search_dirs(*search) if search is not None else None
     for item in fp.inputs:
         kind, stored, digest = item[0], item[1], item[2]
+        if kind == "P":
+            if dirs is None:
+                return f"{stored} was looked up in PATH, which this lookup does not give"
+            found = pathsearch.resolve(os.fsencode(stored), dirs)
+            if (None if found is None else ctx.stored(found)) != digest:
+                return f"{stored} resolves to {_show(found) if found else 'nothing'} in PATH now (was {digest or 'nothing'})"
+            continue
         path = ctx.absolute(stored)
         if kind == "S":
             why = observation_differs(stored, path, item[3])

@@ -15,7 +15,7 @@ import blake3
 
 from ..cas.store import hash_file
 
-KEY_VERSION = b"vrift-action-key/1"
+KEY_VERSION = b"vrift-action-key/2"  # /2: stat observations, PATH lookups as inputs
 
 
 @dataclass(frozen=True)

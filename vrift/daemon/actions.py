@@ -134,8 +134,16 @@ class ActionCache:
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs ACTION (16 lowercase hex characters)")
         out = reply(req)
         self._count("lookups")
-        action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(req.all(Tag.ENV))), self.root,
-                        aid.decode())
+        # PATH is not in the key: the names the action looks up in it are inputs ('P'), so another
+        # venv or PATH order hits where the same programs are found.  VRIFT_* never changes outputs.
+        search_path, key_env = None, []
+        for kv in req.all(Tag.ENV):
+            if kv.startswith(b"PATH="):
+                search_path = kv[5:]
+            elif not kv.startswith(b"VRIFT_"):
+                key_env.append(kv)
+        action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(key_env)), self.root, aid.decode())
+        search = (search_path, action.cwd)
         if not self.enabled:
             return out.add(Tag.FLAGS, NO_RECORD)
         if self.ctx.excluded_tool(action.tool, os.fsdecode(argv[0])):
@@ -152,11 +160,11 @@ class ActionCache:
             if len(self._pending) >= PENDING_LIMIT:
                 self._pending.clear()  # roots that died without END: forget them rather than grow
             self._pending[aid] = {"key": key, "start_ns": start_ns, "pid": req.int(Tag.PID, 0) or 0,
-                                  "tool": action.tool, "argv": list(argv)}
+                                  "tool": action.tool, "argv": list(argv), "search": search}
         why = "no entry for this key (new command line, tool, directory or environment)"
         for fid, data in self.store.candidates(key):
             fp = Fingerprint.from_json(data)
-            difference = match(fp, self.ctx)
+            difference = match(fp, self.ctx, search)
             if difference is None:
                 try:
                     # the streams first: a damaged blob is found before any output is touched
@@ -279,7 +287,8 @@ class ActionCache:
             self._count("", reason="no lookup seen for the action (daemon restarted?)")
             return reply(req).add(Tag.FLAGS, 0)
         try:
-            fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"])
+            fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"],
+                       pending["search"])
         except Uncacheable as u:
             log.debug("action %s uncacheable: %s", aid.decode(), u)
             self._count("", reason=u.reason)

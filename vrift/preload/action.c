@@ -50,6 +50,7 @@ static pid_t root_pid;
 static int keep_logs;      /* VRIFT_CACHE_KEEP_LOGS=1: record without a daemon, keep the logs */
 static int exit_known;
 static char lib_path[VRIFT_PATH_MAX];
+static char self_path[VRIFT_PATH_MAX]; /* this library, symlinks resolved: not an input */
 
 /* The capture: originals of fd 1/2 and the two capture files, all close-on-exec except
  * across an exec of the root itself. */
@@ -516,6 +517,7 @@ void vrift_action_init(int argc, char **argv) {
         char *r = realpath(info.dli_fname, NULL); /* once, at start-up */
         const char *name = r ? r : info.dli_fname;
         if (strlen(name) < sizeof lib_path) strcpy(lib_path, name);
+        if (r && strlen(r) < sizeof self_path) strcpy(self_path, r);
         free(r);
         /* LD_PRELOAD may name the library by another spelling: use its file name */
         const char *base = strrchr(lib_path, '/');
@@ -576,6 +578,9 @@ static void record_mapped_files(void) {
             char *perms = strchr(b + start, ' ');
             if (perms && perms[1] && perms[2] && perms[3] && perms[4] == 's') path = NULL;
             if (path && strcmp(path, vrift_vdir_path()) == 0) path = NULL;
+            /* the library itself records and replays, it does not change outputs: another
+             * install (venv, version) must not make every key miss */
+            if (path && self_path[0] && strcmp(path, self_path) == 0) path = NULL;
             if (path && strcmp(path, last) != 0 && strlen(path) < sizeof last && !strstr(path, " (deleted)")) {
                 strcpy(last, path);
                 vrift_rec_abs('R', path);
