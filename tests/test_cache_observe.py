@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from build_support import require_tools, tool_env, vrift
+from build_support import plain, require_tools, tool_env, vrift
 from daemon_support import daemons  # noqa: F401
 from observe_support import Twin
 from test_cache_wrap import needs_c_side
@@ -200,3 +200,32 @@ def test_dotdot_after_a_symlinked_directory_is_the_file_the_kernel_opened(tmp_pa
     t.both(retarget)
     counts, err = t.build()
     assert counts == (0, 1, 0), err
+
+
+def test_realpath_through_a_retargeted_symlink(tmp_path, tools):
+    # libc's realpath() walks the name with its own internal lstat/readlink
+    helper = tmp_path / "tools/rp"
+    helper.parent.mkdir()
+    src = helper.with_suffix(".c")
+    src.write_text("#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n"
+                   "int main(int c, char **v) {\n"
+                   "    char *r = realpath(v[1], NULL);\n"
+                   "    if (!r) return 1;\n"
+                   "    puts(r + strlen(getenv(\"ROOT\")));\n"
+                   "    return 0;\n"
+                   "}\n")
+    plain("cc", "-O0", "-o", helper, src, cwd=tmp_path)
+    t = Twin(tmp_path / "t", {"Makefile": recipe_makefile(f"ROOT=$$(pwd) {helper} cur/x > which.txt"),
+                              "v1/x": "1\n", "v2/x": "2\n"})
+    t.both(lambda root: os.symlink("v1", root / "cur"))
+    assert t.build()[0] == (0, 1, 0)
+    assert (t.proj / "which.txt").read_text() == "/v1/x\n"
+    assert t.build()[0] == (1, 0, 0)
+
+    def retarget(root):
+        os.unlink(root / "cur")
+        os.symlink("v2", root / "cur")
+    t.both(retarget)
+    counts, err = t.build()
+    assert counts == (0, 1, 0) and (t.proj / "which.txt").read_text() == "/v2/x\n", err
+    assert "symlink cur points elsewhere now" in err

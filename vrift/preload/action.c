@@ -514,7 +514,7 @@ void vrift_action_init(int argc, char **argv) {
     keep_logs = getenv("VRIFT_CACHE_KEEP_LOGS") && strcmp(getenv("VRIFT_CACHE_KEEP_LOGS"), "1") == 0;
     Dl_info info;
     if (dladdr((void *)vrift_action_init, &info) && info.dli_fname) {
-        char *r = realpath(info.dli_fname, NULL); /* once, at start-up */
+        char *r = REAL(realpath)(info.dli_fname, NULL); /* once, at start-up */
         const char *name = r ? r : info.dli_fname;
         if (strlen(name) < sizeof lib_path) strcpy(lib_path, name);
         if (r && strlen(r) < sizeof self_path) strcpy(self_path, r);
@@ -747,8 +747,7 @@ EXPORT DIR *fdopendir(int fd) {
 }
 
 /* A symlink's target is an input ('S' with flavour 'l': the daemon records the target); the
- * answer "not a symlink" (EINVAL) too.  realpath() resolves through libc's internal calls and
- * is not seen (docs/cache.md, known limits). */
+ * answer "not a symlink" (EINVAL) too. */
 static void link_seen(int dirfd, const char *path, ssize_t r) {
     int e = errno;
     if (r >= 0 || e == EINVAL || e == EACCES || e == ELOOP) vrift_rec_stat(dirfd, path, 'l');
@@ -767,6 +766,45 @@ EXPORT ssize_t readlinkat(int dirfd, const char *path, char *b, size_t n) {
     LAZY(readlinkat);
     ssize_t r = real_readlinkat ? real_readlinkat(dirfd, path, b, n) : syscall(SYS_readlinkat, dirfd, path, b, n);
     if (UNLIKELY(vrift_recording)) link_seen(dirfd, path, r);
+    return r;
+}
+
+/* realpath() resolves through libc's internal lstat/readlink, which no interposer sees: its
+ * answer hangs on every component of the name and of the result, so each is an 'S' ('l':
+ * a symlink's target, a directory's type).  The library's own calls use REAL(realpath). */
+static void realpath_seen(const char *path, const char *r) {
+    int e = errno;
+    char abs[VRIFT_PATH_MAX];
+    const char *names[2] = {NULL, r};
+    if (path && vrift_rec_absolute(AT_FDCWD, path, abs) == 0) names[0] = abs;
+    else if (path) vrift_rec_uncacheable("path not resolvable:", path);
+    for (int k = 0; k < 2; k++) {
+        const char *n = names[k];
+        if (!n || n[0] != '/') continue;
+        char prefix[VRIFT_PATH_MAX];
+        size_t len = strlen(n);
+        if (len >= sizeof prefix) continue;
+        for (size_t i = 1; i <= len; i++) {
+            if (i < len && n[i] != '/') continue;
+            memcpy(prefix, n, i);
+            prefix[i] = '\0';
+            vrift_rec_stat(AT_FDCWD, prefix, 'l');
+        }
+    }
+    if (!r && (e == ENOENT || e == ENOTDIR) && path) vrift_rec_path('A', AT_FDCWD, path);
+    errno = e;
+}
+
+EXPORT char *realpath(const char *path, char *resolved) {
+    char *r = REAL(realpath) ? vrift_real.realpath(path, resolved) : (errno = ENOSYS, NULL);
+    if (UNLIKELY(vrift_recording)) realpath_seen(path, r);
+    return r;
+}
+
+EXPORT char *canonicalize_file_name(const char *path) {
+    /* glibc's own is realpath(path, NULL) through an internal alias */
+    char *r = REAL(realpath) ? vrift_real.realpath(path, NULL) : (errno = ENOSYS, NULL);
+    if (UNLIKELY(vrift_recording)) realpath_seen(path, r);
     return r;
 }
 

@@ -44,9 +44,9 @@ static void touch(touched *t, int dirfd, const char *path, int follow, int subtr
         const char *rel;
         size_t rl;
         if (follow && REAL(fstatat)(AT_FDCWD, abs, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode) &&
-            realpath(abs, target) && vrift_rel_of(target, &rel, &rl))
+            REAL(realpath)(abs, target) && vrift_rel_of(target, &rel, &rl))
             touch_abs(t, target, subtree);
-    } else if (follow && path && realpath(path, abs)) {
+    } else if (follow && path && REAL(realpath)(path, abs)) {
         /* a name outside the project may still lead into it */
         const char *rel;
         size_t rl;
