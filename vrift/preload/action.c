@@ -774,6 +774,13 @@ EXPORT ssize_t readlinkat(int dirfd, const char *path, char *b, size_t n) {
  * a symlink's target, a directory's type).  The library's own calls use REAL(realpath). */
 static void realpath_seen(const char *path, const char *r) {
     int e = errno;
+    if (!r) {
+        /* a name that does not resolve: its absence is the input (its components may never
+         * have existed, so none is an 'S') */
+        if ((e == ENOENT || e == ENOTDIR) && path) vrift_rec_path('A', AT_FDCWD, path);
+        errno = e;
+        return;
+    }
     char abs[VRIFT_PATH_MAX];
     const char *names[2] = {NULL, r};
     if (path && vrift_rec_absolute(AT_FDCWD, path, abs) == 0) names[0] = abs;
@@ -791,7 +798,6 @@ static void realpath_seen(const char *path, const char *r) {
             vrift_rec_stat(AT_FDCWD, prefix, 'l');
         }
     }
-    if (!r && (e == ENOENT || e == ENOTDIR) && path) vrift_rec_path('A', AT_FDCWD, path);
     errno = e;
 }
 
