@@ -229,3 +229,21 @@ def test_realpath_through_a_retargeted_symlink(tmp_path, tools):
     counts, err = t.build()
     assert counts == (0, 1, 0) and (t.proj / "which.txt").read_text() == "/v2/x\n", err
     assert "symlink cur points elsewhere now" in err
+
+
+def test_an_archiver_puts_a_touched_file_s_mtime_into_its_output(tmp_path, tools):
+    require_tools("tar")
+    t = Twin(tmp_path, {"Makefile": recipe_makefile("tar --format=ustar --owner=0 --group=0 -cf out.tar src"),
+                        "src/a.txt": "same bytes\n"})
+    fixed = (1_500_000_000_000_000_000,) * 2
+    t.both(lambda root: os.utime(root / "src/a.txt", ns=fixed))
+    assert t.build()[0] == (0, 1, 0)
+    assert t.build()[0] == (1, 0, 0)
+    # a touch alone: the content is the same, the archive is not
+    t.both(lambda root: os.utime(root / "src/a.txt", ns=(1_600_000_000_000_000_000,) * 2))
+    counts, err = t.build()
+    assert counts == (0, 1, 0) and "mtime of src/a.txt changed" in err, err
+    # the directory's own entry carries its mtime too
+    t.both(lambda root: os.utime(root / "src", ns=(1_700_000_000_000_000_000,) * 2))
+    counts, err = t.build()
+    assert counts == (0, 1, 0) and "mtime of src changed" in err, err

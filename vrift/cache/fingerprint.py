@@ -26,6 +26,11 @@ from .actionlog import ActionLogs
 from .key import DigestMemo
 
 MAX_REPLAY_OUTPUT = 512 * 1024  # stdout + stderr: a LOOKUP reply must fit one frame
+# Tools that copy the metadata of the files they read into their output's content (an archive
+# member's mtime and mode): for a process running one, a stat of a file it reads records the
+# mtime, mode and size too, not only the digest.
+ARCHIVERS = frozenset(os.fsencode(n) for n in ("tar", "gtar", "bsdtar", "cpio", "pax", "zip", "gzip", "pigz",
+                                                "bzip2", "xz", "zstd", "7z", "7za", "rsync"))
 STATE_DIR = b".vrift"
 
 
@@ -153,14 +158,17 @@ def _type(mode: int) -> str:
     return "?"
 
 
-def observe(path: bytes, how: str, read: bool) -> tuple[dict, os.stat_result | None]:
+def observe(path: bytes, how: str, read: bool, archived: bool = False,
+            everything: bool = False) -> tuple[dict, os.stat_result | None]:
     """What a successful stat-family answer told the action, as far as it can matter (docs/cache.md,
     "How inputs are compared"): the type always; a symlink's target; for a file the action also
     read by content only its execute bits (the digest covers the rest, and a fresh checkout's
     mtimes must not make every compile miss); for a file it only stat'ed, its permission bits,
-    size and mtime; for a directory its type (its names are a 'D' listing).  `how` is 'f'
-    (stat), 'l' (lstat, readlink, mkdir) or 'a' (the access family: permission bits, no size
-    or time).  An answer other than existence (EACCES, ELOOP) is recorded as that error.
+    size and mtime; for a directory its type (its names are a 'D' listing).  `archived`: stat'ed
+    by an archiver (ARCHIVERS), which copies mode and mtime into its output: all of them, for a
+    directory too.  `everything`: every field, for comparing with any recorded subset.  `how` is
+    'f' (stat), 'l' (lstat, readlink) or 'a' (the access family: permission bits, no size or
+    time).  An answer other than existence (EACCES, ELOOP) is recorded as that error.
     Raises FileNotFoundError/NotADirectoryError when the path is absent."""
     try:
         st = os.lstat(path) if how == "l" else os.stat(path)
@@ -170,17 +178,22 @@ def observe(path: bytes, how: str, read: bool) -> tuple[dict, os.stat_result | N
         return {"h": how, "e": errno.errorcode.get(e.errno, str(e.errno))}, None
     t = _type(st.st_mode)
     obs: dict = {"h": how, "t": t}
+    full = archived or everything
     if t == "l":
         obs["target"] = os.fsdecode(os.readlink(path))
-    elif t == "d":
+        return obs, st
+    if everything:
+        obs["x"] = st.st_mode & 0o111
+    if t == "d" and not full:
         if how == "a":
             obs["m"] = statmod.S_IMODE(st.st_mode)
-    elif read and how != "a":
+    elif read and how != "a" and not full:
         obs["x"] = st.st_mode & 0o111
     else:
         obs["m"] = statmod.S_IMODE(st.st_mode)
-        if how != "a" and t == "f":
-            obs["z"] = st.st_size
+        if how != "a" and (t in "fd" if full else t == "f"):
+            if t == "f":
+                obs["z"] = st.st_size
             obs["n"] = st.st_mtime_ns
     return obs, st
 
@@ -188,7 +201,7 @@ def observe(path: bytes, how: str, read: bool) -> tuple[dict, os.stat_result | N
 def observation_differs(stored: str, path: bytes, obs: dict) -> str | None:
     """None when `path` answers now as recorded in `obs`; else the difference in plain words."""
     try:
-        now, _ = observe(path, obs.get("h", "f"), "x" in obs)
+        now, _ = observe(path, obs.get("h", "f"), False, everything=True)
     except (FileNotFoundError, NotADirectoryError):
         return f"{stored} is now absent"
     if now.get("e") != obs.get("e"):
@@ -328,14 +341,18 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     for path in writers:
         skip_names.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
     # inputs: as they are now, and unchanged since the action started
-    read = {path for kind, path in inputs if kind == "R"}
+    archived = set()  # stat'ed by an archiver: its metadata reaches the output
+    for proc in logs.processes:
+        if any(k == "X" and os.path.basename(p) in ARCHIVERS for k, p in proc.events):
+            archived |= {p for k, p in proc.events if k[0] == "S"}
+    read = {path for kind, path in inputs if kind == "R"} - archived
     stat_read = {path for kind, path in inputs if kind == "Sf" and path in read}  # folded into 'R'
     for kind, path in sorted(inputs, key=lambda kp: (kp[1], kp[0])):
         if kind[0] == "S":
             if path in stat_read:
                 continue
             try:
-                obs, st = observe(path, kind[1], path in read)
+                obs, st = observe(path, kind[1], path in read, archived=path in archived)
             except OSError:
                 raise Uncacheable("an input changed while the action ran", f"{_show(path)} vanished") from None
             if st is not None and obs["t"] != "d" and st.st_ctime_ns > start_ns:
