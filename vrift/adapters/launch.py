@@ -101,7 +101,8 @@ def cache_env(env: dict, enabled: bool, names, explain: bool, tools=None) -> boo
         return False
     env["VRIFT_CACHE"] = "1"
     env["VRIFT_ACTION_ROLE"] = "tool"
-    env["VRIFT_CACHE_ENV"] = ":".join(names)
+    # PATH is always sent: the daemon resolves the names an action looks up in it (not a key part)
+    env["VRIFT_CACHE_ENV"] = ":".join(["PATH", *(n for n in names if n != "PATH")])
     if tools is not None:  # unset: the preload library's built-in list (the default of cache.tools)
         env["VRIFT_CACHE_TOOLS"] = ":".join(tools)
     if explain:

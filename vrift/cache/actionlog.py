@@ -17,7 +17,7 @@ from ..project import VriftError
 HEAD = struct.Struct("<BI")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
-KINDS = frozenset(b"RADWUXCOENTZ")
+KINDS = frozenset(b"RADWUXCSOENTZ")
 ACTIONS_DIR = "actions"
 MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is uncacheable
 
@@ -25,7 +25,9 @@ MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is u
 @dataclass
 class ProcessLog:
     name: str
-    events: list[tuple[str, bytes]] = field(default_factory=list)  # (kind, path) in order: R A D W U X C
+    # (kind, path) in order: R A D W U X C, and 'S' + its flavour ('Sf' stat, 'Sl' lstat/readlink,
+    # 'Sa' access, 'Sm' mkdir found it existing)
+    events: list[tuple[str, bytes]] = field(default_factory=list)
     output: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # (time, seq, 'O'|'E', bytes)
     uncacheable: list[str] = field(default_factory=list)
     status: int | None = None  # from 'Z'; None when the process did not finish
@@ -93,6 +95,11 @@ def parse(data: bytes, name: str = "<log>") -> ProcessLog:
         log.last = k
         if k in "RADWUXC":
             log.events.append((k, payload))
+        elif k == "S":
+            if length < 2 or payload[:1] not in (b"f", b"l", b"a", b"m"):
+                log.torn = True
+                break
+            log.events.append(("S" + chr(payload[0]), payload[1:]))
         elif k in "OE":
             seq += 1
             log.output.append((stamp, seq, k, payload))

@@ -11,6 +11,7 @@ stat fields, seeded from the project index where its entry still describes the f
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -21,12 +22,18 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from . import search as pathsearch
 from .actionlog import ActionLogs
 from .key import DigestMemo
 
 MAX_REPLAY_OUTPUT = 512 * 1024  # stdout + stderr: a LOOKUP reply must fit one frame
 MAX_STREAM_CHUNKS = 1000  # alternations of stdout and stderr: one reply field each
 _CHUNK = struct.Struct("<BI")
+# Tools that copy the metadata of the files they read into their output's content (an archive
+# member's mtime and mode): for a process running one, a stat of a file it reads records the
+# mtime, mode and size too, not only the digest.
+ARCHIVERS = frozenset(os.fsencode(n) for n in ("tar", "gtar", "bsdtar", "cpio", "pax", "zip", "gzip", "pigz",
+                                                "bzip2", "xz", "zstd", "7z", "7za", "rsync"))
 STATE_DIR = b".vrift"
 
 
@@ -46,7 +53,9 @@ class Uncacheable(Exception):
 
 @dataclass
 class Fingerprint:
-    inputs: list[list] = field(default_factory=list)   # [kind, path, digest hex | None, (D) skipped names]; C: [C, cwd read, root]
+    # [kind, path, digest hex | None, (D) skipped names | (S) observation | (R) {"x": bits}];
+    # C: [C, cwd read, root]
+    inputs: list[list] = field(default_factory=list)
     outputs: list[list] = field(default_factory=list)  # [rel path, digest hex, mode, size]
     streams: str | None = None  # digest of the packed (fd, bytes) chunks of stdout/stderr, in order
     status: int = 0
@@ -164,15 +173,98 @@ class Context:
         return self.memo.digest(path, st)
 
 
+# -- stat observations ('S') -----------------------------------------------------------------------
+TYPE_NAMES = {"f": "a regular file", "d": "a directory", "l": "a symlink", "c": "a character device",
+              "b": "a block device", "p": "a named pipe", "s": "a socket", "?": "something else"}
+
+
+def _type(mode: int) -> str:
+    for test, t in ((statmod.S_ISREG, "f"), (statmod.S_ISDIR, "d"), (statmod.S_ISLNK, "l"), (statmod.S_ISCHR, "c"),
+                    (statmod.S_ISBLK, "b"), (statmod.S_ISFIFO, "p"), (statmod.S_ISSOCK, "s")):
+        if test(mode):
+            return t
+    return "?"
+
+
+def observe(path: bytes, how: str, read: bool, archived: bool = False,
+            everything: bool = False) -> tuple[dict, os.stat_result | None]:
+    """What a successful stat-family answer told the action, as far as it can matter (docs/cache.md,
+    "How inputs are compared"): the type always; a symlink's target; for a file the action also
+    read by content only its execute bits (the digest covers the rest, and a fresh checkout's
+    mtimes must not make every compile miss); for a file it only stat'ed, its permission bits,
+    size and mtime; for a directory its type (its names are a 'D' listing).  `archived`: stat'ed
+    by an archiver (ARCHIVERS), which copies mode and mtime into its output: all of them, for a
+    directory too.  `everything`: every field, for comparing with any recorded subset.  `how` is
+    'f' (stat), 'l' (lstat, readlink) or 'a' (the access family: permission bits, no size or
+    time).  An answer other than existence (EACCES, ELOOP) is recorded as that error.
+    Raises FileNotFoundError/NotADirectoryError when the path is absent."""
+    try:
+        st = os.lstat(path) if how == "l" else os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        return {"h": how, "e": errno.errorcode.get(e.errno, str(e.errno))}, None
+    t = _type(st.st_mode)
+    obs: dict = {"h": how, "t": t}
+    full = archived or everything
+    if t == "l":
+        obs["target"] = os.fsdecode(os.readlink(path))
+        return obs, st
+    if everything:
+        obs["x"] = st.st_mode & 0o111
+    if t == "d" and not full:
+        if how == "a":
+            obs["m"] = statmod.S_IMODE(st.st_mode)
+    elif read and how != "a" and not full:
+        obs["x"] = st.st_mode & 0o111
+    else:
+        obs["m"] = statmod.S_IMODE(st.st_mode)
+        if how != "a" and (t in "fd" if full else t == "f"):
+            if t == "f":
+                obs["z"] = st.st_size
+            obs["n"] = st.st_mtime_ns
+    return obs, st
+
+
+def observation_differs(stored: str, path: bytes, obs: dict) -> str | None:
+    """None when `path` answers now as recorded in `obs`; else the difference in plain words."""
+    try:
+        now, _ = observe(path, obs.get("h", "f"), False, everything=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{stored} is now absent"
+    if now.get("e") != obs.get("e"):
+        return f"{stored} answers differently now ({now.get('e') or 'accessible'}, was {obs.get('e') or 'accessible'})"
+    if now.get("t") != obs.get("t"):
+        return f"{stored} is now {TYPE_NAMES.get(now.get('t'), '?')} (was {TYPE_NAMES.get(obs.get('t'), '?')})"
+    if now.get("target") != obs.get("target"):
+        return f"symlink {stored} points elsewhere now"
+    for key, what in (("m", "mode"), ("x", "mode"), ("z", "size"), ("n", "mtime")):
+        if key in obs and now.get(key) != obs[key]:
+            return f"{what} of {stored} changed"
+    return None
+
+
 # -- building -------------------------------------------------------------------------------------
-def _norm(path: bytes) -> bytes:
-    return os.path.normpath(path) if path.startswith(b"/") else path
+def _resolved_output(path: bytes) -> bytes:
+    """An output's path with `..` resolved by the kernel, not by text: `inc/../x.o` with `inc`
+    a symlink is written wherever `inc/..` really is (its parent directory exists: the file
+    was just written there, or removed from it)."""
+    if b"/.." not in path:
+        return path
+    parent, name = os.path.split(path)
+    try:
+        return os.path.join(os.path.realpath(parent), name)
+    except OSError:
+        return path
 
 
 def classify(logs: ActionLogs, root: bytes):
-    """(inputs {(kind, path)}, written paths, removed-not-written paths, in-place updates)."""
+    """(inputs {(kind, path)}, written paths, removed-not-written paths, in-place updates, paths
+    only a failed mkdir wrote: EEXIST)."""
     state = root + b"/" + STATE_DIR
     writers: dict[bytes, set[int]] = {}
+    ensured: set[bytes] = set()  # only by a mkdir that found them
+    made: set[bytes] = set()
     removers: dict[bytes, set[int]] = {}
     reads: list[tuple[int, str, bytes, bool]] = []  # (process, kind, path, before this process's own write)
     for n, proc in enumerate(logs.processes):
@@ -180,12 +272,20 @@ def classify(logs: ActionLogs, root: bytes):
         for kind, raw in proc.events:
             if kind == "C":  # the cwd was read: the root's path is an input (build)
                 continue
-            path = _norm(raw)
+            # inputs keep their `..` as the action named them: matching opens the same string,
+            # so the kernel resolves it through the symlinks as they are then
+            path = _resolved_output(raw) if kind in "WU" else raw
             if path == state or path.startswith(state + b"/"):
                 continue
-            if kind == "W":
+            if kind == "W" or kind == "Sm":
+                # Sm: mkdir found it there (`mkdir -p out`): had it been absent, the action would
+                # have made it — a directory the action makes sure of, an output like a mkdir
                 writers.setdefault(path, set()).add(n)
                 own.add(path)
+                if kind == "Sm":
+                    ensured.add(path)
+                else:
+                    made.add(path)
             elif kind == "U":
                 removers.setdefault(path, set()).add(n)
                 own.add(path)
@@ -200,7 +300,9 @@ def classify(logs: ActionLogs, root: bytes):
             continue
         others = (writers.get(path, set()) | removers.get(path, set())) - {n}
         if before_own and not others:
-            if kind == "A":
+            if kind[0] == "S":
+                pass  # the state of a file this process then writes or removes (`rm -f x`, as)
+            elif kind == "A":
                 # a probe of the file it is about to create (as, ld and ar stat their output
                 # first): existence alone is not taken as an input, or every rebuild over an
                 # existing output would miss.  A tool that reads its old output is caught below.
@@ -211,13 +313,16 @@ def classify(logs: ActionLogs, root: bytes):
                 in_place.append(path)
         # else: produced by another process of the action first (pipelines, temporaries)
     removed = [p for p in removers if p not in writers]
-    return list(inputs), writers, removed, in_place
+    return list(inputs), writers, removed, in_place, ensured - made
 
 
 def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str = "",
-          argv: list[bytes] = (), stdin: bytes | None = None, stdin_end: int | None = None) -> Fingerprint:
+          argv: list[bytes] = (), search: tuple[bytes | None, bytes] | None = None,
+          stdin: bytes | None = None, stdin_end: int | None = None) -> Fingerprint:
     """The fingerprint of a finished action, with its outputs stored in the CAS; raises
     Uncacheable.  Call it right after the action ended: files are read as they are now.
+    `search` is (PATH value or None when unset, cwd) of the action's root: where each name it
+    looked up in PATH resolves becomes an input ('P'; the PATH string is not in the key).
     `stdin`: the file behind the root's fd 0 at its start; when the action read it (an R of
     it), a hit needs the same file there, and `stdin_end` is where the replay leaves its offset."""
     reasons = logs.reasons()
@@ -231,7 +336,7 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     if tool and ctx.excluded_tool(tool, os.fsdecode(argv[0]) if argv else ""):
         raise Uncacheable("tool in cache.never", tool)
     root = ctx.root
-    inputs, writers, removed, in_place = classify(logs, root)
+    inputs, writers, removed, in_place, ensured = classify(logs, root)
     if in_place:
         raise Uncacheable("updates a file in place (read before write)", _show(in_place[0]))
     if removed:  # `mv a b` shows no read of a: what flowed where cannot be known
@@ -243,8 +348,8 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     if len(chunks) > MAX_STREAM_CHUNKS:
         raise Uncacheable("output too fragmented", f"stdout and stderr alternate {len(chunks)} times")
     fp = Fingerprint(status=status, tool=tool, argv=[os.fsdecode(a) for a in argv], created=round(time.time(), 3))
-    if stdin is not None and ("R", _norm(stdin)) in inputs:
-        fp.stdin = [ctx.stored(_norm(stdin)), int(stdin_end or 0)]
+    if stdin is not None and ("R", stdin) in inputs:
+        fp.stdin = [ctx.stored(stdin), int(stdin_end or 0)]
     # outputs: what the action wrote and left behind
     produced = []
     for path in sorted(writers):
@@ -253,10 +358,16 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
         except (FileNotFoundError, NotADirectoryError):
             continue  # a temporary: created and removed by the action
         rel = _rel(path, root)
+        if rel is None and path in ensured:
+            inputs.append(("Sl", path))  # a directory outside the root it found there
+            continue
         if rel is None:
             raise Uncacheable("writes outside the project root", _show(path))
         if statmod.S_ISDIR(st.st_mode):
             produced.append((path, rel, None))  # created by the action (mkdir): replayed as one
+            continue
+        if path in ensured:  # mkdir met a file or symlink there: what it found is an input
+            inputs.append(("Sl", path))
             continue
         if not statmod.S_ISREG(st.st_mode):
             raise Uncacheable("creates something other than a regular file", _show(path))
@@ -273,8 +384,24 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
     if cwd is not None:
         fp.inputs.append(["C", os.fsdecode(cwd), os.fsdecode(root)])
     # inputs: as they are now, and unchanged since the action started
+    archived = set()  # stat'ed by an archiver: its metadata reaches the output
+    for proc in logs.processes:
+        if any(k == "X" and os.path.basename(p) in ARCHIVERS for k, p in proc.events):
+            archived |= {p for k, p in proc.events if k[0] == "S"}
+    read = {path for kind, path in inputs if kind == "R"} - archived
+    stat_read = {path for kind, path in inputs if kind == "Sf" and path in read}  # folded into 'R'
     for kind, path in sorted(inputs, key=lambda kp: (kp[1], kp[0])):
-        if kind == "A":
+        if kind[0] == "S":
+            if path in stat_read:
+                continue
+            try:
+                obs, st = observe(path, kind[1], path in read, archived=path in archived)
+            except OSError:
+                raise Uncacheable("an input changed while the action ran", f"{_show(path)} vanished") from None
+            if st is not None and obs["t"] != "d" and st.st_ctime_ns > start_ns:
+                raise Uncacheable("an input changed while the action ran", _show(path))
+            fp.inputs.append(["S", ctx.stored(path), None, obs])
+        elif kind == "A":
             if os.path.lexists(path):
                 raise Uncacheable("an input changed while the action ran", f"{_show(path)} appeared")
             fp.inputs.append(["A", ctx.stored(path), None])
@@ -295,7 +422,16 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
                 digest = ctx.file_digest(path, st)
             except OSError:
                 raise Uncacheable("an input changed while the action ran", f"{_show(path)} vanished") from None
-            fp.inputs.append(["R", ctx.stored(path), digest.hex()])
+            item = ["R", ctx.stored(path), digest.hex()]
+            if path in stat_read:  # stat'ed and read: the digest, and whether it is executable
+                item.append({"x": st.st_mode & 0o111})
+            fp.inputs.append(item)
+    if search is not None:
+        dirs = pathsearch.search_dirs(*search)
+        events = [e for proc in logs.processes for e in proc.events]
+        for name in sorted(pathsearch.searched_names(events, argv[0] if argv else b"", dirs)):
+            found = pathsearch.resolve(name, dirs)
+            fp.inputs.append(["P", os.fsdecode(name), None if found is None else ctx.stored(found)])
     for path, rel, st in produced:
         if st is None:
             fp.outputs.append([os.fsdecode(rel), None, 0o755, 0])
@@ -323,21 +459,35 @@ def _stored_output(ctx: Context, path: bytes, rel: bytes, st: os.stat_result) ->
 
 
 # -- matching -------------------------------------------------------------------------------------
-def match(fp: Fingerprint, ctx: Context, stdin: bytes | None = None) -> str | None:
+def match(fp: Fingerprint, ctx: Context, search: tuple[bytes | None, bytes] | None = None,
+          stdin: bytes | None = None) -> str | None:
     """None when every input of `fp` is as recorded now (and its blobs exist); else the first
-    difference, as one line for --explain.  `stdin`: the file behind fd 0 of the new process."""
+    difference, as one line for --explain.  `search`: (PATH or None, cwd) of the lookup;
+    `stdin`: the file behind fd 0 of the new process."""
     if fp.stdin is not None:
-        now = ctx.stored(_norm(stdin)) if stdin else None
+        now = ctx.stored(stdin) if stdin else None
         if now != fp.stdin[0]:
             return f"stdin is {'not a file read from its start' if now is None else now} (it was {fp.stdin[0]})"
+    dirs = pathsearch.search_dirs(*search) if search is not None else None
     for item in fp.inputs:
         kind, stored, digest = item[0], item[1], item[2]
         if kind == "C":
             if os.fsdecode(ctx.root) != digest:
                 return f"cwd differs and is read (the project is at {os.fsdecode(ctx.root)}, it was at {digest})"
             continue
+        if kind == "P":
+            if dirs is None:
+                return f"{stored} was looked up in PATH, which this lookup does not give"
+            found = pathsearch.resolve(os.fsencode(stored), dirs)
+            if (None if found is None else ctx.stored(found)) != digest:
+                return f"{stored} resolves to {_show(found) if found else 'nothing'} in PATH now (was {digest or 'nothing'})"
+            continue
         path = ctx.absolute(stored)
-        if kind == "A":
+        if kind == "S":
+            why = observation_differs(stored, path, item[3])
+            if why:
+                return why
+        elif kind == "A":
             if os.path.lexists(path):
                 return f"{stored} exists now (it was absent)"
         elif kind == "D":
@@ -354,8 +504,10 @@ def match(fp: Fingerprint, ctx: Context, stdin: bytes | None = None) -> str | No
                     return f"{stored} is no longer a regular file"
                 if ctx.file_digest(path, st).hex() != digest:
                     return f"{stored} changed"
+                if len(item) > 3 and st.st_mode & 0o111 != item[3].get("x"):
+                    return f"mode of {stored} changed"
             except OSError:
-                return f"{stored} is gone"
+                return f"{stored} is now absent"
     for rel, digest, *_ in fp.outputs:
         if digest and not ctx.cas.has(digest):
             return f"the blob of output {rel} is no longer in the CAS"

@@ -17,8 +17,9 @@ import blake3
 from ..cas.store import hash_file
 
 # a new version whenever what a fingerprint must contain grows: entries recorded without it
-# (a sub-make recorded whole, a clock or cwd read not seen) must never be replayed
-KEY_VERSION = b"vrift-action-key/2"
+# (a sub-make recorded whole, a clock or cwd read not seen, no stat observations, PATH in the
+# key) must never be replayed
+KEY_VERSION = b"vrift-action-key/3"
 
 
 @dataclass(frozen=True)

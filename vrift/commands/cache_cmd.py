@@ -47,6 +47,8 @@ def stats_cmd(as_json):
                f"LMDB {human_bytes(stats['lmdb_bytes'])}")
     click.echo(f"  {c.get('hits', 0):,} hits, {c.get('misses', 0):,} misses{rate}, {c.get('recorded', 0):,} recorded, "
                f"{human_bytes(c.get('bytes_replayed', 0))} replayed")
+    if c.get("corrupt_blobs"):
+        click.echo(f"  {c['corrupt_blobs']:,} damaged blobs found at replay (quarantined; the commands ran)")
     reasons = sorted((c.get("uncacheable") or {}).items(), key=lambda kv: -kv[1])
     if reasons:
         click.echo(f"  {sum(n for _, n in reasons):,} uncacheable:")

@@ -24,6 +24,7 @@ from ..cache import actionlog
 from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match, unpack_streams
 from ..cache.key import Action, DigestMemo, action_key
 from ..cache.store import CacheStore, merge_counters
+from ..cas.store import BlobCorrupt
 from ..project import VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
@@ -57,7 +58,7 @@ class ActionCache:
         self._lock = threading.Lock()
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
-                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0}
+                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0}
         self._unflushed: dict = {}
         self._last_hit: dict[bytes, float] = {}
         self._explain: deque = deque(maxlen=EXPLAIN_KEEP)
@@ -137,8 +138,17 @@ class ActionCache:
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs ACTION (16 lowercase hex characters)")
         out = reply(req)
         self._count("lookups")
-        action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(req.all(Tag.ENV))), self.root,
+        # PATH is not in the key: the names the action looks up in it are inputs ('P'), so another
+        # venv or PATH order hits where the same programs are found.  VRIFT_* never changes outputs.
+        search_path, key_env = None, []
+        for kv in req.all(Tag.ENV):
+            if kv.startswith(b"PATH="):
+                search_path = kv[5:]
+            elif not kv.startswith(b"VRIFT_"):
+                key_env.append(kv)
+        action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(key_env)), self.root,
                         aid.decode(), req.get(Tag.STREAMS, b""))
+        search = (search_path, action.cwd)
         if not self.enabled:
             return out.add(Tag.FLAGS, NO_RECORD)
         if self.ctx.excluded_tool(action.tool, os.fsdecode(argv[0])):
@@ -155,15 +165,22 @@ class ActionCache:
             if len(self._pending) >= PENDING_LIMIT:
                 self._pending.clear()  # roots that died without END: forget them rather than grow
             self._pending[aid] = {"key": key, "start_ns": start_ns, "pid": req.int(Tag.PID, 0) or 0,
-                                  "tool": action.tool, "argv": list(argv), "stdin": stdin}
+                                  "tool": action.tool, "argv": list(argv), "search": search,
+                                  "stdin": stdin}
         why = "no entry for this key (new command line, tool, directory or environment)"
         for fid, data in self.store.candidates(key):
             fp = Fingerprint.from_json(data)
-            difference = match(fp, self.ctx, stdin)
+            difference = match(fp, self.ctx, search, stdin)
             if difference is None:
                 try:
+                    # the streams first: a damaged blob is found before any output is touched
                     chunks = unpack_streams(self.daemon.cas.read_bytes(fp.streams)) if fp.streams else []
                     replayed = self._replay(fp)
+                except BlobCorrupt as e:
+                    # quarantined by the CAS; the command runs instead and records a sound entry
+                    self._count("corrupt_blobs")
+                    log.warning("replaying %s: %s", key.hex()[:16], e)
+                    difference = "a blob of the entry was damaged (quarantined; the command runs)"
                 except (RequestError, VriftError, OSError, ValueError) as e:
                     self._count("errors")
                     log.warning("replaying %s failed: %s", key.hex()[:16], e)
@@ -278,7 +295,7 @@ class ActionCache:
             return reply(req).add(Tag.FLAGS, 0)
         try:
             fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"],
-                       pending.get("stdin"), req.int(Tag.SIZE, None))
+                       pending["search"], pending.get("stdin"), req.int(Tag.SIZE, None))
         except Uncacheable as u:
             log.debug("action %s uncacheable: %s", aid.decode(), u)
             self._count("", reason=u.reason)

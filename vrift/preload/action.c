@@ -47,6 +47,7 @@ static pid_t root_pid;
 static int keep_logs;      /* VRIFT_CACHE_KEEP_LOGS=1: record without a daemon, keep the logs */
 static int exit_known;
 static char lib_path[VRIFT_PATH_MAX];
+static char self_path[VRIFT_PATH_MAX]; /* this library, symlinks resolved: not an input */
 
 static int valid_id(const char *s) {
     if (!s || strlen(s) != 16) return 0;
@@ -439,9 +440,10 @@ void vrift_action_init(int argc, char **argv) {
     keep_logs = getenv("VRIFT_CACHE_KEEP_LOGS") && strcmp(getenv("VRIFT_CACHE_KEEP_LOGS"), "1") == 0;
     Dl_info info;
     if (dladdr((void *)vrift_action_init, &info) && info.dli_fname) {
-        char *r = realpath(info.dli_fname, NULL); /* once, at start-up */
+        char *r = REAL(realpath)(info.dli_fname, NULL); /* once, at start-up */
         const char *name = r ? r : info.dli_fname;
         if (strlen(name) < sizeof lib_path) strcpy(lib_path, name);
+        if (r && strlen(r) < sizeof self_path) strcpy(self_path, r);
         free(r);
         /* LD_PRELOAD may name the library by another spelling: use its file name */
         const char *base = strrchr(lib_path, '/');
@@ -512,6 +514,9 @@ static void record_mapped_files(void) {
             char *perms = strchr(b + start, ' ');
             if (perms && perms[1] && perms[2] && perms[3] && perms[4] == 's') path = NULL;
             if (path && strcmp(path, vrift_vdir_path()) == 0) path = NULL;
+            /* the library itself records and replays, it does not change outputs: another
+             * install (venv, version) must not make every key miss */
+            if (path && self_path[0] && strcmp(path, self_path) == 0) path = NULL;
             if (path && strcmp(path, last) != 0 && strlen(path) < sizeof last && !strstr(path, " (deleted)")) {
                 strcpy(last, path);
                 vrift_rec_abs('R', path);
@@ -661,6 +666,75 @@ EXPORT DIR *fdopendir(int fd) {
     DIR *d = real_fdopendir ? real_fdopendir(fd) : NULL;
     if (UNLIKELY(vrift_recording) && d) vrift_rec_fd('D', fd);
     return d;
+}
+
+/* A symlink's target is an input ('S' with flavour 'l': the daemon records the target); the
+ * answer "not a symlink" (EINVAL) too. */
+static void link_seen(int dirfd, const char *path, ssize_t r) {
+    int e = errno;
+    if (dirfd == AT_FDCWD) vrift_cwd_link(path); /* readlink("/proc/self/cwd") reads the cwd */
+    if (r >= 0 || e == EINVAL || e == EACCES || e == ELOOP) vrift_rec_stat(dirfd, path, 'l');
+    else if (e == ENOENT || e == ENOTDIR) vrift_rec_path('A', dirfd, path);
+    errno = e;
+}
+
+EXPORT ssize_t readlink(const char *path, char *b, size_t n) {
+    LAZY(readlink);
+    ssize_t r = real_readlink ? real_readlink(path, b, n) : syscall(SYS_readlinkat, AT_FDCWD, path, b, n);
+    if (UNLIKELY(vrift_recording)) link_seen(AT_FDCWD, path, r);
+    return r;
+}
+
+EXPORT ssize_t readlinkat(int dirfd, const char *path, char *b, size_t n) {
+    LAZY(readlinkat);
+    ssize_t r = real_readlinkat ? real_readlinkat(dirfd, path, b, n) : syscall(SYS_readlinkat, dirfd, path, b, n);
+    if (UNLIKELY(vrift_recording)) link_seen(dirfd, path, r);
+    return r;
+}
+
+/* realpath() resolves through libc's internal lstat/readlink, which no interposer sees: its
+ * answer hangs on every component of the name and of the result, so each is an 'S' ('l':
+ * a symlink's target, a directory's type).  The library's own calls use REAL(realpath). */
+static void realpath_seen(const char *path, const char *r) {
+    int e = errno;
+    if (!r) {
+        /* a name that does not resolve: its absence is the input (its components may never
+         * have existed, so none is an 'S') */
+        if ((e == ENOENT || e == ENOTDIR) && path) vrift_rec_path('A', AT_FDCWD, path);
+        errno = e;
+        return;
+    }
+    char abs[VRIFT_PATH_MAX];
+    const char *names[2] = {NULL, r};
+    if (path && vrift_rec_absolute(AT_FDCWD, path, abs) == 0) names[0] = abs;
+    else if (path) vrift_rec_uncacheable("path not resolvable:", path);
+    for (int k = 0; k < 2; k++) {
+        const char *n = names[k];
+        if (!n || n[0] != '/') continue;
+        char prefix[VRIFT_PATH_MAX];
+        size_t len = strlen(n);
+        if (len >= sizeof prefix) continue;
+        for (size_t i = 1; i <= len; i++) {
+            if (i < len && n[i] != '/') continue;
+            memcpy(prefix, n, i);
+            prefix[i] = '\0';
+            vrift_rec_stat(AT_FDCWD, prefix, 'l');
+        }
+    }
+    errno = e;
+}
+
+EXPORT char *realpath(const char *path, char *resolved) {
+    char *r = REAL(realpath) ? vrift_real.realpath(path, resolved) : (errno = ENOSYS, NULL);
+    if (UNLIKELY(vrift_recording)) realpath_seen(path, r);
+    return r;
+}
+
+EXPORT char *canonicalize_file_name(const char *path) {
+    /* glibc's own is realpath(path, NULL) through an internal alias */
+    char *r = REAL(realpath) ? vrift_real.realpath(path, NULL) : (errno = ENOSYS, NULL);
+    if (UNLIKELY(vrift_recording)) realpath_seen(path, r);
+    return r;
 }
 
 /* mkstemp and friends open through libc's internal open(): the name they made is written

@@ -207,7 +207,7 @@ int vrift_resolve_name(int dirfd, const char *path, char *out) {
     }
     if (has_dot_components(dir, dl) || !vouched_parent(dir)) {
         char real[PATH_MAX];
-        if (!realpath(dir, real)) return 0;
+        if (!REAL(realpath)(dir, real)) return 0;
         strcpy(dir, real);
     }
     dl = strlen(dir);

@@ -83,7 +83,7 @@ static void resolve_all(void) {
     R(freopen64) R(close) R(fclose) R(dup2) R(dup3) R(close_range)
     R(rename) R(renameat) R(renameat2) R(unlink) R(unlinkat) R(mkdir) R(mkdirat) R(rmdir) R(link)
     R(linkat) R(symlink) R(symlinkat) R(truncate) R(truncate64) R(chmod) R(fchmodat) R(utimensat)
-    R(utimes) R(futimens) R(utime)
+    R(utimes) R(futimens) R(utime) R(realpath)
     R(fork) R(vfork) R(execve) R(execv) R(execvp) R(execvpe) R(fexecve) R(posix_spawn) R(posix_spawnp)
     R(system) R(popen) R(_exit) R(_Exit)
 #undef R

@@ -44,9 +44,9 @@ static void touch(touched *t, int dirfd, const char *path, int follow, int subtr
         const char *rel;
         size_t rl;
         if (follow && REAL(fstatat)(AT_FDCWD, abs, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode) &&
-            realpath(abs, target) && vrift_rel_of(target, &rel, &rl))
+            REAL(realpath)(abs, target) && vrift_rel_of(target, &rel, &rl))
             touch_abs(t, target, subtree);
-    } else if (follow && path && realpath(path, abs)) {
+    } else if (follow && path && REAL(realpath)(path, abs)) {
         /* a name outside the project may still lead into it */
         const char *rel;
         size_t rl;
@@ -156,8 +156,10 @@ EXPORT int mkdir(const char *a, mode_t mode) {
     T;
     touch(&t, AT_FDCWD, a, 0, 0);
     int r = REAL(mkdir)(a, mode);
-    if (UNLIKELY(vrift_recording) && r == 0) {
-        vrift_rec_path('W', AT_FDCWD, a);
+    if (UNLIKELY(vrift_recording)) {
+        if (r == 0) vrift_rec_path('W', AT_FDCWD, a);
+        /* `mkdir -p out` over an existing out/: a directory it makes sure of (docs/cache.md) */
+        else if (errno == EEXIST) vrift_rec_stat(AT_FDCWD, a, 'm');
     }
     return done(&t, r);
 }
@@ -166,8 +168,10 @@ EXPORT int mkdirat(int d, const char *a, mode_t mode) {
     T;
     touch(&t, d, a, 0, 0);
     int r = REAL(mkdirat)(d, a, mode);
-    if (UNLIKELY(vrift_recording) && r == 0) {
-        vrift_rec_path('W', d, a);
+    if (UNLIKELY(vrift_recording)) {
+        if (r == 0) vrift_rec_path('W', d, a);
+        /* `mkdir -p out` over an existing out/: a directory it makes sure of (docs/cache.md) */
+        else if (errno == EEXIST) vrift_rec_stat(d, a, 'm');
     }
     return done(&t, r);
 }

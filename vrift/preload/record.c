@@ -39,6 +39,12 @@ static char file[VRIFT_PATH_MAX];
 static pid_t file_pid;    /* `file` names this pid's log (0: not created yet) */
 static __thread int inside;
 
+/* 'S' records already written by this image: a compiler stats the same header many times.
+ * Direct-mapped, 64-bit FNV-1a of the record (flavour + path): a slot holding another path
+ * is overwritten, so a record is only ever skipped when the same one was written before. */
+#define SEEN_SLOTS 512
+static uint64_t seen[SEEN_SLOTS];
+
 static void lock(void) {
     while (__atomic_exchange_n(&lock_word, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
 }
@@ -225,7 +231,7 @@ void vrift_rec_path(char kind, int dirfd, const char *path) {
     char abs[VRIFT_PATH_MAX];
     if (vrift_rec_absolute(dirfd, path, abs) == 0) {
         vrift_rec_abs(kind, abs);
-    } else if (kind == 'R' || kind == 'W' || kind == 'D' || kind == 'U') {
+    } else if (kind == 'R' || kind == 'W' || kind == 'D' || kind == 'U' || kind == 'S') {
         /* an input or output we cannot name: not seen whole */
         vrift_rec_uncacheable("path not resolvable:", path ? path : "(null)");
     }
@@ -289,6 +295,7 @@ void vrift_rec_atfork_child(void) {
     used = 0;
     file_pid = 0;
     inside = 0;
+    memset(seen, 0, sizeof seen); /* what the parent wrote is in the parent's log */
 }
 
 void vrift_rec_done(int status) {
@@ -330,9 +337,42 @@ out:
     errno = saved;
 }
 
-void vrift_rec_probe(int dirfd, const char *path, int result) {
-    if (result == 0) return;
+/* An answer about a path that exists (docs/cache.md, 'S'): the daemon records its type, mode,
+ * size and mtime as the action left them.  `how`: 'f' stat (follows a final symlink), 'l'
+ * lstat/readlink, 'a' the access family (permission bits asked), 'm' mkdir's EEXIST. */
+void vrift_rec_stat(int dirfd, const char *path, char how) {
+    if (!path || !*path) return; /* AT_EMPTY_PATH: the fd's own file, seen at its open */
+    int saved = errno;
+    char rec[VRIFT_PATH_MAX + 1];
+    rec[0] = how;
+    if (vrift_rec_absolute(dirfd, path, rec + 1) != 0) {
+        vrift_rec_uncacheable("path not resolvable:", path);
+        errno = saved;
+        return;
+    }
+    size_t n = strlen(rec + 1);
+    if (!ignored(rec + 1, n)) {
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = 0; i <= n; i++) h = (h ^ (uint8_t)rec[i]) * 1099511628211ull;
+        h |= 1; /* 0 marks an empty slot */
+        uint64_t *slot = &seen[h % SEEN_SLOTS];
+        if (*slot != h) {
+            *slot = h;
+            vrift_rec_bytes('S', rec, n + 1);
+        }
+    }
+    errno = saved;
+}
+
+void vrift_rec_probe(int dirfd, const char *path, int result, char how) {
     int e = errno;
-    if (e == ENOENT || e == ENOTDIR) vrift_rec_path('A', dirfd, path);
+    if (result == 0) {
+        vrift_rec_stat(dirfd, path, how);
+    } else if (e == ENOENT || e == ENOTDIR) {
+        vrift_rec_path('A', dirfd, path);
+    } else if (e == EACCES || e == EPERM || e == ELOOP || e == EROFS || e == ETXTBSY) {
+        /* it exists, and the answer hangs on its mode (`[ -x tool ]` false): an observation */
+        vrift_rec_stat(dirfd, path, how);
+    }
     errno = e;
 }

@@ -110,19 +110,21 @@ static int real_fstatat(int dirfd, const char *path, void *buf, int flags) {
     return (int)syscall(SYS_newfstatat, dirfd, path, buf, flags);
 }
 
-/* Recording an action (docs/cache.md): a failed probe is an input.  Without VRIFT_CACHE
- * this is the one extra branch of the hot path. */
-#define PROBED(DIRFD, PATH, R)                                                   \
+/* Recording an action (docs/cache.md): every answer is an input — absence ('A'), or the
+ * existence, type, mode, size and mtime of what is there ('S'; HOW: 'f' follows, 'l' does
+ * not, 'a' the access family).  Without VRIFT_CACHE this is the one extra branch of the
+ * hot path. */
+#define PROBED(DIRFD, PATH, R, HOW)                                              \
     ({                                                                           \
         int r_ = (R);                                                            \
-        if (UNLIKELY(vrift_recording)) vrift_rec_probe(DIRFD, PATH, r_);         \
+        if (UNLIKELY(vrift_recording)) vrift_rec_probe(DIRFD, PATH, r_, HOW);    \
         r_;                                                                      \
     })
 
 #define STAT_BODY(DIRFD, PATH, BUF, NOFOLLOW, REALCALL)                 \
     vrift_entry e;                                                       \
     int q = query(DIRFD, PATH, NOFOLLOW, &e);                            \
-    return PROBED(DIRFD, PATH, q != Q_PASS ? answer(q, &e, BUF) : REALCALL);
+    return PROBED(DIRFD, PATH, q != Q_PASS ? answer(q, &e, BUF) : REALCALL, (NOFOLLOW) ? 'l' : 'f');
 
 EXPORT int stat(const char *path, struct stat *buf) {
     STAT_BODY(AT_FDCWD, path, buf, 0,
@@ -162,7 +164,7 @@ static inline int fstatat_(int dirfd, const char *path, struct stat *buf, int fl
 }
 
 EXPORT int fstatat(int dirfd, const char *path, struct stat *buf, int flags) {
-    return PROBED(dirfd, path, fstatat_(dirfd, path, buf, flags));
+    return PROBED(dirfd, path, fstatat_(dirfd, path, buf, flags), (flags & AT_SYMLINK_NOFOLLOW) ? 'l' : 'f');
 }
 
 static inline int fstatat64_(int dirfd, const char *path, struct stat64 *buf, int flags) {
@@ -176,7 +178,7 @@ static inline int fstatat64_(int dirfd, const char *path, struct stat64 *buf, in
 }
 
 EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *buf, int flags) {
-    return PROBED(dirfd, path, fstatat64_(dirfd, path, buf, flags));
+    return PROBED(dirfd, path, fstatat64_(dirfd, path, buf, flags), (flags & AT_SYMLINK_NOFOLLOW) ? 'l' : 'f');
 }
 
 /* newfstatat is the kernel's name; glibc does not export it, but a program may define a
@@ -260,7 +262,7 @@ static inline int statx_(int dirfd, const char *path, int flags, unsigned int ma
 }
 
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx) {
-    return PROBED(dirfd, path, statx_(dirfd, path, flags, mask, stx));
+    return PROBED(dirfd, path, statx_(dirfd, path, flags, mask, stx), (flags & AT_SYMLINK_NOFOLLOW) ? 'l' : 'f');
 }
 
 /* access family: existence (F_OK) is answered from the index; permission bits are not —
@@ -284,7 +286,7 @@ static inline int access_(const char *path, int mode) {
     return (int)syscall(SYS_faccessat, AT_FDCWD, path, mode);
 }
 
-EXPORT int access(const char *path, int mode) { return PROBED(AT_FDCWD, path, access_(path, mode)); }
+EXPORT int access(const char *path, int mode) { return PROBED(AT_FDCWD, path, access_(path, mode), 'a'); }
 
 static inline int faccessat_(int dirfd, const char *path, int mode, int flags) {
     if ((flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW)) == 0) {
@@ -296,7 +298,7 @@ static inline int faccessat_(int dirfd, const char *path, int mode, int flags) {
 }
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags) {
-    return PROBED(dirfd, path, faccessat_(dirfd, path, mode, flags));
+    return PROBED(dirfd, path, faccessat_(dirfd, path, mode, flags), (flags & AT_SYMLINK_NOFOLLOW) ? 'l' : 'a');
 }
 
 static inline int euidaccess_(const char *path, int mode) {
@@ -306,7 +308,7 @@ static inline int euidaccess_(const char *path, int mode) {
     return faccessat_(AT_FDCWD, path, mode, AT_EACCESS);
 }
 
-EXPORT int euidaccess(const char *path, int mode) { return PROBED(AT_FDCWD, path, euidaccess_(path, mode)); }
+EXPORT int euidaccess(const char *path, int mode) { return PROBED(AT_FDCWD, path, euidaccess_(path, mode), 'a'); }
 
 static inline int eaccess_(const char *path, int mode) {
     int q = access_query(AT_FDCWD, path, mode, 0);
@@ -315,7 +317,7 @@ static inline int eaccess_(const char *path, int mode) {
     return faccessat_(AT_FDCWD, path, mode, AT_EACCESS);
 }
 
-EXPORT int eaccess(const char *path, int mode) { return PROBED(AT_FDCWD, path, eaccess_(path, mode)); }
+EXPORT int eaccess(const char *path, int mode) { return PROBED(AT_FDCWD, path, eaccess_(path, mode), 'a'); }
 
 /* For open() of a path for reading: 1 when the index says with certainty that it does not
  * exist (DELETED, or a miss under a COMPLETE_DIR parent) — a compiler's failed include

@@ -41,7 +41,8 @@ int vrift_rec_absolute(int dirfd, const char *path, char *out); /* 0 ok */
 
 /* Hooks of the existing interposers (called only when vrift_recording). */
 void vrift_rec_open(int dirfd, const char *path, int flags, int fd);
-void vrift_rec_probe(int dirfd, const char *path, int result);
+void vrift_rec_probe(int dirfd, const char *path, int result, char how); /* how: 'f' 'l' 'a' 'm' */
+void vrift_rec_stat(int dirfd, const char *path, char how);                /* an 'S' record */
 
 /* action.c */
 void vrift_action_init(int argc, char **argv);

@@ -102,6 +102,7 @@ typedef struct vrift_real_fns {
     FILE *(*popen)(const char *, const char *);
     void (*_exit)(int);
     void (*_Exit)(int);
+    char *(*realpath)(const char *, char *); /* the library's own calls: never recorded */
 } vrift_real_fns;
 
 extern vrift_real_fns vrift_real;

@@ -231,7 +231,7 @@ static void plan_write(int dirfd, const char *path, int flags, write_plan *p) {
     if (have && S_ISLNK(lst.st_mode)) {
         /* open follows the link: the target changes, in place */
         char target[PATH_MAX];
-        if (realpath(p->abs, target)) {
+        if (REAL(realpath)(p->abs, target)) {
             const char *rel;
             size_t rl;
             if (vrift_rel_of(target, &rel, &rl)) vrift_mark_path(target, 0);
