@@ -697,6 +697,7 @@ EXPORT ssize_t readlinkat(int dirfd, const char *path, char *b, size_t n) {
  * a symlink's target, a directory's type).  The library's own calls use REAL(realpath). */
 static void realpath_seen(const char *path, const char *r) {
     int e = errno;
+    vrift_cwd_realpath(path);
     if (!r) {
         /* a name that does not resolve: its absence is the input (its components may never
          * have existed, so none is an 'S') */

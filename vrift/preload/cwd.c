@@ -173,15 +173,8 @@ EXPORT char *secure_getenv(const char *name) {
     return getuid() == geteuid() && getgid() == getegid() ? scan_environ(name) : NULL;
 }
 
-/* libc resolves a relative name with its internal getcwd: the answer holds the cwd */
-EXPORT char *realpath(const char *restrict path, char *restrict out) {
-    if (UNLIKELY(vrift_recording) && path && path[0] != '/') cwd_read(REALPATH);
-    LAZY(realpath);
-    return real_realpath ? real_realpath(path, out) : NULL;
-}
-
-EXPORT char *canonicalize_file_name(const char *path) {
-    if (UNLIKELY(vrift_recording) && path[0] != '/') cwd_read(REALPATH);
-    LAZY(canonicalize_file_name);
-    return real_canonicalize_file_name ? real_canonicalize_file_name(path) : NULL;
+/* realpath/canonicalize_file_name (interposed in action.c) of a relative name: libc resolves it
+ * with its internal getcwd, so the answer holds the cwd. */
+void vrift_cwd_realpath(const char *path) {
+    if (vrift_recording && path && path[0] != '/') cwd_read(REALPATH);
 }

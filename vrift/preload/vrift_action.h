@@ -72,6 +72,7 @@ void vrift_stdin_seek(unsigned long long offset);
 /* cwd.c: reads of the working directory ('C') */
 void vrift_cwd_start(const char *exe, int argc, char **argv); /* when this image starts recording */
 void vrift_cwd_link(const char *path);                         /* readlink of /proc/<pid>/cwd */
+void vrift_cwd_realpath(const char *path);                     /* realpath of a relative name */
 
 /* tools.c */
 int vrift_is_build_tool(const char *exe, const char *argv0); /* a nested make, ninja, ... */
