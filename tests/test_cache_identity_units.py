@@ -59,9 +59,9 @@ def test_stdin_read_is_kept_with_its_end_offset(tmp_path):
     a.log(("R", feed), ("W", bytes(root / "out.txt")))
     fp = build(actionlog.take(a.dir), ctx, 0, time.time_ns(), stdin=feed, stdin_end=5)
     assert fp.stdin == ["feed.txt", 5] and "stdin" in fp.content()
-    assert match(fp, ctx, feed) is None
+    assert match(fp, ctx, stdin=feed) is None
     (root / "other.txt").write_text("data\n")
-    assert match(fp, ctx, bytes(root / "other.txt")) == "stdin is other.txt (it was feed.txt)"
+    assert match(fp, ctx, stdin=bytes(root / "other.txt")) == "stdin is other.txt (it was feed.txt)"
     assert match(fp, ctx, None) == "stdin is not a file read from its start (it was feed.txt)"
 
     # stdin named at LOOKUP but never read: no condition on it, and the id is as before
