@@ -12,6 +12,8 @@ import signal
 import struct
 import sys
 
+from ..vdir.layout import COUNTERS_NAME_PREFIX
+
 # vrift/preload/vrift_counters.h
 COUNTERS_MAGIC = 0x56524354
 COUNTERS_VERSION = 1
@@ -31,7 +33,7 @@ def create_counters(directory: str) -> str:
     """A fresh counters file (0600) in `directory`, magic and version set, counts zero."""
     head = _COUNTERS_HEAD.pack(COUNTERS_MAGIC, COUNTERS_VERSION, 0)
     for attempt in range(2):
-        path = os.path.join(directory, f"vrift_counters_{os.getpid()}")
+        path = os.path.join(directory, f"{COUNTERS_NAME_PREFIX}{os.getpid()}")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:  # left by an earlier wrapper with the same pid that was killed

@@ -240,13 +240,31 @@ EXPORT int vrift_layout_field(int i, const char **name, size_t *off, size_t *siz
     return 1;
 }
 
+/* The naming and ownership rules of the shared-memory directory, for the Python mirror. */
+EXPORT const char *vrift_layout_string(const char *name) {
+#define S(n) if (strcmp(name, #n) == 0) return n;
+    S(VRIFT_SHM_USER_DIR_PREFIX) S(VRIFT_VDIR_NAME_PREFIX) S(VRIFT_COUNTERS_NAME_PREFIX)
+#undef S
+    return NULL;
+}
+
+/* 1 when a file (dir = 0) or the private directory (dir = 1) with these stat fields is ours. */
+EXPORT int vrift_shm_stat_ok(int dir, uint32_t mode, uint32_t uid, uint64_t nlink, uint32_t euid) {
+    struct stat st;
+    memset(&st, 0, sizeof st);
+    st.st_mode = mode;
+    st.st_uid = uid;
+    st.st_nlink = (nlink_t)nlink;
+    return dir ? vrift_shm_dir_ok(&st, euid) : vrift_shm_file_ok(&st, euid);
+}
+
 EXPORT uint32_t vrift_layout_constant(const char *name) {
 #define C(n) if (strcmp(name, #n) == 0) return n;
     C(VRIFT_VDIR_MAGIC) C(VRIFT_VDIR_VERSION) C(VRIFT_HEADER_SIZE) C(VRIFT_ROOT_OFFSET)
     C(VRIFT_ROOT_MAX) C(VRIFT_BLOOM_BYTES) C(VRIFT_ENTRY_SIZE) C(VRIFT_SLOT_SIZE)
     C(VRIFT_F_DIRTY) C(VRIFT_F_DELETED) C(VRIFT_F_SYMLINK) C(VRIFT_F_DIR) C(VRIFT_F_COMPLETE_DIR)
     C(VRIFT_H_RETIRED) C(VRIFT_RECORD_OFFSET) C(VRIFT_RECORD_SIZE)
-    C(VRIFT_MAX_LOAD_NUM) C(VRIFT_MAX_LOAD_DEN) C(VRIFT_BLOOM_MASK) C(VRIFT_REL_MAX)
+    C(VRIFT_MAX_LOAD_NUM) C(VRIFT_MAX_LOAD_DEN) C(VRIFT_BLOOM_MASK) C(VRIFT_REL_MAX) C(VRIFT_VDIR_ID_CHARS)
 #undef C
     return 0xffffffffu;
 }

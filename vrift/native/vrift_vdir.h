@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define VRIFT_VDIR_MAGIC 0x56524654u /* "VRFT" */
 #define VRIFT_VDIR_VERSION 1u
@@ -29,6 +30,14 @@
 #define VRIFT_MAX_LOAD_NUM 7u       /* table load factor <= 7/10 */
 #define VRIFT_MAX_LOAD_DEN 10u
 #define VRIFT_READ_RETRIES 64       /* seqlock retries before a reader gives up */
+
+/* Names in the shared-memory directory (VRIFT_SHM_DIR, default /dev/shm).  Every file of
+ * a user lives in a private directory <shm>/vrift-<euid>/ (0700, owned by the user), so no
+ * other user can pre-create or replace a name there. */
+#define VRIFT_SHM_USER_DIR_PREFIX "vrift-"      /* + decimal euid */
+#define VRIFT_VDIR_NAME_PREFIX "vrift_vdir_"    /* + the first VRIFT_VDIR_ID_CHARS of the project id */
+#define VRIFT_VDIR_ID_CHARS 16u
+#define VRIFT_COUNTERS_NAME_PREFIX "vrift_counters_" /* + pid of `vrift wrap` */
 
 /* entry flags */
 #define VRIFT_F_DIRTY 1u
@@ -118,6 +127,19 @@ static inline uint64_t vrift_bloom_bit2(uint64_t h) { return (h >> 32) & VRIFT_B
 /* 1 when [off, off + len) lies inside a mapping of `size` bytes; immune to u64 wrap-around. */
 static inline int vrift_span_ok(uint64_t off, uint64_t len, uint64_t size) {
     return off <= size && len <= size - off;
+}
+
+/* A shared-memory file may be used only when it is a regular file with one name, owned by
+ * `euid`, readable and writable by nobody else: anything else may be another user's
+ * (a takeover: false answers fed to our builds, or our index read by them). */
+static inline int vrift_shm_file_ok(const struct stat *st, uid_t euid) {
+    return S_ISREG(st->st_mode) && st->st_uid == euid && (st->st_mode & 077) == 0 && st->st_nlink == 1;
+}
+
+/* The private directory that holds the files: a directory (not a link), owned by `euid`,
+ * with no access for group or others. */
+static inline int vrift_shm_dir_ok(const struct stat *st, uid_t euid) {
+    return S_ISDIR(st->st_mode) && st->st_uid == euid && (st->st_mode & 077) == 0;
 }
 
 /* Structural check of a mapping of `size` bytes: 0 if usable. */

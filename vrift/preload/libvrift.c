@@ -92,10 +92,16 @@ static void resolve_all(void) {
 /* ------------------------------------------------------------------ VDir mapping */
 
 static int map_file(vrift_map *out) {
-    int fd = REAL(open)(vdir_path, O_RDONLY | O_CLOEXEC);
+    int fd = REAL(open)(vdir_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return -1;
     struct stat st;
     if (REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) != 0 || st.st_size < (off_t)VRIFT_HEADER_SIZE) {
+        REAL(close)(fd);
+        return -1;
+    }
+    if (!vrift_shm_file_ok(&st, geteuid())) {
+        vrift_log("VDir %s is not ours (uid %d, mode %o, %d links): refused", vdir_path, (int)st.st_uid,
+                  (unsigned)st.st_mode & 07777u, (int)st.st_nlink);
         REAL(close)(fd);
         return -1;
     }
@@ -308,21 +314,23 @@ void vrift_flush_counters(void) {
     }
     if (!any) return;
     int saved = errno;
-    int fd = REAL(open)(counters_path, O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
+    int fd = REAL(open)(counters_path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    /* size and owner checked before the mapping is touched: no SIGBUS, no other user's file
+     * (its mode is not checked: counts are no secret) */
+    if (fd >= 0 && REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) == 0 && st.st_size >= (off_t)VRIFT_COUNTERS_SIZE &&
+        S_ISREG(st.st_mode) && st.st_uid == geteuid()) {
         void *m = mmap(NULL, VRIFT_COUNTERS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        struct stat st;
         if (m != MAP_FAILED) {
             vrift_counters_file *cf = (vrift_counters_file *)m;
-            if (REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) == 0 && st.st_size >= (off_t)VRIFT_COUNTERS_SIZE &&
-                cf->magic == VRIFT_COUNTERS_MAGIC && cf->version == VRIFT_COUNTERS_VERSION) {
+            if (cf->magic == VRIFT_COUNTERS_MAGIC && cf->version == VRIFT_COUNTERS_VERSION) {
                 for (int i = 0; i < VRIFT_C_COUNT; i++)
                     if (local[i]) __atomic_fetch_add(&cf->c[i], local[i], __ATOMIC_RELAXED);
             }
             munmap(m, VRIFT_COUNTERS_SIZE);
         }
-        REAL(close)(fd);
     }
+    if (fd >= 0) REAL(close)(fd);
     errno = saved;
 }
 

@@ -23,6 +23,12 @@ F_COMPLETE_DIR = 16
 
 H_RETIRED = 1
 
+# Names in the shared-memory directory: <shm>/vrift-<euid>/vrift_vdir_<id16>
+SHM_USER_DIR_PREFIX = "vrift-"
+VDIR_NAME_PREFIX = "vrift_vdir_"
+VDIR_ID_CHARS = 16
+COUNTERS_NAME_PREFIX = "vrift_counters_"
+
 RECORD_OFFSET = 16
 RECORD_SIZE = ENTRY_SIZE - RECORD_OFFSET
 

@@ -51,6 +51,8 @@ _SIGNATURES = {
                                   POINTER(c_uint64), POINTER(c_uint64)]),
     "vrift_layout_field": (c_int, [c_int, POINTER(c_char_p), POINTER(c_size_t), POINTER(c_size_t)]),
     "vrift_layout_constant": (c_uint32, [c_char_p]),
+    "vrift_layout_string": (c_char_p, [c_char_p]),
+    "vrift_shm_stat_ok": (c_int, [c_int, c_uint32, c_uint32, c_uint64, c_uint32]),
 }
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from . import layout, native
 from .entry import Entry
-from .shm_format import (ENT, HDR, PATH_BYTES_GUESS, U32, U64, Geometry, VDirCorrupt, VDirError, check_path,
-                         entry_path, header_values, pack_entry, project_id_bytes, read_header, root_bytes, root_of,
-                         show_path, temp_name, write_header)
+from .shm_files import say_once
+from .shm_format import (ENT, HDR, PATH_BYTES_GUESS, U32, U64, Geometry, VDirCorrupt, VDirError, VDirForeign,
+                         check_path, entry_path, header_values, pack_entry, project_id_bytes, read_header,
+                         root_bytes, root_of, show_path, temp_name, write_header)
 from .shm_reader import VDirReader, _find, _map_file, _Mapped
 
 __all__ = ["VDirCorrupt", "VDirError", "VDirReader", "VDirWriter", "path_hash"]
@@ -322,9 +323,13 @@ class VDirWriter(_Mapped):
 
 
 def _open_old(path: Path) -> native.Mapping | None:
-    """The file currently at `path` mapped read-write when it is a VDir (to retire it), else None."""
+    """The file currently at `path` mapped read-write when it is a VDir (to retire it), else None.
+    A file that is not ours is not touched: the rename of the new file replaces its name."""
     try:
         mapping, _ = _map_file(path, writable=True)
+    except VDirForeign as exc:
+        say_once(str(path), f"{exc}: replacing it")
+        return None
     except VDirError:
         return None
     return mapping

@@ -35,6 +35,10 @@ class VDirCorrupt(VDirError):
     """A file that is not a usable VDir: bad magic, version, size or offsets."""
 
 
+class VDirForeign(VDirError):
+    """A file at a VDir name that is not ours to use: another owner, open mode, not a regular file."""
+
+
 def headroom(n: int, minimum: int) -> int:
     """Capacity for n with room to grow: +25% (at least `minimum`), so growth is geometric."""
     return n + max(n // 4, minimum)
