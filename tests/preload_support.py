@@ -12,7 +12,8 @@ from vrift.vdir import layout
 from vrift.vdir.entry import Entry
 
 COUNTERS = ("STAT_SERVED", "STAT_PASSED", "STAT_OUTSIDE", "COMMITTED", "COMMIT_LOCAL", "PUBLISHED", "DIRECT",
-            "INVALIDATED", "FALLBACKS", "DAEMON_ERRORS", "PROCESSES")
+            "INVALIDATED", "FALLBACKS", "DAEMON_ERRORS", "PROCESSES",
+            "VDIR_CORRUPT")
 COUNTERS_MAGIC = 0x56524354
 COUNTERS_SIZE = 256
 
@@ -52,7 +53,8 @@ def build_vdir(path: Path, root: Path, entries: list[Entry], blksize: int = 4096
             j = (j + 1) & (cap - 1)
         slots[j] = i + 1
         layout.SLOT.pack_into(buf, off_table + j * layout.SLOT_SIZE, i + 1, h >> 32)
-        buf[off_entries + i * layout.ENTRY_SIZE:off_entries + (i + 1) * layout.ENTRY_SIZE] = e.pack_entry(h, soff)
+        buf[off_entries + i * layout.ENTRY_SIZE:off_entries + (i + 1) * layout.ENTRY_SIZE] = \
+            layout.seal(e.pack_entry(h, soff))
         buf[off_strings + soff:off_strings + soff + len(e.path)] = e.path
         soff += len(e.path)
     root_b = os.fsencode(root)
@@ -98,13 +100,15 @@ def entry_flags(vdir: Path, rel: bytes) -> int:
 
 
 def set_flags(vdir: Path, rel: bytes, bits: int) -> None:
-    """OR flag bits into an entry (no process maps the file for writing meanwhile)."""
+    """OR flag bits into an entry and reseal it (no process maps the file for writing meanwhile)."""
     off = entry_offset(vdir, rel)
     with open(vdir, "r+b") as f:
-        f.seek(off + 16)
-        flags = struct.unpack("<I", f.read(4))[0]
-        f.seek(off + 16)
-        f.write(struct.pack("<I", flags | bits))
+        f.seek(off)
+        raw = bytearray(f.read(layout.ENTRY_SIZE))
+        flags = struct.unpack_from("<I", raw, 16)[0]
+        struct.pack_into("<I", raw, 16, flags | bits)
+        f.seek(off)
+        f.write(layout.seal(bytes(raw)))
 
 
 def counters_file(path: Path) -> Path:

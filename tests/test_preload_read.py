@@ -231,11 +231,15 @@ def test_coreutils_stat_matches_kernel(project, vrift_env):
 
 
 def tamper_size(vdir: Path, root: Path, rel: bytes, size: int) -> None:
-    """TEST-ONLY: overwrite an entry's size in the VDir to prove where answers come from."""
+    """TEST-ONLY: overwrite an entry's size in the VDir (and reseal it, as the writer would) to
+    prove where answers come from."""
     off = entry_offset(vdir, rel)
     with open(vdir, "r+b") as f:
-        f.seek(off + 56)
-        f.write(struct.pack("<q", size))
+        f.seek(off)
+        raw = bytearray(f.read(layout.ENTRY_SIZE))
+        struct.pack_into("<q", raw, 56, size)
+        f.seek(off)
+        f.write(layout.seal(bytes(raw)))
 
 
 def test_answers_come_from_memory_tampered_entry(project, vrift_env):

@@ -19,7 +19,8 @@ COUNTERS_MAGIC = 0x56524354
 COUNTERS_VERSION = 1
 COUNTERS_SIZE = 256
 COUNTER_NAMES = ("stat_served", "stat_passed", "stat_outside", "committed", "commit_local", "published",
-                 "direct", "invalidated", "fallbacks", "daemon_errors", "processes")
+                 "direct", "invalidated", "fallbacks", "daemon_errors", "processes",
+                 "vdir_corrupt")
 _COUNTERS_HEAD = struct.Struct("<IIQ")
 _COUNTERS_BODY = struct.Struct(f"<{len(COUNTER_NAMES)}Q")
 
@@ -185,6 +186,8 @@ def summary_line(summary: dict) -> str:
         notes.append(f"not accelerated: {summary['fallback']}")
     if summary.get("fallback_processes"):
         notes.append(f"{summary['fallback_processes']} processes fell back to the real filesystem (VDir unusable)")
+    if summary.get("vdir_corrupt"):
+        notes.append(f"{summary['vdir_corrupt']} damaged index entries asked of the kernel instead (reported)")
     if summary.get("written_without_daemon"):
         notes.append(f"{summary['written_without_daemon']} files written without the daemon")
     cache = summary.get("cache")
@@ -208,6 +211,7 @@ def summarize(counters: dict[str, int] | None, wall_s: float, fallback: str | No
         "fallback_processes": c["fallbacks"],
         "daemon_errors": c["daemon_errors"],
         "processes": c["processes"],
+        "vdir_corrupt": c["vdir_corrupt"],
         "wall_s": wall_s,
         "fallback": fallback,
         "counters": dict(c),

@@ -37,7 +37,14 @@ def check_shm(home: Home) -> dict:
         return _check("shared memory", WARN, f"{d} does not exist yet")
     if not os.access(d, os.W_OK):
         return _check("shared memory", FAIL, f"{d} is not writable")
-    return _check("shared memory", OK, f"{d}")
+    from ..vdir.shm_files import dir_problem
+
+    mine = home.user_shm_dir
+    if os.path.lexists(mine):
+        problem = dir_problem(os.lstat(mine))
+        if problem:
+            return _check("shared memory", FAIL, f"{mine}: {problem}; remove it (vrift refuses to use it)")
+    return _check("shared memory", OK, f"{mine}")
 
 
 def check_native() -> dict:
@@ -78,7 +85,30 @@ def check_projects(home: Home) -> list[dict]:
                 out.append(_check(name, OK, f"LMDB readable, generation {view.generation}, {len(view):,} entries"))
         except (VriftError, OSError) as e:
             out.append(_check(name, FAIL, str(e)))
+        vdir = check_vdir(home, project)
+        if vdir is not None:
+            out.append(vdir)
     return out
+
+
+def check_vdir(home: Home, project: Project) -> dict | None:
+    """The project's shared-memory index: owner, structure and every entry's checksum."""
+    from ..vdir.shm import VDirError, VDirReader
+
+    path = home.vdir_path(project.id)
+    name = f"VDir {project.root}"
+    if not os.path.lexists(path):
+        return None
+    fix = "builds ask the kernel meanwhile; its daemon rebuilds it from LMDB (or: vrift daemon stop)"
+    try:
+        with VDirReader(path) as reader:
+            damaged = reader.damaged()
+            n = len(reader)
+    except VDirError as e:
+        return _check(name, FAIL, f"{e}; {fix}")
+    if damaged:
+        return _check(name, FAIL, f"{path}: {len(damaged)} of its entries fail their checksum; {fix}")
+    return _check(name, OK, f"{path}: {n:,} entries, checksums verified")
 
 
 def check_free_space(home: Home) -> dict:

@@ -73,6 +73,7 @@ class ProjectDaemon:
         self.requests = 0
         self.rollbacks = 0
         self.vdir_rebuilds = 0
+        self.vdir_damaged_entries = 0  # entries found failing their checksum, summed over scrubs
         self.full_rescans = 0
         self._beacon_waiting: set[bytes] = set()
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
@@ -388,6 +389,10 @@ class ProjectDaemon:
             with VDirReader(self.index.vdir_path) as reader:
                 problem = None if reader.index_generation == self.index.generation else (
                     f"generation {reader.index_generation}, index at {self.index.generation}")
+                damaged = reader.damaged() if problem is None else []
+                if damaged:
+                    problem = f"{len(damaged)} entries fail their checksum"
+                    self.vdir_damaged_entries += len(damaged)
         except VDirError as e:
             problem = str(e)
         if problem is not None:
@@ -405,7 +410,8 @@ class ProjectDaemon:
             "uptime_s": round(time.time() - self.started, 3), "requests": self.requests,
             "commits": self.writer.commits if self.writer else 0,
             "commit_groups": self.writer.groups if self.writer else 0,
-            "rollbacks": self.rollbacks, "vdir_rebuilds": self.vdir_rebuilds, "full_rescans": self.full_rescans,
+            "rollbacks": self.rollbacks, "vdir_rebuilds": self.vdir_rebuilds,
+            "vdir_damaged_entries": self.vdir_damaged_entries, "full_rescans": self.full_rescans,
             "bad_frames": self.listener.bad_frames, "rejected_uid": self.listener.rejected_uid,
             "beacon_waiting": len(self._beacon_waiting),
             "watcher": self.watcher.stats() if self.watcher else None,

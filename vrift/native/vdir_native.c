@@ -138,6 +138,37 @@ EXPORT int64_t vrift_place(void *base, uint32_t index) {
     return -1;
 }
 
+/* Seal entry `index`: store the checksum of what was just written (the writer, at publish:
+ * under the seqlock for an entry already linked, before linking for a new one). */
+EXPORT void vrift_seal(void *base, uint32_t index) {
+    vrift_entry *e = entry_at(base, index);
+    e->checksum = vrift_entry_sum(e);
+}
+
+EXPORT void vrift_seal_range(void *base, uint32_t first, uint32_t count) {
+    for (uint32_t i = first; i < first + count; i++) vrift_seal(base, i);
+}
+
+EXPORT uint32_t vrift_entry_checksum(const void *entry) { return vrift_entry_sum((const vrift_entry *)entry); }
+
+/* The scrub of the daemon's health check and `vrift doctor`: indices (below entry_used) of
+ * entries whose checksum fails; returns how many (only the first `max` stored), or
+ * UINT32_MAX when the header itself fails vrift_header_check for a mapping of `size`. */
+EXPORT uint32_t vrift_verify(const void *base, uint64_t size, uint32_t *out, uint32_t max) {
+    if (vrift_header_check(base, size) != 0) return UINT32_MAX;
+    const vrift_header *h = (const vrift_header *)base;
+    uint32_t found = 0;
+    for (uint32_t i = 0; i < h->entry_used; i++) {
+        vrift_entry e;
+        memcpy(&e, (const uint8_t *)base + h->entries_offset + (uint64_t)i * VRIFT_ENTRY_SIZE, sizeof e);
+        if (vrift_entry_sum(&e) != e.checksum) {
+            if (found < max) out[found] = i;
+            found++;
+        }
+    }
+    return found;
+}
+
 /* vrift_place() for entries [first, first + count): a freshly built file in one call. */
 EXPORT int vrift_place_range(void *base, uint32_t first, uint32_t count) {
     for (uint32_t i = first; i < first + count; i++)
@@ -171,7 +202,7 @@ EXPORT void vrift_test_fill(uint64_t c, void *out) {
     e->mode = 0100000u | (uint32_t)(c & 0777u);
     e->dev = c ^ 0x5a5a5a5aull;
     e->ino = c * 3u + 1u;
-    e->nlink = c % 5u + 1u;
+    e->nlink = (uint32_t)(c % 5u + 1u);
     e->uid = (uint32_t)(c * 7u);
     e->gid = (uint32_t)(c * 11u);
     e->size = (int64_t)c;
@@ -200,8 +231,10 @@ EXPORT void vrift_torture_read(const void *base, uint64_t size, const char *path
             if (got == 1) {
                 stats[1]++;
                 vrift_test_fill((uint64_t)e.size, &want);
-                if (e.path_len != lens[i] ||
-                    memcmp((const uint8_t *)&e + 20, (const uint8_t *)&want + 20, sizeof e - 20) != 0)
+                /* fields from `mode` on, the checksum excepted (it covers the path too) */
+                size_t ck = offsetof(vrift_entry, checksum), after = ck + sizeof e.checksum;
+                if (e.path_len != lens[i] || memcmp((const uint8_t *)&e + 20, (const uint8_t *)&want + 20, ck - 20) != 0 ||
+                    memcmp((const uint8_t *)&e + after, (const uint8_t *)&want + after, sizeof e - after) != 0)
                     stats[2]++;
                 if (last[i] != UINT64_MAX && last[i] != (uint64_t)e.size) stats[3]++;
                 last[i] = (uint64_t)e.size;
@@ -227,7 +260,7 @@ static const struct { const char *name; size_t off, size; } fields[] = {
     F(vrift_slot, entry_plus1), F(vrift_slot, hash_hi),
     F(vrift_entry, path_hash), F(vrift_entry, path_off), F(vrift_entry, path_len),
     F(vrift_entry, flags), F(vrift_entry, mode), F(vrift_entry, dev), F(vrift_entry, ino),
-    F(vrift_entry, nlink), F(vrift_entry, uid), F(vrift_entry, gid), F(vrift_entry, size),
+    F(vrift_entry, nlink), F(vrift_entry, checksum), F(vrift_entry, uid), F(vrift_entry, gid), F(vrift_entry, size),
     F(vrift_entry, blocks), F(vrift_entry, mtime_sec), F(vrift_entry, ctime_sec),
     F(vrift_entry, mtime_nsec), F(vrift_entry, ctime_nsec), F(vrift_entry, digest),
 };
@@ -264,7 +297,7 @@ EXPORT uint32_t vrift_layout_constant(const char *name) {
     C(VRIFT_ROOT_MAX) C(VRIFT_BLOOM_BYTES) C(VRIFT_ENTRY_SIZE) C(VRIFT_SLOT_SIZE)
     C(VRIFT_F_DIRTY) C(VRIFT_F_DELETED) C(VRIFT_F_SYMLINK) C(VRIFT_F_DIR) C(VRIFT_F_COMPLETE_DIR)
     C(VRIFT_H_RETIRED) C(VRIFT_RECORD_OFFSET) C(VRIFT_RECORD_SIZE)
-    C(VRIFT_MAX_LOAD_NUM) C(VRIFT_MAX_LOAD_DEN) C(VRIFT_BLOOM_MASK) C(VRIFT_REL_MAX) C(VRIFT_VDIR_ID_CHARS)
+    C(VRIFT_MAX_LOAD_NUM) C(VRIFT_MAX_LOAD_DEN) C(VRIFT_BLOOM_MASK) C(VRIFT_REL_MAX) C(VRIFT_VDIR_ID_CHARS) C(VRIFT_LOOKUP_CORRUPT)
 #undef C
     return 0xffffffffu;
 }

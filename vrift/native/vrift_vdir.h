@@ -1,5 +1,5 @@
 /*
- * vrift_vdir.h — the one description of the VDir shared-memory layout (version 1).
+ * vrift_vdir.h — the one description of the VDir shared-memory layout (version 2).
  *
  * Included by the preload library (readers) and by the small helper library that the
  * Python daemon loads with ctypes (writer atomics).  vrift/vdir/layout.py mirrors these
@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 
 #define VRIFT_VDIR_MAGIC 0x56524654u /* "VRFT" */
-#define VRIFT_VDIR_VERSION 1u
+#define VRIFT_VDIR_VERSION 2u
 
 #define VRIFT_HEADER_SIZE 8192u     /* fixed; root path lives in its second half */
 #define VRIFT_ROOT_OFFSET 4096u
@@ -30,6 +30,7 @@
 #define VRIFT_MAX_LOAD_NUM 7u       /* table load factor <= 7/10 */
 #define VRIFT_MAX_LOAD_DEN 10u
 #define VRIFT_READ_RETRIES 64       /* seqlock retries before a reader gives up */
+#define VRIFT_LOOKUP_CORRUPT (-2)   /* vrift_lookup: an entry failed its checksum */
 
 /* Names in the shared-memory directory (VRIFT_SHM_DIR, default /dev/shm).  Every file of
  * a user lives in a private directory <shm>/vrift-<euid>/ (0700, owned by the user), so no
@@ -90,7 +91,8 @@ typedef struct vrift_entry {
     uint32_t mode;       /*  20 st_mode */
     uint64_t dev;        /*  24 */
     uint64_t ino;        /*  32 */
-    uint64_t nlink;      /*  40 */
+    uint32_t nlink;      /*  40 */
+    uint32_t checksum;   /*  44 vrift_entry_sum() of the rest, sealed by the writer at publish */
     uint32_t uid;        /*  48 */
     uint32_t gid;        /*  52 */
     int64_t size;        /*  56 */
@@ -107,6 +109,7 @@ typedef struct vrift_entry {
 #define VRIFT_RECORD_SIZE (VRIFT_ENTRY_SIZE - VRIFT_RECORD_OFFSET)
 
 _Static_assert(sizeof(vrift_entry) == VRIFT_ENTRY_SIZE, "entry size");
+_Static_assert(offsetof(vrift_entry, checksum) == 44, "checksum in the high half of the old 64-bit nlink");
 _Static_assert(sizeof(vrift_slot) == VRIFT_SLOT_SIZE, "slot size");
 _Static_assert(offsetof(vrift_header, index_generation) == 120, "header layout");
 _Static_assert(sizeof(vrift_header) <= VRIFT_ROOT_OFFSET, "header fits");
@@ -118,6 +121,32 @@ static inline uint64_t vrift_fnv1a64(const char *s, size_t n) {
         h *= 0x100000001b3ull;
     }
     return h;
+}
+
+static inline uint64_t vrift_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/*
+ * The checksum of an entry: every byte of it except the checksum itself and the DIRTY bit
+ * (clients OR it in outside the seqlock).  It catches stray writes, not an adversary (only
+ * the user can write the file, see vrift_shm_file_ok): two independent lanes of xor, rotate
+ * and multiply by an odd constant, each step invertible, so a change confined to one word
+ * always changes the result before the final fold to 32 bits.  About 8 ns per hit.
+ */
+static inline uint32_t vrift_entry_sum(const vrift_entry *e) {
+    uint64_t w[VRIFT_ENTRY_SIZE / 8];
+    memcpy(w, e, sizeof w);
+    w[2] &= ~(uint64_t)VRIFT_F_DIRTY;   /* flags (low half of word 2) */
+    w[5] &= 0xffffffffull;              /* nlink stays, the checksum (high half) goes */
+    uint64_t a = 0x243f6a8885a308d3ull, b = 0x13198a2e03707344ull;
+    for (unsigned i = 0; i < VRIFT_ENTRY_SIZE / 8; i += 2) {
+        a = vrift_rotl64(a ^ w[i], 29) * 0x9e3779b97f4a7c15ull;
+        b = vrift_rotl64(b ^ w[i + 1], 31) * 0xc2b2ae3d27d4eb4full;
+    }
+    uint64_t h = a ^ vrift_rotl64(b, 17);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+    return (uint32_t)h;
 }
 
 /* Two bloom bits from one 64-bit hash (k = 2). */
@@ -162,7 +191,9 @@ static inline int vrift_header_check(const void *base, uint64_t size) {
 /*
  * Seqlock-protected lookup of `rel` (path relative to the root, no leading slash).
  * Returns 1 and copies the entry into *out on a hit, 0 on a miss, -1 when the table
- * could not be read consistently (writer busy for too long, or inconsistent offsets).
+ * could not be read consistently (writer busy for too long, or inconsistent offsets),
+ * VRIFT_LOOKUP_CORRUPT when the entry with the path's hash fails its checksum (never served:
+ * the caller asks the kernel and reports the damage).
  * A hit may carry DIRTY/DELETED flags: the caller decides what they mean.
  */
 static inline int vrift_lookup(const void *base, uint64_t map_size, const char *rel, size_t len,
@@ -195,18 +226,30 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
                 if (ep == 0) break;
                 if (slots[i].hash_hi != hi || ep > ecap) continue;
                 const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
-                if (e->path_hash != hash || e->path_len != len) continue;
-                uint32_t po = e->path_off; /* loaded once: checked and used as the same value */
-                if ((uint64_t)po + len > scap) continue;
-                if (memcmp(b + soff + po, rel, len) != 0) continue;
+                if (e->path_hash != hash) continue;
+                /* The copy is what is checked and answered: one consistent value of every field. */
                 memcpy(out, e, sizeof *out);
-                out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED);
+                uint32_t po = out->path_off;
+                if (out->path_len != len || (uint64_t)po + len > scap || memcmp(b + soff + po, rel, len) != 0) {
+                    /* another path with the same 64-bit hash, or a damaged offset or length */
+                    if (vrift_entry_sum(out) != out->checksum) {
+                        result = VRIFT_LOOKUP_CORRUPT;
+                        break;
+                    }
+                    continue;
+                }
+                out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED); /* the latest DIRTY */
                 result = 1;
                 break;
             }
         }
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) return result;
+        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) {
+            /* flags may have changed since the copy only in DIRTY (atomic OR outside the
+             * seqlock), which the checksum leaves out; the current bit is what counts */
+            if (result == 1 && vrift_entry_sum(out) != out->checksum) return VRIFT_LOOKUP_CORRUPT;
+            return result;
+        }
     }
     return -1;
 }

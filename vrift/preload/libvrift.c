@@ -154,13 +154,35 @@ const vrift_map *vrift_remap(void) {
     return cur;
 }
 
+/* Slow path, once per process: an entry failed its checksum.  The lookup already passes
+ * the call to the kernel; the daemon is told so that it scrubs and rebuilds the table
+ * (its own health check would find it too, within a second). */
+static int corrupt_reported;
+
+static void report_corrupt(const char *rel, size_t len) {
+    vrift_count(VRIFT_C_VDIR_CORRUPT);
+    if (__atomic_exchange_n(&corrupt_reported, 1, __ATOMIC_ACQ_REL)) return;
+    int saved = errno;
+    static const char head[] = "entry fails its checksum: ";
+    char detail[sizeof head + 128];
+    size_t n = len < 127 ? len : 127; /* no stdio: this runs inside any stat() */
+    memcpy(detail, head, sizeof head - 1);
+    memcpy(detail + sizeof head - 1, rel, n);
+    detail[sizeof head - 1 + n] = '\0';
+    vrift_log("VDir %s: %s: asking the kernel, reporting to the daemon", vdir_path, detail);
+    if (vrift_socket_path[0]) vrift_daemon_vdir_bad(detail);
+    errno = saved;
+}
+
 int vrift_find(const char *rel, size_t len, vrift_entry *out) {
     const vrift_map *m = __atomic_load_n(&vrift_cur, __ATOMIC_ACQUIRE);
     if (UNLIKELY(vrift_map_retired(m))) {
         m = vrift_remap();
         if (!m) return -1;
     }
-    return vrift_lookup(m->base, m->size, rel, len, out);
+    int r = vrift_lookup(m->base, m->size, rel, len, out);
+    if (UNLIKELY(r == VRIFT_LOOKUP_CORRUPT)) report_corrupt(rel, len);
+    return r;
 }
 
 /* ------------------------------------------------------------------ cached cwd */

@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 MAGIC = 0x56524654
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 8192
 ROOT_OFFSET = 4096
 ROOT_MAX = 4096
@@ -22,6 +22,7 @@ F_DIR = 8
 F_COMPLETE_DIR = 16
 
 H_RETIRED = 1
+LOOKUP_CORRUPT = -2  # vrift_lookup: the entry failed its checksum
 
 # Names in the shared-memory directory: <shm>/vrift-<euid>/vrift_vdir_<id16>
 SHM_USER_DIR_PREFIX = "vrift-"
@@ -46,7 +47,8 @@ HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
 
 ENTRY_FIELDS = (
     ("path_hash", "Q"), ("path_off", "I"), ("path_len", "I"), ("flags", "I"), ("mode", "I"),
-    ("dev", "Q"), ("ino", "Q"), ("nlink", "Q"), ("uid", "I"), ("gid", "I"), ("size", "q"),
+    ("dev", "Q"), ("ino", "Q"), ("nlink", "I"), ("checksum", "I"), ("uid", "I"), ("gid", "I"),
+    ("size", "q"),
     ("blocks", "q"), ("mtime_sec", "q"), ("ctime_sec", "q"), ("mtime_nsec", "I"),
     ("ctime_nsec", "I"), ("digest", "32s"),
 )
@@ -73,3 +75,32 @@ def fnv1a64(data: bytes) -> int:
     for b in data:
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return h
+
+
+_M64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def entry_checksum(raw: bytes) -> int:
+    """vrift_entry_sum() of a 128-byte entry (a slow mirror for tests; the writer seals in C)."""
+    w = list(struct.unpack("<16Q", raw))
+    w[2] &= ~F_DIRTY & _M64
+    w[5] &= 0xFFFFFFFF
+    a, b = 0x243F6A8885A308D3, 0x13198A2E03707344
+    for i in range(0, 16, 2):
+        a = (_rotl(a ^ w[i], 29) * 0x9E3779B97F4A7C15) & _M64
+        b = (_rotl(b ^ w[i + 1], 31) * 0xC2B2AE3D27D4EB4F) & _M64
+    h = a ^ _rotl(b, 17)
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & _M64
+    h ^= h >> 29
+    return h & 0xFFFFFFFF
+
+
+def seal(raw: bytes) -> bytes:
+    """A 128-byte entry with its checksum filled in."""
+    at = field_offsets(ENTRY_FIELDS)["checksum"][0]
+    return raw[:at] + struct.pack("<I", entry_checksum(raw)) + raw[at + 4:]

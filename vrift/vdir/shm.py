@@ -162,7 +162,16 @@ class VDirWriter(_Mapped):
             index = self._locate(path, path_hash(path))
             if index < 0:
                 return False
-            op(self._m().base, index, bits)
+            base = self._m().base
+            if bits & ~layout.F_DIRTY:  # covered by the checksum: changed and resealed under the lock
+                native.lib().vrift_seq_begin(base)
+                try:
+                    op(base, index, bits)
+                    native.lib().vrift_seal(base, index)
+                finally:
+                    native.lib().vrift_seq_end(base)
+            else:
+                op(base, index, bits)
             return True
 
     # ---------------------------------------------------------------- publishing
@@ -197,6 +206,7 @@ class VDirWriter(_Mapped):
             for path, (index, record, path_off, _) in inserts.items():
                 view[soff + path_off:soff + path_off + len(path)] = path
                 view[eoff + index * layout.ENTRY_SIZE:eoff + (index + 1) * layout.ENTRY_SIZE] = record
+            lib.vrift_seal_range(base, h["entry_used"], used - h["entry_used"])  # new records are contiguous
             count = h["entry_count"]
             lib.vrift_seq_begin(base)
             try:
@@ -204,6 +214,7 @@ class VDirWriter(_Mapped):
                     at = eoff + index * layout.ENTRY_SIZE
                     view[at + _FLAGS_AT + 4:at + layout.ENTRY_SIZE] = tail
                     before = lib.vrift_flags_replace(base, index, flags, keep_flags)
+                    lib.vrift_seal(base, index)
                     count += bool(before & layout.F_DELETED) - deleted
                 for index, _, _, deleted in inserts.values():
                     if lib.vrift_place(base, index) < 0:  # cannot happen: the plan checked the load
@@ -288,6 +299,7 @@ class VDirWriter(_Mapped):
             body = b"".join(records)
             new.view[geo.entries_offset:geo.entries_offset + len(body)] = body
             new.view[geo.strings_offset:geo.strings_offset + off] = b"".join(strings)
+            lib.vrift_seal_range(new.base, 0, len(records))  # kept records have new string offsets
             if lib.vrift_place_range(new.base, 0, len(records)) != 0:
                 raise VDirCorrupt(f"VDir {self.path}: slot table full while growing")
 

@@ -197,13 +197,14 @@ def check_path(path: bytes) -> None:
 
 def pack_entry(entry: Entry, path_hash: int, path_off: int, flags: int | None = None) -> bytes:
     """The 128-byte record of `entry` whose path string sits at `path_off` (same bytes as
-    Entry.pack_entry, in one struct call; `flags` overrides the entry's)."""
+    Entry.pack_entry, in one struct call; `flags` overrides the entry's).  Its checksum is 0:
+    the writer seals it in the mapping (vrift_seal) when it publishes."""
     ms, mn = divmod(entry.mtime_ns, 1_000_000_000)
     cs, cn = divmod(entry.ctime_ns, 1_000_000_000)
     flags = entry.flags if flags is None else flags
     try:
         return layout.ENTRY.pack(path_hash, path_off, len(entry.path), flags, entry.mode, entry.dev, entry.ino,
-                                 entry.nlink, entry.uid, entry.gid, entry.size, entry.blocks, ms, cs, mn, cn,
+                                 entry.nlink, 0, entry.uid, entry.gid, entry.size, entry.blocks, ms, cs, mn, cn,
                                  entry.digest)
     except struct.error as exc:
         raise VDirError(f"VDir entry {show_path(entry.path)}: a field does not fit its record ({exc})") from None

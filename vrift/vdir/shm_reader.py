@@ -59,6 +59,8 @@ def _find(mapping: native.Mapping, path: bytes, where: Path) -> Entry | None:
             return unpack_entry(out.raw, path)
         if got == 0:
             return None
+        if got == layout.LOOKUP_CORRUPT:
+            raise VDirCorrupt(f"VDir {where}: the entry of {show_path(path)} fails its checksum")
         os.sched_yield()
     raise VDirError(f"VDir {where}: no consistent read of {show_path(path)} (writer busy or table damaged)")
 
@@ -190,6 +192,20 @@ class VDirReader(_Mapped):
             if self._replaced():
                 self._remap()
             return _find(self._m(), path, self.path)
+
+    def damaged(self) -> list[int]:
+        """Indices of the entries that fail their checksum (a scrub of the whole dense array;
+        ~10 ns an entry).  Raises VDirCorrupt when the header no longer passes its check."""
+        with self._lock:
+            self.refresh()
+            m, lib = self._m(), native.lib()
+            count = lib.vrift_verify(m.base, m.size, None, 0)
+            if count == 0xFFFFFFFF:
+                why = header_problem(m.view, m.size) or "fails the structural check of vrift_vdir.h"
+                raise VDirCorrupt(f"VDir {self.path}: {why}")
+            out = (ctypes.c_uint32 * max(count, 1))()
+            count = lib.vrift_verify(m.base, m.size, out, count)
+            return list(out[:count])
 
     def entries(self) -> list[Entry]:
         """Every record (tombstones included), copied under the sequence lock."""
