@@ -262,7 +262,7 @@ def test_dirty_set_by_a_client_during_growth_is_carried_over(writer, vdir, monke
 
     def client_writes_meanwhile(path, geo, values, root_b, fill):
         for index in range(2):
-            native.lib().vrift_flags_or(client.base, index, layout.F_DIRTY)
+            native.lib().vrift_flags_or(client.base, client.size, index, layout.F_DIRTY)
         return original(path, geo, values, root_b, fill)
 
     monkeypatch.setattr(VDirWriter, "_write_file", staticmethod(client_writes_meanwhile))

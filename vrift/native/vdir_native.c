@@ -29,18 +29,56 @@ EXPORT uint64_t vrift_generation(const void *base) {
     return __atomic_load_n(&((const vrift_header *)base)->generation, __ATOMIC_ACQUIRE);
 }
 
-static vrift_entry *entry_at(void *base, uint32_t index) {
-    vrift_header *h = (vrift_header *)base;
-    return (vrift_entry *)((uint8_t *)base + h->entries_offset + (uint64_t)index * VRIFT_ENTRY_SIZE);
+/* The geometry a writer-side call works with, loaded from the header ONCE and checked against
+ * the mapping's size: a header scribbled on (random bytes, another process) makes the call
+ * fail, never read or write outside the mapping.  Every later access uses these copies. */
+typedef struct geo {
+    uint8_t *b;
+    uint64_t boff, toff, eoff, soff, scap;
+    uint32_t cap, ecap, used;
+} geo;
+
+static int geo_load(void *base, uint64_t size, geo *g) {
+    const vrift_header *h = (const vrift_header *)base;
+    if (size < VRIFT_HEADER_SIZE) return -1;
+    g->b = (uint8_t *)base;
+    g->boff = __atomic_load_n(&h->bloom_offset, __ATOMIC_RELAXED);
+    g->toff = __atomic_load_n(&h->table_offset, __ATOMIC_RELAXED);
+    g->eoff = __atomic_load_n(&h->entries_offset, __ATOMIC_RELAXED);
+    g->soff = __atomic_load_n(&h->strings_offset, __ATOMIC_RELAXED);
+    g->scap = __atomic_load_n(&h->strings_capacity, __ATOMIC_RELAXED);
+    g->cap = __atomic_load_n(&h->table_capacity, __ATOMIC_RELAXED);
+    g->ecap = __atomic_load_n(&h->entry_capacity, __ATOMIC_RELAXED);
+    g->used = __atomic_load_n(&h->entry_used, __ATOMIC_RELAXED);
+    if (g->cap == 0 || (g->cap & (g->cap - 1)) || g->used > g->ecap) return -1;
+    if (!vrift_span_ok(g->boff, VRIFT_BLOOM_BYTES, size) ||
+        !vrift_span_ok(g->toff, (uint64_t)g->cap * VRIFT_SLOT_SIZE, size) ||
+        !vrift_span_ok(g->eoff, (uint64_t)g->ecap * VRIFT_ENTRY_SIZE, size) || !vrift_span_ok(g->soff, g->scap, size))
+        return -1;
+    return 0;
 }
 
-/* Atomic OR / AND-NOT of entry flags (DIRTY), usable by any process mapping read-write. */
-EXPORT uint32_t vrift_flags_or(void *base, uint32_t index, uint32_t bits) {
-    return __atomic_fetch_or(&entry_at(base, index)->flags, bits, __ATOMIC_ACQ_REL);
+static vrift_entry *geo_entry(const geo *g, uint32_t index) {
+    return (vrift_entry *)(g->b + g->eoff + (uint64_t)index * VRIFT_ENTRY_SIZE);
 }
 
-EXPORT uint32_t vrift_flags_clear(void *base, uint32_t index, uint32_t bits) {
-    return __atomic_fetch_and(&entry_at(base, index)->flags, ~bits, __ATOMIC_ACQ_REL);
+/* The entry `index` of a checked mapping, or NULL. */
+static vrift_entry *entry_at(void *base, uint64_t size, uint32_t index) {
+    geo g;
+    if (geo_load(base, size, &g) != 0 || index >= g.ecap) return NULL;
+    return geo_entry(&g, index);
+}
+
+/* Atomic OR / AND-NOT of entry flags (DIRTY), usable by any process mapping read-write.
+ * Return the flags before, or UINT32_MAX when the header or index is unusable. */
+EXPORT uint32_t vrift_flags_or(void *base, uint64_t size, uint32_t index, uint32_t bits) {
+    vrift_entry *e = entry_at(base, size, index);
+    return e ? __atomic_fetch_or(&e->flags, bits, __ATOMIC_ACQ_REL) : UINT32_MAX;
+}
+
+EXPORT uint32_t vrift_flags_clear(void *base, uint64_t size, uint32_t index, uint32_t bits) {
+    vrift_entry *e = entry_at(base, size, index);
+    return e ? __atomic_fetch_and(&e->flags, ~bits, __ATOMIC_ACQ_REL) : UINT32_MAX;
 }
 
 EXPORT void vrift_header_flags_or(void *base, uint32_t bits) {
@@ -70,8 +108,10 @@ EXPORT void vrift_retire(void *base) {
 
 /* Replace an entry's flags with `value`, keeping the bits of `keep` that are set now (a
  * client's DIRTY set concurrently is never lost when the writer asks to keep it). */
-EXPORT uint32_t vrift_flags_replace(void *base, uint32_t index, uint32_t value, uint32_t keep) {
-    uint32_t *f = &entry_at(base, index)->flags;
+EXPORT uint32_t vrift_flags_replace(void *base, uint64_t size, uint32_t index, uint32_t value, uint32_t keep) {
+    vrift_entry *e = entry_at(base, size, index);
+    if (!e) return UINT32_MAX;
+    uint32_t *f = &e->flags;
     uint32_t old = __atomic_load_n(f, __ATOMIC_RELAXED);
     while (!__atomic_compare_exchange_n(f, &old, value | (old & keep), 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
     }
@@ -80,11 +120,12 @@ EXPORT uint32_t vrift_flags_replace(void *base, uint32_t index, uint32_t value, 
 
 /* Indices (below entry_used) of entries with any of `bits` set; returns how many were
  * found (only the first `max` are stored). */
-EXPORT uint32_t vrift_collect_flagged(void *base, uint32_t bits, uint32_t *out, uint32_t max) {
-    vrift_header *h = (vrift_header *)base;
-    uint32_t used = h->entry_used < h->entry_capacity ? h->entry_used : h->entry_capacity, found = 0;
-    for (uint32_t i = 0; i < used; i++) {
-        if (__atomic_load_n(&entry_at(base, i)->flags, __ATOMIC_ACQUIRE) & bits) {
+EXPORT uint32_t vrift_collect_flagged(void *base, uint64_t size, uint32_t bits, uint32_t *out, uint32_t max) {
+    geo g;
+    if (geo_load(base, size, &g) != 0) return 0;
+    uint32_t found = 0;
+    for (uint32_t i = 0; i < g.used; i++) {
+        if (__atomic_load_n(&geo_entry(&g, i)->flags, __ATOMIC_ACQUIRE) & bits) {
             if (found < max) out[found] = i;
             found++;
         }
@@ -95,22 +136,24 @@ EXPORT uint32_t vrift_collect_flagged(void *base, uint32_t bits, uint32_t *out, 
 /* The writer's probe: index of the entry for `rel` under `hash`, or -1.  *slot_out is the
  * entry's slot on a hit, the first empty slot of the chain on a miss (UINT32_MAX when the
  * table has none).  `hash` is a parameter so that tests can force full-hash collisions. */
-EXPORT int64_t vrift_locate(const void *base, const char *rel, size_t len, uint64_t hash, uint32_t *slot_out) {
-    const vrift_header *h = (const vrift_header *)base;
-    const uint8_t *b = (const uint8_t *)base;
-    const vrift_slot *slots = (const vrift_slot *)(b + h->table_offset);
-    uint32_t cap = h->table_capacity, mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
+EXPORT int64_t vrift_locate(void *base, uint64_t size, const char *rel, size_t len, uint64_t hash,
+                            uint32_t *slot_out) {
+    geo g;
     *slot_out = UINT32_MAX;
-    for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
+    if (geo_load(base, size, &g) != 0) return -2;
+    const vrift_slot *slots = (const vrift_slot *)(g.b + g.toff);
+    uint32_t mask = g.cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
+    for (uint32_t probes = 0; probes < g.cap; probes++, i = (i + 1) & mask) {
         uint32_t ep = slots[i].entry_plus1;
         if (ep == 0) {
             *slot_out = i;
             return -1;
         }
-        if (slots[i].hash_hi != hi || ep > h->entry_capacity) continue;
-        const vrift_entry *e = entry_at((void *)base, ep - 1);
-        if (e->path_hash != hash || e->path_len != len || (uint64_t)e->path_off + len > h->strings_capacity) continue;
-        if (memcmp(b + h->strings_offset + e->path_off, rel, len) != 0) continue;
+        if (slots[i].hash_hi != hi || ep > g.ecap) continue;
+        const vrift_entry *e = geo_entry(&g, ep - 1);
+        uint32_t po = e->path_off;
+        if (e->path_hash != hash || e->path_len != len || (uint64_t)po + len > g.scap) continue;
+        if (memcmp(g.b + g.soff + po, rel, len) != 0) continue;
         *slot_out = i;
         return (int64_t)(ep - 1);
     }
@@ -120,19 +163,19 @@ EXPORT int64_t vrift_locate(const void *base, const char *rel, size_t len, uint6
 /* Link entry `index` (path_hash already written) into the table at its chain's first empty
  * slot and into the bloom filter.  The caller has checked that the path is not there yet.
  * Returns the slot, or -1 when the table is full. */
-EXPORT int64_t vrift_place(void *base, uint32_t index) {
-    vrift_header *h = (vrift_header *)base;
-    uint8_t *b = (uint8_t *)base;
-    uint64_t hash = entry_at(base, index)->path_hash;
-    vrift_slot *slots = (vrift_slot *)(b + h->table_offset);
-    uint32_t cap = h->table_capacity, mask = cap - 1, i = (uint32_t)hash & mask;
-    for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
+EXPORT int64_t vrift_place(void *base, uint64_t size, uint32_t index) {
+    geo g;
+    if (geo_load(base, size, &g) != 0 || index >= g.ecap) return -1;
+    uint64_t hash = geo_entry(&g, index)->path_hash;
+    vrift_slot *slots = (vrift_slot *)(g.b + g.toff);
+    uint32_t mask = g.cap - 1, i = (uint32_t)hash & mask;
+    for (uint32_t probes = 0; probes < g.cap; probes++, i = (i + 1) & mask) {
         if (slots[i].entry_plus1 != 0) continue;
         slots[i].hash_hi = (uint32_t)(hash >> 32);
         slots[i].entry_plus1 = index + 1;
         uint64_t b1 = vrift_bloom_bit1(hash), b2 = vrift_bloom_bit2(hash);
-        b[h->bloom_offset + (b1 >> 3)] |= (uint8_t)(1u << (b1 & 7));
-        b[h->bloom_offset + (b2 >> 3)] |= (uint8_t)(1u << (b2 & 7));
+        g.b[g.boff + (b1 >> 3)] |= (uint8_t)(1u << (b1 & 7));
+        g.b[g.boff + (b2 >> 3)] |= (uint8_t)(1u << (b2 & 7));
         return i;
     }
     return -1;
@@ -140,13 +183,17 @@ EXPORT int64_t vrift_place(void *base, uint32_t index) {
 
 /* Seal entry `index`: store the checksum of what was just written (the writer, at publish:
  * under the seqlock for an entry already linked, before linking for a new one). */
-EXPORT void vrift_seal(void *base, uint32_t index) {
-    vrift_entry *e = entry_at(base, index);
+EXPORT int vrift_seal(void *base, uint64_t size, uint32_t index) {
+    vrift_entry *e = entry_at(base, size, index);
+    if (!e) return -1;
     e->checksum = vrift_entry_sum(e);
+    return 0;
 }
 
-EXPORT void vrift_seal_range(void *base, uint32_t first, uint32_t count) {
-    for (uint32_t i = first; i < first + count; i++) vrift_seal(base, i);
+EXPORT int vrift_seal_range(void *base, uint64_t size, uint32_t first, uint32_t count) {
+    for (uint32_t i = first; i < first + count; i++)
+        if (vrift_seal(base, size, i) != 0) return -1;
+    return 0;
 }
 
 EXPORT uint32_t vrift_entry_checksum(const void *entry) { return vrift_entry_sum((const vrift_entry *)entry); }
@@ -170,9 +217,9 @@ EXPORT uint32_t vrift_verify(const void *base, uint64_t size, uint32_t *out, uin
 }
 
 /* vrift_place() for entries [first, first + count): a freshly built file in one call. */
-EXPORT int vrift_place_range(void *base, uint32_t first, uint32_t count) {
+EXPORT int vrift_place_range(void *base, uint64_t size, uint32_t first, uint32_t count) {
     for (uint32_t i = first; i < first + count; i++)
-        if (vrift_place(base, i) < 0) return -1;
+        if (vrift_place(base, size, i) < 0) return -1;
     return 0;
 }
 

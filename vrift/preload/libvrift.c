@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,6 +156,62 @@ const vrift_map *vrift_remap(void) {
     return cur;
 }
 
+/* ------------------------------------------------------------------ SIGBUS guard
+ *
+ * A VDir truncated by another process while we map it (nothing of ours does that, but the
+ * user can) turns every access past its new end into SIGBUS.  Lookups run under a guard: a
+ * SIGBUS whose address lies in one of our mappings while this thread is inside a lookup
+ * jumps back out of it, and the process falls back to the kernel for good.  Any other SIGBUS
+ * gets the disposition the program had (the handler is installed only over SIG_DFL; a
+ * program that installs its own SIGBUS handler later replaces ours, and then a truncation
+ * while it runs is its SIGBUS, as before).  The cost on the hot path is one sigsetjmp that
+ * saves no signal mask: a handful of register stores, no syscall. */
+static __thread sigjmp_buf *bus_guard;
+static struct sigaction bus_prev;
+
+static int in_our_maps(const void *addr) {
+    const uint8_t *a = (const uint8_t *)addr;
+    int n = __atomic_load_n(&maps_used, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++)
+        if (a >= maps[i].base && a < maps[i].base + maps[i].size) return 1;
+    return 0;
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+    (void)uc;
+    sigjmp_buf *g = bus_guard;
+    if (g && si && si->si_code > 0 && in_our_maps(si->si_addr)) {
+        bus_guard = NULL;
+        siglongjmp(*g, 1);
+    }
+    /* not ours: as if we had never been here */
+    sigaction(SIGBUS, &bus_prev, NULL);
+    if (!si || si->si_code <= 0) raise(sig); /* sent, not a fault: deliver it again */
+    /* a fault: returning repeats the access, which now meets the program's disposition */
+}
+
+static void install_bus_guard(void) {
+    struct sigaction cur;
+    if (sigaction(SIGBUS, NULL, &cur) != 0 || (cur.sa_flags & SA_SIGINFO) || cur.sa_handler != SIG_DFL) return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    /* NODEFER: the jump leaves the handler without restoring a mask, SIGBUS must stay open */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    bus_prev = cur;
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+static int guarded_lookup(const char *rel, size_t len, vrift_entry *out) {
+    const vrift_map *m = __atomic_load_n(&vrift_cur, __ATOMIC_ACQUIRE);
+    if (UNLIKELY(vrift_map_retired(m))) {
+        m = vrift_remap();
+        if (!m) return -1;
+    }
+    return vrift_lookup(m->base, m->size, rel, len, out);
+}
+
 /* Slow path, once per process: an entry failed its checksum.  The lookup already passes
  * the call to the kernel; the daemon is told so that it scrubs and rebuilds the table
  * (its own health check would find it too, within a second). */
@@ -175,12 +233,19 @@ static void report_corrupt(const char *rel, size_t len) {
 }
 
 int vrift_find(const char *rel, size_t len, vrift_entry *out) {
-    const vrift_map *m = __atomic_load_n(&vrift_cur, __ATOMIC_ACQUIRE);
-    if (UNLIKELY(vrift_map_retired(m))) {
-        m = vrift_remap();
-        if (!m) return -1;
+    sigjmp_buf jb;
+    sigjmp_buf *outer = bus_guard; /* a lookup from a signal handler inside a lookup */
+    if (UNLIKELY(sigsetjmp(jb, 0))) {
+        bus_guard = outer;
+        if (__atomic_exchange_n(&vrift_reads_on, 0, __ATOMIC_ACQ_REL)) {
+            vrift_count(VRIFT_C_FALLBACKS);
+            vrift_log("VDir %s shrank under this process (SIGBUS caught): fallback", vdir_path);
+        }
+        return -1;
     }
-    int r = vrift_lookup(m->base, m->size, rel, len, out);
+    bus_guard = &jb;
+    int r = guarded_lookup(rel, len, out);
+    bus_guard = outer;
     if (UNLIKELY(r == VRIFT_LOOKUP_CORRUPT)) report_corrupt(rel, len);
     return r;
 }
@@ -420,6 +485,7 @@ __attribute__((constructor)) static void vrift_init(int argc, char **argv, char 
     }
     maps_used = 1;
     vrift_cur = &maps[0];
+    install_bus_guard();
     cwd_refresh();
     vrift_reads_on = 1;
     vrift_writes_on = 1;
