@@ -35,6 +35,8 @@ def check_shm(home: Home) -> dict:
     d = home.shm_dir
     if not d.exists():
         return _check("shared memory", WARN, f"{d} does not exist yet")
+    if not d.is_dir():
+        return _check("shared memory", FAIL, f"{d} is not a directory: set VRIFT_SHM_DIR to one")
     if not os.access(d, os.W_OK):
         return _check("shared memory", FAIL, f"{d} is not writable")
     from ..vdir.shm_files import dir_problem

@@ -57,6 +57,9 @@ def ensure_private_dir(path: Path) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise VriftError(f"shared-memory directory {path.parent} exists and is not a directory "
+                         f"(set VRIFT_SHM_DIR to a directory)") from None
     except OSError as exc:
         raise VriftError(f"shared-memory directory {path.parent}: cannot be created ({exc.strerror})") from None
     for _ in range(3):
