@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from .. import native
@@ -105,6 +106,9 @@ def check_vdir(home: Home, project: Project) -> dict | None:
     try:
         with VDirReader(path) as reader:
             damaged = reader.damaged()
+            if damaged:  # the daemon may have been rewriting an entry: damage stays, a publish does not
+                time.sleep(0.05)
+                damaged = sorted(set(damaged) & set(reader.damaged()))
             n = len(reader)
     except VDirError as e:
         return _check(name, FAIL, f"{e}; {fix}")

@@ -127,7 +127,7 @@ class ActionCache:
     def lookup(self, conn: Connection, req: Frame) -> Frame:
         exe, cwd, aid = req.get(Tag.PATH), req.get(Tag.TEXT), req.get(Tag.ACTION)
         argv = req.all(Tag.ARG)
-        if not exe or not exe.startswith(b"/") or not cwd or not cwd.startswith(b"/") or not argv:
+        if not exe or not exe.startswith(b"/") or not cwd or not cwd.startswith(b"/") or not argv or b"\0" in cwd:
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs PATH (absolute), TEXT (cwd, absolute) and ARG")
         if aid is None or not ACTION_ID.match(aid):
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs ACTION (16 lowercase hex characters)")

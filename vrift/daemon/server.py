@@ -39,6 +39,9 @@ STATS_CACHE_ONLY = 1  # STATS FLAGS: only the action cache's counters (no writer
 STATS_EXPLAIN = 2     # STATS FLAGS: with the explanations of misses newer than SIZE (a sequence number)
 
 
+# fields that name files (or hold argv/environment strings): a NUL in one is refused up front
+NUL_FREE_TAGS = frozenset((Tag.PATH, Tag.STAGING, Tag.ROOT, Tag.STAGING_DIR, Tag.ARG, Tag.ENV))
+
 class ProjectDaemon:
     def __init__(self, home: Home, project: Project, cfg, index_filter=None, cache_key=None):
         from ..cas import CAS
@@ -158,11 +161,16 @@ class ProjectDaemon:
             raise RequestError(Err.BAD_REQUEST, f"unknown request type 0x{req.type:04x}")
         if self.stop_event.is_set() and req.type != Msg.PING:
             raise RequestError(Err.SHUTTING_DOWN, "project daemon is shutting down")
+        for tag, value in req.fields:
+            if tag in NUL_FREE_TAGS and b"\0" in value:  # no file name, argv or environment holds one
+                raise RequestError(Err.BAD_REQUEST, f"field {Tag(tag).name} contains a NUL byte")
         return handler(self, conn, req)
 
     def _hello(self, conn: Connection, req: Frame) -> Frame:
         pid = req.int(Tag.PID)
         root = req.get(Tag.ROOT)
+        if root is not None and (b"\0" in root or not root.startswith(b"/")):
+            raise RequestError(Err.BAD_REQUEST, "ROOT must be an absolute path without NUL bytes")
         if root is not None and os.path.realpath(root) != os.fsencode(self.project.root):
             raise RequestError(Err.BAD_REQUEST, f"{os.fsdecode(root)}: this daemon serves {self.project.root}")
         conn.client_pid = pid

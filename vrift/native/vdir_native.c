@@ -198,17 +198,33 @@ EXPORT int vrift_seal_range(void *base, uint64_t size, uint32_t first, uint32_t 
 
 EXPORT uint32_t vrift_entry_checksum(const void *entry) { return vrift_entry_sum((const vrift_entry *)entry); }
 
+EXPORT uint32_t vrift_geometry_checksum(uint64_t boff, uint64_t toff, uint64_t eoff, uint64_t soff, uint64_t scap,
+                                        uint32_t cap, uint32_t ecap) {
+    return vrift_geometry_sum(boff, toff, eoff, soff, scap, cap, ecap);
+}
+
 /* The scrub of the daemon's health check and `vrift doctor`: indices (below entry_used) of
- * entries whose checksum fails; returns how many (only the first `max` stored), or
- * UINT32_MAX when the header itself fails vrift_header_check for a mapping of `size`. */
+ * entries that fail their checksum or that a lookup of their own path does not find (damage
+ * to the slot table, the bloom filter or the string area: a lookup would miss them); returns
+ * how many (only the first `max` stored), or UINT32_MAX when the header itself fails
+ * vrift_header_check for a mapping of `size`.  Run by the writer's process between publishes:
+ * no seqlock needed beyond the lookup's own. */
 EXPORT uint32_t vrift_verify(const void *base, uint64_t size, uint32_t *out, uint32_t max) {
     if (vrift_header_check(base, size) != 0) return UINT32_MAX;
     const vrift_header *h = (const vrift_header *)base;
+    const uint8_t *b = (const uint8_t *)base;
     uint32_t found = 0;
     for (uint32_t i = 0; i < h->entry_used; i++) {
-        vrift_entry e;
-        memcpy(&e, (const uint8_t *)base + h->entries_offset + (uint64_t)i * VRIFT_ENTRY_SIZE, sizeof e);
-        if (vrift_entry_sum(&e) != e.checksum) {
+        vrift_entry e, got;
+        memcpy(&e, b + h->entries_offset + (uint64_t)i * VRIFT_ENTRY_SIZE, sizeof e);
+        int bad = vrift_entry_sum(&e) != e.checksum || (uint64_t)e.path_off + e.path_len > h->strings_capacity;
+        if (!bad) {
+            const char *p = (const char *)b + h->strings_offset + e.path_off;
+            /* the string is the path the entry was filed under; the lookup of it finds it */
+            bad = vrift_fnv1a64(p, e.path_len) != e.path_hash ||
+                  vrift_lookup(base, size, p, e.path_len, &got) != 1 || got.path_off != e.path_off;
+        }
+        if (bad) {
             if (found < max) out[found] = i;
             found++;
         }
@@ -303,7 +319,7 @@ static const struct { const char *name; size_t off, size; } fields[] = {
     F(vrift_header, entries_offset), F(vrift_header, strings_offset),
     F(vrift_header, strings_capacity), F(vrift_header, strings_used),
     F(vrift_header, header_flags), F(vrift_header, root_len), F(vrift_header, project_id),
-    F(vrift_header, index_generation), F(vrift_header, blksize), F(vrift_header, reserved0),
+    F(vrift_header, index_generation), F(vrift_header, blksize), F(vrift_header, geometry_sum),
     F(vrift_slot, entry_plus1), F(vrift_slot, hash_hi),
     F(vrift_entry, path_hash), F(vrift_entry, path_off), F(vrift_entry, path_len),
     F(vrift_entry, flags), F(vrift_entry, mode), F(vrift_entry, dev), F(vrift_entry, ino),

@@ -72,7 +72,7 @@ typedef struct vrift_header {
     uint8_t project_id[16];    /* 104 first 16 bytes of the project id */
     uint64_t index_generation; /* 120 LMDB/WAL generation this table reflects */
     uint32_t blksize;          /* 128 st_blksize reported for entries */
-    uint32_t reserved0;        /* 132 */
+    uint32_t geometry_sum;     /* 132 vrift_geometry_sum() of the region offsets and capacities */
     /* 136 .. VRIFT_ROOT_OFFSET: reserved, zero */
     /* VRIFT_ROOT_OFFSET: root path, NUL terminated, no trailing slash */
 } vrift_header;
@@ -149,6 +149,17 @@ static inline uint32_t vrift_entry_sum(const vrift_entry *e) {
     return (uint32_t)h;
 }
 
+/* The header's geometry (fixed for a file's life) in 32 bits: a lookup that finds the header
+ * offsets and capacities disagreeing with it treats the file as damaged, where an offset
+ * moved to another place inside the mapping would only have made it miss (a false ENOENT). */
+static inline uint32_t vrift_geometry_sum(uint64_t boff, uint64_t toff, uint64_t eoff, uint64_t soff, uint64_t scap,
+                                          uint32_t cap, uint32_t ecap) {
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    const uint64_t w[6] = {boff, toff, eoff, soff, scap, (uint64_t)cap << 32 | ecap};
+    for (int i = 0; i < 6; i++) h = vrift_rotl64(h ^ w[i], 27) * 0xff51afd7ed558ccdull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
 /* Two bloom bits from one 64-bit hash (k = 2). */
 static inline uint64_t vrift_bloom_bit1(uint64_t h) { return h & VRIFT_BLOOM_MASK; }
 static inline uint64_t vrift_bloom_bit2(uint64_t h) { return (h >> 32) & VRIFT_BLOOM_MASK; }
@@ -185,6 +196,9 @@ static inline int vrift_header_check(const void *base, uint64_t size) {
     if (!vrift_span_ok(h->strings_offset, h->strings_capacity, size)) return -1;
     if (h->entry_used > h->entry_capacity || h->strings_used > h->strings_capacity) return -1;
     if (h->root_len == 0 || h->root_len >= VRIFT_ROOT_MAX) return -1;
+    if (vrift_geometry_sum(h->bloom_offset, h->table_offset, h->entries_offset, h->strings_offset,
+                           h->strings_capacity, h->table_capacity, h->entry_capacity) != h->geometry_sum)
+        return -1;
     return 0;
 }
 
@@ -218,6 +232,8 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
             !vrift_span_ok(eoff, (uint64_t)ecap * VRIFT_ENTRY_SIZE, map_size) ||
             !vrift_span_ok(soff, scap, map_size)) {
             result = -1;
+        } else if (vrift_geometry_sum(boff, toff, eoff, soff, scap, cap, ecap) != h->geometry_sum) {
+            result = VRIFT_LOOKUP_CORRUPT; /* offsets rewritten after the file was mapped */
         } else if ((b[boff + (b1 >> 3)] & (1u << (b1 & 7))) && (b[boff + (b2 >> 3)] & (1u << (b2 & 7)))) {
             const vrift_slot *slots = (const vrift_slot *)(b + toff);
             uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
@@ -226,12 +242,23 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
                 if (ep == 0) break;
                 if (slots[i].hash_hi != hi || ep > ecap) continue;
                 const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
-                if (e->path_hash != hash) continue;
+                if (e->path_hash != hash) {
+                    /* the slot said our high hash bits, its entry does not: the slot or the
+                     * entry is damaged (a miss here could become a false ENOENT) */
+                    if ((uint32_t)(e->path_hash >> 32) != hi) {
+                        result = VRIFT_LOOKUP_CORRUPT;
+                        break;
+                    }
+                    continue;
+                }
                 /* The copy is what is checked and answered: one consistent value of every field. */
                 memcpy(out, e, sizeof *out);
                 uint32_t po = out->path_off;
                 if (out->path_len != len || (uint64_t)po + len > scap || memcmp(b + soff + po, rel, len) != 0) {
-                    /* another path with the same 64-bit hash, or a damaged offset or length */
+                    /* Another path with the same 64-bit hash, or damage to its offset or
+                     * length (the checksum fails).  Damage to the string itself is found by
+                     * the writer's scrub (vrift_verify: the string no longer hashes to
+                     * path_hash), not here: a lookup cannot tell it from a collision. */
                     if (vrift_entry_sum(out) != out->checksum) {
                         result = VRIFT_LOOKUP_CORRUPT;
                         break;

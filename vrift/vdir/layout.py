@@ -41,7 +41,7 @@ HEADER_FIELDS = (
     ("entry_capacity", "I"), ("table_capacity", "I"), ("bloom_offset", "Q"), ("table_offset", "Q"),
     ("entries_offset", "Q"), ("strings_offset", "Q"), ("strings_capacity", "Q"), ("strings_used", "Q"),
     ("header_flags", "I"), ("root_len", "I"), ("project_id", "16s"), ("index_generation", "Q"),
-    ("blksize", "I"), ("reserved0", "I"),
+    ("blksize", "I"), ("geometry_sum", "I"),
 )
 HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
 
@@ -104,3 +104,13 @@ def seal(raw: bytes) -> bytes:
     """A 128-byte entry with its checksum filled in."""
     at = field_offsets(ENTRY_FIELDS)["checksum"][0]
     return raw[:at] + struct.pack("<I", entry_checksum(raw)) + raw[at + 4:]
+
+
+def geometry_sum(h: dict) -> int:
+    """vrift_geometry_sum() of a header's region offsets and capacities."""
+    w = (h["bloom_offset"], h["table_offset"], h["entries_offset"], h["strings_offset"], h["strings_capacity"],
+         (h["table_capacity"] << 32) | h["entry_capacity"])
+    x = 0x9E3779B97F4A7C15
+    for v in w:
+        x = (_rotl(x ^ v, 27) * 0xFF51AFD7ED558CCD) & _M64
+    return (x ^ (x >> 32)) & 0xFFFFFFFF

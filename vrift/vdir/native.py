@@ -48,6 +48,7 @@ _SIGNATURES = {
     "vrift_seal": (c_int, [c_void_p, c_uint64, c_uint32]),
     "vrift_seal_range": (c_int, [c_void_p, c_uint64, c_uint32, c_uint32]),
     "vrift_entry_checksum": (c_uint32, [c_char_p]),
+    "vrift_geometry_checksum": (c_uint32, [c_uint64, c_uint64, c_uint64, c_uint64, c_uint64, c_uint32, c_uint32]),
     "vrift_verify": (c_uint32, [c_void_p, c_uint64, POINTER(c_uint32), c_uint32]),
     "vrift_lookup_loop": (c_uint64, [c_void_p, c_uint64, c_char_p, POINTER(c_uint32), c_uint32, c_uint64]),
     "vrift_test_fill": (None, [c_uint64, c_void_p]),

@@ -101,10 +101,11 @@ def header_values(geo: Geometry, root: bytes, project_id: bytes, *, generation: 
         bloom_offset=geo.bloom_offset, table_offset=geo.table_offset, entries_offset=geo.entries_offset,
         strings_offset=geo.strings_offset, strings_capacity=geo.strings_capacity, strings_used=strings_used,
         header_flags=0, root_len=len(root), project_id=project_id, index_generation=index_generation,
-        blksize=blksize, reserved0=0)
+        blksize=blksize, geometry_sum=0)
 
 
 def write_header(view: memoryview, values: dict, root: bytes) -> None:
+    values = dict(values, geometry_sum=layout.geometry_sum(values))  # whatever the caller copied
     layout.HEADER.pack_into(view, 0, *(values[name] for name, _ in layout.HEADER_FIELDS))
     view[layout.ROOT_OFFSET:layout.ROOT_OFFSET + len(root) + 1] = root + b"\0"
 
@@ -144,6 +145,8 @@ def header_problem(view: memoryview, size: int) -> str | None:
     rl = h["root_len"]
     if rl == 0 or rl >= layout.ROOT_MAX or view[layout.ROOT_OFFSET + rl] != 0:
         return f"bad root path length {rl}"
+    if layout.geometry_sum(h) != h["geometry_sum"]:
+        return "region offsets and capacities disagree with their checksum (header overwritten)"
     return None
 
 
