@@ -246,7 +246,18 @@ int vrift_find(const char *rel, size_t len, vrift_entry *out) {
     bus_guard = &jb;
     int r = guarded_lookup(rel, len, out);
     bus_guard = outer;
-    if (UNLIKELY(r == VRIFT_LOOKUP_CORRUPT)) report_corrupt(rel, len);
+    if (LIKELY(r == 1)) {
+        /* Answers the index cannot keep true without seeing every process, passed to the
+         * kernel (DIRTY on the copy: "ask the kernel" to every caller):
+         * - a file with several names: written through another name (inside the tree or
+         *   outside it), this name's entry would keep the old size and times;
+         * - a tombstone: a process without the library (a static binary) may have created
+         *   the path again since, and a stale ENOENT breaks the build where plain make works. */
+        if (UNLIKELY((out->nlink > 1 && !(out->flags & VRIFT_F_DIR)) || (out->flags & VRIFT_F_DELETED)))
+            out->flags |= VRIFT_F_DIRTY;
+    } else if (UNLIKELY(r == VRIFT_LOOKUP_CORRUPT)) {
+        report_corrupt(rel, len);
+    }
     return r;
 }
 
