@@ -30,8 +30,30 @@ IGNORED_WHILE_WAITING = (signal.SIGINT, signal.SIGQUIT)
 RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
+def remove_stale_counters(directory: str) -> None:
+    """Counters files of wrappers that died without removing theirs (kill -9): their pid is gone."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(COUNTERS_NAME_PREFIX):
+            continue
+        try:
+            pid = int(name[len(COUNTERS_NAME_PREFIX):])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            remove_quietly(os.path.join(directory, name))
+        except PermissionError:
+            pass
+
+
 def create_counters(directory: str) -> str:
-    """A fresh counters file (0600) in `directory`, magic and version set, counts zero."""
+    """A fresh counters file (0600) in `directory`, magic and version set, counts zero; stale
+    files of dead wrappers there are removed first."""
+    remove_stale_counters(directory)
     head = _COUNTERS_HEAD.pack(COUNTERS_MAGIC, COUNTERS_VERSION, 0)
     for attempt in range(2):
         path = os.path.join(directory, f"{COUNTERS_NAME_PREFIX}{os.getpid()}")

@@ -86,12 +86,37 @@ def check_projects(home: Home) -> list[dict]:
         try:
             with open_readonly(home, project) as view:
                 out.append(_check(name, OK, f"LMDB readable, generation {view.generation}, {len(view):,} entries"))
+                out.append(check_blobs(home, project, view))
         except (VriftError, OSError) as e:
             out.append(_check(name, FAIL, str(e)))
         vdir = check_vdir(home, project)
         if vdir is not None:
             out.append(vdir)
     return out
+
+
+def check_blobs(home: Home, project: Project, view) -> dict:
+    """Every digest the index refers to has its blob; a quarantined one is named as such."""
+    from ..cas.store import CAS
+    from ..vdir.entry import ZERO_DIGEST
+
+    cas = CAS(home.cas_dir)
+    try:
+        quarantined = {n.split(".")[0] for n in os.listdir(home.cas_dir / "quarantine")}
+    except OSError:
+        quarantined = set()
+    missing = q = 0
+    first = None
+    for e in view.entries():
+        if e.digest != ZERO_DIGEST and not cas.has(e.digest):
+            missing += 1
+            q += e.digest.hex() in quarantined
+            first = first or os.fsdecode(e.path)
+    name = f"blobs {project.root}"
+    if missing:
+        return _check(name, FAIL, f"{missing:,} indexed files have no blob in the CAS ({q:,} quarantined), "
+                                  f"e.g. {first}: run `vrift ingest {project.root}` to store them again")
+    return _check(name, OK, "every indexed file has its blob")
 
 
 def check_vdir(home: Home, project: Project) -> dict | None:
