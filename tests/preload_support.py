@@ -63,7 +63,7 @@ def build_vdir(path: Path, root: Path, entries: list[Entry], blksize: int = 4096
                   entry_capacity=n, table_capacity=cap, bloom_offset=off_bloom, table_offset=off_table,
                   entries_offset=off_entries, strings_offset=off_strings, strings_capacity=max(len(strings), 1),
                   strings_used=len(strings), header_flags=0, root_len=len(root_b), project_id=bytes(16),
-                  index_generation=1, blksize=blksize, geometry_sum=0)
+                  index_generation=1, blksize=blksize, geometry_sum=0, heartbeat_ms=0)
     values["geometry_sum"] = layout.geometry_sum(values)
     layout.HEADER.pack_into(buf, 0, *(values[name] for name, _ in layout.HEADER_FIELDS))
     buf[layout.ROOT_OFFSET:layout.ROOT_OFFSET + len(root_b)] = root_b

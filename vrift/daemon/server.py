@@ -108,6 +108,7 @@ class ProjectDaemon:
         next_health = time.monotonic() + HEALTH_EVERY_S
         while not self.stop_event.wait(TICK_S):
             now = time.monotonic()
+            self.index.heartbeat()
             if self._beacon_waiting or self._rollbacks:
                 self.writer.call(self._retry_pending)
             if now >= next_health:
@@ -163,7 +164,8 @@ class ProjectDaemon:
             raise RequestError(Err.SHUTTING_DOWN, "project daemon is shutting down")
         for tag, value in req.fields:
             if tag in NUL_FREE_TAGS and b"\0" in value:  # no file name, argv or environment holds one
-                raise RequestError(Err.BAD_REQUEST, f"field {Tag(tag).name} contains a NUL byte")
+                code = Err.PATH_REJECTED if tag in (Tag.PATH, Tag.STAGING) else Err.BAD_REQUEST
+                raise RequestError(code, f"field {Tag(tag).name} contains a NUL byte")
         return handler(self, conn, req)
 
     def _hello(self, conn: Connection, req: Frame) -> Frame:

@@ -5,6 +5,8 @@
  */
 #include "vrift_vdir.h"
 
+#include <time.h>
+
 #define EXPORT __attribute__((visibility("default")))
 
 /* Writer: make the generation odd; following stores are ordered after it. */
@@ -83,6 +85,19 @@ EXPORT uint32_t vrift_flags_clear(void *base, uint64_t size, uint32_t index, uin
 
 EXPORT void vrift_header_flags_or(void *base, uint32_t bits) {
     __atomic_fetch_or(&((vrift_header *)base)->header_flags, bits, __ATOMIC_RELEASE);
+}
+
+EXPORT void vrift_header_flags_clear(void *base, uint32_t bits) {
+    __atomic_fetch_and(&((vrift_header *)base)->header_flags, ~bits, __ATOMIC_RELEASE);
+}
+
+/* The daemon's beat (see VRIFT_HEARTBEAT_STALE_MS); returns the value stored. */
+EXPORT uint64_t vrift_heartbeat(void *base) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    __atomic_store_n(&((vrift_header *)base)->heartbeat_ms, ms, __ATOMIC_RELEASE);
+    return ms;
 }
 
 EXPORT int vrift_check(const void *base, uint64_t size) { return vrift_header_check(base, size); }
@@ -319,7 +334,7 @@ static const struct { const char *name; size_t off, size; } fields[] = {
     F(vrift_header, entries_offset), F(vrift_header, strings_offset),
     F(vrift_header, strings_capacity), F(vrift_header, strings_used),
     F(vrift_header, header_flags), F(vrift_header, root_len), F(vrift_header, project_id),
-    F(vrift_header, index_generation), F(vrift_header, blksize), F(vrift_header, geometry_sum),
+    F(vrift_header, index_generation), F(vrift_header, blksize), F(vrift_header, geometry_sum), F(vrift_header, heartbeat_ms),
     F(vrift_slot, entry_plus1), F(vrift_slot, hash_hi),
     F(vrift_entry, path_hash), F(vrift_entry, path_off), F(vrift_entry, path_len),
     F(vrift_entry, flags), F(vrift_entry, mode), F(vrift_entry, dev), F(vrift_entry, ino),
@@ -359,7 +374,7 @@ EXPORT uint32_t vrift_layout_constant(const char *name) {
     C(VRIFT_VDIR_MAGIC) C(VRIFT_VDIR_VERSION) C(VRIFT_HEADER_SIZE) C(VRIFT_ROOT_OFFSET)
     C(VRIFT_ROOT_MAX) C(VRIFT_BLOOM_BYTES) C(VRIFT_ENTRY_SIZE) C(VRIFT_SLOT_SIZE)
     C(VRIFT_F_DIRTY) C(VRIFT_F_DELETED) C(VRIFT_F_SYMLINK) C(VRIFT_F_DIR) C(VRIFT_F_COMPLETE_DIR)
-    C(VRIFT_H_RETIRED) C(VRIFT_RECORD_OFFSET) C(VRIFT_RECORD_SIZE)
+    C(VRIFT_H_RETIRED) C(VRIFT_H_DEAD) C(VRIFT_HEARTBEAT_STALE_MS) C(VRIFT_HEARTBEAT_EVERY) C(VRIFT_RECORD_OFFSET) C(VRIFT_RECORD_SIZE)
     C(VRIFT_MAX_LOAD_NUM) C(VRIFT_MAX_LOAD_DEN) C(VRIFT_BLOOM_MASK) C(VRIFT_REL_MAX) C(VRIFT_VDIR_ID_CHARS) C(VRIFT_LOOKUP_CORRUPT)
 #undef C
     return 0xffffffffu;

@@ -49,6 +49,15 @@
 
 /* header_flags */
 #define VRIFT_H_RETIRED 1u /* a newer file replaced this one: remap by name */
+#define VRIFT_H_DEAD 2u    /* its writer (the daemon) stopped: nobody keeps it true, readers fall back */
+
+/* A daemon-written file carries a heartbeat (CLOCK_MONOTONIC ms, every ~50 ms); a reader
+ * finding it older than this (a daemon killed -9, or hung) stops answering from memory.
+ * Checked once every VRIFT_HEARTBEAT_EVERY lookups of a thread, with the vDSO coarse clock
+ * (no syscall): a dead daemon's table is served for at most that long, plus that many
+ * lookups. */
+#define VRIFT_HEARTBEAT_STALE_MS 3000u
+#define VRIFT_HEARTBEAT_EVERY 1024u
 
 typedef struct vrift_header {
     uint32_t magic;            /*   0 */
@@ -73,7 +82,8 @@ typedef struct vrift_header {
     uint64_t index_generation; /* 120 LMDB/WAL generation this table reflects */
     uint32_t blksize;          /* 128 st_blksize reported for entries */
     uint32_t geometry_sum;     /* 132 vrift_geometry_sum() of the region offsets and capacities */
-    /* 136 .. VRIFT_ROOT_OFFSET: reserved, zero */
+    uint64_t heartbeat_ms;     /* 136 writer's last beat, CLOCK_MONOTONIC ms; 0: no live writer promised */
+    /* 144 .. VRIFT_ROOT_OFFSET: reserved, zero */
     /* VRIFT_ROOT_OFFSET: root path, NUL terminated, no trailing slash */
 } vrift_header;
 

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 vrift_real_fns vrift_real;
@@ -93,6 +94,16 @@ static void resolve_all(void) {
 
 /* ------------------------------------------------------------------ VDir mapping */
 
+/* The writer promised a beat and has not given one for VRIFT_HEARTBEAT_STALE_MS. */
+static int beat_stale(const vrift_header *h) {
+    uint64_t beat = __atomic_load_n(&h->heartbeat_ms, __ATOMIC_ACQUIRE);
+    if (beat == 0) return 0;
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) return 0; /* vDSO: no syscall */
+    uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return now > beat + VRIFT_HEARTBEAT_STALE_MS + 10u; /* + the coarse clock's tick */
+}
+
 static int map_file(vrift_map *out) {
     int fd = REAL(open)(vdir_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return -1;
@@ -113,7 +124,8 @@ static int map_file(vrift_map *out) {
     const vrift_header *h = (const vrift_header *)base;
     const char *root = (const char *)base + VRIFT_ROOT_OFFSET;
     if (vrift_header_check(base, (uint64_t)st.st_size) != 0 || h->root_len != vrift_root_len ||
-        memcmp(root, vrift_root, vrift_root_len) != 0 || h->blksize == 0) {
+        memcmp(root, vrift_root, vrift_root_len) != 0 || h->blksize == 0 ||
+        (__atomic_load_n(&h->header_flags, __ATOMIC_ACQUIRE) & VRIFT_H_DEAD) || beat_stale(h)) {
         munmap(base, (size_t)st.st_size);
         errno = EINVAL;
         return -1;
@@ -125,7 +137,7 @@ static int map_file(vrift_map *out) {
 
 int vrift_map_retired(const vrift_map *m) {
     const vrift_header *h = (const vrift_header *)m->base;
-    return (__atomic_load_n(&h->header_flags, __ATOMIC_ACQUIRE) & VRIFT_H_RETIRED) ||
+    return (__atomic_load_n(&h->header_flags, __ATOMIC_ACQUIRE) & (VRIFT_H_RETIRED | VRIFT_H_DEAD)) ||
            __atomic_load_n(&h->file_size, __ATOMIC_RELAXED) != m->size;
 }
 
@@ -203,11 +215,24 @@ static void install_bus_guard(void) {
     sigaction(SIGBUS, &sa, NULL);
 }
 
+static __thread uint32_t lookups_since_beat_check;
+
 static int guarded_lookup(const char *rel, size_t len, vrift_entry *out) {
     const vrift_map *m = __atomic_load_n(&vrift_cur, __ATOMIC_ACQUIRE);
     if (UNLIKELY(vrift_map_retired(m))) {
         m = vrift_remap();
         if (!m) return -1;
+    }
+    if (UNLIKELY(++lookups_since_beat_check >= VRIFT_HEARTBEAT_EVERY)) {
+        lookups_since_beat_check = 0;
+        if (beat_stale((const vrift_header *)m->base)) {
+            /* the daemon died (or hangs): its table is frozen; the kernel from now on */
+            if (__atomic_exchange_n(&vrift_reads_on, 0, __ATOMIC_ACQ_REL)) {
+                vrift_count(VRIFT_C_FALLBACKS);
+                vrift_log("VDir %s: its daemon stopped beating: fallback", vdir_path);
+            }
+            return -1;
+        }
     }
     return vrift_lookup(m->base, m->size, rel, len, out);
 }

@@ -197,6 +197,12 @@ class ProjectIndex:
         with self._flush_mutex, self._lock:
             self._flush_locked()
 
+    def heartbeat(self) -> None:
+        """The daemon is alive: readers may keep trusting the VDir (docs/vdir.md)."""
+        shm = self._shm
+        if shm is not None:
+            shm.heartbeat()
+
     def close(self, unlink_shm: bool = False) -> None:
         self._stop.set()
         self._wake.set()
@@ -209,6 +215,7 @@ class ProjectIndex:
                     self._flush_locked()
             finally:
                 if self._shm is not None:
+                    self._shm.mark_dead()  # nobody keeps it true from now on: readers fall back
                     self._shm.close(unlink=unlink_shm)
                     self._shm = None
                 self._release()

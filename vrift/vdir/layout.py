@@ -22,6 +22,9 @@ F_DIR = 8
 F_COMPLETE_DIR = 16
 
 H_RETIRED = 1
+H_DEAD = 2
+HEARTBEAT_STALE_MS = 3000
+HEARTBEAT_EVERY = 1024
 LOOKUP_CORRUPT = -2  # vrift_lookup: the entry failed its checksum
 
 # Names in the shared-memory directory: <shm>/vrift-<euid>/vrift_vdir_<id16>
@@ -41,7 +44,7 @@ HEADER_FIELDS = (
     ("entry_capacity", "I"), ("table_capacity", "I"), ("bloom_offset", "Q"), ("table_offset", "Q"),
     ("entries_offset", "Q"), ("strings_offset", "Q"), ("strings_capacity", "Q"), ("strings_used", "Q"),
     ("header_flags", "I"), ("root_len", "I"), ("project_id", "16s"), ("index_generation", "Q"),
-    ("blksize", "I"), ("geometry_sum", "I"),
+    ("blksize", "I"), ("geometry_sum", "I"), ("heartbeat_ms", "Q"),
 )
 HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
 
@@ -57,7 +60,7 @@ ENTRY = struct.Struct("<" + "".join(code for _, code in ENTRY_FIELDS))
 RECORD = struct.Struct("<" + "".join(code for _, code in ENTRY_FIELDS[3:]))
 SLOT = struct.Struct("<II")
 
-assert HEADER.size == 136 and ENTRY.size == ENTRY_SIZE and RECORD.size == RECORD_SIZE
+assert HEADER.size == 144 and ENTRY.size == ENTRY_SIZE and RECORD.size == RECORD_SIZE
 
 
 def field_offsets(fields) -> dict[str, tuple[int, int]]:

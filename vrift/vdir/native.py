@@ -37,6 +37,8 @@ _SIGNATURES = {
     "vrift_flags_clear": (c_uint32, [c_void_p, c_uint64, c_uint32, c_uint32]),
     "vrift_flags_replace": (c_uint32, [c_void_p, c_uint64, c_uint32, c_uint32, c_uint32]),
     "vrift_header_flags_or": (None, [c_void_p, c_uint32]),
+    "vrift_header_flags_clear": (None, [c_void_p, c_uint32]),
+    "vrift_heartbeat": (c_uint64, [c_void_p]),
     "vrift_retire": (None, [c_void_p]),
     "vrift_collect_flagged": (c_uint32, [c_void_p, c_uint64, c_uint32, POINTER(c_uint32), c_uint32]),
     "vrift_check": (c_int, [c_void_p, c_uint64]),

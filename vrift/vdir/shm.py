@@ -51,6 +51,18 @@ class VDirWriter(_Mapped):
             raise VDirCorrupt(f"VDir {self.path}: header overwritten under its writer: {problem}")
         return h
 
+    def heartbeat(self) -> None:
+        """Say this writer is alive (readers stop trusting a table whose beat is stale)."""
+        with self._lock:
+            if self._map is not None:
+                native.lib().vrift_heartbeat(self._map.base)
+
+    def mark_dead(self) -> None:
+        """This writer stops: readers must not trust the table any more (they fall back)."""
+        with self._lock:
+            if self._map is not None:
+                native.lib().vrift_header_flags_or(self._map.base, layout.H_DEAD)
+
     def retire(self) -> None:
         """Mark the mapped file replaced: readers that still map it go by name again."""
         with self._lock:
@@ -104,6 +116,9 @@ class VDirWriter(_Mapped):
         if problem:
             mapping.close()
             raise VDirCorrupt(f"VDir {path}: {problem}")
+        # a new writer takes over: no beat promised until it gives one, and alive again
+        U64.pack_into(mapping.view, HDR["heartbeat_ms"][0], 0)
+        native.lib().vrift_header_flags_clear(mapping.base, layout.H_DEAD)
         return cls(path, mapping, (st.st_dev, st.st_ino))
 
     @staticmethod

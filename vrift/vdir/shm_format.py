@@ -101,7 +101,7 @@ def header_values(geo: Geometry, root: bytes, project_id: bytes, *, generation: 
         bloom_offset=geo.bloom_offset, table_offset=geo.table_offset, entries_offset=geo.entries_offset,
         strings_offset=geo.strings_offset, strings_capacity=geo.strings_capacity, strings_used=strings_used,
         header_flags=0, root_len=len(root), project_id=project_id, index_generation=index_generation,
-        blksize=blksize, geometry_sum=0)
+        blksize=blksize, geometry_sum=0, heartbeat_ms=0)
 
 
 def write_header(view: memoryview, values: dict, root: bytes) -> None:
