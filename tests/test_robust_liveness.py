@@ -55,10 +55,27 @@ def _finish(proc: subprocess.Popen, want: int) -> str:
     return out.strip()
 
 
-def test_a_daemon_that_exits_idle_leaves_no_frozen_view(daemons, tmp_path, vrift_env):
+IDLE_1S = "daemon:\n  health_interval_s: 0.2\n  idle_timeout_s: 1\n  cleanup_after_s: 600\n"
+
+
+def test_no_idle_exit_while_wrapped_processes_live(daemons, tmp_path, vrift_env):
     home = daemons
-    home.user_config_path.write_text("daemon:\n  health_interval_s: 0.2\n  idle_timeout_s: 1\n"
-                                     "  cleanup_after_s: 600\n")
+    home.user_config_path.write_text(IDLE_1S)
+    proj = make_project(tmp_path, files={"src/a.c": b"int a;\n"})
+    with connect_project(home, proj) as c:
+        c.sync()
+        info = c.hello()
+    pid = daemon_pid(home, proj)
+    proc = _watch(vrift_env_for(vrift_env, info, counters_file(tmp_path / "counters")), proj.root)
+    # an idle shell of the build: no request for three idle timeouts; the daemon stays for it
+    assert not wait_for(lambda: not process.pid_alive(pid), 3)
+    (proj.root / "src/a.c").write_bytes(b"int a = 1;\n")  # the watcher sees it: the view stays true
+    assert _finish(proc, 11) == "saw 11"
+    assert wait_for(lambda: not process.pid_alive(pid), 30)  # the process ended: idle exit
+
+
+def test_a_daemon_that_stops_leaves_no_frozen_view(daemons, tmp_path, vrift_env, run_vrift):
+    home = daemons
     proj = make_project(tmp_path, files={"src/a.c": b"int a;\n"})
     with connect_project(home, proj) as c:
         c.sync()
@@ -66,7 +83,9 @@ def test_a_daemon_that_exits_idle_leaves_no_frozen_view(daemons, tmp_path, vrift
     pid = daemon_pid(home, proj)
     counters = counters_file(tmp_path / "counters")
     proc = _watch(vrift_env_for(vrift_env, info, counters), proj.root)  # a wrapped process that stays
-    assert wait_for(lambda: not process.pid_alive(pid), 30)  # idle: exited (its VDir stays for a restart)
+    with CoordinatorClient(coordinator_files(home).socket, 5000) as co:
+        co.shutdown(flags=1)  # every daemon stops, nobody restarts them
+    assert wait_for(lambda: not process.pid_alive(pid), 30)
     (proj.root / "src/a.c").write_bytes(b"int a = 1;\n")  # edited with nobody watching
     assert _finish(proc, 11) == "saw 11"
     assert read_counters(counters)["FALLBACKS"] >= 1

@@ -117,6 +117,10 @@ class ProjectDaemon:
                 self.writer.call(self._check_vdir)
                 if (self.idle_timeout > 0 and self.listener.client_count == 0
                         and now - self.last_activity > self.idle_timeout):
+                    if process.processes_mapping(self.index.vdir_path):
+                        # wrapped processes still read the VDir: leaving would freeze their view
+                        self.last_activity = now
+                        continue
                     self.exit_reason = "idle"
                     break
         self.shutdown()
