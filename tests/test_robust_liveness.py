@@ -17,7 +17,7 @@ from daemon_support import daemon_pid, daemons, make_project  # noqa: F401
 from preload_support import counters_file, read_counters
 from test_preload_daemon import vrift_env_for
 from vrift.daemon import process
-from vrift.daemon.client import CoordinatorClient, connect_project, wait_for
+from vrift.daemon.client import CoordinatorClient, DaemonUnavailable, connect_project, wait_for
 from vrift.daemon.paths import coordinator_files
 
 # Stats src/a.c until its size is the one asked for on stdin (or 60 s pass), printing each change.
@@ -83,8 +83,11 @@ def test_a_daemon_that_stops_leaves_no_frozen_view(daemons, tmp_path, vrift_env,
     pid = daemon_pid(home, proj)
     counters = counters_file(tmp_path / "counters")
     proc = _watch(vrift_env_for(vrift_env, info, counters), proj.root)  # a wrapped process that stays
-    with CoordinatorClient(coordinator_files(home).socket, 5000) as co:
-        co.shutdown(flags=1)  # every daemon stops, nobody restarts them
+    try:
+        with CoordinatorClient(coordinator_files(home).socket, 5000) as co:
+            co.shutdown(flags=1)  # every daemon stops, nobody restarts them
+    except DaemonUnavailable:
+        pass
     assert wait_for(lambda: not process.pid_alive(pid), 30)
     (proj.root / "src/a.c").write_bytes(b"int a = 1;\n")  # edited with nobody watching
     assert _finish(proc, 11) == "saw 11"
@@ -101,8 +104,11 @@ def test_a_daemon_killed_with_the_coordinator_down_leaves_no_frozen_view(daemons
     counters = counters_file(tmp_path / "counters")
     proc = _watch(vrift_env_for(vrift_env, info, counters), proj.root)
     coordinator = process.read_pid(coordinator_files(home).pid_file)
-    with CoordinatorClient(coordinator_files(home).socket, 5000) as co:
-        co.shutdown()  # nobody restarts the daemon
+    try:
+        with CoordinatorClient(coordinator_files(home).socket, 5000) as co:
+            co.shutdown()  # nobody restarts the daemon
+    except DaemonUnavailable:
+        pass  # it may close the connection as it goes instead of answering
     assert wait_for(lambda: not process.pid_alive(coordinator), 10)
     os.kill(pid, signal.SIGKILL)  # no chance to mark anything
     assert wait_for(lambda: not process.pid_alive(pid), 10)
