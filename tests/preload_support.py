@@ -12,7 +12,8 @@ from vrift.vdir import layout
 from vrift.vdir.entry import Entry
 
 COUNTERS = ("STAT_SERVED", "STAT_PASSED", "STAT_OUTSIDE", "COMMITTED", "COMMIT_LOCAL", "PUBLISHED", "DIRECT",
-            "INVALIDATED", "FALLBACKS", "DAEMON_ERRORS", "PROCESSES")
+            "INVALIDATED", "FALLBACKS", "DAEMON_ERRORS", "PROCESSES",
+            "VDIR_CORRUPT")
 COUNTERS_MAGIC = 0x56524354
 COUNTERS_SIZE = 256
 
@@ -52,7 +53,8 @@ def build_vdir(path: Path, root: Path, entries: list[Entry], blksize: int = 4096
             j = (j + 1) & (cap - 1)
         slots[j] = i + 1
         layout.SLOT.pack_into(buf, off_table + j * layout.SLOT_SIZE, i + 1, h >> 32)
-        buf[off_entries + i * layout.ENTRY_SIZE:off_entries + (i + 1) * layout.ENTRY_SIZE] = e.pack_entry(h, soff)
+        buf[off_entries + i * layout.ENTRY_SIZE:off_entries + (i + 1) * layout.ENTRY_SIZE] = \
+            layout.seal(e.pack_entry(h, soff))
         buf[off_strings + soff:off_strings + soff + len(e.path)] = e.path
         soff += len(e.path)
     root_b = os.fsencode(root)
@@ -61,7 +63,8 @@ def build_vdir(path: Path, root: Path, entries: list[Entry], blksize: int = 4096
                   entry_capacity=n, table_capacity=cap, bloom_offset=off_bloom, table_offset=off_table,
                   entries_offset=off_entries, strings_offset=off_strings, strings_capacity=max(len(strings), 1),
                   strings_used=len(strings), header_flags=0, root_len=len(root_b), project_id=bytes(16),
-                  index_generation=1, blksize=blksize, reserved0=0)
+                  index_generation=1, blksize=blksize, geometry_sum=0, heartbeat_ms=0)
+    values["geometry_sum"] = layout.geometry_sum(values)
     layout.HEADER.pack_into(buf, 0, *(values[name] for name, _ in layout.HEADER_FIELDS))
     buf[layout.ROOT_OFFSET:layout.ROOT_OFFSET + len(root_b)] = root_b
     tmp = path.with_name(path.name + ".tmp")
@@ -98,13 +101,15 @@ def entry_flags(vdir: Path, rel: bytes) -> int:
 
 
 def set_flags(vdir: Path, rel: bytes, bits: int) -> None:
-    """OR flag bits into an entry (no process maps the file for writing meanwhile)."""
+    """OR flag bits into an entry and reseal it (no process maps the file for writing meanwhile)."""
     off = entry_offset(vdir, rel)
     with open(vdir, "r+b") as f:
-        f.seek(off + 16)
-        flags = struct.unpack("<I", f.read(4))[0]
-        f.seek(off + 16)
-        f.write(struct.pack("<I", flags | bits))
+        f.seek(off)
+        raw = bytearray(f.read(layout.ENTRY_SIZE))
+        flags = struct.unpack_from("<I", raw, 16)[0]
+        struct.pack_into("<I", raw, 16, flags | bits)
+        f.seek(off)
+        f.write(layout.seal(bytes(raw)))
 
 
 def counters_file(path: Path) -> Path:

@@ -47,7 +47,8 @@ def test_every_field_matches_the_c_header():
     ("VRIFT_MAX_LOAD_NUM", layout.MAX_LOAD_NUM), ("VRIFT_MAX_LOAD_DEN", layout.MAX_LOAD_DEN),
     ("VRIFT_F_DIRTY", layout.F_DIRTY), ("VRIFT_F_DELETED", layout.F_DELETED),
     ("VRIFT_F_SYMLINK", layout.F_SYMLINK), ("VRIFT_F_DIR", layout.F_DIR),
-    ("VRIFT_F_COMPLETE_DIR", layout.F_COMPLETE_DIR), ("VRIFT_H_RETIRED", layout.H_RETIRED),
+    ("VRIFT_F_COMPLETE_DIR", layout.F_COMPLETE_DIR), ("VRIFT_H_RETIRED", layout.H_RETIRED), ("VRIFT_H_DEAD", layout.H_DEAD),
+    ("VRIFT_HEARTBEAT_STALE_MS", layout.HEARTBEAT_STALE_MS), ("VRIFT_HEARTBEAT_EVERY", layout.HEARTBEAT_EVERY),
     ("VRIFT_RECORD_OFFSET", layout.RECORD_OFFSET), ("VRIFT_RECORD_SIZE", layout.RECORD_SIZE),
 ])
 def test_constants_match_the_c_header(name, value):

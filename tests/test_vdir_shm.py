@@ -262,7 +262,7 @@ def test_dirty_set_by_a_client_during_growth_is_carried_over(writer, vdir, monke
 
     def client_writes_meanwhile(path, geo, values, root_b, fill):
         for index in range(2):
-            native.lib().vrift_flags_or(client.base, index, layout.F_DIRTY)
+            native.lib().vrift_flags_or(client.base, client.size, index, layout.F_DIRTY)
         return original(path, geo, values, root_b, fill)
 
     monkeypatch.setattr(VDirWriter, "_write_file", staticmethod(client_writes_meanwhile))
@@ -443,7 +443,7 @@ GARBAGE_SCRIPT = textwrap.dedent(r"""
         os.close(fd)
         lib.vrift_check(m.base, m.size)
         for p in paths:
-            assert lib.vrift_find(m.base, m.size, p, len(p), out) in (-1, 0, 1)
+            assert lib.vrift_find(m.base, m.size, p, len(p), out) in (layout.LOOKUP_CORRUPT, -1, 0, 1)
             lookups += 1
         m.close()
     print("lookups", lookups)

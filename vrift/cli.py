@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -99,4 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:  # `vrift status | head`
         return 141
+    except Exception as e:  # a bug or an unforeseen fault: one line, the trace on demand
+        if os.environ.get("VRIFT_DEBUG"):
+            raise
+        click.echo(f"vrift: error: {_one_line(e)} (set VRIFT_DEBUG=1 for the traceback)", err=True)
+        return 1
     return code if isinstance(code, int) else 0
+
+
+def _one_line(e: BaseException) -> str:
+    """What went wrong and where, in one line."""
+    if isinstance(e, OSError) and e.strerror:
+        where = e.filename if e.filename is not None else ""
+        text = f"{os.fsdecode(where)}: {e.strerror}" if where else e.strerror
+    else:
+        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return " ".join(text.split())

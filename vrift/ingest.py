@@ -244,7 +244,10 @@ class Ingester:
             old = get(rel)
             if statmod.S_ISREG(mode):
                 report.files += 1
-                if old is not None and not old.is_deleted and old.same_file(st) and any(old.digest):
+                # a digest is reused only while its blob is in the CAS: one quarantined by
+                # `vrift cas verify --quarantine`, or lost, is stored again from the file
+                if old is not None and not old.is_deleted and old.same_file(st) and any(old.digest) \
+                        and self.cas.has(old.digest):
                     seen.add(rel)
                     report.reused += 1
                     if old.nlink != st.st_nlink or old.uid != st.st_uid or old.gid != st.st_gid:

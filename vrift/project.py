@@ -100,15 +100,32 @@ class Home:
     def wal_path(self, pid: str) -> Path:
         return self.root / "wal" / f"{pid}.wal"
 
+    @property
+    def user_shm_dir(self) -> Path:
+        """The user's private directory in the shared-memory directory (names: vrift_vdir.h)."""
+        from .vdir import layout
+
+        return self.shm_dir / f"{layout.SHM_USER_DIR_PREFIX}{os.geteuid()}"
+
     def vdir_path(self, pid: str) -> Path:
-        return self.shm_dir / f"vrift_vdir_{pid[:16]}"
+        from .vdir import layout
+
+        return self.user_shm_dir / f"{layout.VDIR_NAME_PREFIX}{pid[:layout.VDIR_ID_CHARS]}"
 
     def ensure(self) -> "Home":
         """Create the directories, private to the user (0700)."""
-        for d in (self.root, self.cas_dir, self.run_dir, self.root / "db", self.root / "wal", self.shm_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from .vdir.shm_files import ensure_private_dir
+
+        for d in (self.root, self.cas_dir, self.run_dir, self.root / "db", self.root / "wal"):
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except FileExistsError:
+                raise VriftError(f"VRIFT_HOME: {d} exists and is not a directory") from None
+            except OSError as exc:
+                raise VriftError(f"VRIFT_HOME: cannot create {d} ({exc.strerror})") from None
         for d in (self.root, self.run_dir):
             os.chmod(d, 0o700)
+        ensure_private_dir(self.user_shm_dir)
         return self
 
 

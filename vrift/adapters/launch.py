@@ -12,12 +12,15 @@ import signal
 import struct
 import sys
 
+from ..vdir.layout import COUNTERS_NAME_PREFIX
+
 # vrift/preload/vrift_counters.h
 COUNTERS_MAGIC = 0x56524354
 COUNTERS_VERSION = 1
 COUNTERS_SIZE = 256
 COUNTER_NAMES = ("stat_served", "stat_passed", "stat_outside", "committed", "commit_local", "published",
-                 "direct", "invalidated", "fallbacks", "daemon_errors", "processes")
+                 "direct", "invalidated", "fallbacks", "daemon_errors", "processes",
+                 "vdir_corrupt")
 _COUNTERS_HEAD = struct.Struct("<IIQ")
 _COUNTERS_BODY = struct.Struct(f"<{len(COUNTER_NAMES)}Q")
 
@@ -27,11 +30,33 @@ IGNORED_WHILE_WAITING = (signal.SIGINT, signal.SIGQUIT)
 RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
+def remove_stale_counters(directory: str) -> None:
+    """Counters files of wrappers that died without removing theirs (kill -9): their pid is gone."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(COUNTERS_NAME_PREFIX):
+            continue
+        try:
+            pid = int(name[len(COUNTERS_NAME_PREFIX):])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            remove_quietly(os.path.join(directory, name))
+        except PermissionError:
+            pass
+
+
 def create_counters(directory: str) -> str:
-    """A fresh counters file (0600) in `directory`, magic and version set, counts zero."""
+    """A fresh counters file (0600) in `directory`, magic and version set, counts zero; stale
+    files of dead wrappers there are removed first."""
+    remove_stale_counters(directory)
     head = _COUNTERS_HEAD.pack(COUNTERS_MAGIC, COUNTERS_VERSION, 0)
     for attempt in range(2):
-        path = os.path.join(directory, f"vrift_counters_{os.getpid()}")
+        path = os.path.join(directory, f"{COUNTERS_NAME_PREFIX}{os.getpid()}")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:  # left by an earlier wrapper with the same pid that was killed
@@ -186,6 +211,8 @@ def summary_line(summary: dict) -> str:
         notes.append(f"not accelerated: {summary['fallback']}")
     if summary.get("fallback_processes"):
         notes.append(f"{summary['fallback_processes']} processes fell back to the real filesystem (VDir unusable)")
+    if summary.get("vdir_corrupt"):
+        notes.append(f"{summary['vdir_corrupt']} damaged index entries asked of the kernel instead (reported)")
     if summary.get("written_without_daemon"):
         notes.append(f"{summary['written_without_daemon']} files written without the daemon")
     cache = summary.get("cache")
@@ -209,6 +236,7 @@ def summarize(counters: dict[str, int] | None, wall_s: float, fallback: str | No
         "fallback_processes": c["fallbacks"],
         "daemon_errors": c["daemon_errors"],
         "processes": c["processes"],
+        "vdir_corrupt": c["vdir_corrupt"],
         "wall_s": wall_s,
         "fallback": fallback,
         "counters": dict(c),

@@ -12,6 +12,7 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 
+from ..cas.store import open_regular
 from ..project import VriftError
 
 HEAD = struct.Struct("<BI")
@@ -130,7 +131,8 @@ def read_dir(directory: os.PathLike | str) -> ActionLogs:
     for name in names:
         path = os.path.join(directory, name)
         try:
-            with open(path, "rb") as f:
+            fd, _ = open_regular(path)  # a fifo or a device named *.log would block or never end
+            with os.fdopen(fd, "rb") as f:
                 data = f.read(MAX_LOG_BYTES + 1)
         except OSError:
             logs.append(ProcessLog(name, torn=True))

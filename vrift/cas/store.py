@@ -92,9 +92,35 @@ def hash_bytes(data) -> bytes:
     return blake3.blake3(data, max_threads=1).digest()
 
 
+_KINDS = ((statmod.S_ISDIR, "a directory"), (statmod.S_ISCHR, "a character device"),
+          (statmod.S_ISBLK, "a block device"), (statmod.S_ISFIFO, "a fifo"), (statmod.S_ISSOCK, "a socket"))
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path) -> tuple[int, os.stat_result]:
+    """An O_RDONLY descriptor of `path` and its fstat, only when it is a regular file: a device
+    reads forever (/dev/zero hashed at 100% CPU), a fifo blocks the opener.  O_NONBLOCK keeps
+    the open itself from waiting on a fifo; it changes nothing for a regular file.  Anything
+    else raises OSError(EINVAL) naming the kind."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not statmod.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a regular file ({kind_of(st.st_mode)}): refusing to hash it",
+                      os.fsdecode(path))
+    return fd, st
+
+
 def hash_file(path) -> tuple[bytes, int]:
-    """(digest, size) of a file's current content."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """(digest, size) of a regular file's current content (OSError for anything else)."""
+    fd, _ = open_regular(path)
     try:
         return _hash_fd(fd)
     finally:
@@ -211,13 +237,13 @@ class CAS:
         durable = self.fsync if fsync is None else fsync
         shown = os.fsdecode(path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)  # a fifo: no wait
         except PermissionError as e:
             raise CASError(f"{shown}: cannot read: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if not statmod.S_ISREG(st.st_mode):
-                raise CASError(f"{shown}: not a regular file")
+                raise CASError(f"{shown}: not a regular file ({kind_of(st.st_mode)}): refusing to store it")
             if self._hardlink:
                 result = self._store_hardlink(path, shown, fd, st, durable)
                 if result is not None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from .. import native
@@ -35,9 +36,18 @@ def check_shm(home: Home) -> dict:
     d = home.shm_dir
     if not d.exists():
         return _check("shared memory", WARN, f"{d} does not exist yet")
+    if not d.is_dir():
+        return _check("shared memory", FAIL, f"{d} is not a directory: set VRIFT_SHM_DIR to one")
     if not os.access(d, os.W_OK):
         return _check("shared memory", FAIL, f"{d} is not writable")
-    return _check("shared memory", OK, f"{d}")
+    from ..vdir.shm_files import dir_problem
+
+    mine = home.user_shm_dir
+    if os.path.lexists(mine):
+        problem = dir_problem(os.lstat(mine))
+        if problem:
+            return _check("shared memory", FAIL, f"{mine}: {problem}; remove it (vrift refuses to use it)")
+    return _check("shared memory", OK, f"{mine}")
 
 
 def check_native() -> dict:
@@ -76,9 +86,60 @@ def check_projects(home: Home) -> list[dict]:
         try:
             with open_readonly(home, project) as view:
                 out.append(_check(name, OK, f"LMDB readable, generation {view.generation}, {len(view):,} entries"))
+                out.append(check_blobs(home, project, view))
         except (VriftError, OSError) as e:
             out.append(_check(name, FAIL, str(e)))
+        vdir = check_vdir(home, project)
+        if vdir is not None:
+            out.append(vdir)
     return out
+
+
+def check_blobs(home: Home, project: Project, view) -> dict:
+    """Every digest the index refers to has its blob; a quarantined one is named as such."""
+    from ..cas.store import CAS
+    from ..vdir.entry import ZERO_DIGEST
+
+    cas = CAS(home.cas_dir)
+    try:
+        quarantined = {n.split(".")[0] for n in os.listdir(home.cas_dir / "quarantine")}
+    except OSError:
+        quarantined = set()
+    missing = q = 0
+    first = None
+    for e in view.entries():
+        if e.digest != ZERO_DIGEST and not cas.has(e.digest):
+            missing += 1
+            q += e.digest.hex() in quarantined
+            first = first or os.fsdecode(e.path)
+    name = f"blobs {project.root}"
+    if missing:
+        return _check(name, FAIL, f"{missing:,} indexed files have no blob in the CAS ({q:,} quarantined), "
+                                  f"e.g. {first}: run `vrift ingest {project.root}` to store them again")
+    return _check(name, OK, "every indexed file has its blob")
+
+
+def check_vdir(home: Home, project: Project) -> dict | None:
+    """The project's shared-memory index: owner, structure and every entry's checksum."""
+    from ..vdir.shm import VDirError, VDirReader
+
+    path = home.vdir_path(project.id)
+    name = f"VDir {project.root}"
+    if not os.path.lexists(path):
+        return None
+    fix = "builds ask the kernel meanwhile; its daemon rebuilds it from LMDB (or: vrift daemon stop)"
+    try:
+        with VDirReader(path) as reader:
+            damaged = reader.damaged()
+            if damaged:  # the daemon may have been rewriting an entry: damage stays, a publish does not
+                time.sleep(0.05)
+                damaged = sorted(set(damaged) & set(reader.damaged()))
+            n = len(reader)
+    except VDirError as e:
+        return _check(name, FAIL, f"{e}; {fix}")
+    if damaged:
+        return _check(name, FAIL, f"{path}: {len(damaged)} of its entries fail their checksum; {fix}")
+    return _check(name, OK, f"{path}: {n:,} entries, checksums verified")
 
 
 def check_free_space(home: Home) -> dict:

@@ -209,6 +209,8 @@ def lookup_entry(home: Home, project: Project, rel: bytes):
         if reader is not None:
             try:
                 return reader.lookup(rel), "shm"
+            except VDirCorrupt:  # a damaged entry: LMDB has the true one
+                pass
             finally:
                 reader.close()
     from ..vdir.live import open_readonly

@@ -132,7 +132,7 @@ class ActionCache:
         if stdin is not None and not stdin.startswith(b"/"):
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP: STDIN must be an absolute path")
         argv = req.all(Tag.ARG)
-        if not exe or not exe.startswith(b"/") or not cwd or not cwd.startswith(b"/") or not argv:
+        if not exe or not exe.startswith(b"/") or not cwd or not cwd.startswith(b"/") or not argv or b"\0" in cwd:
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs PATH (absolute), TEXT (cwd, absolute) and ARG")
         if aid is None or not ACTION_ID.match(aid):
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs ACTION (16 lowercase hex characters)")

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..project import Home, Project, VriftError
+from ..vdir import layout
 from . import process
 from .client import DaemonUnavailable, ProjectClient
 from .listener import Connection, Listener, RequestError
@@ -139,7 +140,7 @@ class Coordinator:
             name = idle.stem  # p-<id16>
             if process.lock_held(idle.with_suffix(".lock")):
                 continue  # it was started again
-            vdir = self.home.shm_dir / f"vrift_vdir_{name[2:]}"
+            vdir = self.home.user_shm_dir / f"{layout.VDIR_NAME_PREFIX}{name[2:]}"
             for path in (vdir, idle):
                 try:
                     os.unlink(path)

@@ -62,6 +62,28 @@ def pid_alive(pid: int | None) -> bool:
     return state not in (b"Z", b"X")
 
 
+def processes_mapping(path: Path) -> list[int]:
+    """Pids of this user's other processes that map the file at `path` (or a file once at that
+    name: a replaced VDir shows as "<path> (deleted)").  The preload library keeps its VDir
+    mapped for the life of a process, so this is "wrapped processes of the project still run".
+    Reads /proc/<pid>/maps of every process: tens of ms, for the rare idle decision only."""
+    want = os.fsencode(path)
+    me, uid = os.getpid(), os.geteuid()
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{d}").st_uid != uid:
+                continue
+            with open(f"/proc/{d}/maps", "rb") as f:
+                if any(line.rstrip(b"\n").split(b" ", 5)[-1].strip().startswith(want) for line in f):
+                    found.append(int(d))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
 def acquire_lock(path: Path):
     """An exclusive flock held for the life of the process, or None when another holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

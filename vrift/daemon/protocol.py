@@ -115,7 +115,7 @@ class Frame:
         if isinstance(value, int):
             value = (_U64 if tag in U64_TAGS else _U32).pack(value)
         elif isinstance(value, str):
-            value = value.encode()
+            value = value.encode("utf-8", "backslashreplace")  # a path decoded with surrogates stays sendable
         self.fields.append((int(tag), bytes(value)))
         return self
 

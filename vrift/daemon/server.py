@@ -39,6 +39,9 @@ STATS_CACHE_ONLY = 1  # STATS FLAGS: only the action cache's counters (no writer
 STATS_EXPLAIN = 2     # STATS FLAGS: with the explanations of misses newer than SIZE (a sequence number)
 
 
+# fields that name files (or hold argv/environment strings): a NUL in one is refused up front
+NUL_FREE_TAGS = frozenset((Tag.PATH, Tag.STAGING, Tag.ROOT, Tag.STAGING_DIR, Tag.ARG, Tag.ENV))
+
 class ProjectDaemon:
     def __init__(self, home: Home, project: Project, cfg, index_filter=None, cache_key=None):
         from ..cas import CAS
@@ -73,6 +76,7 @@ class ProjectDaemon:
         self.requests = 0
         self.rollbacks = 0
         self.vdir_rebuilds = 0
+        self.vdir_damaged_entries = 0  # entries found failing their checksum, summed over scrubs
         self.full_rescans = 0
         self._beacon_waiting: set[bytes] = set()
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
@@ -104,6 +108,7 @@ class ProjectDaemon:
         next_health = time.monotonic() + HEALTH_EVERY_S
         while not self.stop_event.wait(TICK_S):
             now = time.monotonic()
+            self.index.heartbeat()
             if self._beacon_waiting or self._rollbacks:
                 self.writer.call(self._retry_pending)
             if now >= next_health:
@@ -112,6 +117,10 @@ class ProjectDaemon:
                 self.writer.call(self._check_vdir)
                 if (self.idle_timeout > 0 and self.listener.client_count == 0
                         and now - self.last_activity > self.idle_timeout):
+                    if process.processes_mapping(self.index.vdir_path):
+                        # wrapped processes still read the VDir: leaving would freeze their view
+                        self.last_activity = now
+                        continue
                     self.exit_reason = "idle"
                     break
         self.shutdown()
@@ -157,11 +166,17 @@ class ProjectDaemon:
             raise RequestError(Err.BAD_REQUEST, f"unknown request type 0x{req.type:04x}")
         if self.stop_event.is_set() and req.type != Msg.PING:
             raise RequestError(Err.SHUTTING_DOWN, "project daemon is shutting down")
+        for tag, value in req.fields:
+            if tag in NUL_FREE_TAGS and b"\0" in value:  # no file name, argv or environment holds one
+                code = Err.PATH_REJECTED if tag in (Tag.PATH, Tag.STAGING) else Err.BAD_REQUEST
+                raise RequestError(code, f"field {Tag(tag).name} contains a NUL byte")
         return handler(self, conn, req)
 
     def _hello(self, conn: Connection, req: Frame) -> Frame:
         pid = req.int(Tag.PID)
         root = req.get(Tag.ROOT)
+        if root is not None and (b"\0" in root or not root.startswith(b"/")):
+            raise RequestError(Err.BAD_REQUEST, "ROOT must be an absolute path without NUL bytes")
         if root is not None and os.path.realpath(root) != os.fsencode(self.project.root):
             raise RequestError(Err.BAD_REQUEST, f"{os.fsdecode(root)}: this daemon serves {self.project.root}")
         conn.client_pid = pid
@@ -388,6 +403,10 @@ class ProjectDaemon:
             with VDirReader(self.index.vdir_path) as reader:
                 problem = None if reader.index_generation == self.index.generation else (
                     f"generation {reader.index_generation}, index at {self.index.generation}")
+                damaged = reader.damaged() if problem is None else []
+                if damaged:
+                    problem = f"{len(damaged)} entries fail their checksum"
+                    self.vdir_damaged_entries += len(damaged)
         except VDirError as e:
             problem = str(e)
         if problem is not None:
@@ -405,7 +424,8 @@ class ProjectDaemon:
             "uptime_s": round(time.time() - self.started, 3), "requests": self.requests,
             "commits": self.writer.commits if self.writer else 0,
             "commit_groups": self.writer.groups if self.writer else 0,
-            "rollbacks": self.rollbacks, "vdir_rebuilds": self.vdir_rebuilds, "full_rescans": self.full_rescans,
+            "rollbacks": self.rollbacks, "vdir_rebuilds": self.vdir_rebuilds,
+            "vdir_damaged_entries": self.vdir_damaged_entries, "full_rescans": self.full_rescans,
             "bad_frames": self.listener.bad_frames, "rejected_uid": self.listener.rejected_uid,
             "beacon_waiting": len(self._beacon_waiting),
             "watcher": self.watcher.stats() if self.watcher else None,

@@ -1,5 +1,5 @@
 /*
- * vrift_vdir.h — the one description of the VDir shared-memory layout (version 1).
+ * vrift_vdir.h — the one description of the VDir shared-memory layout (version 2).
  *
  * Included by the preload library (readers) and by the small helper library that the
  * Python daemon loads with ctypes (writer atomics).  vrift/vdir/layout.py mirrors these
@@ -14,9 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define VRIFT_VDIR_MAGIC 0x56524654u /* "VRFT" */
-#define VRIFT_VDIR_VERSION 1u
+#define VRIFT_VDIR_VERSION 2u
 
 #define VRIFT_HEADER_SIZE 8192u     /* fixed; root path lives in its second half */
 #define VRIFT_ROOT_OFFSET 4096u
@@ -29,6 +30,15 @@
 #define VRIFT_MAX_LOAD_NUM 7u       /* table load factor <= 7/10 */
 #define VRIFT_MAX_LOAD_DEN 10u
 #define VRIFT_READ_RETRIES 64       /* seqlock retries before a reader gives up */
+#define VRIFT_LOOKUP_CORRUPT (-2)   /* vrift_lookup: an entry failed its checksum */
+
+/* Names in the shared-memory directory (VRIFT_SHM_DIR, default /dev/shm).  Every file of
+ * a user lives in a private directory <shm>/vrift-<euid>/ (0700, owned by the user), so no
+ * other user can pre-create or replace a name there. */
+#define VRIFT_SHM_USER_DIR_PREFIX "vrift-"      /* + decimal euid */
+#define VRIFT_VDIR_NAME_PREFIX "vrift_vdir_"    /* + the first VRIFT_VDIR_ID_CHARS of the project id */
+#define VRIFT_VDIR_ID_CHARS 16u
+#define VRIFT_COUNTERS_NAME_PREFIX "vrift_counters_" /* + pid of `vrift wrap` */
 
 /* entry flags */
 #define VRIFT_F_DIRTY 1u
@@ -39,6 +49,15 @@
 
 /* header_flags */
 #define VRIFT_H_RETIRED 1u /* a newer file replaced this one: remap by name */
+#define VRIFT_H_DEAD 2u    /* its writer (the daemon) stopped: nobody keeps it true, readers fall back */
+
+/* A daemon-written file carries a heartbeat (CLOCK_MONOTONIC ms, every ~50 ms); a reader
+ * finding it older than this (a daemon killed -9, or hung) stops answering from memory.
+ * Checked once every VRIFT_HEARTBEAT_EVERY lookups of a thread, with the vDSO coarse clock
+ * (no syscall): a dead daemon's table is served for at most that long, plus that many
+ * lookups. */
+#define VRIFT_HEARTBEAT_STALE_MS 3000u
+#define VRIFT_HEARTBEAT_EVERY 1024u
 
 typedef struct vrift_header {
     uint32_t magic;            /*   0 */
@@ -62,8 +81,9 @@ typedef struct vrift_header {
     uint8_t project_id[16];    /* 104 first 16 bytes of the project id */
     uint64_t index_generation; /* 120 LMDB/WAL generation this table reflects */
     uint32_t blksize;          /* 128 st_blksize reported for entries */
-    uint32_t reserved0;        /* 132 */
-    /* 136 .. VRIFT_ROOT_OFFSET: reserved, zero */
+    uint32_t geometry_sum;     /* 132 vrift_geometry_sum() of the region offsets and capacities */
+    uint64_t heartbeat_ms;     /* 136 writer's last beat, CLOCK_MONOTONIC ms; 0: no live writer promised */
+    /* 144 .. VRIFT_ROOT_OFFSET: reserved, zero */
     /* VRIFT_ROOT_OFFSET: root path, NUL terminated, no trailing slash */
 } vrift_header;
 
@@ -81,7 +101,8 @@ typedef struct vrift_entry {
     uint32_t mode;       /*  20 st_mode */
     uint64_t dev;        /*  24 */
     uint64_t ino;        /*  32 */
-    uint64_t nlink;      /*  40 */
+    uint32_t nlink;      /*  40 */
+    uint32_t checksum;   /*  44 vrift_entry_sum() of the rest, sealed by the writer at publish */
     uint32_t uid;        /*  48 */
     uint32_t gid;        /*  52 */
     int64_t size;        /*  56 */
@@ -98,6 +119,7 @@ typedef struct vrift_entry {
 #define VRIFT_RECORD_SIZE (VRIFT_ENTRY_SIZE - VRIFT_RECORD_OFFSET)
 
 _Static_assert(sizeof(vrift_entry) == VRIFT_ENTRY_SIZE, "entry size");
+_Static_assert(offsetof(vrift_entry, checksum) == 44, "checksum in the high half of the old 64-bit nlink");
 _Static_assert(sizeof(vrift_slot) == VRIFT_SLOT_SIZE, "slot size");
 _Static_assert(offsetof(vrift_header, index_generation) == 120, "header layout");
 _Static_assert(sizeof(vrift_header) <= VRIFT_ROOT_OFFSET, "header fits");
@@ -111,6 +133,43 @@ static inline uint64_t vrift_fnv1a64(const char *s, size_t n) {
     return h;
 }
 
+static inline uint64_t vrift_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/*
+ * The checksum of an entry: every byte of it except the checksum itself and the DIRTY bit
+ * (clients OR it in outside the seqlock).  It catches stray writes, not an adversary (only
+ * the user can write the file, see vrift_shm_file_ok): two independent lanes of xor, rotate
+ * and multiply by an odd constant, each step invertible, so a change confined to one word
+ * always changes the result before the final fold to 32 bits.  About 8 ns per hit.
+ */
+static inline uint32_t vrift_entry_sum(const vrift_entry *e) {
+    uint64_t w[VRIFT_ENTRY_SIZE / 8];
+    memcpy(w, e, sizeof w);
+    w[2] &= ~(uint64_t)VRIFT_F_DIRTY;   /* flags (low half of word 2) */
+    w[5] &= 0xffffffffull;              /* nlink stays, the checksum (high half) goes */
+    uint64_t a = 0x243f6a8885a308d3ull, b = 0x13198a2e03707344ull;
+    for (unsigned i = 0; i < VRIFT_ENTRY_SIZE / 8; i += 2) {
+        a = vrift_rotl64(a ^ w[i], 29) * 0x9e3779b97f4a7c15ull;
+        b = vrift_rotl64(b ^ w[i + 1], 31) * 0xc2b2ae3d27d4eb4full;
+    }
+    uint64_t h = a ^ vrift_rotl64(b, 17);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+    return (uint32_t)h;
+}
+
+/* The header's geometry (fixed for a file's life) in 32 bits: a lookup that finds the header
+ * offsets and capacities disagreeing with it treats the file as damaged, where an offset
+ * moved to another place inside the mapping would only have made it miss (a false ENOENT). */
+static inline uint32_t vrift_geometry_sum(uint64_t boff, uint64_t toff, uint64_t eoff, uint64_t soff, uint64_t scap,
+                                          uint32_t cap, uint32_t ecap) {
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    const uint64_t w[6] = {boff, toff, eoff, soff, scap, (uint64_t)cap << 32 | ecap};
+    for (int i = 0; i < 6; i++) h = vrift_rotl64(h ^ w[i], 27) * 0xff51afd7ed558ccdull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
 /* Two bloom bits from one 64-bit hash (k = 2). */
 static inline uint64_t vrift_bloom_bit1(uint64_t h) { return h & VRIFT_BLOOM_MASK; }
 static inline uint64_t vrift_bloom_bit2(uint64_t h) { return (h >> 32) & VRIFT_BLOOM_MASK; }
@@ -118,6 +177,19 @@ static inline uint64_t vrift_bloom_bit2(uint64_t h) { return (h >> 32) & VRIFT_B
 /* 1 when [off, off + len) lies inside a mapping of `size` bytes; immune to u64 wrap-around. */
 static inline int vrift_span_ok(uint64_t off, uint64_t len, uint64_t size) {
     return off <= size && len <= size - off;
+}
+
+/* A shared-memory file may be used only when it is a regular file with one name, owned by
+ * `euid`, readable and writable by nobody else: anything else may be another user's
+ * (a takeover: false answers fed to our builds, or our index read by them). */
+static inline int vrift_shm_file_ok(const struct stat *st, uid_t euid) {
+    return S_ISREG(st->st_mode) && st->st_uid == euid && (st->st_mode & 077) == 0 && st->st_nlink == 1;
+}
+
+/* The private directory that holds the files: a directory (not a link), owned by `euid`,
+ * with no access for group or others. */
+static inline int vrift_shm_dir_ok(const struct stat *st, uid_t euid) {
+    return S_ISDIR(st->st_mode) && st->st_uid == euid && (st->st_mode & 077) == 0;
 }
 
 /* Structural check of a mapping of `size` bytes: 0 if usable. */
@@ -134,13 +206,18 @@ static inline int vrift_header_check(const void *base, uint64_t size) {
     if (!vrift_span_ok(h->strings_offset, h->strings_capacity, size)) return -1;
     if (h->entry_used > h->entry_capacity || h->strings_used > h->strings_capacity) return -1;
     if (h->root_len == 0 || h->root_len >= VRIFT_ROOT_MAX) return -1;
+    if (vrift_geometry_sum(h->bloom_offset, h->table_offset, h->entries_offset, h->strings_offset,
+                           h->strings_capacity, h->table_capacity, h->entry_capacity) != h->geometry_sum)
+        return -1;
     return 0;
 }
 
 /*
  * Seqlock-protected lookup of `rel` (path relative to the root, no leading slash).
  * Returns 1 and copies the entry into *out on a hit, 0 on a miss, -1 when the table
- * could not be read consistently (writer busy for too long, or inconsistent offsets).
+ * could not be read consistently (writer busy for too long, or inconsistent offsets),
+ * VRIFT_LOOKUP_CORRUPT when the entry with the path's hash fails its checksum (never served:
+ * the caller asks the kernel and reports the damage).
  * A hit may carry DIRTY/DELETED flags: the caller decides what they mean.
  */
 static inline int vrift_lookup(const void *base, uint64_t map_size, const char *rel, size_t len,
@@ -165,6 +242,8 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
             !vrift_span_ok(eoff, (uint64_t)ecap * VRIFT_ENTRY_SIZE, map_size) ||
             !vrift_span_ok(soff, scap, map_size)) {
             result = -1;
+        } else if (vrift_geometry_sum(boff, toff, eoff, soff, scap, cap, ecap) != h->geometry_sum) {
+            result = VRIFT_LOOKUP_CORRUPT; /* offsets rewritten after the file was mapped */
         } else if ((b[boff + (b1 >> 3)] & (1u << (b1 & 7))) && (b[boff + (b2 >> 3)] & (1u << (b2 & 7)))) {
             const vrift_slot *slots = (const vrift_slot *)(b + toff);
             uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
@@ -173,18 +252,41 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
                 if (ep == 0) break;
                 if (slots[i].hash_hi != hi || ep > ecap) continue;
                 const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
-                if (e->path_hash != hash || e->path_len != len) continue;
-                uint32_t po = e->path_off; /* loaded once: checked and used as the same value */
-                if ((uint64_t)po + len > scap) continue;
-                if (memcmp(b + soff + po, rel, len) != 0) continue;
+                if (e->path_hash != hash) {
+                    /* the slot said our high hash bits, its entry does not: the slot or the
+                     * entry is damaged (a miss here could become a false ENOENT) */
+                    if ((uint32_t)(e->path_hash >> 32) != hi) {
+                        result = VRIFT_LOOKUP_CORRUPT;
+                        break;
+                    }
+                    continue;
+                }
+                /* The copy is what is checked and answered: one consistent value of every field. */
                 memcpy(out, e, sizeof *out);
-                out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED);
+                uint32_t po = out->path_off;
+                if (out->path_len != len || (uint64_t)po + len > scap || memcmp(b + soff + po, rel, len) != 0) {
+                    /* Another path with the same 64-bit hash, or damage to its offset or
+                     * length (the checksum fails).  Damage to the string itself is found by
+                     * the writer's scrub (vrift_verify: the string no longer hashes to
+                     * path_hash), not here: a lookup cannot tell it from a collision. */
+                    if (vrift_entry_sum(out) != out->checksum) {
+                        result = VRIFT_LOOKUP_CORRUPT;
+                        break;
+                    }
+                    continue;
+                }
+                out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED); /* the latest DIRTY */
                 result = 1;
                 break;
             }
         }
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) return result;
+        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) {
+            /* flags may have changed since the copy only in DIRTY (atomic OR outside the
+             * seqlock), which the checksum leaves out; the current bit is what counts */
+            if (result == 1 && vrift_entry_sum(out) != out->checksum) return VRIFT_LOOKUP_CORRUPT;
+            return result;
+        }
     }
     return -1;
 }

@@ -33,11 +33,12 @@ static int rw_map(void) {
         munmap(rw_base, rw_size); /* only this file's write path uses it, under the lock */
         rw_base = NULL;
     }
-    int fd = REAL(open)(vrift_vdir_path(), O_RDWR | O_CLOEXEC);
+    int fd = REAL(open)(vrift_vdir_path(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return -1;
     struct stat st;
     void *base = MAP_FAILED;
-    if (REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) == 0 && st.st_size >= (off_t)VRIFT_HEADER_SIZE)
+    if (REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) == 0 && st.st_size >= (off_t)VRIFT_HEADER_SIZE &&
+        vrift_shm_file_ok(&st, geteuid()))
         base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     REAL(close)(fd);
     if (base == MAP_FAILED) return -1;

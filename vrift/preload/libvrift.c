@@ -13,11 +13,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 vrift_real_fns vrift_real;
@@ -91,11 +94,27 @@ static void resolve_all(void) {
 
 /* ------------------------------------------------------------------ VDir mapping */
 
+/* The writer promised a beat and has not given one for VRIFT_HEARTBEAT_STALE_MS. */
+static int beat_stale(const vrift_header *h) {
+    uint64_t beat = __atomic_load_n(&h->heartbeat_ms, __ATOMIC_ACQUIRE);
+    if (beat == 0) return 0;
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) return 0; /* vDSO: no syscall */
+    uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return now > beat + VRIFT_HEARTBEAT_STALE_MS + 10u; /* + the coarse clock's tick */
+}
+
 static int map_file(vrift_map *out) {
-    int fd = REAL(open)(vdir_path, O_RDONLY | O_CLOEXEC);
+    int fd = REAL(open)(vdir_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return -1;
     struct stat st;
     if (REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) != 0 || st.st_size < (off_t)VRIFT_HEADER_SIZE) {
+        REAL(close)(fd);
+        return -1;
+    }
+    if (!vrift_shm_file_ok(&st, geteuid())) {
+        vrift_log("VDir %s is not ours (uid %d, mode %o, %d links): refused", vdir_path, (int)st.st_uid,
+                  (unsigned)st.st_mode & 07777u, (int)st.st_nlink);
         REAL(close)(fd);
         return -1;
     }
@@ -105,7 +124,8 @@ static int map_file(vrift_map *out) {
     const vrift_header *h = (const vrift_header *)base;
     const char *root = (const char *)base + VRIFT_ROOT_OFFSET;
     if (vrift_header_check(base, (uint64_t)st.st_size) != 0 || h->root_len != vrift_root_len ||
-        memcmp(root, vrift_root, vrift_root_len) != 0 || h->blksize == 0) {
+        memcmp(root, vrift_root, vrift_root_len) != 0 || h->blksize == 0 ||
+        (__atomic_load_n(&h->header_flags, __ATOMIC_ACQUIRE) & VRIFT_H_DEAD) || beat_stale(h)) {
         munmap(base, (size_t)st.st_size);
         errno = EINVAL;
         return -1;
@@ -117,7 +137,7 @@ static int map_file(vrift_map *out) {
 
 int vrift_map_retired(const vrift_map *m) {
     const vrift_header *h = (const vrift_header *)m->base;
-    return (__atomic_load_n(&h->header_flags, __ATOMIC_ACQUIRE) & VRIFT_H_RETIRED) ||
+    return (__atomic_load_n(&h->header_flags, __ATOMIC_ACQUIRE) & (VRIFT_H_RETIRED | VRIFT_H_DEAD)) ||
            __atomic_load_n(&h->file_size, __ATOMIC_RELAXED) != m->size;
 }
 
@@ -148,13 +168,122 @@ const vrift_map *vrift_remap(void) {
     return cur;
 }
 
-int vrift_find(const char *rel, size_t len, vrift_entry *out) {
+/* ------------------------------------------------------------------ SIGBUS guard
+ *
+ * A VDir truncated by another process while we map it (nothing of ours does that, but the
+ * user can) turns every access past its new end into SIGBUS.  Lookups run under a guard: a
+ * SIGBUS whose address lies in one of our mappings while this thread is inside a lookup
+ * jumps back out of it, and the process falls back to the kernel for good.  Any other SIGBUS
+ * gets the disposition the program had (the handler is installed only over SIG_DFL; a
+ * program that installs its own SIGBUS handler later replaces ours, and then a truncation
+ * while it runs is its SIGBUS, as before).  The cost on the hot path is one sigsetjmp that
+ * saves no signal mask: a handful of register stores, no syscall. */
+static __thread sigjmp_buf *bus_guard;
+static struct sigaction bus_prev;
+
+static int in_our_maps(const void *addr) {
+    const uint8_t *a = (const uint8_t *)addr;
+    int n = __atomic_load_n(&maps_used, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++)
+        if (a >= maps[i].base && a < maps[i].base + maps[i].size) return 1;
+    return 0;
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+    (void)uc;
+    sigjmp_buf *g = bus_guard;
+    if (g && si && si->si_code > 0 && in_our_maps(si->si_addr)) {
+        bus_guard = NULL;
+        siglongjmp(*g, 1);
+    }
+    /* not ours: as if we had never been here */
+    sigaction(SIGBUS, &bus_prev, NULL);
+    if (!si || si->si_code <= 0) raise(sig); /* sent, not a fault: deliver it again */
+    /* a fault: returning repeats the access, which now meets the program's disposition */
+}
+
+static void install_bus_guard(void) {
+    struct sigaction cur;
+    if (sigaction(SIGBUS, NULL, &cur) != 0 || (cur.sa_flags & SA_SIGINFO) || cur.sa_handler != SIG_DFL) return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    /* NODEFER: the jump leaves the handler without restoring a mask, SIGBUS must stay open */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    bus_prev = cur;
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+static __thread uint32_t lookups_since_beat_check;
+
+static int guarded_lookup(const char *rel, size_t len, vrift_entry *out) {
     const vrift_map *m = __atomic_load_n(&vrift_cur, __ATOMIC_ACQUIRE);
     if (UNLIKELY(vrift_map_retired(m))) {
         m = vrift_remap();
         if (!m) return -1;
     }
+    if (UNLIKELY(++lookups_since_beat_check >= VRIFT_HEARTBEAT_EVERY)) {
+        lookups_since_beat_check = 0;
+        if (beat_stale((const vrift_header *)m->base)) {
+            /* the daemon died (or hangs): its table is frozen; the kernel from now on */
+            if (__atomic_exchange_n(&vrift_reads_on, 0, __ATOMIC_ACQ_REL)) {
+                vrift_count(VRIFT_C_FALLBACKS);
+                vrift_log("VDir %s: its daemon stopped beating: fallback", vdir_path);
+            }
+            return -1;
+        }
+    }
     return vrift_lookup(m->base, m->size, rel, len, out);
+}
+
+/* Slow path, once per process: an entry failed its checksum.  The lookup already passes
+ * the call to the kernel; the daemon is told so that it scrubs and rebuilds the table
+ * (its own health check would find it too, within a second). */
+static int corrupt_reported;
+
+static void report_corrupt(const char *rel, size_t len) {
+    vrift_count(VRIFT_C_VDIR_CORRUPT);
+    if (__atomic_exchange_n(&corrupt_reported, 1, __ATOMIC_ACQ_REL)) return;
+    int saved = errno;
+    static const char head[] = "entry fails its checksum: ";
+    char detail[sizeof head + 128];
+    size_t n = len < 127 ? len : 127; /* no stdio: this runs inside any stat() */
+    memcpy(detail, head, sizeof head - 1);
+    memcpy(detail + sizeof head - 1, rel, n);
+    detail[sizeof head - 1 + n] = '\0';
+    vrift_log("VDir %s: %s: asking the kernel, reporting to the daemon", vdir_path, detail);
+    if (vrift_socket_path[0]) vrift_daemon_vdir_bad(detail);
+    errno = saved;
+}
+
+int vrift_find(const char *rel, size_t len, vrift_entry *out) {
+    sigjmp_buf jb;
+    sigjmp_buf *outer = bus_guard; /* a lookup from a signal handler inside a lookup */
+    if (UNLIKELY(sigsetjmp(jb, 0))) {
+        bus_guard = outer;
+        if (__atomic_exchange_n(&vrift_reads_on, 0, __ATOMIC_ACQ_REL)) {
+            vrift_count(VRIFT_C_FALLBACKS);
+            vrift_log("VDir %s shrank under this process (SIGBUS caught): fallback", vdir_path);
+        }
+        return -1;
+    }
+    bus_guard = &jb;
+    int r = guarded_lookup(rel, len, out);
+    bus_guard = outer;
+    if (LIKELY(r == 1)) {
+        /* Answers the index cannot keep true without seeing every process, passed to the
+         * kernel (DIRTY on the copy: "ask the kernel" to every caller):
+         * - a file with several names: written through another name (inside the tree or
+         *   outside it), this name's entry would keep the old size and times;
+         * - a tombstone: a process without the library (a static binary) may have created
+         *   the path again since, and a stale ENOENT breaks the build where plain make works. */
+        if (UNLIKELY((out->nlink > 1 && !(out->flags & VRIFT_F_DIR)) || (out->flags & VRIFT_F_DELETED)))
+            out->flags |= VRIFT_F_DIRTY;
+    } else if (UNLIKELY(r == VRIFT_LOOKUP_CORRUPT)) {
+        report_corrupt(rel, len);
+    }
+    return r;
 }
 
 /* ------------------------------------------------------------------ cached cwd */
@@ -308,21 +437,23 @@ void vrift_flush_counters(void) {
     }
     if (!any) return;
     int saved = errno;
-    int fd = REAL(open)(counters_path, O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
+    int fd = REAL(open)(counters_path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    /* size and owner checked before the mapping is touched: no SIGBUS, no other user's file
+     * (its mode is not checked: counts are no secret) */
+    if (fd >= 0 && REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) == 0 && st.st_size >= (off_t)VRIFT_COUNTERS_SIZE &&
+        S_ISREG(st.st_mode) && st.st_uid == geteuid()) {
         void *m = mmap(NULL, VRIFT_COUNTERS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        struct stat st;
         if (m != MAP_FAILED) {
             vrift_counters_file *cf = (vrift_counters_file *)m;
-            if (REAL(fstatat)(fd, "", &st, AT_EMPTY_PATH) == 0 && st.st_size >= (off_t)VRIFT_COUNTERS_SIZE &&
-                cf->magic == VRIFT_COUNTERS_MAGIC && cf->version == VRIFT_COUNTERS_VERSION) {
+            if (cf->magic == VRIFT_COUNTERS_MAGIC && cf->version == VRIFT_COUNTERS_VERSION) {
                 for (int i = 0; i < VRIFT_C_COUNT; i++)
                     if (local[i]) __atomic_fetch_add(&cf->c[i], local[i], __ATOMIC_RELAXED);
             }
             munmap(m, VRIFT_COUNTERS_SIZE);
         }
-        REAL(close)(fd);
     }
+    if (fd >= 0) REAL(close)(fd);
     errno = saved;
 }
 
@@ -390,6 +521,7 @@ __attribute__((constructor)) static void vrift_init(int argc, char **argv, char 
     }
     maps_used = 1;
     vrift_cur = &maps[0];
+    install_bus_guard();
     cwd_refresh();
     vrift_reads_on = 1;
     vrift_writes_on = 1;

@@ -36,7 +36,7 @@ long vrift_deadline(void);
 #define P_MAX_FIELDS 4096
 #define P_REPLY 0x8000
 
-enum { M_HELLO = 0x01, M_COMMIT = 0x03, M_BEGIN_WRITE = 0x04, M_INVALIDATE = 0x05, M_ERROR = 0x7FFF };
+enum { M_HELLO = 0x01, M_COMMIT = 0x03, M_BEGIN_WRITE = 0x04, M_INVALIDATE = 0x05, M_VDIR_BAD = 0x0A, M_ERROR = 0x7FFF };
 enum {
     T_PATH = 1, T_STAGING = 2, T_PID = 3, T_GENERATION = 4, T_TEXT = 5, T_ROOT = 7,
     T_STAGING_DIR = 11, T_ERROR_CODE = 12, T_FLAGS = 14,
@@ -386,6 +386,20 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
 int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(M_INVALIDATE, paths, n); }
 
 int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(M_BEGIN_WRITE, paths, n); }
+
+int vrift_daemon_vdir_bad(const char *detail) {
+    if (proto_off) return -1;
+    long deadline = vrift_deadline();
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
+    if (fd < 0) return -1;
+    request q;
+    reply a;
+    req_init(&q, M_VDIR_BAD);
+    req_bytes(&q, T_TEXT, detail, strlen(detail));
+    int r = exchange(fd, &q, deadline, &a);
+    vrift_conn_release(fd, temporary, r < 0);
+    return r;
+}
 
 /* ------------------------------------------------------------------ action cache */
 

@@ -27,6 +27,7 @@ enum vrift_counter {
     VRIFT_C_FALLBACKS,     /* processes that ran in fallback mode (VDir missing/corrupt) */
     VRIFT_C_DAEMON_ERRORS, /* daemon requests that failed (absent, timeout, error frame) */
     VRIFT_C_PROCESSES,     /* processes (images) that reported */
+    VRIFT_C_VDIR_CORRUPT,  /* lookups that found an entry failing its checksum (passed to the kernel) */
     VRIFT_C_COUNT
 };
 

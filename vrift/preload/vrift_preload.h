@@ -162,7 +162,8 @@ enum { VRIFT_P_OUTSIDE = 0, VRIFT_P_INSIDE = 1, VRIFT_P_UNSURE = -1 };
  * OUTSIDE: not a project path; UNSURE: cannot vouch for the meaning (pass through). */
 int vrift_resolve_path(int dirfd, const char *path, vrift_path *out);
 
-/* Lookup on the current mapping: 1 hit, 0 miss, -1 unusable. */
+/* Lookup on the current mapping: 1 hit, 0 miss, -1 unusable, VRIFT_LOOKUP_CORRUPT: an entry
+ * failed its checksum (counted and reported to the daemon once per process). */
 int vrift_find(const char *rel, size_t len, vrift_entry *out);
 
 int vrift_certain_absent(int dirfd, const char *path);
@@ -189,6 +190,8 @@ int vrift_daemon_commit(const char *virt, const char *staging);
 int vrift_daemon_invalidate(const char *const *paths, int n);
 /* BEGIN_WRITE (new paths without an entry: a DIRTY placeholder): 0 accepted, -1 unusable. */
 int vrift_daemon_begin_write(const char *const *paths, int n);
+/* VDIR_BAD: tell the daemon its VDir is damaged (it scrubs and rebuilds it); 0 answered. */
+int vrift_daemon_vdir_bad(const char *detail);
 void vrift_daemon_atfork_child(void);
 
 /* ---- action cache (action.c, record.c) ---- */

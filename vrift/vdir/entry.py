@@ -60,19 +60,19 @@ class Entry:
     def pack_record(self) -> bytes:
         ms, mn = divmod(self.mtime_ns, 1_000_000_000)
         cs, cn = divmod(self.ctime_ns, 1_000_000_000)
-        return layout.RECORD.pack(self.flags, self.mode, self.dev, self.ino, self.nlink, self.uid,
+        return layout.RECORD.pack(self.flags, self.mode, self.dev, self.ino, self.nlink, 0, self.uid,
                                   self.gid, self.size, self.blocks, ms, cs, mn, cn, self.digest)
 
     @classmethod
     def unpack_record(cls, path: bytes, data: bytes | memoryview) -> "Entry":
-        (flags, mode, dev, ino, nlink, uid, gid, size, blocks, ms, cs, mn, cn,
+        (flags, mode, dev, ino, nlink, _checksum, uid, gid, size, blocks, ms, cs, mn, cn,
          digest) = layout.RECORD.unpack(data)
         return cls(bytes(path), mode, dev, ino, nlink, uid, gid, size, blocks,
                    ms * 1_000_000_000 + mn, cs * 1_000_000_000 + cn, bytes(digest), flags)
 
     # -- the 128-byte shared-memory entry (layout.ENTRY) --
     def pack_entry(self, path_hash: int, path_off: int) -> bytes:
-        return layout.ENTRY.pack(path_hash, path_off, len(self.path), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        return layout.ENTRY.pack(path_hash, path_off, len(self.path), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                  ZERO_DIGEST)[:layout.RECORD_OFFSET] + self.pack_record()
 
     def to_json(self, root: str | None = None) -> dict:

@@ -27,7 +27,7 @@ from ..project import Home, Project, VriftError
 from . import layout, wal
 from .entry import Entry
 from .lmdb_store import LmdbStore
-from .shm import VDirError, VDirWriter
+from .shm import VDirCorrupt, VDirError, VDirWriter
 
 log = logging.getLogger("vrift.index")
 
@@ -91,7 +91,10 @@ class ProjectIndex:
             if self.durability == "wal":
                 self._wal = wal.WriteAheadLog(self.wal_path)
             if self.use_shm:
-                self._open_shm()
+                try:
+                    self._open_shm()
+                except VDirError as exc:  # e.g. the shared memory is full: serve without it
+                    log.warning("%s; builds run unaccelerated until it can be made", exc)
         except BaseException:
             self._release()
             raise
@@ -161,19 +164,44 @@ class ProjectIndex:
             raise
         old, self._shm = self._shm, writer
         if old is not None:
+            old.retire()  # its file may not be at the name any more: its readers must let go
             old.close()
         self.counters["shm_rebuilt"] += 1
 
+    def _publish(self, batch: list[Entry], **kw) -> bool:
+        """put_many on the VDir; False when its file was found damaged under the writer (then
+        the caller rebuilds it from the index once its own state is up to date)."""
+        try:
+            self._shm.put_many(batch, **kw)
+            return True
+        except VDirCorrupt as exc:
+            log.warning("%s: rebuilding it from the index", exc)
+            return False
+
     def rebuild_shm(self) -> None:
-        """A fresh VDir file from the index (the old one was corrupted or removed)."""
+        """A fresh VDir file from the index (the old one was corrupted or removed).  When no new
+        file can be made (shared memory full), clients run on the kernel until one can."""
         with self._lock:
             if self.use_shm:
-                self._build_shm()
+                try:
+                    self._build_shm()
+                except VDirError as exc:
+                    log.warning("%s; builds run unaccelerated meanwhile", exc)
+                    old, self._shm = self._shm, None
+                    if old is not None:  # damaged or stale: nobody may keep reading it
+                        old.retire()
+                        old.close(unlink=True)
 
     def flush(self) -> None:
         """Everything acknowledged so far written to LMDB and synced; the WAL emptied."""
         with self._flush_mutex, self._lock:
             self._flush_locked()
+
+    def heartbeat(self) -> None:
+        """The daemon is alive: readers may keep trusting the VDir (docs/vdir.md)."""
+        shm = self._shm
+        if shm is not None:
+            shm.heartbeat()
 
     def close(self, unlink_shm: bool = False) -> None:
         self._stop.set()
@@ -187,6 +215,7 @@ class ProjectIndex:
                     self._flush_locked()
             finally:
                 if self._shm is not None:
+                    self._shm.mark_dead()  # nobody keeps it true from now on: readers fall back
                     self._shm.close(unlink=unlink_shm)
                     self._shm = None
                 self._release()
@@ -286,8 +315,11 @@ class ProjectIndex:
                     changes.pop(e.path, None)  # back to (or still) what is published
                     continue
                 changes[e.path] = e
-            if placeholders and self._shm is not None:
-                self._shm.put_many(placeholders, keep_flags=layout.F_DIRTY)
+            keep = layout.F_DIRTY
+            if placeholders and self._shm is not None and not self._publish(placeholders, keep_flags=keep):
+                self.rebuild_shm()
+                if self._shm is not None:
+                    self._publish(placeholders, keep_flags=keep)
             if not changes:
                 return self._gen
             gen = self._gen + 1
@@ -306,8 +338,7 @@ class ProjectIndex:
                 self._store.write(batch, gen, self._root, sync=False)
                 self._lmdb_gen = gen
             # durable as promised: now the world may see it
-            if self._shm is not None:
-                self._shm.put_many(batch, index_generation=gen, keep_flags=layout.F_DIRTY)
+            published = self._shm is None or self._publish(batch, index_generation=gen, keep_flags=layout.F_DIRTY)
             for p, e in changes.items():
                 if e.is_deleted:
                     if self._entries.pop(p, None) is not None:
@@ -317,6 +348,8 @@ class ProjectIndex:
                 else:
                     self._entries[p] = e
             self._gen = gen
+            if not published:
+                self.rebuild_shm()  # from the entries just updated, this batch included
             self.counters["applies"] += 1
             self.counters["changes"] += len(batch)
             return gen
@@ -325,9 +358,14 @@ class ProjectIndex:
         """Set or clear DIRTY on the published entry; False when there is none."""
         if self._shm is None:
             return False
-        if dirty:
-            return self._shm.set_flags(rel, layout.F_DIRTY)
-        return self._shm.clear_flags(rel, layout.F_DIRTY)
+        try:
+            if dirty:
+                return self._shm.set_flags(rel, layout.F_DIRTY)
+            return self._shm.clear_flags(rel, layout.F_DIRTY)
+        except VDirCorrupt as exc:
+            log.warning("%s: rebuilding it from the index", exc)
+            self.rebuild_shm()
+            return False
 
     # ------------------------------------------------------------------ background durability
     def _flush_locked(self) -> None:

@@ -6,8 +6,11 @@ action cache from a daemon thread and a CLI command.  `acquire` returns the open
 there is one; `release` closes it with the last user."""
 from __future__ import annotations
 
+import logging
 import os
+import struct
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -16,6 +19,74 @@ from ..project import VriftError
 
 _ENVS: dict[str, list] = {}  # realpath -> [env, refcount]
 _LOCK = threading.Lock()
+log = logging.getLogger("vrift.lmdb")
+
+# LMDB's on-disk meta page (lmdb.h / mdb.c, format 1): a 16-byte page header, then MDB_meta:
+# magic u32, version u32, address, mapsize, two MDB_db of 48 bytes (the first one's md_pad is
+# the page size), last_pg, txnid.
+_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<16xII8x8xI44x48xQQ")
+_PAGE_HEAD = struct.Struct("<QHHI")  # pgno, pad, flags, (lower, upper) or overflow page count
+_P_OVERFLOW = 0x04
+SCAN_PAGES_UP_TO = 64 << 20  # below this size every page header is read at open (~1 ms/MiB)
+
+
+def damage(path: Path) -> str | None:
+    """Why <path>/data.mdb cannot be mapped safely, or None.  A file shorter than its last
+    page (truncated by a crash of the disk, a full disk, a user) makes LMDB's reads SIGBUS;
+    this reads the two meta pages and, for a file up to SCAN_PAGES_UP_TO, every page header
+    with pread, which cannot fault."""
+    data = Path(path) / "data.mdb"
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None  # created, never written: LMDB initialises it
+        metas = []
+        for at in (0, 4096, 8192, 16384, 65536):  # the second meta page sits one page in
+            raw = os.pread(fd, _META.size, at)
+            if len(raw) == _META.size:
+                magic, version, psize, last_pg, txnid = _META.unpack(raw)
+                if magic == _MAGIC and version == 1 and psize in (4096, 8192, 16384, 65536) and (at in (0, psize)):
+                    metas.append((txnid, psize, last_pg))
+        if not metas:
+            return f"no valid meta page ({size:,} bytes): not an LMDB file or its start is damaged"
+        _, psize, last_pg = max(metas)
+        need = (last_pg + 1) * psize
+        if size < need:
+            return f"truncated: {size:,} bytes, its last page ends at {need:,}"
+        if size <= SCAN_PAGES_UP_TO:
+            pgno = 2
+            while pgno <= last_pg:
+                head = os.pread(fd, _PAGE_HEAD.size, pgno * psize)
+                number, _, flags, count = _PAGE_HEAD.unpack(head)
+                if number != pgno:
+                    if number == 0 and flags == 0 and head == bytes(len(head)):
+                        pgno += 1  # never written (a hole LMDB reserved)
+                        continue
+                    return f"page {pgno} has the header of page {number}: overwritten"
+                pgno += count if flags & _P_OVERFLOW and count > 0 else 1
+        return None
+    finally:
+        os.close(fd)
+
+
+def move_aside(path: Path, what: str, problem: str) -> Path:
+    """Rename a damaged data.mdb out of the way (kept for a post-mortem) and drop its lock file."""
+    data = Path(path) / "data.mdb"
+    aside = data.with_name(f"data.mdb.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.rename(data, aside)
+    try:
+        os.unlink(Path(path) / "lock.mdb")
+    except FileNotFoundError:
+        pass
+    log.warning("%s %s: %s; moved to %s and started afresh", what, path, problem, aside.name)
+    return aside
 
 
 def acquire(path: Path, what: str, *, readonly: bool = False, **options) -> lmdb.Environment:
@@ -29,6 +100,12 @@ def acquire(path: Path, what: str, *, readonly: bool = False, **options) -> lmdb
                 raise VriftError(f"{what} {path}: already open read-only in this process")
             held[1] += 1
             return held[0]
+        problem = damage(path)
+        if problem is not None:
+            if readonly:
+                raise VriftError(f"{what} {path}/data.mdb is damaged: {problem} "
+                                 f"(its next writer — the daemon, `vrift ingest` — moves it aside and rebuilds)")
+            move_aside(path, what, problem)
         try:
             env = lmdb.open(str(path), readonly=readonly, create=not readonly, subdir=True, lock=True,
                             mode=0o600, **options)

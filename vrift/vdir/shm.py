@@ -15,9 +15,10 @@ from pathlib import Path
 
 from . import layout, native
 from .entry import Entry
-from .shm_format import (ENT, HDR, PATH_BYTES_GUESS, U32, U64, Geometry, VDirCorrupt, VDirError, check_path,
-                         entry_path, header_values, pack_entry, project_id_bytes, read_header, root_bytes, root_of,
-                         show_path, temp_name, write_header)
+from .shm_files import say_once
+from .shm_format import (ENT, HDR, PATH_BYTES_GUESS, U32, U64, Geometry, VDirCorrupt, VDirError, VDirForeign,
+                         check_path, entry_path, header_problem, header_values, pack_entry, project_id_bytes,
+                         read_header, root_bytes, root_of, show_path, temp_name, write_header)
 from .shm_reader import VDirReader, _find, _map_file, _Mapped
 
 __all__ = ["VDirCorrupt", "VDirError", "VDirReader", "VDirWriter", "path_hash"]
@@ -37,6 +38,36 @@ class VDirWriter(_Mapped):
         super().__init__(path)
         self._map, self._ident = mapping, ident
         self._slot = ctypes.c_uint32()
+        self._geometry = _geometry_of(read_header(mapping.view))
+
+    def _header(self) -> dict:
+        """The header, checked: what this writer laid out, whatever another process wrote over
+        it since (a scribbled header made the native calls read outside the mapping)."""
+        m = self._m()
+        h = read_header(m.view)
+        if _geometry_of(h) != self._geometry or h["entry_used"] > h["entry_capacity"] \
+                or h["strings_used"] > h["strings_capacity"]:
+            problem = header_problem(m.view, m.size) or "its geometry differs from what this writer laid out"
+            raise VDirCorrupt(f"VDir {self.path}: header overwritten under its writer: {problem}")
+        return h
+
+    def heartbeat(self) -> None:
+        """Say this writer is alive (readers stop trusting a table whose beat is stale)."""
+        with self._lock:
+            if self._map is not None:
+                native.lib().vrift_heartbeat(self._map.base)
+
+    def mark_dead(self) -> None:
+        """This writer stops: readers must not trust the table any more (they fall back)."""
+        with self._lock:
+            if self._map is not None:
+                native.lib().vrift_header_flags_or(self._map.base, layout.H_DEAD)
+
+    def retire(self) -> None:
+        """Mark the mapped file replaced: readers that still map it go by name again."""
+        with self._lock:
+            if self._map is not None:
+                native.lib().vrift_retire(self._map.base)
 
     # ---------------------------------------------------------------- creation and reuse
     @classmethod
@@ -85,6 +116,9 @@ class VDirWriter(_Mapped):
         if problem:
             mapping.close()
             raise VDirCorrupt(f"VDir {path}: {problem}")
+        # a new writer takes over: no beat promised until it gives one, and alive again
+        U64.pack_into(mapping.view, HDR["heartbeat_ms"][0], 0)
+        native.lib().vrift_header_flags_clear(mapping.base, layout.H_DEAD)
         return cls(path, mapping, (st.st_dev, st.st_ino))
 
     @staticmethod
@@ -93,12 +127,19 @@ class VDirWriter(_Mapped):
         """Write a new file under a temporary name, `fill` it, rename it over `path`.
         On any failure nothing is left behind and `path` is untouched."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        remove_stale_temps(path)
         tmp = temp_name(path)
         mapping = None
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                os.ftruncate(fd, geo.file_size)  # unwritten pages stay unallocated on tmpfs
+                # Reserve every page now: on a full tmpfs a store into a page that cannot be
+                # allocated is a SIGBUS, in the writer and in every reader; this is ENOSPC.
+                try:
+                    os.posix_fallocate(fd, 0, geo.file_size)
+                except OSError as exc:
+                    raise VDirError(f"VDir {path}: cannot reserve {geo.file_size:,} bytes in {path.parent} "
+                                    f"({exc.strerror}): free shared memory or set VRIFT_SHM_DIR") from None
                 mapping = native.Mapping(fd, geo.file_size, writable=True)
                 st = os.fstat(fd)
             finally:
@@ -130,7 +171,10 @@ class VDirWriter(_Mapped):
     # ---------------------------------------------------------------- reads
     def _locate(self, path: bytes, h: int) -> int:
         m = self._m()
-        return native.lib().vrift_locate(m.base, path, len(path), h, ctypes.byref(self._slot))
+        index = native.lib().vrift_locate(m.base, m.size, path, len(path), h, ctypes.byref(self._slot))
+        if index < -1:
+            raise VDirCorrupt(f"VDir {self.path}: header overwritten under its writer")
+        return index
 
     def lookup(self, path: bytes) -> Entry | None:
         with self._lock:
@@ -139,8 +183,7 @@ class VDirWriter(_Mapped):
     def entries(self) -> Iterator[Entry]:
         """Every record in dense order, tombstones included (the writer's own view: no lock)."""
         with self._lock:
-            view = self._m().view
-            return iter(list(self._entries_of(view, read_header(view))))
+            return iter(list(self._entries_of(self._m().view, self._header())))
 
     @property
     def resident_bytes(self) -> int:
@@ -158,10 +201,20 @@ class VDirWriter(_Mapped):
         with self._lock:
             if len(path) > layout.REL_MAX or b"\0" in path:
                 return False
+            self._header()
             index = self._locate(path, path_hash(path))
             if index < 0:
                 return False
-            op(self._m().base, index, bits)
+            m = self._m()
+            if bits & ~layout.F_DIRTY:  # covered by the checksum: changed and resealed under the lock
+                native.lib().vrift_seq_begin(m.base)
+                try:
+                    op(m.base, m.size, index, bits)
+                    native.lib().vrift_seal(m.base, m.size, index)
+                finally:
+                    native.lib().vrift_seq_end(m.base)
+            else:
+                op(m.base, m.size, index, bits)
             return True
 
     # ---------------------------------------------------------------- publishing
@@ -182,7 +235,7 @@ class VDirWriter(_Mapped):
                 raise VDirError(f"VDir entry {show_path(e.path)}: digest is {len(e.digest)} bytes, expected 32")
         with self._lock:
             hashes = [path_hash(e.path) for e in batch]
-            h = read_header(self._m().view)
+            h = self._header()
             plan = self._plan(batch, hashes, h)
             if plan is None:
                 self._grow(batch, hashes, index_generation, keep_flags)
@@ -196,16 +249,19 @@ class VDirWriter(_Mapped):
             for path, (index, record, path_off, _) in inserts.items():
                 view[soff + path_off:soff + path_off + len(path)] = path
                 view[eoff + index * layout.ENTRY_SIZE:eoff + (index + 1) * layout.ENTRY_SIZE] = record
+            size = m.size
+            lib.vrift_seal_range(base, size, h["entry_used"], used - h["entry_used"])  # new records are contiguous
             count = h["entry_count"]
             lib.vrift_seq_begin(base)
             try:
                 for index, (tail, flags, deleted) in updates.items():
                     at = eoff + index * layout.ENTRY_SIZE
                     view[at + _FLAGS_AT + 4:at + layout.ENTRY_SIZE] = tail
-                    before = lib.vrift_flags_replace(base, index, flags, keep_flags)
+                    before = lib.vrift_flags_replace(base, size, index, flags, keep_flags)
+                    lib.vrift_seal(base, size, index)
                     count += bool(before & layout.F_DELETED) - deleted
                 for index, _, _, deleted in inserts.values():
-                    if lib.vrift_place(base, index) < 0:  # cannot happen: the plan checked the load
+                    if lib.vrift_place(base, size, index) < 0:  # cannot happen: the plan checked the load
                         raise VDirCorrupt(f"VDir {self.path}: slot table full")
                     count += not deleted
                 # counters last: a client marking a subtree DIRTY scans the records below entry_used
@@ -247,7 +303,7 @@ class VDirWriter(_Mapped):
         the batch; rename it over the name, retire the old file, carry DIRTY bits set since."""
         old = self._m()
         view, lib = old.view, native.lib()
-        h = read_header(view)
+        h = self._header()
         dirty_before = self._flagged(old, layout.F_DIRTY)
         pending = {e.path: (e, hsh) for e, hsh in zip(batch, hashes)}
         kept: list[tuple[bytes, bytes]] = []  # (record, path)
@@ -287,10 +343,12 @@ class VDirWriter(_Mapped):
             body = b"".join(records)
             new.view[geo.entries_offset:geo.entries_offset + len(body)] = body
             new.view[geo.strings_offset:geo.strings_offset + off] = b"".join(strings)
-            if lib.vrift_place_range(new.base, 0, len(records)) != 0:
+            lib.vrift_seal_range(new.base, new.size, 0, len(records))  # kept records have new string offsets
+            if lib.vrift_place_range(new.base, new.size, 0, len(records)) != 0:
                 raise VDirCorrupt(f"VDir {self.path}: slot table full while growing")
 
         self._map, self._ident = self._write_file(self.path, geo, values, root_b, fill)
+        self._geometry = _geometry_of(read_header(self._map.view))
         lib.vrift_retire(old.base)
         carried = [i for i in self._flagged(old, layout.F_DIRTY) if i not in dirty_before]
         if carried:
@@ -300,31 +358,64 @@ class VDirWriter(_Mapped):
     @staticmethod
     def _flagged(mapping: native.Mapping, bits: int) -> set[int]:
         lib = native.lib()
-        count = lib.vrift_collect_flagged(mapping.base, bits, None, 0)
+        count = lib.vrift_collect_flagged(mapping.base, mapping.size, bits, None, 0)
         out = (ctypes.c_uint32 * max(count, 1))()
-        count = lib.vrift_collect_flagged(mapping.base, bits, out, count)
+        count = lib.vrift_collect_flagged(mapping.base, mapping.size, bits, out, count)
         return set(out[:count])
 
     def _carry_dirty(self, old_view: memoryview, old_h: dict, indices: list[int]) -> None:
         """DIRTY set in the old file by clients after the rebuild copied it: set it here too."""
-        lib, base = native.lib(), self._m().base
+        lib, m = native.lib(), self._m()
         missing = []
         for i in indices:
             at = old_h["entries_offset"] + i * layout.ENTRY_SIZE
             p = entry_path(old_view, old_h, old_view[at:at + layout.ENTRY_SIZE])
             index = self._locate(p, path_hash(p))
             if index >= 0:
-                lib.vrift_flags_or(base, index, layout.F_DIRTY)
+                lib.vrift_flags_or(m.base, m.size, index, layout.F_DIRTY)
             else:  # a clean tombstone the rebuild dropped: keep the client's mark as a DIRTY tombstone
                 missing.append(Entry.deleted(p).with_flags(layout.F_DELETED | layout.F_DIRTY))
         if missing:
             self.put_many(missing)
 
 
+_GEOMETRY = ("file_size", "entry_capacity", "table_capacity", "bloom_offset", "table_offset", "entries_offset",
+             "strings_offset", "strings_capacity", "header_size", "entry_size", "magic", "version")
+
+
+def _geometry_of(h: dict) -> tuple:
+    return tuple(h[k] for k in _GEOMETRY)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Temporary files of `path` left by writers that died before renaming them (temp_name
+    puts the writer's pid in the name)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        parts = tmp.name[len(path.name) + 2:].split(".")
+        try:
+            pid = int(parts[0])
+        except (ValueError, IndexError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its writer still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
+
+
 def _open_old(path: Path) -> native.Mapping | None:
-    """The file currently at `path` mapped read-write when it is a VDir (to retire it), else None."""
+    """The file currently at `path` mapped read-write when it is a VDir (to retire it), else None.
+    A file that is not ours is not touched: the rename of the new file replaces its name."""
     try:
         mapping, _ = _map_file(path, writable=True)
+    except VDirForeign as exc:
+        say_once(str(path), f"{exc}: replacing it")
+        return None
     except VDirError:
         return None
     return mapping

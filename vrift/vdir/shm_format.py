@@ -35,6 +35,10 @@ class VDirCorrupt(VDirError):
     """A file that is not a usable VDir: bad magic, version, size or offsets."""
 
 
+class VDirForeign(VDirError):
+    """A file at a VDir name that is not ours to use: another owner, open mode, not a regular file."""
+
+
 def headroom(n: int, minimum: int) -> int:
     """Capacity for n with room to grow: +25% (at least `minimum`), so growth is geometric."""
     return n + max(n // 4, minimum)
@@ -97,10 +101,11 @@ def header_values(geo: Geometry, root: bytes, project_id: bytes, *, generation: 
         bloom_offset=geo.bloom_offset, table_offset=geo.table_offset, entries_offset=geo.entries_offset,
         strings_offset=geo.strings_offset, strings_capacity=geo.strings_capacity, strings_used=strings_used,
         header_flags=0, root_len=len(root), project_id=project_id, index_generation=index_generation,
-        blksize=blksize, reserved0=0)
+        blksize=blksize, geometry_sum=0, heartbeat_ms=0)
 
 
 def write_header(view: memoryview, values: dict, root: bytes) -> None:
+    values = dict(values, geometry_sum=layout.geometry_sum(values))  # whatever the caller copied
     layout.HEADER.pack_into(view, 0, *(values[name] for name, _ in layout.HEADER_FIELDS))
     view[layout.ROOT_OFFSET:layout.ROOT_OFFSET + len(root) + 1] = root + b"\0"
 
@@ -140,6 +145,8 @@ def header_problem(view: memoryview, size: int) -> str | None:
     rl = h["root_len"]
     if rl == 0 or rl >= layout.ROOT_MAX or view[layout.ROOT_OFFSET + rl] != 0:
         return f"bad root path length {rl}"
+    if layout.geometry_sum(h) != h["geometry_sum"]:
+        return "region offsets and capacities disagree with their checksum (header overwritten)"
     return None
 
 
@@ -193,13 +200,14 @@ def check_path(path: bytes) -> None:
 
 def pack_entry(entry: Entry, path_hash: int, path_off: int, flags: int | None = None) -> bytes:
     """The 128-byte record of `entry` whose path string sits at `path_off` (same bytes as
-    Entry.pack_entry, in one struct call; `flags` overrides the entry's)."""
+    Entry.pack_entry, in one struct call; `flags` overrides the entry's).  Its checksum is 0:
+    the writer seals it in the mapping (vrift_seal) when it publishes."""
     ms, mn = divmod(entry.mtime_ns, 1_000_000_000)
     cs, cn = divmod(entry.ctime_ns, 1_000_000_000)
     flags = entry.flags if flags is None else flags
     try:
         return layout.ENTRY.pack(path_hash, path_off, len(entry.path), flags, entry.mode, entry.dev, entry.ino,
-                                 entry.nlink, entry.uid, entry.gid, entry.size, entry.blocks, ms, cs, mn, cn,
+                                 entry.nlink, 0, entry.uid, entry.gid, entry.size, entry.blocks, ms, cs, mn, cn,
                                  entry.digest)
     except struct.error as exc:
         raise VDirError(f"VDir entry {show_path(entry.path)}: a field does not fit its record ({exc})") from None

@@ -3,6 +3,7 @@ the file through growth (VDirReader), and what the writer shares with the reader
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -10,8 +11,9 @@ from pathlib import Path
 
 from . import layout, native
 from .entry import Entry
-from .shm_format import HDR, U32, U64, VDirCorrupt, VDirError, entry_path, header_problem, read_header, root_of, \
-    show_path, unpack_entry
+from .shm_files import file_problem
+from .shm_format import HDR, U32, U64, VDirCorrupt, VDirError, VDirForeign, entry_path, header_problem, read_header, \
+    root_of, show_path, unpack_entry
 
 _LOOKUP_ATTEMPTS = 200  # each is 64 seqlock retries in C; a writer never holds the lock that long
 
@@ -23,9 +25,14 @@ def _map_file(path: Path, writable: bool) -> tuple[native.Mapping, os.stat_resul
     except FileNotFoundError:
         raise VDirError(f"VDir {path} does not exist") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VDirForeign(f"VDir {path}: a symbolic link; refusing to use it") from None
         raise VDirError(f"VDir {path} cannot be opened: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
+        owner = file_problem(st)
+        if owner is not None:  # the preload library refuses it too (vrift_shm_file_ok)
+            raise VDirForeign(f"VDir {path}: {owner}; refusing to use it")
         if st.st_size < layout.HEADER_SIZE:
             raise VDirCorrupt(f"VDir {path}: truncated: {st.st_size} bytes, a VDir has at least {layout.HEADER_SIZE}")
         mapping = native.Mapping(fd, st.st_size, writable)
@@ -52,6 +59,8 @@ def _find(mapping: native.Mapping, path: bytes, where: Path) -> Entry | None:
             return unpack_entry(out.raw, path)
         if got == 0:
             return None
+        if got == layout.LOOKUP_CORRUPT:
+            raise VDirCorrupt(f"VDir {where}: the entry of {show_path(path)} fails its checksum")
         os.sched_yield()
     raise VDirError(f"VDir {where}: no consistent read of {show_path(path)} (writer busy or table damaged)")
 
@@ -183,6 +192,20 @@ class VDirReader(_Mapped):
             if self._replaced():
                 self._remap()
             return _find(self._m(), path, self.path)
+
+    def damaged(self) -> list[int]:
+        """Indices of the entries that fail their checksum (a scrub of the whole dense array;
+        ~10 ns an entry).  Raises VDirCorrupt when the header no longer passes its check."""
+        with self._lock:
+            self.refresh()
+            m, lib = self._m(), native.lib()
+            count = lib.vrift_verify(m.base, m.size, None, 0)
+            if count == 0xFFFFFFFF:
+                why = header_problem(m.view, m.size) or "fails the structural check of vrift_vdir.h"
+                raise VDirCorrupt(f"VDir {self.path}: {why}")
+            out = (ctypes.c_uint32 * max(count, 1))()
+            count = lib.vrift_verify(m.base, m.size, out, count)
+            return list(out[:count])
 
     def entries(self) -> list[Entry]:
         """Every record (tombstones included), copied under the sequence lock."""
