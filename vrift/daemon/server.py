@@ -99,6 +99,7 @@ class ProjectDaemon:
         # the tree may have changed while nobody watched: reconcile it (digests are reused)
         self.writer.call(self._full_rescan)
         self.writer.call(self._sweep_staging)
+        self.writer.call(self._settle_leftovers)
         self.cache.start()
         self.listener.start()
 
@@ -413,6 +414,22 @@ class ProjectDaemon:
         for name in names:
             if name.isdigit() and not process.pid_alive(int(name)):
                 process.remove_unheld_files(self.project.staging_dir / name)
+
+    def _settle_leftovers(self) -> None:
+        """DIRTY bits a reused VDir kept from before the start (a writer whose WRITTEN the last
+        daemon never read, a client killed mid-write): re-read those paths and clear what the
+        tree confirms.  A writer still at work keeps its bits: its beacon is held, or its rename
+        marks the path again (write.c, place())."""
+        dirty = self.index.dirty_paths()
+        if not dirty:
+            return
+        dirs = [r for r in dirty if self._indexed_dir(r)]
+        files = sorted(set(dirty) - set(dirs))
+        if files:
+            self._reread(files)
+        with self.index.lazy():  # the directories' own entries, not their subtrees again
+            self._refresh_dirs(dirs)
+        self._settle(dirs)
 
     def _drain_pending(self) -> None:
         with self._lock:
