@@ -21,7 +21,7 @@ from preload_support import compile_c, counters_file, read_counters
 from vrift.adapters.launch import vrift_env
 from vrift.daemon import process
 from vrift.daemon.client import connect_project, wait_for
-from vrift.daemon.paths import coordinator_files
+from vrift.daemon.paths import coordinator_files, project_files
 from vrift.native import preload_library
 from vrift.vdir import layout
 
@@ -186,6 +186,10 @@ def kill_daemons(home, proj) -> None:
         if p:
             os.kill(p, signal.SIGKILL)
     assert wait_for(lambda: not any(p and process.pid_alive(p) for p in (coord, pid)), 10)
+    # a killed multi-threaded process shows as a zombie before its last thread has closed its
+    # files: until then its socket still queues (one-way) messages nobody will read
+    sock = project_files(home, proj.id).socket
+    assert wait_for(lambda: not process.can_connect(sock, 0.2), 10)
 
 
 def test_killed_daemon_falls_back(wrapped, daemons, proj, writer_bin):

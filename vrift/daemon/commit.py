@@ -73,10 +73,10 @@ class CommitService:
             if self.reread is not None:
                 self.reread([rel])
             return None
-        try:
-            future.result()
-        except Exception as e:  # DIRTY stays set: readers keep going to the file itself
-            log.warning("%s: index update failed: %s", os.fsdecode(target), _why(e))
+        # Not waited for: the next notification is read at once, so the writer thread's groups
+        # (one fsync each) grow with the load.  A SYNC queues behind them on the same thread.
+        future.add_done_callback(lambda f: f.exception() and log.warning(
+            "%s: index update failed: %s", os.fsdecode(target), _why(f.exception())))
         return None
 
     def commit(self, conn: Connection, req: Frame) -> Frame:
