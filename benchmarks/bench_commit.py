@@ -31,6 +31,7 @@ def client_run(sock: str, root: str, idx: int, seconds: float, flow: str, start_
     import fcntl
 
     from vrift.daemon.client import ProjectClient
+    from vrift.daemon.protocol import Msg, Tag
 
     c = ProjectClient(sock, 60_000)
     if flow == "commit":
@@ -47,10 +48,12 @@ def client_run(sock: str, root: str, idx: int, seconds: float, flow: str, start_
     while time.perf_counter() - t0 < seconds:
         n += 1
         s = staging / str(n)
+        target = outdir / f"o{n % 500}.o"
+        if flow == "written":  # as the library does at the open
+            c.notify(Msg.WRITING, (Tag.PATH, os.fsencode(target)))
         with open(s, "wb") as f:
             f.write(b"object %d %d\n" % (idx, n) * 8)
         a = time.perf_counter()
-        target = outdir / f"o{n % 500}.o"
         if flow == "commit":
             c.commit(os.fsencode(target), os.fsencode(s))
         else:

@@ -51,7 +51,13 @@ class CommitService:
             raise RequestError(Err.BAD_REQUEST, "WRITTEN needs PATH")
         rel = self.policy.target(raw, allow_root=False)
         with conn.lock:
+            announced = rel in conn.pending_writes
             conn.pending_writes.discard(rel)
+
+        def settled(_f=None) -> None:  # the watcher may look at the path again
+            if announced:
+                self.daemon.announce((rel,), -1)
+
         target = self.policy.absolute(rel)
         with self._stripes[zlib.crc32(rel) % STRIPES]:
             try:
@@ -72,11 +78,13 @@ class CommitService:
         if future is None:
             if self.reread is not None:
                 self.reread([rel])
+            self.daemon.writer.call(settled)  # behind the re-read
             return None
         # Not waited for: the next notification is read at once, so the writer thread's groups
         # (one fsync each) grow with the load.  A SYNC queues behind them on the same thread.
         future.add_done_callback(lambda f: f.exception() and log.warning(
             "%s: index update failed: %s", os.fsdecode(target), _why(f.exception())))
+        future.add_done_callback(settled)
         return None
 
     def commit(self, conn: Connection, req: Frame) -> Frame:

@@ -76,6 +76,10 @@ class ProjectDaemon:
         self.full_rescans = 0
         self.notices_refused = 0
         self._beacon_waiting: set[bytes] = set()
+        # paths announced by WRITING on a live connection and not yet WRITTEN, re-read or rolled
+        # back: the watcher leaves them to that (it saw the client's rename first and would hash
+        # and store every output a second time)
+        self._announced: dict[bytes, int] = {}
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
         self._lock = threading.Lock()
         self.writer: IndexWriter | None = None
@@ -143,10 +147,20 @@ class ProjectDaemon:
     def _opened(self, conn: Connection) -> None:
         self.last_activity = time.monotonic()
 
+    def announce(self, rels, delta: int) -> None:
+        with self._lock:
+            for rel in rels:
+                n = self._announced.get(rel, 0) + delta
+                if n > 0:
+                    self._announced[rel] = n
+                else:
+                    self._announced.pop(rel, None)
+
     def _closed(self, conn: Connection) -> None:
         self.last_activity = time.monotonic()
         with conn.lock:
             paths = set(conn.pending_writes)
+        self.announce(paths, -1)
         if paths or conn.client_pid:
             with self._lock:
                 self._rollbacks.append((conn.client_pid, paths, time.monotonic() + ROLLBACK_GRACE_S))
@@ -228,7 +242,9 @@ class ProjectDaemon:
         with conn.lock:
             if conn.client_pid is None:
                 conn.client_pid = conn.peer_pid
-            conn.pending_writes.update(rels)
+            new = set(rels) - conn.pending_writes
+            conn.pending_writes.update(new)
+        self.announce(new, +1)
 
     def _written(self, conn: Connection, req: Frame) -> None:
         self.commits.written(conn, req)
@@ -237,17 +253,23 @@ class ProjectDaemon:
         """One-way INVALIDATE: re-read on the writer thread, nobody waits."""
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
         with conn.lock:
+            done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
         if rels:
             self.writer.call(lambda: self._reread(rels))
+        self.writer.call(lambda: self.announce(done, -1))  # after the re-read
 
     def _invalidate(self, conn: Connection, req: Frame) -> Frame:
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
         if not rels:
             raise RequestError(Err.BAD_REQUEST, "INVALIDATE needs at least one PATH")
         with conn.lock:
+            done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
-        reread, held = self.writer.run(lambda: self._reread(rels), REQUEST_TIMEOUT_S)
+        try:
+            reread, held = self.writer.run(lambda: self._reread(rels), REQUEST_TIMEOUT_S)
+        finally:
+            self.announce(done, -1)
         return (reply(req).add(Tag.COUNT, reread).add(Tag.FLAGS, held)
                 .add(Tag.GENERATION, self.index.generation))
 
@@ -308,6 +330,9 @@ class ProjectDaemon:
         if full:
             self._full_rescan()
             return
+        if paths and self._announced:
+            with self._lock:
+                paths = [p for p in paths if p not in self._announced]
         if paths:
             # A file a process under the preload library still holds open for writing (its
             # beacon) is DIRTY, so readers bypass its entry; re-reading it at each of its writes
