@@ -46,6 +46,7 @@ def test_make_hello_through_wrap_and_through_the_makefile_line(tmp_path, daemons
     assert make_rebuilt(out.stdout) == make_rebuilt(plain("make", "-B", "-n", cwd=ptree).stdout)
     assert_same_outputs(hooked, ptree)
     with connect_project(daemons, Project.at(hooked), autostart=False) as client:
+        client.sync()  # WRITTEN is one-way: the SYNC waits for every notification sent before it
         assert client.stats()["commits"] >= 5, "the recipes' outputs were committed through the daemon"
     again = subprocess.run(["make"], cwd=hooked, env=tool_env(), capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

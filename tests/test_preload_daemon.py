@@ -1,6 +1,7 @@
 """The preload library talking to a real project daemon (vrift/preload/proto.c): writes under
-LD_PRELOAD are committed at close — hashed, stored in the CAS, moved, published clean — before
-the writing process exits; without a usable daemon they still land on disk."""
+LD_PRELOAD are in place when close() returns and committed — hashed, stored in the CAS, published
+clean — once the daemon has handled their one-way WRITTEN (a later SYNC waits for that); without a
+usable daemon they still land on disk."""
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ from preload_support import compile_c, counters_file, read_counters
 from vrift.adapters.launch import vrift_env
 from vrift.daemon import process
 from vrift.daemon.client import connect_project, wait_for
-from vrift.daemon.paths import coordinator_files
+from vrift.daemon.paths import coordinator_files, project_files
 from vrift.native import preload_library
 from vrift.vdir import layout
 
@@ -132,7 +133,9 @@ def test_c_write_is_committed_before_exit(wrapped, daemons, proj, writer_bin):
     client, env, counters = wrapped
     before = client.stats()["commits"]
     run([str(writer_bin), "out", "3", "c"], env, proj.root)
-    # no SYNC: the commit's reply came back before the process went on
+    # WRITTEN is one-way: the files are in place when close() returns, and indexed once a SYNC
+    # sent after it is answered (the SYNC waits for every notification sent before it)
+    client.sync()
     for i in range(3):
         assert_committed(daemons, proj, f"out/f{i}.txt", expected("c", i))
     assert client.stats()["commits"] - before >= 3
@@ -147,6 +150,7 @@ def test_python_write_and_rewrite(wrapped, daemons, proj):
               "with open('README', 'a') as f: f.write('appended\\n')\n"
               "open('gen.txt', 'w').write('second\\n')\n")
     run([sys.executable, "-c", script], env, proj.root)
+    client.sync()
     assert_committed(daemons, proj, "gen.txt", b"second\n")
     assert_committed(daemons, proj, "README", b"hello\nappended\n")
     assert not vrift_flags(daemons, proj, "") & layout.F_DIRTY  # the root's entry too
@@ -182,6 +186,10 @@ def kill_daemons(home, proj) -> None:
         if p:
             os.kill(p, signal.SIGKILL)
     assert wait_for(lambda: not any(p and process.pid_alive(p) for p in (coord, pid)), 10)
+    # a killed multi-threaded process shows as a zombie before its last thread has closed its
+    # files: until then its socket still queues (one-way) messages nobody will read
+    sock = project_files(home, proj.id).socket
+    assert wait_for(lambda: not process.can_connect(sock, 0.2), 10)
 
 
 def test_killed_daemon_falls_back(wrapped, daemons, proj, writer_bin):
@@ -216,6 +224,7 @@ def test_eight_concurrent_writers(wrapped, daemons, proj, writer_bin):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, (p.returncode, err)
         timings.append(tuple(float(x) for x in out.split()))
+    client.sync()
     for k in range(8):
         for i in range(50):
             assert_committed(daemons, proj, f"w{k}/f{i}.txt", expected(f"p{k}", i))
@@ -224,15 +233,15 @@ def test_eight_concurrent_writers(wrapped, daemons, proj, writer_bin):
     assert (c["COMMITTED"], c["COMMIT_LOCAL"], c["DAEMON_ERRORS"]) == (400, 0, 0), c
     assert no_staging_left(proj)
     mean = sum(t[0] for t in timings) / len(timings)
-    print(f"\nclose() with COMMIT, 8 concurrent writers: mean {mean:.0f} us, worst {max(t[1] for t in timings):.0f} us")
+    print(f"\nclose() with WRITTEN, 8 concurrent writers: mean {mean:.0f} us, worst {max(t[1] for t in timings):.0f} us")
 
 
 def test_commit_round_trip_alone(wrapped, daemons, proj, writer_bin):
-    """One writer, many small files: the cost of close() = probe + COMMIT round trip."""
+    """One writer, many small files: the cost of close() = probe + rename + one-way WRITTEN."""
     client, env, counters = wrapped
     r = run([str(writer_bin), "solo", "200", "s"], env, proj.root)
     mean, worst = (float(x) for x in r.stdout.split())
-    print(f"\nclose() with COMMIT, one writer: mean {mean:.0f} us, worst {worst:.0f} us")
+    print(f"\nclose() with WRITTEN, one writer: mean {mean:.0f} us, worst {worst:.0f} us")
     assert read_counters(counters)["COMMITTED"] == 200
 
 
@@ -295,11 +304,10 @@ def test_unusable_daemon_costs_one_timeout(mode, vrift_env, tmp_path, writer_bin
             assert (proj.root / "out" / f"f{i}.txt").read_bytes() == expected("b", i)
         assert no_staging_left(proj)
         c = read_counters(counters)
-        assert c["COMMITTED"] == 0 and c["COMMIT_LOCAL"] == 10 and c["DAEMON_ERRORS"] >= 1, c
-        if mode == "silent":
-            assert server.accepted == 1 and 0.25 < elapsed < 3, (server.accepted, elapsed)
-        else:
-            assert server.accepted == 1, server.accepted  # another version: not asked again
+        # the write path's notifications are one-way: a daemon that never answers (or answers
+        # garbage) is not even waited for once; the files are in place all the same
+        assert c["COMMITTED"] + c["COMMIT_LOCAL"] == 10, c
+        assert server.accepted == 1 and elapsed < 3, (server.accepted, elapsed)
     finally:
         server.close()
 

@@ -91,6 +91,19 @@ class Client:
             raise DaemonUnavailable(f"{self.path}: reply does not match the request")
         return answer
 
+    def notify(self, mtype: int, *fields: tuple[int, bytes | str | int]) -> None:
+        """A one-way notification (WRITING, WRITTEN, CHANGED): sent, never answered."""
+        if self.sock is None:
+            self.connect()
+        frame = Frame(mtype, next(self._ids) & 0xFFFFFFFF)
+        for tag, value in fields:
+            frame.add(tag, value)
+        try:
+            self.sock.sendall(frame.encode())
+        except OSError as e:
+            self.close()
+            raise DaemonUnavailable(f"{self.path}: connection lost ({e})") from None
+
     def ping(self) -> None:
         self.request(Msg.PING)
 
@@ -121,6 +134,10 @@ class ProjectClient(Client):
         """(digest, size, generation)"""
         r = self.request(Msg.COMMIT, (Tag.PATH, _path(path)), (Tag.STAGING, _path(staging)))
         return r.get(Tag.DIGEST), r.int(Tag.SIZE), r.int(Tag.GENERATION)
+
+    def written(self, path) -> None:
+        """One-way: `path` holds a complete new file, renamed into place by the caller."""
+        self.notify(Msg.WRITTEN, (Tag.PATH, _path(path)))
 
     def begin_write(self, paths) -> int:
         return self.request(Msg.BEGIN_WRITE, *[(Tag.PATH, _path(p)) for p in paths]).int(Tag.COUNT)

@@ -1,5 +1,10 @@
-"""COMMIT, server side (SPEC §5.4): hash and store the staging file, move it onto the real path,
-record and publish the entry per durability mode, clear DIRTY, acknowledge.
+"""The write path, server side (SPEC §5.4, docs/protocol.md "Writes").
+
+WRITTEN (the preload library's flow): the client has already renamed its staging file onto the
+real path and does not wait; here the file is hashed and stored, its entry recorded per
+durability mode and published, and DIRTY cleared once `settle()` has checked that the entry
+describes what is on disk.  COMMIT (the older, synchronous request, kept for other clients):
+hash and store the staging file, move it onto the real path, record, publish, acknowledge.
 
 Hashing, storing and the rename run on the client's connection thread (they release the GIL);
 only the index update goes through the writer thread, where concurrent commits are grouped.
@@ -8,25 +13,79 @@ so the entry applied last always describes the file that is on disk.
 """
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import stat as statmod
 import threading
 import zlib
+from collections.abc import Callable, Iterable
 
 from ..project import VriftError
+from ..vdir import layout
 from ..vdir.entry import Entry
 from .listener import Connection, RequestError
 from .protocol import Err, Frame, Tag, reply
+
+log = logging.getLogger("vrift.daemon")
 
 STRIPES = 64
 MOVED = 1  # ERROR FLAGS bit: the staging file was already renamed onto the real path
 
 
 class CommitService:
-    def __init__(self, daemon):
+    def __init__(self, daemon, reread: Callable[[list[bytes]], None] | None = None):
         self.daemon = daemon
         self.policy = daemon.policy
         self.cas = daemon.cas
+        self.reread = reread  # re-read paths from the tree (on the writer thread), not waited for
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
+
+    def written(self, conn: Connection, req: Frame) -> None:
+        """WRITTEN: PATH holds a complete new file, put there by the client's own rename.  Runs
+        on the connection's thread (hashing releases the GIL; the client is not waiting), so the
+        writer thread only groups the index updates.  Anything unexpected — the file replaced or
+        gone again, not regular, unreadable — becomes a plain re-read of the path."""
+        raw = req.get(Tag.PATH)
+        if raw is None:
+            raise RequestError(Err.BAD_REQUEST, "WRITTEN needs PATH")
+        rel = self.policy.target(raw, allow_root=False)
+        with conn.lock:
+            announced = rel in conn.pending_writes
+            conn.pending_writes.discard(rel)
+
+        def settled(_f=None) -> None:  # the watcher may look at the path again
+            if announced:
+                self.daemon.announce((rel,), -1)
+
+        target = self.policy.absolute(rel)
+        with self._stripes[zlib.crc32(rel) % STRIPES]:
+            try:
+                before = os.lstat(target)
+                if not statmod.S_ISREG(before.st_mode):
+                    raise FileNotFoundError
+                stored = self.cas.store_file(target)
+                after = os.lstat(target)
+            except (OSError, VriftError) as e:
+                if not isinstance(e, FileNotFoundError):
+                    log.warning("%s: written, but not stored: %s", os.fsdecode(target), _why(e))
+                after = None
+            if after is None or (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns) != (
+                    after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns):
+                future = None  # changed while we hashed it: whatever is there now is re-read
+            else:
+                future = self.daemon.writer.commit(Entry.from_stat(rel, after, stored.digest), os.path.dirname(rel))
+        if future is None:
+            if self.reread is not None:
+                self.reread([rel])
+            self.daemon.writer.call(settled)  # behind the re-read
+            return None
+        # Not waited for: the next notification is read at once, so the writer thread's groups
+        # (one fsync each) grow with the load.  A SYNC queues behind them on the same thread.
+        future.add_done_callback(lambda f: f.exception() and log.warning(
+            "%s: index update failed: %s", os.fsdecode(target), _why(f.exception())))
+        future.add_done_callback(settled)
+        return None
 
     def commit(self, conn: Connection, req: Frame) -> Frame:
         target_raw, staging_raw = req.get(Tag.PATH), req.get(Tag.STAGING)
@@ -62,6 +121,77 @@ class CommitService:
         with conn.lock:
             conn.pending_writes.discard(rel)
         return reply(req).add(Tag.DIGEST, stored.digest).add(Tag.SIZE, stored.size).add(Tag.GENERATION, generation)
+
+
+def settle(index, policy, rels: Iterable[bytes]) -> list[bytes]:
+    """Clear DIRTY on each path whose published entry describes what is on disk now; return
+    the others (still DIRTY: re-read them later).
+
+    Clients rename into a directory — and set DIRTY on the name and the directory just before —
+    while holding a shared flock on that directory (write.c, place()).  The comparison and the
+    clear run under an exclusive flock of the same directory, taken without waiting: a rename is
+    then either seen by the comparison, or comes after the clear and sets DIRTY again itself.  A
+    single bit cannot tell one writer's DIRTY from another's; this ordering is what keeps a clear
+    from erasing the mark of a write the entry does not describe."""
+    unsettled: list[bytes] = []
+    groups: dict[bytes | None, list[bytes]] = {}
+    for rel in rels:
+        e = index.get(rel)
+        if e is None:
+            continue  # no entry: no bit to clear
+        lock_dir = rel if (e.flags & layout.F_DIR) else (os.path.dirname(rel) if rel else None)
+        groups.setdefault(lock_dir, []).append(rel)
+    for lock_dir, group in groups.items():
+        fd = -1
+        if lock_dir is not None:
+            try:
+                fd = os.open(policy.absolute(lock_dir), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                fd = -1  # gone or not a directory: nothing can be renamed into it
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # a client is between its mark and its rename
+                    os.close(fd)
+                    unsettled.extend(group)
+                    continue
+        try:
+            for rel in group:
+                if _on_disk(index, policy, rel):
+                    index.set_dirty(rel, False)
+                else:
+                    unsettled.append(rel)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return unsettled
+
+
+def _on_disk(index, policy, rel: bytes) -> bool:
+    e = index.get(rel)
+    if e is None:
+        return True
+    try:
+        st = os.lstat(policy.absolute(rel))
+    except (FileNotFoundError, NotADirectoryError):
+        return e.is_deleted
+    except OSError:
+        return False
+    if e.is_deleted or not e.same_file(st) or (e.flags & layout.F_DIR and e.nlink != st.st_nlink):
+        return False
+    if e.flags & layout.F_COMPLETE_DIR:  # a miss below it is answered ENOENT: every name must be known
+        try:
+            names = os.listdir(policy.absolute(rel))
+        except OSError:
+            return False
+        prefix = rel + b"/" if rel else b""
+        for name in names:
+            if name == b".vrift" and not rel:
+                continue
+            child = index.get(prefix + name)
+            if child is None or child.is_deleted:
+                return False
+    return True
 
 
 def _why(e: BaseException) -> str:

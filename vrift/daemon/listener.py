@@ -9,11 +9,15 @@ Memory per connection is bounded: one frame (≤ 1 MiB) at a time.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import select
 import socket
 import struct
+import termios
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +25,8 @@ from .protocol import CLOSING_ERRORS, Err, Frame, ProtocolError, error, read_fra
 
 log = logging.getLogger("vrift.daemon")
 
-Handler = Callable[["Connection", Frame], Frame]
+# A handler returns None for a one-way notification: nothing is sent back.
+Handler = Callable[["Connection", Frame], "Frame | None"]
 
 
 class RequestError(Exception):
@@ -45,9 +50,27 @@ class Connection:
         self.client_pid: int | None = None
         self.pending_writes: set[bytes] = set()
         self.lock = threading.Lock()
+        self.busy = False  # a frame is being read or handled
+
+    def unread(self) -> int:
+        """Bytes the client has sent that this side has not read yet."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
 
     def send(self, frame: Frame) -> None:
         self.sock.sendall(frame.encode())
+
+
+def _readable(sock: socket.socket, timeout_ms: int) -> bool:
+    """A listening socket with a connection waiting (poll: any fd number, unlike select)."""
+    p = select.poll()
+    try:
+        p.register(sock, select.POLLIN)
+        return bool(p.poll(timeout_ms))
+    except (OSError, ValueError):
+        return False
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -85,6 +108,7 @@ class Listener:
         self.connections: set[Connection] = set()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self._accept_lock = threading.Lock()
         self.rejected_uid = 0
         self.bad_frames = 0
         self._count = 0
@@ -95,6 +119,23 @@ class Listener:
     def client_count(self) -> int:
         with self.lock:
             return len(self.connections)
+
+    def quiesce(self, but: Connection | None = None, timeout: float = 60.0) -> bool:
+        """Wait until every other connection has handled all it was sent: a client's one-way
+        notifications are in its socket's receive queue as soon as its send returned, so after
+        this every notification sent before the caller's request arrived has been handled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._accept_lock:  # no connection between accept() and registration
+                backlog = self._sock is not None and _readable(self._sock, 0)
+                with self.lock:
+                    conns = [c for c in self.connections if c is not but]
+            # queued bytes first, then busy: a frame leaves the queue only while busy is set
+            if not backlog and not any(c.unread() > 0 or c.busy for c in conns):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.0005)
 
     def start(self) -> None:
         self._sock = bind_private(self.path)
@@ -123,44 +164,58 @@ class Listener:
     def _accept_loop(self) -> None:
         assert self._sock is not None
         while not self.stopping.is_set():
-            try:
-                sock, _ = self._sock.accept()
-            except OSError:
-                if self.stopping.is_set():
+            if not _readable(self._sock, 1000):
+                continue
+            # accepting and registering a connection is one step for quiesce()
+            with self._accept_lock:
+                if not self._accept_one() and self.stopping.is_set():
                     return
-                continue
+
+    def _accept_one(self) -> bool:
+        """Accept one pending connection; False when accept() failed."""
+        try:
+            sock, _ = self._sock.accept()
+        except OSError:
+            return False
+        try:
+            pid, uid, _gid = peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return True
+        if uid != self._uid:
+            # another user: closed without a word, so nothing about the project leaks
+            self.rejected_uid += 1
+            log.warning("refused connection from uid %d (pid %d)", uid, pid)
+            sock.close()
+            return True
+        with self.lock:
+            if len(self.connections) >= self.max_connections:
+                full = True
+            else:
+                full = False
+                self._count += 1
+                conn = Connection(sock, pid, uid, self._count)
+                self.connections.add(conn)
+        if full:
             try:
-                pid, uid, _gid = peer_credentials(sock)
-            except OSError:
+                sock.sendall(error(0, Err.LIMIT, f"too many connections (max {self.max_connections})").encode())
+            finally:
                 sock.close()
-                continue
-            if uid != self._uid:
-                # another user: closed without a word, so nothing about the project leaks
-                self.rejected_uid += 1
-                log.warning("refused connection from uid %d (pid %d)", uid, pid)
-                sock.close()
-                continue
-            with self.lock:
-                if len(self.connections) >= self.max_connections:
-                    full = True
-                else:
-                    full = False
-                    self._count += 1
-                    conn = Connection(sock, pid, uid, self._count)
-                    self.connections.add(conn)
-            if full:
-                try:
-                    sock.sendall(error(0, Err.LIMIT, f"too many connections (max {self.max_connections})").encode())
-                finally:
-                    sock.close()
-                continue
-            threading.Thread(target=self._serve, args=(conn,), name=f"conn-{conn.number}", daemon=True).start()
+            return True
+        threading.Thread(target=self._serve, args=(conn,), name=f"conn-{conn.number}", daemon=True).start()
+        return True
 
     def _serve(self, conn: Connection) -> None:
         try:
             if self.on_open:
                 self.on_open(conn)
             while not self.stopping.is_set():
+                conn.busy = False
+                # wait for data without taking it: a frame is never out of the socket's queue
+                # before `busy` says it is being handled (quiesce() relies on that)
+                if not conn.sock.recv(1, socket.MSG_PEEK):
+                    return
+                conn.busy = True
                 try:
                     request = read_frame(conn.sock)
                 except ProtocolError as e:
@@ -182,6 +237,8 @@ class Listener:
                 except Exception as e:  # a bug must cost one request, not the daemon
                     log.exception("request %s failed", request.type)
                     answer = error(request.request_id, Err.INTERNAL, f"{type(e).__name__}: {e}")
+                if answer is None:  # a one-way notification
+                    continue
                 conn.send(answer)
                 if answer.is_error and answer.int(12) == Err.SHUTTING_DOWN:
                     return

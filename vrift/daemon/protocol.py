@@ -40,12 +40,19 @@ class Msg(IntEnum):
     VDIR_BAD = 0x0A
     ACTION_LOOKUP = 0x30
     ACTION_END = 0x31
+    # one-way notifications of the write path: never answered, not even with an ERROR
+    WRITING = 0x40
+    WRITTEN = 0x41
+    CHANGED = 0x42
     # coordinator
     ENSURE_PROJECT = 0x20
     LIST = 0x21
     STOP_PROJECT = 0x22
     # any reply to a failed request
     ERROR = 0x7FFF
+
+
+ONE_WAY = frozenset({Msg.WRITING, Msg.WRITTEN, Msg.CHANGED})
 
 
 class Tag(IntEnum):

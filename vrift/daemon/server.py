@@ -21,11 +21,11 @@ from ..project import Home, Project, VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
 from . import process
-from .commit import CommitService
+from .commit import CommitService, settle
 from .listener import Connection, Listener, RequestError
 from .paths import project_files
 from .pathcheck import PathPolicy
-from .protocol import Err, Frame, Msg, Tag, reply
+from .protocol import ONE_WAY, Err, Frame, Msg, Tag, reply
 from .watcher import Watcher
 from .writer import IndexWriter
 
@@ -78,7 +78,12 @@ class ProjectDaemon:
         self.vdir_rebuilds = 0
         self.vdir_damaged_entries = 0  # entries found failing their checksum, summed over scrubs
         self.full_rescans = 0
+        self.notices_refused = 0
         self._beacon_waiting: set[bytes] = set()
+        # paths announced by WRITING on a live connection and not yet WRITTEN, re-read or rolled
+        # back: the watcher leaves them to that (it saw the client's rename first and would hash
+        # and store every output a second time)
+        self._announced: dict[bytes, int] = {}
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
         self._lock = threading.Lock()
         self.writer: IndexWriter | None = None
@@ -94,13 +99,15 @@ class ProjectDaemon:
         self.index.open()
         self.ingester = self.ingester_cls(self.project, self.index, self.cas, ignore=self.cfg["ignore"],
                                           workers=self.cfg["hash_workers"], index_filter=self.index_filter)
-        self.writer = IndexWriter(self.index, before_job=self._apply_watched, dir_entries=self._dir_entries).start()
-        self.commits = CommitService(self)
+        self.writer = IndexWriter(self.index, before_job=self._apply_watched, dir_entries=self._dir_entries,
+                                  clear_dirty=self._settle).start()
+        self.commits = CommitService(self, reread=lambda rels: self.writer.call(lambda: self._reread(rels)))
         self.watcher = Watcher(os.fsencode(self.project.root), self.ingester.rules.ignored,
                                on_close_write=self._closed_write).start()
         # the tree may have changed while nobody watched: reconcile it (digests are reused)
         self.writer.call(self._full_rescan)
         self.writer.call(self._sweep_staging)
+        self.writer.call(self._settle_leftovers)
         self.cache.start()
         self.listener.start()
 
@@ -149,18 +156,40 @@ class ProjectDaemon:
     def _opened(self, conn: Connection) -> None:
         self.last_activity = time.monotonic()
 
+    def announce(self, rels, delta: int) -> None:
+        with self._lock:
+            for rel in rels:
+                n = self._announced.get(rel, 0) + delta
+                if n > 0:
+                    self._announced[rel] = n
+                else:
+                    self._announced.pop(rel, None)
+
     def _closed(self, conn: Connection) -> None:
         self.last_activity = time.monotonic()
         with conn.lock:
             paths = set(conn.pending_writes)
+        self.announce(paths, -1)
         if paths or conn.client_pid:
             with self._lock:
                 self._rollbacks.append((conn.client_pid, paths, time.monotonic() + ROLLBACK_GRACE_S))
 
     # -- requests ---------------------------------------------------------------------------------
-    def handle(self, conn: Connection, req: Frame) -> Frame:
+    def handle(self, conn: Connection, req: Frame) -> Frame | None:
         self.last_activity = time.monotonic()
         self.requests += 1
+        if req.type in ONE_WAY:
+            # nobody reads an answer: a refusal is logged, and the path stays DIRTY (safe)
+            try:
+                if not self.stop_event.is_set():
+                    self.ONE_WAY_HANDLERS[req.type](self, conn, req)
+            except RequestError as e:
+                self.notices_refused += 1
+                log.warning("%s refused: %s", Msg(req.type).name, e.reason)
+            except Exception:
+                self.notices_refused += 1
+                log.exception("%s failed", Msg(req.type).name)
+            return None
         handler = self.HANDLERS.get(req.type)
         if handler is None:
             raise RequestError(Err.BAD_REQUEST, f"unknown request type 0x{req.type:04x}")
@@ -191,6 +220,8 @@ class ProjectDaemon:
                 .add(Tag.PID, os.getpid()))
 
     def _sync(self, conn: Connection, req: Frame) -> Frame:
+        # every notification sent before this request is in some connection's queue by now
+        self.listener.quiesce(but=conn, timeout=REQUEST_TIMEOUT_S)
         # every change made before the request was sent is queued in inotify by now
         self.watcher.drain()
         generation = self.writer.run(lambda: self._apply_watched(for_sync=True) or self.index.generation,
@@ -219,13 +250,41 @@ class ProjectDaemon:
             conn.pending_writes.update(rels)
         return reply(req).add(Tag.COUNT, count).add(Tag.GENERATION, self.index.generation)
 
+    def _writing(self, conn: Connection, req: Frame) -> None:
+        """One-way: these paths are being written by the peer; re-read them if it dies first.  A
+        path without an entry needs no placeholder: with no entry, readers ask the kernel."""
+        rels = [self.policy.target(p, allow_root=False) for p in req.all(Tag.PATH)]
+        with conn.lock:
+            if conn.client_pid is None:
+                conn.client_pid = conn.peer_pid
+            new = set(rels) - conn.pending_writes
+            conn.pending_writes.update(new)
+        self.announce(new, +1)
+
+    def _written(self, conn: Connection, req: Frame) -> None:
+        self.commits.written(conn, req)
+
+    def _changed(self, conn: Connection, req: Frame) -> None:
+        """One-way INVALIDATE: re-read on the writer thread, nobody waits."""
+        rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
+        with conn.lock:
+            done = conn.pending_writes.intersection(rels)
+            conn.pending_writes.difference_update(rels)
+        if rels:
+            self.writer.call(lambda: self._reread(rels))
+        self.writer.call(lambda: self.announce(done, -1))  # after the re-read
+
     def _invalidate(self, conn: Connection, req: Frame) -> Frame:
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
         if not rels:
             raise RequestError(Err.BAD_REQUEST, "INVALIDATE needs at least one PATH")
         with conn.lock:
+            done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
-        reread, held = self.writer.run(lambda: self._reread(rels), REQUEST_TIMEOUT_S)
+        try:
+            reread, held = self.writer.run(lambda: self._reread(rels), REQUEST_TIMEOUT_S)
+        finally:
+            self.announce(done, -1)
         return (reply(req).add(Tag.COUNT, reread).add(Tag.FLAGS, held)
                 .add(Tag.GENERATION, self.index.generation))
 
@@ -267,6 +326,7 @@ class ProjectDaemon:
                 Msg.INVALIDATE: _invalidate, Msg.STATS: _stats, Msg.INGEST: _ingest, Msg.SHUTDOWN: _shutdown,
                 Msg.PING: _ping, Msg.VDIR_BAD: _vdir_bad, Msg.ACTION_LOOKUP: _action_lookup,
                 Msg.ACTION_END: _action_end}
+    ONE_WAY_HANDLERS = {Msg.WRITING: _writing, Msg.WRITTEN: _written, Msg.CHANGED: _changed}
 
     # -- writer-thread work ----------------------------------------------------------------------
     def _full_rescan(self) -> dict:
@@ -285,6 +345,9 @@ class ProjectDaemon:
         if full:
             self._full_rescan()
             return
+        if paths and self._announced:
+            with self._lock:
+                paths = [p for p in paths if p not in self._announced]
         if paths:
             # A file a process under the preload library still holds open for writing (its
             # beacon) is DIRTY, so readers bypass its entry; re-reading it at each of its writes
@@ -342,16 +405,19 @@ class ProjectDaemon:
         held = 0
         for rel in rels:
             if rel in free:
-                self.index.set_dirty(rel, False)
                 self._beacon_waiting.discard(rel)
             else:
                 held += 1
                 self._beacon_waiting.add(rel)
                 # a path first indexed now is published clean: a writer still holds it
                 self.index.set_dirty(rel, True)
-        for parent in parents:
-            self.index.set_dirty(parent, False)
+        self._settle(sorted(free | parents))
         return len(rels), held
+
+    def _settle(self, rels: list[bytes]) -> None:
+        """Clear DIRTY where the entry matches the tree; the rest is re-read on the next tick."""
+        for rel in settle(self.index, self.policy, rels):
+            self._beacon_waiting.add(rel)
 
     def _closed_write(self, rel: bytes) -> None:
         if rel in self._beacon_waiting and self.writer is not None:
@@ -375,8 +441,9 @@ class ProjectDaemon:
         if pid is not None and not process.pid_alive(pid):
             process.remove_unheld_files(self.project.staging_dir / str(pid))
         if paths:
-            existing = [r for r in paths if self.index.get(r) is not None]
-            self._reread(existing)
+            # a new file's name had no entry, but its directory was marked
+            existing = {r for r in paths if self.index.get(r) is not None}
+            self._reread(sorted(existing | {os.path.dirname(r) for r in paths}))
 
     def _sweep_staging(self) -> None:
         """Staging files of processes that died while no daemon ran (or before a restart)."""
@@ -387,6 +454,22 @@ class ProjectDaemon:
         for name in names:
             if name.isdigit() and not process.pid_alive(int(name)):
                 process.remove_unheld_files(self.project.staging_dir / name)
+
+    def _settle_leftovers(self) -> None:
+        """DIRTY bits a reused VDir kept from before the start (a writer whose WRITTEN the last
+        daemon never read, a client killed mid-write): re-read those paths and clear what the
+        tree confirms.  A writer still at work keeps its bits: its beacon is held, or its rename
+        marks the path again (write.c, place())."""
+        dirty = self.index.dirty_paths()
+        if not dirty:
+            return
+        dirs = [r for r in dirty if self._indexed_dir(r)]
+        files = sorted(set(dirty) - set(dirs))
+        if files:
+            self._reread(files)
+        with self.index.lazy():  # the directories' own entries, not their subtrees again
+            self._refresh_dirs(dirs)
+        self._settle(dirs)
 
     def _drain_pending(self) -> None:
         with self._lock:
@@ -426,6 +509,7 @@ class ProjectDaemon:
             "commit_groups": self.writer.groups if self.writer else 0,
             "rollbacks": self.rollbacks, "vdir_rebuilds": self.vdir_rebuilds,
             "vdir_damaged_entries": self.vdir_damaged_entries, "full_rescans": self.full_rescans,
+            "notices_refused": self.notices_refused,
             "bad_frames": self.listener.bad_frames, "rejected_uid": self.listener.rejected_uid,
             "beacon_waiting": len(self._beacon_waiting),
             "watcher": self.watcher.stats() if self.watcher else None,

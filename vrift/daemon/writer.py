@@ -42,8 +42,11 @@ class _Call:
 
 class IndexWriter:
     def __init__(self, index, before_job: Callable[[], None] | None = None,
-                 dir_entries: Callable[[set[bytes]], list] | None = None):
+                 dir_entries: Callable[[set[bytes]], list] | None = None,
+                 clear_dirty: Callable[[list[bytes]], object] | None = None):
         self.index = index
+        # clears DIRTY on committed paths and their directories (the daemon's checks the tree first)
+        self.clear_dirty = clear_dirty or (lambda rels: [index.set_dirty(r, False) for r in rels])
         self._last_watched = 0.0
         self.before_job = before_job  # apply pending watcher changes (before calls, after commits)
         self.dir_entries = dir_entries  # fresh entries of the committed files' directories
@@ -145,10 +148,7 @@ class IndexWriter:
             if self.dir_entries is not None:
                 entries += self.dir_entries(parents)
             self.index.apply(entries)
-            for c in group:
-                self.index.set_dirty(c.entry.path, False)
-            for parent in parents:
-                self.index.set_dirty(parent, False)
+            self.clear_dirty([c.entry.path for c in group] + sorted(parents))
             generation = self.index.generation
         except BaseException as e:
             for c in group:

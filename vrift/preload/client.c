@@ -2,6 +2,9 @@
  * client.c — the preload library's side of the daemon protocol (docs/protocol.md).
  * Never on the read path.  One connection per process, opened on first use, close-on-exec;
  * a forked child opens its own, a vfork child uses a throw-away one (it shares our memory).
+ * HELLO is sent only before the first request that waits for a reply: the write path's
+ * one-way notifications need none (the daemon knows the peer's pid from SO_PEERCRED), so a
+ * compiler that only writes never waits for the daemon.
  * Every failure (no socket, refused, timeout, error frame) returns -1: the callers then
  * keep the filesystem correct without the daemon.
  */
@@ -18,6 +21,7 @@
 
 static int conn_fd = -1;
 static pid_t conn_pid;
+static int conn_greeted; /* HELLO answered on conn_fd */
 static int daemon_gone; /* a timeout: do not make every later close wait again */
 static int conn_lock;
 
@@ -115,14 +119,15 @@ fail:
 /* The protocol layer (proto.c) runs one request on a connected, greeted socket. */
 extern int vrift_proto_hello(int fd, long deadline);
 
-/* Borrow the connection: returns an fd (greeted) and whether it is a throw-away one. */
-int vrift_conn_acquire(long deadline, int *temporary) {
+/* Borrow the connection: returns an fd (greeted when `greet`) and whether it is a throw-away
+ * one. */
+int vrift_conn_acquire(long deadline, int *temporary, int greet) {
     if (daemon_gone || !vrift_socket_path[0]) return -1;
     pid_t pid = vrift_raw_getpid();
     if (pid != vrift_pid) {
         *temporary = 1;
         int fd = connect_socket(deadline);
-        if (fd >= 0 && vrift_proto_hello(fd, deadline) != 0) {
+        if (fd >= 0 && greet && vrift_proto_hello(fd, deadline) != 0) {
             vrift_real.close(fd);
             fd = -1;
         }
@@ -130,12 +135,19 @@ int vrift_conn_acquire(long deadline, int *temporary) {
     }
     *temporary = 0;
     lock();
-    if (conn_fd >= 0 && conn_pid == pid) return conn_fd; /* unlocked by release */
-    conn_fd = connect_socket(deadline);
-    conn_pid = pid;
-    if (conn_fd >= 0 && vrift_proto_hello(conn_fd, deadline) != 0) {
-        REAL(close)(conn_fd);
-        conn_fd = -1;
+    if (conn_fd >= 0 && conn_pid == pid && (conn_greeted || !greet)) return conn_fd; /* unlocked by release */
+    if (conn_fd < 0 || conn_pid != pid) {
+        conn_fd = connect_socket(deadline);
+        conn_pid = pid;
+        conn_greeted = 0;
+    }
+    if (conn_fd >= 0 && greet) {
+        if (vrift_proto_hello(conn_fd, deadline) != 0) {
+            REAL(close)(conn_fd);
+            conn_fd = -1;
+        } else {
+            conn_greeted = 1;
+        }
     }
     if (conn_fd < 0) {
         if (errno == ETIMEDOUT) daemon_gone = 1;
@@ -167,5 +179,6 @@ void vrift_daemon_atfork_child(void) {
     /* the parent's connection is the parent's: the child opens its own */
     if (conn_fd >= 0 && REAL(close)) vrift_real.close(conn_fd);
     conn_fd = -1;
+    conn_greeted = 0;
     __atomic_store_n(&conn_lock, 0, __ATOMIC_RELEASE);
 }

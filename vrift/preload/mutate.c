@@ -1,8 +1,12 @@
 /*
  * mutate.c — calls that change names or metadata of project paths (SPEC §5.4):
  * mark DIRTY first (the path, its directory, a directory's whole subtree, the other names
- * of a hard-linked inode), do the real call, then INVALIDATE so the daemon re-reads.
- * Without a daemon the DIRTY bits stay set and readers keep asking the kernel: correct.
+ * of a hard-linked inode), do the real call, then tell the daemon to re-read.  Marks and call
+ * happen under a shared flock of each touched path's directory (write.c, vrift_lock_dir_of),
+ * so the re-read can be a one-way CHANGED that nobody waits for.  A call that also changes
+ * names elsewhere — a directory's subtree, the other names of a hard link — is not covered by
+ * those locks: it waits for a synchronous INVALIDATE, as before.  Without a daemon the DIRTY
+ * bits stay set and readers keep asking the kernel: correct.
  */
 #include "vrift_preload.h"
 
@@ -19,15 +23,24 @@
 
 typedef struct touched {
     int n;
+    int wait;  /* names change beyond the locked directories: INVALIDATE, synchronously */
+    int lock[MAX_TOUCHED];
     char abs[MAX_TOUCHED][VRIFT_PATH_MAX];
 } touched;
 
 static void touch_abs(touched *t, const char *abs, int subtree) {
     if (t->n >= MAX_TOUCHED) return;
     if (vrift_staged_count() > 0) vrift_publish_path(abs);
+    t->lock[t->n] = vrift_lock_dir_of(abs);
+    if (t->lock[t->n] < 0) t->wait = 1;
     struct stat st;
-    if (REAL(fstatat)(AT_FDCWD, abs, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) && st.st_nlink > 1)
-        vrift_mark_inode((uint64_t)st.st_dev, (uint64_t)st.st_ino);
+    if (REAL(fstatat)(AT_FDCWD, abs, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (S_ISDIR(st.st_mode)) t->wait = 1;
+        if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
+            t->wait = 1;
+            vrift_mark_inode((uint64_t)st.st_dev, (uint64_t)st.st_ino);
+        }
+    }
     vrift_mark_path(abs, subtree);
     strcpy(t->abs[t->n++], abs);
 }
@@ -70,10 +83,11 @@ static void touch_fd(touched *t, int fd) {
     errno = saved;
 }
 
-/* Re-read requests for every touched path and its directory, in one round trip. */
+/* Re-read requests for every touched path and its directory, in one message. */
 static int done(touched *t, int r) {
     if (t->n == 0) return r;
     int saved = errno;
+    for (int i = 0; i < t->n; i++) vrift_unlock_dir(t->lock[i]);
     const char *paths[2 * MAX_TOUCHED];
     char parents[MAX_TOUCHED][VRIFT_PATH_MAX];
     int n = 0;
@@ -86,13 +100,13 @@ static int done(touched *t, int r) {
         parents[i][k] = '\0';
         paths[n++] = parents[i];
     }
-    if (vrift_daemon_invalidate(paths, n) == 0)
+    if ((t->wait ? vrift_daemon_invalidate(paths, n) : vrift_daemon_notify(VRIFT_N_CHANGED, paths, n)) == 0)
         __atomic_fetch_add(&vrift_counts[VRIFT_C_INVALIDATED], (uint64_t)t->n, __ATOMIC_RELAXED);
     errno = saved;
     return r;
 }
 
-#define T touched t; t.n = 0
+#define T touched t; t.n = 0; t.wait = 0
 
 EXPORT int rename(const char *a, const char *b) {
     T;

@@ -1,7 +1,8 @@
 /*
- * proto.c — the requests of docs/protocol.md that the preload library sends: HELLO on every
- * new connection, COMMIT at the last close of a staged file, INVALIDATE after a mutating
- * call or an early publish.
+ * proto.c — the requests of docs/protocol.md that the preload library sends: the one-way
+ * notifications of the write path (WRITING at an open for writing, WRITTEN once a staged file
+ * is in place, CHANGED after an early publish or an in-place write), HELLO before the first
+ * request that waits for its reply, INVALIDATE after a mutating call, BEGIN_WRITE.
  *
  * Off the read path, but still inside arbitrary programs' close() and rename(): no malloc,
  * no stdio.  A request is gathered from small stack pieces and sent with one sendmsg(); the
@@ -22,7 +23,7 @@
 #include <unistd.h>
 
 /* client.c */
-int vrift_conn_acquire(long deadline, int *temporary);
+int vrift_conn_acquire(long deadline, int *temporary, int greet);
 void vrift_conn_release(int fd, int temporary, int broken);
 int vrift_io_write(int fd, const void *buf, size_t n, long deadline);
 int vrift_io_read(int fd, void *buf, size_t n, long deadline);
@@ -36,7 +37,10 @@ long vrift_deadline(void);
 #define P_MAX_FIELDS 4096
 #define P_REPLY 0x8000
 
-enum { M_HELLO = 0x01, M_COMMIT = 0x03, M_BEGIN_WRITE = 0x04, M_INVALIDATE = 0x05, M_VDIR_BAD = 0x0A, M_ERROR = 0x7FFF };
+enum {
+    M_HELLO = 0x01, M_COMMIT = 0x03, M_BEGIN_WRITE = 0x04, M_INVALIDATE = 0x05, M_VDIR_BAD = 0x0A,
+    M_WRITING = 0x40, M_WRITTEN = 0x41, M_CHANGED = 0x42, M_ERROR = 0x7FFF,
+};
 enum {
     T_PATH = 1, T_STAGING = 2, T_PID = 3, T_GENERATION = 4, T_TEXT = 5, T_ROOT = 7,
     T_STAGING_DIR = 11, T_ERROR_CODE = 12, T_FLAGS = 14,
@@ -45,14 +49,12 @@ enum {
     E_BAD_FRAME = 1, E_BAD_VERSION = 2, E_TOO_LARGE = 3, E_BAD_REQUEST = 4, E_PATH_REJECTED = 5,
     E_NOT_FOUND = 6, E_IO_ERROR = 7, E_SHUTTING_DOWN = 8, E_LIMIT = 9, E_INTERNAL = 10,
 };
-#define ERROR_FLAG_MOVED 1u /* COMMIT error: the staging file is already on the real path */
 
 /* Paths per INVALIDATE frame: a mutating call sends a handful; more are split over frames. */
 #define BATCH 64
 
 static uint32_t next_id;
 static int proto_off;     /* the daemon serves another project or speaks another version */
-static int commits_off;   /* the daemon's staging dir is not ours: COMMIT cannot succeed */
 
 static void put16(uint8_t *p, uint16_t v) {
     p[0] = (uint8_t)v;
@@ -279,6 +281,9 @@ static const char *name_of(uint16_t type) {
     case M_COMMIT: return "COMMIT";
     case M_BEGIN_WRITE: return "BEGIN_WRITE";
     case M_INVALIDATE: return "INVALIDATE";
+    case M_WRITING: return "WRITING";
+    case M_WRITTEN: return "WRITTEN";
+    case M_CHANGED: return "CHANGED";
     default: return "request";
     }
 }
@@ -323,33 +328,7 @@ int vrift_proto_hello(int fd, long deadline) {
         proto_off = 1;
         return -1;
     }
-    if (a.staging_ok == 0 && !commits_off) {
-        vrift_log("daemon's staging dir is not %s: files are put in place without it", vrift_staging);
-        commits_off = 1;
-    }
     return 0;
-}
-
-/* 0 committed; 1 the daemon could not take it but nothing is left to do (the staging file
- * is gone, or already moved onto the real path with the index not updated: DIRTY stays);
- * -1 nothing was moved: the caller renames the staging file itself. */
-int vrift_daemon_commit(const char *virt, const char *staging) {
-    if (proto_off || commits_off) return -1;
-    long deadline = vrift_deadline();
-    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
-    if (fd < 0) return -1;
-    request q;
-    reply a;
-    req_init(&q, M_COMMIT);
-    req_bytes(&q, T_PATH, virt, strlen(virt));
-    req_bytes(&q, T_STAGING, staging, strlen(staging));
-    int r = exchange(fd, &q, deadline, &a);
-    vrift_conn_release(fd, temporary, r < 0);
-    if (r == 0) return 0;
-    if (r < 0) return -1;
-    vrift_count(VRIFT_C_DAEMON_ERRORS);
-    if (a.code == E_NOT_FOUND || (a.flags & ERROR_FLAG_MOVED)) return 1;
-    return -1;
 }
 
 /* Paths split into frames of BATCH; 0 when every frame was accepted. */
@@ -357,7 +336,7 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
     if (proto_off) return -1;
     if (n <= 0) return 0;
     long deadline = vrift_deadline();
-    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary, 1);
     if (fd < 0) return -1;
     int result = 0, broken = 0;
     for (int i = 0; i < n && !broken;) {
@@ -385,12 +364,38 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
 
 int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(M_INVALIDATE, paths, n); }
 
+/* A one-way notification (docs/protocol.md "Writes"): sent, never answered, so nobody waits.
+ * A send that fails on a kept connection is tried once more on a fresh one (the daemon may
+ * have restarted since).  0 sent, -1 not (the DIRTY bits then stay: readers ask the kernel). */
+int vrift_daemon_notify(int type, const char *const *paths, int n) {
+    if (proto_off || n <= 0) return proto_off ? -1 : 0;
+    request q;
+    req_init(&q, (uint16_t)type);
+    for (int i = 0; i < n && q.nfields < BATCH; i++) {
+        size_t len = strlen(paths[i]);
+        if (q.body + P_FIELD + len > P_MAX_BODY) return -1;
+        req_bytes(&q, T_PATH, paths[i], len);
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        long deadline = vrift_deadline();
+        int temporary, fd = vrift_conn_acquire(deadline, &temporary, 0);
+        if (fd < 0) return -1;
+        int r = req_send(fd, &q, deadline), err = errno;
+        vrift_conn_release(fd, temporary, r != 0);
+        if (r == 0) return 0;
+        errno = err;
+        if (temporary || err == ETIMEDOUT) break;
+    }
+    vrift_log("daemon %s not sent: %s", name_of((uint16_t)type), strerror(errno));
+    return -1;
+}
+
 int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(M_BEGIN_WRITE, paths, n); }
 
 int vrift_daemon_vdir_bad(const char *detail) {
     if (proto_off) return -1;
     long deadline = vrift_deadline();
-    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary, 1);
     if (fd < 0) return -1;
     request q;
     reply a;
@@ -412,7 +417,7 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
     *len = 0;
     if (proto_off || req_len > P_MAX_BODY) return -1;
     long deadline = vrift_deadline();
-    int temporary, fd = vrift_conn_acquire(deadline, &temporary);
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary, 1);
     if (fd < 0) return -1;
     uint8_t h[P_HEADER];
     uint32_t id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);

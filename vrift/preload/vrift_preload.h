@@ -182,10 +182,15 @@ void vrift_publish_path(const char *abs); /* publish a staged file of this path,
 void vrift_before_spawn(void);            /* publish every staged file this process owns */
 void vrift_finish_all(void);              /* at exit: close logic for every owned fd */
 void vrift_writes_atfork_child(void);
+/* A shared flock on the directory of `abs` while its names change (see write.c); -1 if none. */
+int vrift_lock_dir_of(const char *abs);
+void vrift_unlock_dir(int dfd);
 
-/* ---- daemon client (client.c) ---- */
-/* COMMIT: 0 committed, 1 staging gone (someone else committed), -1 daemon unusable/error. */
-int vrift_daemon_commit(const char *virt, const char *staging);
+/* ---- daemon client (client.c, proto.c) ---- */
+/* One-way notifications (never answered): a path opened for writing, a staged file renamed
+ * into place by this process, a path to re-read.  0 sent, -1 not. */
+enum { VRIFT_N_WRITING = 0x40, VRIFT_N_WRITTEN = 0x41, VRIFT_N_CHANGED = 0x42 };
+int vrift_daemon_notify(int type, const char *const *paths, int n);
 /* INVALIDATE: 0 accepted, -1 unusable. */
 int vrift_daemon_invalidate(const char *const *paths, int n);
 /* BEGIN_WRITE (new paths without an entry: a DIRTY placeholder): 0 accepted, -1 unusable. */

@@ -3,18 +3,20 @@
  *
  * open for writing a project path → DIRTY on the path and its directory, a staging file
  * <staging>/<pid>/<n> (a copy of the old content when the mode keeps it) is opened in its
- * place, and a shared flock "beacon" is put on that open file description.  The beacon
- * lives as long as any fd, in any process, refers to the description: fork, dup and exec
- * carry it along, and the kernel drops it when the last one closes (also at _exit, a
- * crash, or in a static binary).
+ * place, a shared flock "beacon" is put on that open file description, and the daemon is
+ * told, one-way, that the path is being written (WRITING: it re-reads the path if this
+ * process dies first).  The beacon lives as long as any fd, in any process, refers to the
+ * description: fork, dup and exec carry it along, and the kernel drops it when the last one
+ * closes (also at _exit, a crash, or in a static binary).
  *
- * close by the process that opened it (the owner): if a probe lock on a fresh open of
- * the staging file succeeds, nobody else holds the description → COMMIT to the daemon
- * (or, without one, rename the staging file onto the real path ourselves).  If someone
- * still holds it (shell redirection: `cc > out` keeps it on fd 1 of the exec'ed child),
- * the staging file is published early: renamed onto the real path — the holders keep
- * writing into the same inode, now under its real name — and the path stays DIRTY; the
- * daemon is told to re-read it once the beacon is gone.  Non-owners never commit.
+ * close by the process that opened it (the owner): if a probe lock on a fresh open of the
+ * staging file succeeds, nobody else holds the description → the file is renamed onto the
+ * real path here (atomic: a reader sees the old file or the new one, never half of one), and
+ * the daemon is told WRITTEN, without waiting: it hashes, stores and indexes the file later,
+ * and clears DIRTY — readers go to the real file until then.  If someone still holds it (shell
+ * redirection: `cc > out` keeps it on fd 1 of the exec'ed child), the staging file is
+ * published early the same way, the path stays DIRTY, and the daemon is told to re-read it
+ * once the beacon is gone (CHANGED).  Non-owners never rename.
  *
  * Before this process starts another (fork, vfork, posix_spawn, exec, system, popen),
  * and before it renames, links, stats… a path it has staged, the staging file is
@@ -31,6 +33,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FD_MAX 1024
@@ -107,13 +110,45 @@ static void parent_of(const char *abs, char *out) {
     out[n] = '\0';
 }
 
-/* Tell the daemon to re-read a path and its directory (best effort: without a daemon
- * the DIRTY bits stay set and readers keep going to the kernel, which is correct). */
+/* Tell the daemon to re-read a path and its directory, one-way (best effort: without a
+ * daemon the DIRTY bits stay set and readers keep going to the kernel, which is correct). */
 static void invalidate_one(const char *abs) {
     char parent[VRIFT_PATH_MAX];
     parent_of(abs, parent);
     const char *paths[2] = {abs, parent};
-    if (vrift_daemon_invalidate(paths, 2) == 0) vrift_count(VRIFT_C_INVALIDATED);
+    if (vrift_daemon_notify(VRIFT_N_CHANGED, paths, 2) == 0) vrift_count(VRIFT_C_INVALIDATED);
+}
+
+/* Changes to the names in a directory — and the DIRTY marks announcing them — are made under
+ * a shared flock of that directory; the daemon clears DIRTY only under an exclusive one, after
+ * checking the entry against the disk (vrift/daemon/commit.py, settle()): it either sees the
+ * change, or clears before the marks — never between a mark and the change it announces.  A
+ * directory locked exclusively by someone else for long is not waited for beyond ~50 ms.
+ * Returns the fd holding the lock (close it to unlock), or -1. */
+int vrift_lock_dir_of(const char *abs) {
+    char parent[VRIFT_PATH_MAX];
+    parent_of(abs, parent);
+    int dfd = real_open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    for (int i = 0; dfd >= 0 && flock(dfd, LOCK_SH | LOCK_NB) != 0 && i < 1000; i++) {
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+    return dfd;
+}
+
+void vrift_unlock_dir(int dfd) {
+    if (dfd >= 0) real_close(dfd); /* drops the flock */
+}
+
+/* Put a staged file on its real path: marks and rename under the directory's lock. */
+static int place(const char *staging, const char *virt) {
+    int saved, dfd = vrift_lock_dir_of(virt);
+    vrift_mark_path(virt, 0);
+    int r = REAL(rename)(staging, virt);
+    saved = errno;
+    vrift_unlock_dir(dfd);
+    errno = saved;
+    return r;
 }
 
 /* ------------------------------------------------------------------ staging files */
@@ -278,6 +313,11 @@ static void plan_write(int dirfd, const char *path, int flags, write_plan *p) {
         const char *one[1] = {p->abs};
         vrift_daemon_begin_write(one, 1);
     }
+    if (p->kind == P_STAGED || (p->kind == P_DIRECT && have)) {
+        /* one-way: if this process dies before its close, the daemon re-reads the path */
+        const char *one[1] = {p->abs};
+        vrift_daemon_notify(VRIFT_N_WRITING, one, 1);
+    }
     if (p->kind == P_STAGED) {
         p->seq = __atomic_fetch_add(&next_seq, 1, __ATOMIC_RELAXED);
         staging_path(p->staging, pid, p->seq);
@@ -328,7 +368,7 @@ static void register_fd(write_plan *p, int fd) {
     } else {
         /* untracked: make the data visible under its real name now; the daemon re-reads
          * the path once the beacon is gone */
-        if (p->kind == P_STAGED && REAL(rename)(p->staging, p->abs) == 0) vrift_count(VRIFT_C_PUBLISHED);
+        if (p->kind == P_STAGED && place(p->staging, p->abs) == 0) vrift_count(VRIFT_C_PUBLISHED);
         invalidate_one(p->abs);
     }
     errno = saved;
@@ -356,7 +396,7 @@ static int last_reference(const char *staging) {
 static int publish(fd_slot *s) {
     char staging[VRIFT_PATH_MAX];
     staging_path(staging, s->owner, s->seq);
-    if (REAL(rename)(staging, s->virt) != 0) return -1;
+    if (place(staging, s->virt) != 0) return -1;
     vrift_count(VRIFT_C_PUBLISHED);
     return 0;
 }
@@ -377,20 +417,14 @@ static int finish(fd_slot *s) {
         invalidate_one(s->virt);
         return r;
     }
-    int c = vrift_daemon_commit(s->virt, staging);
-    if (c >= 0) {
-        if (c == 0) vrift_count(VRIFT_C_COMMITTED);
+    /* The file goes in place now; the daemon indexes it later, nobody waits for that.  DIRTY
+     * stays set until then: the entry in memory still describes the old file. */
+    if (place(staging, s->virt) == 0) {
+        const char *one[1] = {s->virt};
+        vrift_count(vrift_daemon_notify(VRIFT_N_WRITTEN, one, 1) == 0 ? VRIFT_C_COMMITTED : VRIFT_C_COMMIT_LOCAL);
         return 0;
     }
-    /* No daemon: put the file in place ourselves.  DIRTY stays set: the entry in memory
-     * still describes the old file, and only the daemon may rewrite it. */
-    if (REAL(rename)(staging, s->virt) == 0) {
-        vrift_count(VRIFT_C_COMMIT_LOCAL);
-        return 0;
-    }
-    /* The daemon died in the middle of our COMMIT, after moving the file into place: our
-     * data is where it belongs (it only ever removes staging files of dead processes). */
-    if (errno == ENOENT) return 0;
+    if (errno == ENOENT) return 0; /* the staging file is gone: rolled back, nothing to put */
     REAL(unlink)(staging);
     return -1;
 }

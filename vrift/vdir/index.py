@@ -354,6 +354,12 @@ class ProjectIndex:
             self.counters["changes"] += len(batch)
             return gen
 
+    def dirty_paths(self) -> list[bytes]:
+        """Paths whose published entry is DIRTY (the shared memory's view, tombstones included)."""
+        if self._shm is None:
+            return []
+        return [e.path for e in self._shm.entries() if e.flags & layout.F_DIRTY]
+
     def set_dirty(self, rel: bytes, dirty: bool) -> bool:
         """Set or clear DIRTY on the published entry; False when there is none."""
         if self._shm is None:
