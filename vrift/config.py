@@ -17,6 +17,23 @@ PROJECT_FILE = ".vrift.yaml"
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
               "0": False, "false": False, "no": False, "off": False}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*\Z", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value) -> int:
+    """Bytes from a size as ccache writes it: 5G, 500M, 1.5G, 64K, a plain number of bytes
+    (binary units: 1G is 2^30).  ValueError when it is not one."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"not a size: {value!r}")
+        return value
+    m = _SIZE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"not a size (like 5G, 500M, 0 for no limit): {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 class Key:
@@ -42,6 +59,8 @@ class Key:
             text = "an integer" if self.kind == "int" else "a number"
             if self.low is not None:
                 text += f" {'>=' if self.low_inclusive else '>'} {self.low}"
+        elif self.kind == "size":
+            text = "a size like 5G, 500M or 0 (no limit)"
         elif self.kind == "list":
             text = "a list of " + ("environment variable names" if self.item_pattern else "non-empty strings")
         else:
@@ -64,6 +83,12 @@ class Key:
             ok = isinstance(value, str) and value in self.choices
         elif kind == "str":
             ok = isinstance(value, str)
+        elif kind == "size":
+            try:
+                parse_size(value)
+                ok = True
+            except ValueError:
+                ok = False
         else:  # list
             ok = isinstance(value, list) and all(
                 isinstance(v, str) and v.strip() and (self.item_pattern is None or self.item_pattern.match(v))
@@ -94,6 +119,8 @@ class Key:
             raise ValueError(f"expected {self.describe()}, got {text!r}")
         if kind == "list":
             return [part.strip() for part in text.split(",") if part.strip()]
+        if kind == "size":
+            return text.strip()
         if self.nullable and text.strip().lower() in ("", "null", "none"):
             return None
         return text.strip() if kind == "enum" else text
@@ -145,6 +172,9 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("cache.never", "list", [], "Tool globs never cached."),
     Key("cache.max_entry_mb", "number", 64, "Largest action output (MiB) stored in the cache.", low=0),
     Key("cache.cache_failures", "bool", False, "Also cache actions that failed."),
+    Key("cache.max_size", "size", "5G",
+        "Disk space the action cache may use (entries and the blobs only they hold); "
+        "least recently used entries are evicted beyond it. 0: no limit.", env="VRIFT_CACHE_MAX_SIZE"),
 )}
 SECTIONS = frozenset(name.split(".", 1)[0] for name in KEYS if "." in name)
 PROJECTS = "projects"  # user config only: list of project roots

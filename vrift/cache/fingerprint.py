@@ -52,6 +52,7 @@ class Fingerprint:
     created: float = 0.0
     tool: str = ""
     argv: list[str] = field(default_factory=list)
+    wall_s: float = 0.0  # how long the recorded run took: a hit saves about this much
 
     def content(self) -> dict:
         return {"inputs": self.inputs, "outputs": self.outputs, "stdout": self.stdout, "stderr": self.stderr,
@@ -63,13 +64,15 @@ class Fingerprint:
                              max_threads=1).digest()
 
     def to_json(self) -> dict:
-        return {**self.content(), "size": self.size, "created": self.created, "tool": self.tool, "argv": self.argv}
+        return {**self.content(), "size": self.size, "created": self.created, "tool": self.tool, "argv": self.argv,
+                "wall_s": self.wall_s}
 
     @classmethod
     def from_json(cls, data: dict) -> "Fingerprint":
         return cls(inputs=data.get("inputs", []), outputs=data.get("outputs", []), stdout=data.get("stdout"),
                    stderr=data.get("stderr"), status=int(data.get("status", 0)), size=int(data.get("size", 0)),
-                   created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []))
+                   created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []),
+                   wall_s=float(data.get("wall_s", 0) or 0))
 
     def digests(self) -> set[bytes]:
         """Every blob this fingerprint needs (for gc)."""

@@ -33,10 +33,32 @@ def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = ()) -> str:
-    """A plain text table; columns in `right` are right-aligned (numbers)."""
+def terminal_width() -> int:
+    """Columns of the terminal (COLUMNS wins, as for ccache -s); 80 when not a terminal."""
+    import shutil
+
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = (),
+                 fit: int | None = None, width: int | None = None) -> str:
+    """A plain text table; columns in `right` are right-aligned (numbers).  Column `fit` (the
+    widest free text, e.g. a path) is shortened so that each line fits the terminal."""
     cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if fit is not None:
+        limit = terminal_width() if width is None else width
+        others = sum(w for i, w in enumerate(widths) if i != fit) + 2 * (len(widths) - 1)
+        room = max(len(cells[0][fit]), 8, limit - others)
+        if widths[fit] > room:
+            widths[fit] = room
+            for r in cells:
+                r[fit] = shorten(r[fit], room)
 
     def line(r):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()

@@ -38,6 +38,7 @@ ACTION_ID = re.compile(rb"^[0-9a-f]{16}$")
 PENDING_LIMIT = 100_000
 STALE_S = 3600.0
 EXPLAIN_KEEP = 2000
+EVICT_QUIET_S = 2.0  # eviction runs once recording has paused this long (a build's end)
 
 
 class ActionCache:
@@ -56,7 +57,10 @@ class ActionCache:
         self._lock = threading.Lock()
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
-                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0}
+                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "time_saved_s": 0.0,
+                         "evicted": 0}
+        self.max_size = _max_size(cfg)
+        self._recorded_at: float | None = None  # monotonic time of the last entry stored, until evicted
         self._unflushed: dict = {}
         self._last_hit: dict[bytes, float] = {}
         self._explain: deque = deque(maxlen=EXPLAIN_KEEP)
@@ -79,9 +83,31 @@ class ActionCache:
             self.store = None
 
     def tick(self) -> None:
-        """Periodic work (from the daemon's loop): fold counters into LMDB, sweep stale logs."""
+        """Periodic work (from the daemon's loop): fold counters into LMDB, sweep stale logs,
+        and keep the cache within cache.max_size once a build has stopped recording."""
         self._recorder.submit(self._flush)
         self._recorder.submit(self.sweep)
+        recorded = self._recorded_at
+        if recorded is not None and time.monotonic() - recorded >= EVICT_QUIET_S:
+            self._recorded_at = None
+            self._recorder.submit(self.evict)
+
+    def evict(self):
+        """Evict least recently used entries beyond cache.max_size (on the recorder thread)."""
+        if self.store is None or self.max_size <= 0:
+            return None
+        from ..cache.evict import evict
+
+        try:
+            report = evict(self.daemon.home, self.store, self.daemon.cas, self.max_size)
+        except Exception:  # noqa: BLE001 - an eviction that fails leaves the cache as it was
+            log.exception("cache eviction failed")
+            return None
+        if report.evicted:
+            self._count("evicted", report.evicted)
+            log.info("cache over %d bytes: evicted %d entries, %d blobs (%d bytes)", self.max_size,
+                     report.evicted, report.blobs_removed, report.bytes_removed)
+        return report
 
     def _count(self, name: str, n: int = 1, reason: str | None = None) -> None:
         with self._lock:
@@ -168,6 +194,7 @@ class ActionCache:
                         self._pending.pop(aid, None)
                         self._last_hit[fid] = round(time.time(), 3)
                     self._count("hits")
+                    self._count("time_saved_s", fp.wall_s)
                     self._count("bytes_replayed", replayed)
                     self._count("outputs_replayed", len(fp.outputs))
                     out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
@@ -273,6 +300,7 @@ class ActionCache:
             return reply(req).add(Tag.FLAGS, 0)
         try:
             fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"])
+            fp.wall_s = round(max(0, time.time_ns() - pending["start_ns"]) / 1e9, 4)
         except Uncacheable as u:
             log.debug("action %s uncacheable: %s", aid.decode(), u)
             self._count("", reason=u.reason)
@@ -290,6 +318,7 @@ class ActionCache:
         try:
             self.store.put(key, fp.id, fp.to_json())
             self._count("recorded")
+            self._recorded_at = time.monotonic()
         except Exception:  # noqa: BLE001
             self._count("errors")
             log.exception("storing a cache entry failed")
@@ -327,6 +356,15 @@ class ActionCache:
                 actionlog.remove(path)
                 removed += 1
         return removed
+
+
+def _max_size(cfg) -> int:
+    from ..config import parse_size
+
+    try:
+        return parse_size(cfg.get("cache.max_size", 0) or 0)
+    except ValueError:
+        return 0
 
 
 def _names(path) -> list[str]:
