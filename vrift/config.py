@@ -11,11 +11,11 @@ import os
 import re
 from pathlib import Path
 
+from . import onoff
+from .onoff import BOOL_WORDS  # noqa: F401 - re-exported: the words every on/off setting accepts
 from .project import Home, VriftError
 
 PROJECT_FILE = ".vrift.yaml"
-BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-              "0": False, "false": False, "no": False, "off": False}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -103,10 +103,10 @@ class Key:
         """A value given as text (environment, command line) converted to the key's type."""
         kind = self.kind
         if kind == "bool":
-            word = text.strip().lower()
-            if word not in BOOL_WORDS:
-                raise ValueError(f"expected one of 0, 1, true, false, yes, no, on, off, got {text!r}")
-            return BOOL_WORDS[word]
+            value = onoff.parse(text)
+            if value is None:
+                raise ValueError(onoff.expected(text))
+            return value
         if kind in ("int", "number"):
             try:
                 return int(text.strip())
@@ -165,7 +165,10 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("daemon.max_projects", "int", 16, "Project daemons the coordinator runs at once.",
         low=1, low_inclusive=True),
     Key("daemon.max_shm_mb", "number", 1024, "Shared memory all project VDirs may use together, in MiB.", low=0),
-    Key("cache.enabled", "bool", True, "Use the build cache for tool invocations."),
+    Key("cache.enabled", "bool", True, "Use the build cache for tool invocations (VRIFT_CACHE=0: off for one build).",
+        env="VRIFT_CACHE"),
+    Key("cache.scope", "enum", "all", "Which commands are cached: all, or compilers (plus the tools in cache.always).",
+        choices=("all", "compilers")),
     Key("cache.env", "list", ["PATH", "LANG", "LC_ALL", "SOURCE_DATE_EPOCH"],
         "Environment variables that are part of every action key.", item_pattern=_ENV_NAME),
     Key("cache.always", "list", [], "Tool globs always cached, even when not known to be deterministic."),

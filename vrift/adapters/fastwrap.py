@@ -20,12 +20,12 @@ import os
 import sys
 import time
 
+from .. import onoff
 from . import launch, locate, wrapcache
 from .base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
 
 DEFAULT_SOCKET_TIMEOUT_MS = 2000
-FALSE_WORDS = ("0", "false", "no", "off")
 
 
 class WrapOptions:
@@ -114,11 +114,18 @@ def load_hooks(env):
 
 
 def env_disabled(env) -> str | None:
-    if env.get("VRIFT_ENABLED", "").strip().lower() in FALSE_WORDS:
-        return "VRIFT_ENABLED=0"
-    fallback = env.get("VRIFT_FALLBACK_MODE", "").strip().lower()
-    if fallback and fallback not in FALSE_WORDS:
-        return "VRIFT_FALLBACK_MODE=1"
+    """Why the kill switches in the environment turn vrift off, or None.  A value that is not
+    an on/off word is a configuration error: the build runs plainly and the summary says so
+    (the preload library, given the same word, stays off too)."""
+    for name, off_when in (("VRIFT_ENABLED", False), ("VRIFT_FALLBACK_MODE", True)):
+        text = env.get(name)
+        if text is None or not text.strip():
+            continue
+        value = onoff.parse(text)
+        if value is None:
+            return f"configuration error: environment variable {name}: {onoff.expected(text)}"
+        if value == off_when:
+            return f"{name}={text.strip()}"
     return None
 
 

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from ..cache import actionlog
+from ..cache import actionlog, scope
 from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match
 from ..cache.key import Action, DigestMemo, action_key
 from ..cache.store import CacheStore, merge_counters
@@ -60,6 +60,7 @@ class ActionCache:
                          "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "time_saved_s": 0.0,
                          "evicted": 0}
         self.max_size = _max_size(cfg)
+        self.scope = cfg.get("cache.scope", "all")
         self._recorded_at: float | None = None  # monotonic time of the last entry stored, until evicted
         self._unflushed: dict = {}
         self._last_hit: dict[bytes, float] = {}
@@ -165,6 +166,9 @@ class ActionCache:
             return out.add(Tag.FLAGS, NO_RECORD)
         if self.ctx.excluded_tool(action.tool, os.fsdecode(argv[0])):
             self._count("", reason="tool in cache.never")
+            return out.add(Tag.FLAGS, NO_RECORD)
+        if not scope.in_scope(self.scope, action.tool, argv, self.ctx.always):
+            self._count("", reason="not a compiler (cache.scope: compilers)")
             return out.add(Tag.FLAGS, NO_RECORD)
         try:
             exe_digest = self.memo.digest(exe)

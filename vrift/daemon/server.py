@@ -444,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         if lock is None:
             log.info("a project daemon already runs for %s", project.root)
             return 0
-        cfg = config_mod.load(project.root, home=home)
+        # VRIFT_CACHE turns the cache off for one build, in that build's wrapper: the daemon
+        # serves every build and must not keep the switch of the one that happened to start it
+        cfg = config_mod.load(project.root, home=home, env={k: v for k, v in os.environ.items() if k != "VRIFT_CACHE"})
         index_filter, cache_key = plugin_hooks(project, cfg)
         daemon = ProjectDaemon(home, project, cfg, index_filter=index_filter, cache_key=cache_key)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
