@@ -27,6 +27,7 @@ COMMANDS = {
     "wrap": "vrift.commands.wrap_cmd:wrap_cmd",
     "hook": "vrift.commands.wrap_cmd:hook_cmd",
     "plugins": "vrift.commands.wrap_cmd:plugins_cmd",
+    "forget": "vrift.commands.forget_cmd:forget_cmd",
 }
 
 HELP = {
@@ -44,6 +45,7 @@ HELP = {
     "wrap": "Run a build (ninja, make, any command) under vrift.",
     "hook": "Print the one-line Makefile opt-in.",
     "plugins": "List loaded plugins.",
+    "forget": "Stop a project's daemon and remove vrift's state for it.",
 }
 
 

@@ -244,6 +244,10 @@ def prepare(opts: WrapOptions, env) -> Plan:
         from ..project import VriftError
 
         raise VriftError(error)
+    if not (opts.root or env.get("VRIFT_PROJECT_ROOT") or locate.has_marker(root) or locate.registered(root, env)):
+        # no .vrift.yaml, .git, build.ninja or Makefile here or above: not a project, and
+        # making one of / or ~ by accident is worse than one plain run
+        return Plan(env, f"no project here (run `vrift init` in {root} to make it one)", hooks, adapter, None)
     project_id = locate.project_id(root)
     settings = Settings(root, project_id, env)
     plugins = list(settings["plugins"] or [])

@@ -17,8 +17,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def resolve(root: str | None = None, start: str | os.PathLike | None = None, cli: dict | None = None,
-            register: bool = True):
-    """(home, project, config) for a command; registers the project unless told not to."""
+            register: bool = False):
+    """(home, project, config) for a command.  Only commands that make the project vrift's
+    (ingest, starting its daemon) pass register=True: looking registers nothing."""
     from .. import config as config_mod  # YAML only when a config file exists
 
     home = Home.from_env().ensure()

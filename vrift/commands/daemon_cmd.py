@@ -28,7 +28,7 @@ def start_cmd(root, as_json):
         pid = coord.hello()["pid"]
     result = {"coordinator": {"pid": pid}}
     if root:
-        home, project, _cfg = resolve(root)
+        home, project, _cfg = resolve(root, register=True)
         result["project"] = ensure_daemon(home, project)
     if as_json:
         emit_json(result)
@@ -100,7 +100,7 @@ def sync_cmd(path, root, as_json):
     from ..daemon.client import connect_project
 
     start = path if path is None or os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    home, project, _cfg = resolve(root, start=start)
+    home, project, _cfg = resolve(root, start=start, register=True)
     t0 = time.perf_counter()
     with connect_project(home, project) as client:
         generation = client.sync(os.path.abspath(path) if path else None)

@@ -75,7 +75,7 @@ def ingest_cmd(path, root, all_projects, durability, as_json):
 
 
 def _ingest_one(root, path, cli: dict, as_json: bool) -> dict:
-    home, project, cfg = resolve(root, start=path, cli=cli)
+    home, project, cfg = resolve(root, start=path, cli=cli, register=True)
     client = _running_daemon(home, project)
     progress = sys.stderr.isatty() and not as_json
     if client is not None:
