@@ -13,7 +13,9 @@ import click
 from .common import emit_json, json_option, render_table, root_option
 
 
-@click.command("wrap", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+# vrift's options come before the tool's name; everything from the tool on is the tool's
+# (allow_interspersed_args=False), and an unknown option before it is an error, not a tool
+@click.command("wrap", context_settings={"allow_interspersed_args": False})
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @root_option
 @click.option("--adapter", default=None, help="Adapter to use (default: chosen by the tool's name).")
