@@ -29,16 +29,17 @@ DEFAULT_SOCKET_TIMEOUT_MS = 2000
 
 
 class WrapOptions:
-    __slots__ = ("argv", "quiet", "root", "adapter", "no_cache", "explain")
+    __slots__ = ("argv", "quiet", "root", "adapter", "no_cache", "explain", "summary_json")
 
     def __init__(self, argv: list[str], quiet: bool = False, root: str | None = None, adapter: str | None = None,
-                 no_cache: bool = False, explain: bool = False):
+                 no_cache: bool = False, explain: bool = False, summary_json: str | None = None):
         self.argv = list(argv)
         self.quiet = quiet
         self.root = root
         self.adapter = adapter
         self.no_cache = no_cache
         self.explain = explain
+        self.summary_json = summary_json  # a file for the summary as JSON ("-": stderr)
 
 
 def parse(argv: list[str]) -> WrapOptions | None:
@@ -56,14 +57,14 @@ def parse(argv: list[str]) -> WrapOptions | None:
             opts.no_cache = True
         elif word == "--explain":
             opts.explain = True
-        elif word in ("--root", "--adapter"):
+        elif word in ("--root", "--adapter", "--summary-json"):
             if i + 1 >= len(argv):
                 return None
-            setattr(opts, word[2:], argv[i + 1])
+            setattr(opts, word[2:].replace("-", "_"), argv[i + 1])
             i += 1
-        elif word.startswith(("--root=", "--adapter=")):
+        elif word.startswith(("--root=", "--adapter=", "--summary-json=")):
             name, _, value = word[2:].partition("=")
-            setattr(opts, name, value)
+            setattr(opts, name.replace("-", "_"), value)
         elif word.startswith("-"):
             return None
         else:
@@ -187,7 +188,8 @@ def _plain(value):
 
 
 def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = False) -> tuple[dict | None, str | None]:
-    """(daemon identity after SYNC, None) or (None, why vrift cannot be used)."""
+    """(daemon identity after SYNC, None) or (None, why vrift cannot be used).  The identity
+    has "new_project" when this call made the directory a project (its first build)."""
     first = None
     try:
         return hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache), None
@@ -201,9 +203,13 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
     try:
         home = Home.from_env(env).ensure()
         project = Project.at(root)
-        Registry(home).touch(project)
+        registry = Registry(home)
+        new = project.id not in registry.load()
+        registry.touch(project)
         started = ensure_daemon(home, project)
-        return hello_sync(started["socket"], root, timeout_ms / 1000, cache), None
+        info = hello_sync(started["socket"], root, timeout_ms / 1000, cache)
+        info["new_project"] = new
+        return info, None
     except (VriftError, LinkError) as e:
         return None, f"the daemon is unavailable: {e if first is None else first}"
 
@@ -233,6 +239,7 @@ class Plan:
         self.counters_path: str | None = None
         self.cache_before: dict | None = None  # the daemon's cache counters when the build started
         self.socket: str | None = None
+        self.new_project = False
 
 
 def prepare(opts: WrapOptions, env) -> Plan:
@@ -274,6 +281,7 @@ def prepare(opts: WrapOptions, env) -> Plan:
         cache = bool(settings["cache.enabled"]) and not opts.no_cache
         info, plan.reason = connect(root, project_id, env, timeout_ms, cache)
         if info is not None:
+            plan.new_project = bool(info.get("new_project"))
             plan.counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
             plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
             plan.socket = info["socket"]
@@ -303,6 +311,9 @@ def wrap(opts: WrapOptions, env=None) -> int:
         plan = Plan(env, f"internal error: {type(e).__name__}: {e}")
     argv = list(opts.argv)
     counters = None
+    if plan.new_project and not opts.quiet:
+        print("vrift: first build of this project: indexed it and started its daemon "
+              "(`vrift status` shows it, `vrift forget` undoes it)", file=sys.stderr, flush=True)
     try:
         if plan.adapter is not None:
             try:
@@ -323,6 +334,7 @@ def wrap(opts: WrapOptions, env=None) -> int:
         explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
         after = daemon_cache_stats(plan, explain)
         summary["cache"] = launch.cache_summary(plan.cache_before, after.get("cache") or {})
+        summary["index_files"] = after.get("entries")
         if explain and not opts.quiet:
             for line in launch.explain_lines(after.get("explain") or []):
                 print(line, file=sys.stderr)
@@ -343,7 +355,25 @@ def finish(opts: WrapOptions, summary: dict, code: int) -> int:
     summary["exit_code"] = code
     if not opts.quiet:
         print(launch.summary_line(summary), file=sys.stderr, flush=True)
+    if opts.summary_json:
+        write_summary_json(opts.summary_json, summary)
     return code
+
+
+def write_summary_json(where: str, summary: dict) -> None:
+    """The summary for scripts: one JSON object on a line, to a file or ("-") stderr."""
+    import json
+
+    text = json.dumps(summary, sort_keys=True, default=str) + "\n"
+    if where == "-":
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return
+    try:
+        with open(where, "w") as f:
+            f.write(text)
+    except OSError as e:
+        print(f"vrift: cannot write the summary to {where}: {e.strerror or e}", file=sys.stderr, flush=True)
 
 
 def _config_or_none(settings: Settings):

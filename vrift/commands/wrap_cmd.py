@@ -21,8 +21,10 @@ from .common import emit_json, json_option, render_table, root_option
 @click.option("--adapter", default=None, help="Adapter to use (default: chosen by the tool's name).")
 @click.option("--no-cache", is_flag=True, help="Neither replay nor record actions (the action cache is off).")
 @click.option("--explain", is_flag=True, help="Say for each cache miss which input changed (also VRIFT_DEBUG=cache).")
+@click.option("--summary-json", "summary_json", metavar="FILE", default=None,
+              help="Also write the summary as one JSON object to FILE (-: stderr), for scripts.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def wrap_cmd(quiet, root, adapter, no_cache, explain, command):
+def wrap_cmd(quiet, root, adapter, no_cache, explain, summary_json, command):
     """Run COMMAND (ninja, make, any command tree) under vrift.
 
     \b
@@ -38,7 +40,7 @@ def wrap_cmd(quiet, root, adapter, no_cache, explain, command):
 
     try:
         code = wrap(WrapOptions(list(command), quiet=quiet, root=root, adapter=adapter, no_cache=no_cache,
-                                explain=explain))
+                                explain=explain, summary_json=summary_json))
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)  # the tool's status, whatever click does with return values

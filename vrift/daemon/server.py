@@ -217,7 +217,7 @@ class ProjectDaemon:
     def _stats(self, conn: Connection, req: Frame) -> Frame:
         flags = req.int(Tag.FLAGS, 0) or 0
         if flags & STATS_CACHE_ONLY:  # the wrapper, before and after a build: cheap, no writer
-            out = {"cache": self.cache.stats()}
+            out = {"cache": self.cache.stats(), "entries": len(self.index)}
             if flags & STATS_EXPLAIN:
                 out["explain"] = self.cache.explanations(req.int(Tag.SIZE, 0) or 0)
             return reply(req).add_json(out).add(Tag.GENERATION, self.index.generation)
