@@ -49,7 +49,7 @@ def verify_cmd(as_json, quarantine, workers):
         click.echo(f"checked {report.checked:,} blobs, {human_bytes(report.bytes)}: "
                    f"{'all sound' if report.ok else f'{len(report.bad):,} bad'}")
         if report.bad:
-            click.echo(render_table(["digest", "problem"], report.bad))
+            click.echo(render_table(["digest", "problem"], report.bad, fit=1))
         if report.quarantined:
             click.echo(f"moved {len(report.quarantined):,} bad blobs to {cas.root / 'quarantine'}")
     sys.exit(0 if report.ok else 1)

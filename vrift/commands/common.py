@@ -35,9 +35,12 @@ def emit_json(data) -> None:
 
 
 def terminal_width() -> int:
-    """Columns of the terminal (COLUMNS wins, as for ccache -s); 80 when not a terminal."""
+    """Columns to fit: COLUMNS when set, else the terminal's; output to a pipe or a file
+    is not cut (a very large width) unless COLUMNS asks for it."""
     import shutil
 
+    if not os.environ.get("COLUMNS") and not sys.stdout.isatty():
+        return 1 << 30
     return max(40, shutil.get_terminal_size((80, 24)).columns)
 
 
@@ -47,19 +50,24 @@ def shorten(text: str, width: int) -> str:
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = (),
-                 fit: int | None = None, width: int | None = None) -> str:
-    """A plain text table; columns in `right` are right-aligned (numbers).  Column `fit` (the
-    widest free text, e.g. a path) is shortened so that each line fits the terminal."""
+                 fit: int | Sequence[int] | None = None, width: int | None = None) -> str:
+    """A plain text table; columns in `right` are right-aligned (numbers).  The columns in
+    `fit` (free text: paths, values, details) are shortened, the widest first, so that each
+    line fits the terminal (cut text ends in "…"), as `ccache -s` does."""
     cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     if fit is not None:
+        fits = [fit] if isinstance(fit, int) else list(fit)
         limit = terminal_width() if width is None else width
-        others = sum(w for i, w in enumerate(widths) if i != fit) + 2 * (len(widths) - 1)
-        room = max(len(cells[0][fit]), 8, limit - others)
-        if widths[fit] > room:
-            widths[fit] = room
+        floor = {i: max(len(cells[0][i]), 8) for i in fits}
+        while sum(widths) + 2 * (len(widths) - 1) > limit:
+            widest = max(fits, key=lambda i: widths[i] - floor[i])
+            if widths[widest] <= floor[widest]:
+                break
+            widths[widest] -= 1
+        for i in fits:
             for r in cells:
-                r[fit] = shorten(r[fit], room)
+                r[i] = shorten(r[i], widths[i])
 
     def line(r):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()

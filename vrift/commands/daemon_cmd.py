@@ -85,7 +85,7 @@ def status_cmd(as_json):
             for p in status["projects"]]
     if rows:
         click.echo(render_table(("root", "pid", "generation", "entries", "clients", "durability"), rows,
-                                right=(1, 2, 3, 4)))
+                                right=(1, 2, 3, 4), fit=0))
     else:
         click.echo("no project daemon running")
 

@@ -269,7 +269,7 @@ def doctor_cmd(as_json):
         emit_json({"ok": worst < 2, "checks": checks})
     else:
         names = {0: "ok", 1: "warn", 2: "FAIL"}
-        click.echo(render_table(["CHECK", "STATUS", "DETAIL"],
-                                [[c["name"], names[c["level"]], c["detail"]] for c in checks]))
+        click.echo(render_table(["check", "status", "detail"],
+                                [[c["name"], names[c["level"]], c["detail"]] for c in checks], fit=(0, 2)))
     if worst >= 2:
         sys.exit(1)

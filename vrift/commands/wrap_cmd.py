@@ -95,7 +95,7 @@ def plugins_cmd(root, as_json):
         raise SystemExit(1 if manager.failures else 0)
     rows = [(p["name"], p["source"], p["target"], ", ".join(h.removeprefix("vrift_") for h in p["hooks"]))
             for p in described["plugins"]]
-    click.echo(render_table(("plugin", "source", "module", "hooks"), rows) if rows else "no plugins loaded")
+    click.echo(render_table(("plugin", "source", "module", "hooks"), rows, fit=(2, 3)) if rows else "no plugins loaded")
     for failure in manager.failures:
         click.echo(f"failed: {failure.line()}")
     raise SystemExit(1 if manager.failures else 0)
