@@ -26,6 +26,7 @@ from .base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
 
 DEFAULT_SOCKET_TIMEOUT_MS = 2000
+SHUTDOWN_IF_IDLE = 2  # vrift.daemon.server.SHUTDOWN_IF_IDLE, without importing the server
 
 
 class WrapOptions:
@@ -191,8 +192,12 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
     """(daemon identity after SYNC, None) or (None, why vrift cannot be used).  The identity
     has "new_project" when this call made the directory a project (its first build)."""
     first = None
+    restarted = False
+    if wrapcache.daemon_config_stale(locate.run_dir(env), project_id, root, locate.home_root(env)):
+        restarted = stop_for_new_config(env, project_id, timeout_ms)
     try:
-        return hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache), None
+        info = hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache)
+        return info, None
     except NoDaemon:
         pass
     except LinkError as e:  # e.g. a daemon shutting down: ask the coordinator for a live one
@@ -208,10 +213,35 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
         registry.touch(project)
         started = ensure_daemon(home, project)
         info = hello_sync(started["socket"], root, timeout_ms / 1000, cache)
-        info["new_project"] = new
+        info["new_project"] = new and not restarted
+        info["config_restart"] = restarted
         return info, None
     except (VriftError, LinkError) as e:
         return None, f"the daemon is unavailable: {e if first is None else first}"
+
+
+def stop_for_new_config(env, project_id: str, timeout_ms: int) -> bool:
+    """The configuration changed since the project daemon started: stop it, unless a build
+    is using it (it then stops by itself when idle), so that this build starts one that reads
+    the new settings.  True when it stopped."""
+    from pathlib import Path
+
+    from ..daemon import process
+    from ..daemon.client import ProjectClient
+    from ..daemon.protocol import Msg, Tag
+    from ..project import VriftError
+
+    sock = locate.project_socket(env, project_id)
+    pid = process.read_pid(Path(sock[:-len(".sock")] + ".pid"))
+    try:
+        with ProjectClient(sock, timeout_ms) as c:
+            stopped = c.request(Msg.SHUTDOWN, (Tag.FLAGS, SHUTDOWN_IF_IDLE)).int(Tag.FLAGS, 0) == 1
+    except VriftError:
+        return False
+    deadline = time.monotonic() + 30
+    while stopped and pid and process.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return stopped
 
 
 def choose_adapter(hooks, opts: WrapOptions, forced: str | None, cwd: str):
@@ -240,6 +270,7 @@ class Plan:
         self.cache_before: dict | None = None  # the daemon's cache counters when the build started
         self.socket: str | None = None
         self.new_project = False
+        self.config_restart = False
 
 
 def prepare(opts: WrapOptions, env) -> Plan:
@@ -282,6 +313,7 @@ def prepare(opts: WrapOptions, env) -> Plan:
         info, plan.reason = connect(root, project_id, env, timeout_ms, cache)
         if info is not None:
             plan.new_project = bool(info.get("new_project"))
+            plan.config_restart = bool(info.get("config_restart"))
             plan.counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
             plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
             plan.socket = info["socket"]
@@ -311,6 +343,8 @@ def wrap(opts: WrapOptions, env=None) -> int:
         plan = Plan(env, f"internal error: {type(e).__name__}: {e}")
     argv = list(opts.argv)
     counters = None
+    if plan.config_restart and not opts.quiet:
+        print("vrift: the configuration changed: restarted the project daemon with it", file=sys.stderr, flush=True)
     if plan.new_project and not opts.quiet:
         print("vrift: first build of this project: indexed it and started its daemon "
               "(`vrift status` shows it, `vrift forget` undoes it)", file=sys.stderr, flush=True)
