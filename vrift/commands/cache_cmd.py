@@ -179,8 +179,7 @@ def _list_recent(limit: int, as_json: bool) -> None:
         click.echo("the action cache is empty")
         return
     now = time.time()
-    table = [(r["key"][:12], shorten(r["tool"], 12), _age(now - r["last_used"]), " ".join(r["argv"]))
-             for r in rows]
+    table = [(r["key"][:12], shorten(_tool(r), 12), _age(now - r["last_used"]), _command(r["argv"])) for r in rows]
     click.echo(render_table(("key", "tool", "used", "command"), table, right=(2,), fit=3))
     click.echo("details: vrift cache show KEY")
 
@@ -198,6 +197,23 @@ def clear_cmd(as_json):
         emit_json(removed)
     else:
         click.echo(f"removed {removed['keys']:,} keys and {removed['fingerprints']:,} fingerprints")
+
+
+def _command(argv: list[str]) -> str:
+    """The command as the build wrote it: `sh -c CMD` (ninja's way) shows CMD."""
+    from ..cache.scope import SHELLS
+
+    if len(argv) > 2 and os.path.basename(argv[0]) in SHELLS and argv[1] == "-c":
+        return argv[2]
+    return " ".join(argv)
+
+
+def _tool(row: dict) -> str:
+    """The command's program: for `sh -c "cc …"` cc, not the shell."""
+    from ..cache.scope import SHELLS, command_names
+
+    names = command_names(row["tool"], row["argv"]) - SHELLS - {row["tool"]}
+    return sorted(names)[0] if len(names) == 1 else row["tool"]
 
 
 def _seconds(s) -> str:

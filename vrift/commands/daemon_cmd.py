@@ -167,8 +167,14 @@ def status_cmd(as_json):
         for p in status["projects"]:
             settings = p.get("settings") or {}
             if settings:
+                import textwrap
+
+                from .common import terminal_width
+
                 click.echo(f"\n{p['root']}: running with")
-                click.echo("  " + ", ".join(f"{k}={_show(v)}" for k, v in settings.items()))
+                click.echo(textwrap.fill(", ".join(f"{k}={_show(v)}" for k, v in settings.items()),
+                                         width=min(terminal_width(), 100), initial_indent="  ",
+                                         subsequent_indent="  ", break_long_words=False))
             if p.get("config_changed"):
                 click.echo("  its configuration changed since it started: the next `vrift wrap` restarts it")
     else:
