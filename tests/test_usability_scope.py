@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -19,19 +18,27 @@ WORDS = [*onoff.BOOL_WORDS, "TRUE", "Yes", "oN", "OFF", " 1 ", "\tno\n", "2", ""
 PRINT_ENV = "import os, json; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('VRIFT_')}))"
 
 
-def test_the_library_and_python_parse_the_same_words():
-    lib = native.preload_library()
-    script = ("import ctypes, json, sys\n"
-              f"f = ctypes.CDLL({str(lib)!r}).vrift_onoff\n"
-              "f.argtypes = [ctypes.c_char_p]\n"
-              "print(json.dumps([f(w.encode()) for w in json.loads(sys.argv[1])] + [f(None)]))\n")
-    env = {k: v for k, v in tool_env().items() if not k.startswith("VRIFT_")}
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(WORDS)], env=env, capture_output=True,
-                         text=True, check=True)
-    c_side = json.loads(out.stdout)
-    python = [{True: 1, False: 0, None: -1}[onoff.parse(w)] for w in WORDS] + [-1]
-    assert c_side == python
-    assert python[:8] == [1, 1, 1, 1, 0, 0, 0, 0]
+STATS = 200
+STAT_LOOP = f"import os\nfor _ in range({STATS}): os.stat('src/a.c')\n"
+
+
+def test_the_library_and_python_parse_the_same_words(tmp_path, daemons):
+    """For each word, a process under the library with VRIFT_FALLBACK_MODE (then VRIFT_ENABLED)
+    set to it: the library serves its stats from the index exactly when the Python parser
+    says the word leaves vrift on."""
+    proj = make_project(tmp_path)
+    for n, (name, active_when) in enumerate((("VRIFT_FALLBACK_MODE", False), ("VRIFT_ENABLED", True))):
+        for w in WORDS:
+            env = tool_env()
+            env["LOOP"] = STAT_LOOP
+            out = tmp_path / f"s{n}.json"
+            inner = f"{name}='{w}' exec {sys.executable} -c \"$LOOP\""
+            vrift("wrap", "--no-cache", "-q", "--summary-json", out, "--", "sh", "-c", inner, cwd=proj.root,
+                  env=env, check=True)
+            served = json.loads(out.read_text())["stats_served"]
+            # blank: as if unset; a word that is neither on nor off turns the library off
+            expect_active = onoff.parse(w) is active_when if w.strip() else True
+            assert (served >= STATS) == expect_active, (name, w, served)
 
 
 @pytest.mark.parametrize("value, accelerated, note", [

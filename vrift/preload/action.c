@@ -504,6 +504,15 @@ void vrift_action_init(int argc, char **argv) {
         tool_pid = vrift_pid;
         return;
     }
+    if (strcmp(role, "each") == 0) {
+        /* the Makefile opt-in: make is not preloaded, so every process it starts begins an
+         * action of its own, as the children of a `tool` do (docs/cache.md) */
+        char fresh[17];
+        new_id(fresh);
+        setenv("VRIFT_ACTION_ID", fresh, 1);
+        setenv("VRIFT_ACTION_ROLE", "root", 1);
+        role = "root";
+    }
     const char *id = getenv("VRIFT_ACTION_ID");
     if (strcmp(role, "root") != 0 || !valid_id(id)) return;
     memcpy(action_id, id, 17);

@@ -347,7 +347,7 @@ static int copy_env(const char *name, char *dst, size_t cap) {
     return 1;
 }
 
-EXPORT int vrift_onoff(const char *v) {
+int vrift_onoff(const char *v) {
     static const char *const words[] = {"1", "true", "yes", "on", "0", "false", "no", "off"};
     if (!v) return -1;
     while (*v == ' ' || *v == '\t' || *v == '\n' || *v == '\r' || *v == '\v' || *v == '\f') v++;
