@@ -14,12 +14,12 @@ from vrift.daemon import process, server
 from vrift.daemon.paths import coordinator_files
 
 
-def _wait(cond, timeout=30.0) -> bool:
+def _wait(cond, timeout=30.0, every=0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
             return True
-        time.sleep(0.05)
+        time.sleep(every)
     return cond()
 
 
@@ -109,6 +109,7 @@ def test_a_busy_daemon_is_not_stopped_for_a_config_change(tmp_path, daemons):
         build.hello(os.getpid())
         assert fastwrap.stop_for_new_config(tool_env(), proj.id, 2000) is False
         assert process.pid_alive(pid)
-    # once the daemon has seen the build's connection close, it stops
-    assert _wait(lambda: fastwrap.stop_for_new_config(tool_env(), proj.id, 2000), 10)
+    # once the daemon has seen the build's connection close, it stops (each probe is a client
+    # too: probe slowly, so that one probe's close is seen before the next)
+    assert _wait(lambda: fastwrap.stop_for_new_config(tool_env(), proj.id, 2000), 60, every=0.5)
     assert not process.pid_alive(pid)

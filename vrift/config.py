@@ -157,7 +157,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("plugins", "list", [], "Plugin modules to import, in addition to installed entry points."),
     Key("daemon.socket_timeout_ms", "int", 2000, "Milliseconds a client waits for a daemon reply.",
         env="VRIFT_SOCKET_TIMEOUT_MS", low=0),
-    Key("daemon.idle_timeout_s", "number", 600, "Seconds without clients before a project daemon exits (0: never).",
+    Key("daemon.idle_timeout_s", "number", 600, "Seconds without builds before a project daemon exits (status does not count; 0: never).",
         low=0, low_inclusive=True),
     Key("daemon.coordinator_idle_s", "number", 1800,
         "Seconds without project daemons or builds before the coordinator exits (0: never).", low=0,
