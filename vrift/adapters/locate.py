@@ -76,7 +76,7 @@ def preload_library(env) -> str | None:
     from importlib.machinery import EXTENSION_SUFFIXES  # already imported by the interpreter
 
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for suffix in EXTENSION_SUFFIXES:
+    for suffix in (".so", *EXTENSION_SUFFIXES):  # setup.py names it _libvrift.so
         candidate = os.path.join(pkg, "_libvrift" + suffix)
         if os.path.isfile(candidate):
             return candidate
