@@ -84,6 +84,7 @@ class ProjectDaemon:
         self._beacon_waiting: set[bytes] = set()
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
         self._lock = threading.Lock()
+        self._used_connections = 0  # open connections that sent more than STATS/PING (builds)
         self.writer: IndexWriter | None = None
         self.watcher: Watcher | None = None
         self.commits: CommitService | None = None
@@ -176,6 +177,8 @@ class ProjectDaemon:
     def _closed(self, conn: Connection) -> None:
         if getattr(conn, "used", False):
             self.last_activity = time.monotonic()
+            with self._lock:
+                self._used_connections -= 1
         with conn.lock:
             paths = set(conn.pending_writes)
         if paths or conn.client_pid:
@@ -186,7 +189,10 @@ class ProjectDaemon:
     def handle(self, conn: Connection, req: Frame) -> Frame:
         if req.type not in PASSIVE:  # STATS and PING (status, doctor) do not keep a daemon alive
             self.last_activity = time.monotonic()
-            conn.used = True
+            if not getattr(conn, "used", False):
+                conn.used = True
+                with self._lock:
+                    self._used_connections += 1
         self.requests += 1
         handler = self.HANDLERS.get(req.type)
         if handler is None:
@@ -267,8 +273,11 @@ class ProjectDaemon:
 
     def _shutdown(self, conn: Connection, req: Frame) -> Frame:
         flags = req.int(Tag.FLAGS, 0) or 0
-        if flags & SHUTDOWN_IF_IDLE and self.listener.client_count > 1:  # another client: a build
-            return reply(req).add(Tag.FLAGS, 0)
+        if flags & SHUTDOWN_IF_IDLE:
+            with self._lock:  # another connection that did more than look: a build
+                busy = self._used_connections - (1 if getattr(conn, "used", False) else 0) > 0
+            if busy:
+                return reply(req).add(Tag.FLAGS, 0)
         self.exit_reason = "config changed" if flags & SHUTDOWN_IF_IDLE else "requested"
         self.stop_event.set()
         return reply(req).add(Tag.FLAGS, 1)
