@@ -109,7 +109,13 @@ def test_a_busy_daemon_is_not_stopped_for_a_config_change(tmp_path, daemons):
         build.hello(os.getpid())
         assert fastwrap.stop_for_new_config(tool_env(), proj.id, 2000) is False
         assert process.pid_alive(pid)
-    # once the daemon has seen the build's connection close, it stops (each probe is a client
-    # too: probe slowly, so that one probe's close is seen before the next)
-    assert _wait(lambda: fastwrap.stop_for_new_config(tool_env(), proj.id, 2000), 60, every=0.5)
+    # once the daemon has seen the build's connection close, it stops
+    def idle() -> bool:
+        with ProjectClient(sock) as probe:
+            return probe.stats()["clients"] <= 1  # the probe itself
+
+    assert _wait(idle, 60, every=0.2), "the build's connection never closed on the daemon's side"
+    stopped = fastwrap.stop_for_new_config(tool_env(), proj.id, 5000)
+    log = project_files(daemons, proj.id).log_file
+    assert stopped, (process.pid_alive(pid), log.read_text()[-2000:] if log.exists() else "no log")
     assert not process.pid_alive(pid)

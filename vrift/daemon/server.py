@@ -84,7 +84,6 @@ class ProjectDaemon:
         self._beacon_waiting: set[bytes] = set()
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
         self._lock = threading.Lock()
-        self._used_connections = 0  # open connections that sent more than STATS/PING (builds)
         self.writer: IndexWriter | None = None
         self.watcher: Watcher | None = None
         self.commits: CommitService | None = None
@@ -177,8 +176,6 @@ class ProjectDaemon:
     def _closed(self, conn: Connection) -> None:
         if getattr(conn, "used", False):
             self.last_activity = time.monotonic()
-            with self._lock:
-                self._used_connections -= 1
         with conn.lock:
             paths = set(conn.pending_writes)
         if paths or conn.client_pid:
@@ -189,10 +186,7 @@ class ProjectDaemon:
     def handle(self, conn: Connection, req: Frame) -> Frame:
         if req.type not in PASSIVE:  # STATS and PING (status, doctor) do not keep a daemon alive
             self.last_activity = time.monotonic()
-            if not getattr(conn, "used", False):
-                conn.used = True
-                with self._lock:
-                    self._used_connections += 1
+            conn.used = True
         self.requests += 1
         handler = self.HANDLERS.get(req.type)
         if handler is None:
@@ -274,8 +268,8 @@ class ProjectDaemon:
     def _shutdown(self, conn: Connection, req: Frame) -> Frame:
         flags = req.int(Tag.FLAGS, 0) or 0
         if flags & SHUTDOWN_IF_IDLE:
-            with self._lock:  # another connection that did more than look: a build
-                busy = self._used_connections - (1 if getattr(conn, "used", False) else 0) > 0
+            with self.listener.lock:  # another open connection that did more than look: a build
+                busy = any(getattr(c, "used", False) for c in self.listener.connections if c is not conn)
             if busy:
                 return reply(req).add(Tag.FLAGS, 0)
         self.exit_reason = "config changed" if flags & SHUTDOWN_IF_IDLE else "requested"
