@@ -2,12 +2,20 @@
 
 Both are plain shared objects that happen to be built as extensions: Python never imports
 them; vrift.native locates them by file name.  `_vdir_native` holds the VDir atomics loaded
-with ctypes; `_libvrift` is the LD_PRELOAD library.
+with ctypes; `_libvrift` is the LD_PRELOAD library.  Since neither depends on the Python
+version, they are named `vrift/<name>.so` (not `<name>.cpython-311-….so`) and the wheel is
+tagged `py3-none-<platform>`: one wheel for every CPython 3 on the platform.
 """
 import glob
 import os
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1
+    from wheel.bdist_wheel import bdist_wheel
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-fvisibility=hidden", "-std=gnu11"]
 NATIVE = "vrift/native"
@@ -36,4 +44,23 @@ if preload_sources:
         )
     )
 
-setup(ext_modules=extensions)
+class PlainNames(build_ext):
+    """vrift/_libvrift.so rather than the interpreter-specific extension name."""
+
+    def get_ext_filename(self, fullname):
+        return os.path.join(*fullname.split(".")) + ".so"
+
+
+class AnyPython3Wheel(bdist_wheel):
+    """Platform-specific (it holds .so files) but not tied to one Python version or ABI."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.root_is_pure = False
+
+    def get_tag(self):
+        _python, _abi, plat = super().get_tag()
+        return "py3", "none", plat
+
+
+setup(ext_modules=extensions, cmdclass={"build_ext": PlainNames, "bdist_wheel": AnyPython3Wheel})

@@ -59,19 +59,33 @@ def plain(*cmd, cwd, env=None, timeout=120) -> subprocess.CompletedProcess:
     return proc
 
 
+SUMMARY = re.compile(r"^vrift: (?:([\d,]+)/([\d,]+) cached \(([\d.]+) s saved\), )?([\d,]+) files? written, "
+                     r"([\d,]+) of ([\d,]+) stats served from the index(?: \(([\d,]+) files\))?, (\d+\.\d\d) s"
+                     r"(?: \((.*)\))?$")
+CACHE_NOTE = re.compile(r"cache: ([\d,]+) missed, ([\d,]+) uncacheable")
+
+
 def summary(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("vrift: ") and " committed, " in line]
+    lines = [line for line in stderr.splitlines() if line.startswith("vrift: ") and SUMMARY.match(line)]
     assert len(lines) == 1, f"expected one summary line in:\n{stderr}"
     return lines[0]
 
 
-SUMMARY = re.compile(r"^vrift: (\d+) committed, (\d+) stats from memory, (\d+) passed through, (\d+\.\d\d)s(?: \((.*)\))?$")
+def _n(text: str | None) -> int:
+    return int(text.replace(",", "")) if text else 0
 
 
 def parse_summary(stderr: str) -> dict:
+    """The summary line's numbers: committed (files written), served and passed (stats
+    answered from the index or not), wall, notes, and cache (hits, misses, uncacheable)."""
     m = SUMMARY.match(summary(stderr))
     assert m, f"summary line not in the documented format: {summary(stderr)!r}"
-    return {"committed": int(m[1]), "served": int(m[2]), "passed": int(m[3]), "wall": float(m[4]), "notes": m[5] or ""}
+    notes = m[9] or ""
+    note = CACHE_NOTE.search(notes)
+    return {"committed": _n(m[4]), "served": _n(m[5]), "passed": _n(m[6]) - _n(m[5]), "wall": float(m[8]),
+            "notes": notes, "index_files": _n(m[7]) if m[7] else None, "lookups": _n(m[2]),
+            "saved_s": float(m[3]) if m[3] else 0.0,
+            "cache": (_n(m[1]), _n(note[1]) if note else 0, _n(note[2]) if note else 0)}
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -26,7 +26,8 @@ def vrift_env(tmp_path, monkeypatch) -> dict:
     shm.mkdir(mode=0o700)
     monkeypatch.setenv("VRIFT_HOME", str(home))
     monkeypatch.setenv("VRIFT_SHM_DIR", str(shm))
-    for var in ("VRIFT_PROJECT_ROOT", "VRIFT_LMDB_DURABILITY", "VRIFT_ENABLED", "VRIFT_FALLBACK_MODE"):
+    # COLUMNS: pytest-xdist sets it in its workers, and vrift cuts tables to it
+    for var in ("VRIFT_PROJECT_ROOT", "VRIFT_LMDB_DURABILITY", "VRIFT_ENABLED", "VRIFT_FALLBACK_MODE", "COLUMNS"):
         monkeypatch.delenv(var, raising=False)
     env = dict(os.environ)
     yield env

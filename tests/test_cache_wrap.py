@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from build_support import (assert_same_outputs, generate, let_clock_tick, ninja_rebuilt, parse_summary, plain,
-                           require_tools, tool_env, vrift)
+                           require_tools, summary, tool_env, vrift)
 from cache_support import FakeAction, out
 from daemon_support import connect_project, daemons, make_project  # noqa: F401
 from vrift import native
@@ -61,7 +61,8 @@ with ProjectClient(os.environ["VRIFT_SOCKET"]) as c:
 """
     done = vrift("wrap", "--explain", "--", sys.executable, "-c", script, cwd=proj.root, check=True)
     notes = parse_summary(done.stderr)["notes"]
-    assert "cache: 1 hits, 2 misses, 1 uncacheable (top: device ×1)" in notes, done.stderr
+    assert "cache: 2 missed, 1 uncacheable (top: device ×1)" in notes, done.stderr
+    assert summary(done.stderr).startswith("vrift: 1/3 cached ("), done.stderr
     assert "vrift: cache miss: cc -c src/a.c: no entry for this key" in done.stderr
     assert "vrift: cache uncacheable: sh -c date: device /dev/urandom" in done.stderr
     run_vrift("daemon", "stop", check=True)  # counters are folded into LMDB at shutdown
@@ -69,7 +70,7 @@ with ProjectClient(os.environ["VRIFT_SOCKET"]) as c:
     assert stats["keys"] == 1 and stats["fingerprints"] == 1
     assert stats["counters"]["hits"] == 1 and stats["counters"]["uncacheable"] == {"device": 1}
     text = run_vrift("cache", "stats", check=True).stdout
-    assert "1 hits, 2 misses (33% hit rate)" in text and "device" in text
+    assert re.search(r"hits\s+1 \(33\.3%\)", text) and re.search(r"misses\s+2\b", text) and "device" in text
     with __import__("vrift.cache.store", fromlist=["CacheStore"]).CacheStore(daemons) as store:
         key = next(store.keys())[0].hex()
     shown = json.loads(run_vrift("cache", "show", key[:10], "--json", check=True).stdout)
@@ -97,12 +98,9 @@ def _c_side_ready() -> str | None:
 
 
 needs_c_side = pytest.mark.skipif(_c_side_ready() is not None, reason=_c_side_ready() or "")
-CACHE_NOTE = re.compile(r"cache: (\d+) hits, (\d+) misses, (\d+) uncacheable")
-
-
 def cache_counts(stderr: str) -> tuple[int, int, int]:
-    m = CACHE_NOTE.search(parse_summary(stderr)["notes"])
-    return tuple(map(int, m.groups())) if m else (0, 0, 0)
+    """(hits, misses, uncacheable) of the summary line."""
+    return parse_summary(stderr)["cache"]
 
 
 @pytest.fixture

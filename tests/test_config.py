@@ -239,7 +239,7 @@ def test_init_then_config_show(run_vrift, proj, env):
     assert shown["sync_batch_size"] == {"value": 7, "source": "env VRIFT_LMDB_SYNC_BATCH_SIZE"}
 
     table = run_vrift("config", "show", "--root", proj, check=True).stdout.splitlines()
-    assert table[0].split() == ["KEY", "VALUE", "SOURCE"]
+    assert table[0].split() == ["key", "value", "source"]
     assert any(row.split() == ["durability", "sync", f"{path}:{line}"] for row in table)
 
 

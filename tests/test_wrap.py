@@ -61,7 +61,7 @@ def test_exit_status_stdout_and_stderr_pass_through_unchanged(proj):
     proc = subprocess.run([sys.executable, "-m", "vrift", "wrap", "cat"], cwd=proj, env=tool_env(),
                           input=b"from stdin\n", capture_output=True)
     assert proc.returncode == 0 and proc.stdout == b"from stdin\n"
-    assert proc.stderr.decode().startswith("vrift: 0 committed, ")
+    assert proc.stderr.decode().startswith("vrift: 0 files written, ")
 
 
 def test_command_not_found_and_not_executable_exit_like_a_shell(proj):
@@ -89,7 +89,7 @@ def test_ctrl_c_reaches_the_tool_and_the_wrapper_returns_its_status(proj):
     os.killpg(handled.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     out, err = handled.communicate(timeout=30)
     assert handled.returncode == 5, err
-    assert b"Traceback" not in err and b"committed" in err
+    assert b"Traceback" not in err and b"files written" in err
     # a tool that dies of SIGINT: 128 + 2, like a shell reports it
     killed = _start(proj, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n"
                           "print('ready', flush=True)\ntime.sleep(60)\n")

@@ -153,9 +153,13 @@ def test_preload_list_keeps_what_was_there_once():
 def test_summary_line_format():
     s = launch.summarize({**dict.fromkeys(launch.COUNTER_NAMES, 0), "committed": 3, "published": 1,
                           "stat_served": 900, "stat_passed": 12}, 1.234, None)
-    assert launch.summary_line(s) == "vrift: 4 committed, 900 stats from memory, 12 passed through, 1.23s"
+    assert launch.summary_line(s) == "vrift: 4 files written, 900 of 912 stats served from the index, 1.23 s"
+    s["index_files"] = 1204
+    s["cache"] = {"lookups": 206, "hits": 204, "misses": 2, "uncacheable": 0, "reasons": {}, "time_saved_s": 1.94}
+    assert launch.summary_line(s) == ("vrift: 204/206 cached (1.9 s saved), 4 files written, 900 of 912 stats "
+                                      "served from the index (1,204 files), 1.23 s (cache: 2 missed, 0 uncacheable)")
     off = launch.summarize(None, 0.5, "VRIFT_ENABLED=0")
-    assert launch.summary_line(off).endswith("0.50s (not accelerated: VRIFT_ENABLED=0)")
+    assert launch.summary_line(off).endswith("0.50 s (not accelerated: VRIFT_ENABLED=0)")
 
 
 def test_settings_cache_follows_its_stamps(tmp_path):

@@ -28,6 +28,7 @@ COMMANDS = {
     "wrap": "vrift.commands.wrap_cmd:wrap_cmd",
     "hook": "vrift.commands.wrap_cmd:hook_cmd",
     "plugins": "vrift.commands.wrap_cmd:plugins_cmd",
+    "forget": "vrift.commands.forget_cmd:forget_cmd",
 }
 
 HELP = {
@@ -45,6 +46,7 @@ HELP = {
     "wrap": "Run a build (ninja, make, any command) under vrift.",
     "hook": "Print the one-line Makefile opt-in.",
     "plugins": "List loaded plugins.",
+    "forget": "Stop a project's daemon and remove vrift's state for it.",
 }
 
 
@@ -84,19 +86,26 @@ def cli():
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         # non-standalone click returns what ctx.exit(n) asked for instead of exiting
         code = cli.main(args=argv, prog_name="vrift", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
-        e.show()
+        if _wants_json(argv):
+            _json_error(e.format_message(), "usage" if isinstance(e, click.UsageError) else "error", e.exit_code)
+        else:
+            e.show()
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("vrift: aborted", err=True)
         return 130
     except VriftError as e:
-        click.echo(f"vrift: error: {e}", err=True)
+        if _wants_json(argv):
+            _json_error(str(e), "error", 1)
+        else:
+            click.echo(f"vrift: error: {e}", err=True)
         return 1
     except BrokenPipeError:  # `vrift status | head`
         return 141
@@ -116,3 +125,18 @@ def _one_line(e: BaseException) -> str:
     else:
         text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     return " ".join(text.split())
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """--json among vrift's own words (not after `--` or the tool of `vrift wrap`)."""
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    return "--json" in words and words[:1] != ["wrap"]
+
+
+def _json_error(message: str, kind: str, code: int) -> None:
+    """A --json command's failure, as JSON on stdout (where its answer would have been), and
+    the usual line on stderr for a person watching."""
+    import json
+
+    click.echo(json.dumps({"error": message, "kind": kind, "exit_code": code}))
+    click.echo(f"vrift: error: {message}", err=True)

@@ -11,12 +11,29 @@ import os
 import re
 from pathlib import Path
 
+from . import onoff
+from .onoff import BOOL_WORDS  # noqa: F401 - re-exported: the words every on/off setting accepts
 from .project import Home, VriftError
 
 PROJECT_FILE = ".vrift.yaml"
-BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-              "0": False, "false": False, "no": False, "off": False}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*\Z", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value) -> int:
+    """Bytes from a size as ccache writes it: 5G, 500M, 1.5G, 64K, a plain number of bytes
+    (binary units: 1G is 2^30).  ValueError when it is not one."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"not a size: {value!r}")
+        return value
+    m = _SIZE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"not a size (like 5G, 500M, 0 for no limit): {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 class Key:
@@ -42,6 +59,8 @@ class Key:
             text = "an integer" if self.kind == "int" else "a number"
             if self.low is not None:
                 text += f" {'>=' if self.low_inclusive else '>'} {self.low}"
+        elif self.kind == "size":
+            text = "a size like 5G, 500M or 0 (no limit)"
         elif self.kind == "list":
             text = "a list of " + ("environment variable names" if self.item_pattern else "non-empty strings")
         else:
@@ -64,6 +83,12 @@ class Key:
             ok = isinstance(value, str) and value in self.choices
         elif kind == "str":
             ok = isinstance(value, str)
+        elif kind == "size":
+            try:
+                parse_size(value)
+                ok = True
+            except ValueError:
+                ok = False
         else:  # list
             ok = isinstance(value, list) and all(
                 isinstance(v, str) and v.strip() and (self.item_pattern is None or self.item_pattern.match(v))
@@ -78,10 +103,10 @@ class Key:
         """A value given as text (environment, command line) converted to the key's type."""
         kind = self.kind
         if kind == "bool":
-            word = text.strip().lower()
-            if word not in BOOL_WORDS:
-                raise ValueError(f"expected one of 0, 1, true, false, yes, no, on, off, got {text!r}")
-            return BOOL_WORDS[word]
+            value = onoff.parse(text)
+            if value is None:
+                raise ValueError(onoff.expected(text))
+            return value
         if kind in ("int", "number"):
             try:
                 return int(text.strip())
@@ -94,6 +119,8 @@ class Key:
             raise ValueError(f"expected {self.describe()}, got {text!r}")
         if kind == "list":
             return [part.strip() for part in text.split(",") if part.strip()]
+        if kind == "size":
+            return text.strip()
         if self.nullable and text.strip().lower() in ("", "null", "none"):
             return None
         return text.strip() if kind == "enum" else text
@@ -130,15 +157,21 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("plugins", "list", [], "Plugin modules to import, in addition to installed entry points."),
     Key("daemon.socket_timeout_ms", "int", 2000, "Milliseconds a client waits for a daemon reply.",
         env="VRIFT_SOCKET_TIMEOUT_MS", low=0),
-    Key("daemon.idle_timeout_s", "number", 600, "Seconds without clients before a project daemon exits (0: never).",
+    Key("daemon.idle_timeout_s", "number", 600, "Seconds without builds before a project daemon exits (status does not count; 0: never).",
         low=0, low_inclusive=True),
+    Key("daemon.coordinator_idle_s", "number", 1800,
+        "Seconds without project daemons or builds before the coordinator exits (0: never).", low=0,
+        low_inclusive=True),
     Key("daemon.cleanup_after_s", "number", 3600, "Seconds after which state of vanished projects is removed.",
         low=0, low_inclusive=True),
     Key("daemon.health_interval_s", "number", 2, "Seconds between the coordinator's health checks.", low=0),
     Key("daemon.max_projects", "int", 16, "Project daemons the coordinator runs at once.",
         low=1, low_inclusive=True),
     Key("daemon.max_shm_mb", "number", 1024, "Shared memory all project VDirs may use together, in MiB.", low=0),
-    Key("cache.enabled", "bool", True, "Use the build cache for tool invocations."),
+    Key("cache.enabled", "bool", True, "Use the build cache for tool invocations (VRIFT_CACHE=0: off for one build).",
+        env="VRIFT_CACHE"),
+    Key("cache.scope", "enum", "all", "Which commands are cached: all, or compilers (plus the tools in cache.always).",
+        choices=("all", "compilers")),
     Key("cache.env", "list", ["PATH", "LANG", "LC_ALL", "SOURCE_DATE_EPOCH"],
         "Environment variables that are part of every action key.", item_pattern=_ENV_NAME),
     Key("cache.always", "list", [], "Tool globs always cached, even when not known to be deterministic."),
@@ -147,6 +180,9 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         "Build tool globs: run inside a build, their commands are actions of their own."),
     Key("cache.max_entry_mb", "number", 64, "Largest action output (MiB) stored in the cache.", low=0),
     Key("cache.cache_failures", "bool", False, "Also cache actions that failed."),
+    Key("cache.max_size", "size", "5G",
+        "Disk space the action cache may use (entries and the blobs only they hold); "
+        "least recently used entries are evicted beyond it. 0: no limit.", env="VRIFT_CACHE_MAX_SIZE"),
 )}
 SECTIONS = frozenset(name.split(".", 1)[0] for name in KEYS if "." in name)
 PROJECTS = "projects"  # user config only: list of project roots

@@ -20,25 +20,27 @@ import os
 import sys
 import time
 
+from .. import onoff
 from . import launch, locate, wrapcache
 from .base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
 
 DEFAULT_SOCKET_TIMEOUT_MS = 2000
-FALSE_WORDS = ("0", "false", "no", "off")
+SHUTDOWN_IF_IDLE = 2  # vrift.daemon.server.SHUTDOWN_IF_IDLE, without importing the server
 
 
 class WrapOptions:
-    __slots__ = ("argv", "quiet", "root", "adapter", "no_cache", "explain")
+    __slots__ = ("argv", "quiet", "root", "adapter", "no_cache", "explain", "summary_json")
 
     def __init__(self, argv: list[str], quiet: bool = False, root: str | None = None, adapter: str | None = None,
-                 no_cache: bool = False, explain: bool = False):
+                 no_cache: bool = False, explain: bool = False, summary_json: str | None = None):
         self.argv = list(argv)
         self.quiet = quiet
         self.root = root
         self.adapter = adapter
         self.no_cache = no_cache
         self.explain = explain
+        self.summary_json = summary_json  # a file for the summary as JSON ("-": stderr)
 
 
 def parse(argv: list[str]) -> WrapOptions | None:
@@ -56,14 +58,14 @@ def parse(argv: list[str]) -> WrapOptions | None:
             opts.no_cache = True
         elif word == "--explain":
             opts.explain = True
-        elif word in ("--root", "--adapter"):
+        elif word in ("--root", "--adapter", "--summary-json"):
             if i + 1 >= len(argv):
                 return None
-            setattr(opts, word[2:], argv[i + 1])
+            setattr(opts, word[2:].replace("-", "_"), argv[i + 1])
             i += 1
-        elif word.startswith(("--root=", "--adapter=")):
+        elif word.startswith(("--root=", "--adapter=", "--summary-json=")):
             name, _, value = word[2:].partition("=")
-            setattr(opts, name, value)
+            setattr(opts, name.replace("-", "_"), value)
         elif word.startswith("-"):
             return None
         else:
@@ -114,11 +116,18 @@ def load_hooks(env):
 
 
 def env_disabled(env) -> str | None:
-    if env.get("VRIFT_ENABLED", "").strip().lower() in FALSE_WORDS:
-        return "VRIFT_ENABLED=0"
-    fallback = env.get("VRIFT_FALLBACK_MODE", "").strip().lower()
-    if fallback and fallback not in FALSE_WORDS:
-        return "VRIFT_FALLBACK_MODE=1"
+    """Why the kill switches in the environment turn vrift off, or None.  A value that is not
+    an on/off word is a configuration error: the build runs plainly and the summary says so
+    (the preload library, given the same word, stays off too)."""
+    for name, off_when in (("VRIFT_ENABLED", False), ("VRIFT_FALLBACK_MODE", True)):
+        text = env.get(name)
+        if text is None or not text.strip():
+            continue
+        value = onoff.parse(text)
+        if value is None:
+            return f"configuration error: environment variable {name}: {onoff.expected(text)}"
+        if value == off_when:
+            return f"{name}={text.strip()}"
     return None
 
 
@@ -180,10 +189,15 @@ def _plain(value):
 
 
 def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = False) -> tuple[dict | None, str | None]:
-    """(daemon identity after SYNC, None) or (None, why vrift cannot be used)."""
+    """(daemon identity after SYNC, None) or (None, why vrift cannot be used).  The identity
+    has "new_project" when this call made the directory a project (its first build)."""
     first = None
+    restarted = False
+    if wrapcache.daemon_config_stale(locate.run_dir(env), project_id, root, locate.home_root(env)):
+        restarted = stop_for_new_config(env, project_id, timeout_ms)
     try:
-        return hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache), None
+        info = hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache)
+        return info, None
     except NoDaemon:
         pass
     except LinkError as e:  # e.g. a daemon shutting down: ask the coordinator for a live one
@@ -194,11 +208,40 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
     try:
         home = Home.from_env(env).ensure()
         project = Project.at(root)
-        Registry(home).touch(project)
+        registry = Registry(home)
+        new = project.id not in registry.load()
+        registry.touch(project)
         started = ensure_daemon(home, project)
-        return hello_sync(started["socket"], root, timeout_ms / 1000, cache), None
+        info = hello_sync(started["socket"], root, timeout_ms / 1000, cache)
+        info["new_project"] = new and not restarted
+        info["config_restart"] = restarted
+        return info, None
     except (VriftError, LinkError) as e:
         return None, f"the daemon is unavailable: {e if first is None else first}"
+
+
+def stop_for_new_config(env, project_id: str, timeout_ms: int) -> bool:
+    """The configuration changed since the project daemon started: stop it, unless a build
+    is using it (it then stops by itself when idle), so that this build starts one that reads
+    the new settings.  True when it stopped."""
+    from pathlib import Path
+
+    from ..daemon import process
+    from ..daemon.client import ProjectClient
+    from ..daemon.protocol import Msg, Tag
+    from ..project import VriftError
+
+    sock = locate.project_socket(env, project_id)
+    pid = process.read_pid(Path(sock[:-len(".sock")] + ".pid"))
+    try:
+        with ProjectClient(sock, timeout_ms) as c:
+            stopped = c.request(Msg.SHUTDOWN, (Tag.FLAGS, SHUTDOWN_IF_IDLE)).int(Tag.FLAGS, 0) == 1
+    except VriftError:
+        return False
+    deadline = time.monotonic() + 30
+    while stopped and pid and process.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return stopped
 
 
 def choose_adapter(hooks, opts: WrapOptions, forced: str | None, cwd: str):
@@ -226,6 +269,8 @@ class Plan:
         self.counters_path: str | None = None
         self.cache_before: dict | None = None  # the daemon's cache counters when the build started
         self.socket: str | None = None
+        self.new_project = False
+        self.config_restart = False
 
 
 def prepare(opts: WrapOptions, env) -> Plan:
@@ -237,6 +282,10 @@ def prepare(opts: WrapOptions, env) -> Plan:
         from ..project import VriftError
 
         raise VriftError(error)
+    if not (opts.root or env.get("VRIFT_PROJECT_ROOT") or locate.has_marker(root) or locate.registered(root, env)):
+        # no .vrift.yaml, .git, build.ninja or Makefile here or above: not a project, and
+        # making one of / or ~ by accident is worse than one plain run
+        return Plan(env, f"no project here (run `vrift init` in {root} to make it one)", hooks, adapter, None)
     project_id = locate.project_id(root)
     settings = Settings(root, project_id, env)
     plugins = list(settings["plugins"] or [])
@@ -263,6 +312,8 @@ def prepare(opts: WrapOptions, env) -> Plan:
         cache = bool(settings["cache.enabled"]) and not opts.no_cache
         info, plan.reason = connect(root, project_id, env, timeout_ms, cache)
         if info is not None:
+            plan.new_project = bool(info.get("new_project"))
+            plan.config_restart = bool(info.get("config_restart"))
             plan.counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
             plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
             plan.socket = info["socket"]
@@ -292,6 +343,11 @@ def wrap(opts: WrapOptions, env=None) -> int:
         plan = Plan(env, f"internal error: {type(e).__name__}: {e}")
     argv = list(opts.argv)
     counters = None
+    if plan.config_restart and not opts.quiet:
+        print("vrift: the configuration changed: restarted the project daemon with it", file=sys.stderr, flush=True)
+    if plan.new_project and not opts.quiet:
+        print("vrift: first build of this project: indexed it and started its daemon "
+              "(`vrift status` shows it, `vrift forget` undoes it)", file=sys.stderr, flush=True)
     try:
         if plan.adapter is not None:
             try:
@@ -312,6 +368,7 @@ def wrap(opts: WrapOptions, env=None) -> int:
         explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
         after = daemon_cache_stats(plan, explain)
         summary["cache"] = launch.cache_summary(plan.cache_before, after.get("cache") or {})
+        summary["index_files"] = after.get("entries")
         if explain and not opts.quiet:
             for line in launch.explain_lines(after.get("explain") or []):
                 print(line, file=sys.stderr)
@@ -332,7 +389,25 @@ def finish(opts: WrapOptions, summary: dict, code: int) -> int:
     summary["exit_code"] = code
     if not opts.quiet:
         print(launch.summary_line(summary), file=sys.stderr, flush=True)
+    if opts.summary_json:
+        write_summary_json(opts.summary_json, summary)
     return code
+
+
+def write_summary_json(where: str, summary: dict) -> None:
+    """The summary for scripts: one JSON object on a line, to a file or ("-") stderr."""
+    import json
+
+    text = json.dumps(summary, sort_keys=True, default=str) + "\n"
+    if where == "-":
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return
+    try:
+        with open(where, "w") as f:
+            f.write(text)
+    except OSError as e:
+        print(f"vrift: cannot write the summary to {where}: {e.strerror or e}", file=sys.stderr, flush=True)
 
 
 def _config_or_none(settings: Settings):

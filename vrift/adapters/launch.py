@@ -146,9 +146,11 @@ def cache_summary(before: dict, after: dict) -> dict:
         d = int(n) - int((before.get("uncacheable") or {}).get(reason, 0))
         if d > 0:
             reasons[reason] = d
-    return {"hits": delta("hits"), "misses": delta("misses"), "uncacheable": sum(reasons.values()),
-            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])), "recorded": delta("recorded"),
-            "bytes_replayed": delta("bytes_replayed")}
+    saved = max(0.0, float(after.get("time_saved_s", 0)) - float(before.get("time_saved_s", 0)))
+    return {"lookups": delta("lookups"), "hits": delta("hits"), "misses": delta("misses"),
+            "uncacheable": sum(reasons.values()), "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "recorded": delta("recorded"), "bytes_replayed": delta("bytes_replayed"),
+            "time_saved_s": round(saved, 3)}
 
 
 def explain_lines(items: list) -> list[str]:
@@ -204,8 +206,19 @@ def run(argv: list[str], env: dict) -> int:
 
 
 def summary_line(summary: dict) -> str:
-    line = (f"vrift: {summary['committed']} committed, {summary['stats_served']} stats from memory, "
-            f"{summary['stats_passed']} passed through, {summary['wall_s']:.2f}s")
+    """One line a newcomer can read: what the cache did, what was written, what the index
+    answered, how long it took; problems in parentheses.  Numbers have thousands separators."""
+    cache = summary.get("cache")
+    line = "vrift: "
+    if cache and cache.get("lookups"):
+        line += f"{cache['hits']:,}/{cache['lookups']:,} cached ({cache.get('time_saved_s', 0):.1f} s saved), "
+    written = summary["committed"]
+    stats = summary["stats_served"] + summary["stats_passed"]
+    line += f"{written:,} {'file' if written == 1 else 'files'} written, {summary['stats_served']:,} of {stats:,} stats " \
+            "served from the index"
+    if summary.get("index_files") is not None:
+        line += f" ({summary['index_files']:,} files)"
+    line += f", {summary['wall_s']:.2f} s"
     notes = []
     if summary.get("fallback"):
         notes.append(f"not accelerated: {summary['fallback']}")
@@ -215,9 +228,8 @@ def summary_line(summary: dict) -> str:
         notes.append(f"{summary['vdir_corrupt']} damaged index entries asked of the kernel instead (reported)")
     if summary.get("written_without_daemon"):
         notes.append(f"{summary['written_without_daemon']} files written without the daemon")
-    cache = summary.get("cache")
-    if cache and (cache["hits"] or cache["misses"] or cache["uncacheable"]):
-        text = f"cache: {cache['hits']} hits, {cache['misses']} misses, {cache['uncacheable']} uncacheable"
+    if cache and (cache["misses"] or cache["uncacheable"]):
+        text = f"cache: {cache['misses']:,} missed, {cache['uncacheable']:,} uncacheable"
         if cache["reasons"]:
             top = list(cache["reasons"].items())[:2]
             text += " (top: " + ", ".join(f"{r} ×{n}" for r, n in top) + ")"

@@ -34,6 +34,22 @@ def find_root(start: str, explicit: str | None, env) -> tuple[str | None, str | 
     return here, None
 
 
+def has_marker(root: str) -> bool:
+    return any(os.path.exists(os.path.join(root, m)) for m in ROOT_MARKERS)
+
+
+def registered(root: str, env) -> bool:
+    """Is `root` a project vrift knows (`vrift ingest` or `vrift daemon start --root` there)?"""
+    import json
+
+    try:
+        with open(os.path.join(home_root(env), "registry"), "rb") as f:
+            projects = json.load(f).get("projects", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(isinstance(p, dict) and p.get("root") == root for p in projects.values())
+
+
 def project_id(root: str) -> str:
     import blake3
 
@@ -60,7 +76,7 @@ def preload_library(env) -> str | None:
     from importlib.machinery import EXTENSION_SUFFIXES  # already imported by the interpreter
 
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for suffix in EXTENSION_SUFFIXES:
+    for suffix in (".so", *EXTENSION_SUFFIXES):  # setup.py names it _libvrift.so
         candidate = os.path.join(pkg, "_libvrift" + suffix)
         if os.path.isfile(candidate):
             return candidate

@@ -53,6 +53,30 @@ def _write(path: str, data: dict) -> None:
             pass
 
 
+def config_file_stamps(root: str, home_root: str) -> list:
+    """What a project daemon's configuration was read from: the project and user files."""
+    return [_stamp(os.path.join(root, ".vrift.yaml")), _stamp(os.path.join(home_root, "config.yaml"))]
+
+
+def daemon_config_path(run_dir: str, project_id: str) -> str:
+    return os.path.join(run_dir, f"p-{project_id[:16]}.config")
+
+
+def store_daemon_config(path: str, stamps: list, settings: dict) -> None:
+    _write(path, {"stamps": stamps, "settings": settings})
+
+
+def daemon_config(path: str) -> dict | None:
+    """What a running daemon wrote at its start: {"stamps", "settings"}, or None."""
+    return _read(path)
+
+
+def daemon_config_stale(run_dir: str, project_id: str, root: str, home_root: str) -> bool:
+    """Has the project's or the user's configuration file changed since its daemon started?"""
+    data = _read(daemon_config_path(run_dir, project_id))
+    return data is not None and data.get("stamps") != config_file_stamps(root, home_root)
+
+
 def settings_stamps(root: str, home_root: str, env) -> dict:
     return {
         "root": root,

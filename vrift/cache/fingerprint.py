@@ -64,6 +64,7 @@ class Fingerprint:
     tool: str = ""
     argv: list[str] = field(default_factory=list)
     stdin: list | None = None  # [stored path, offset left at the end]: the action read its fd 0, this file
+    wall_s: float = 0.0  # how long the recorded run took: a hit saves about this much
 
     def content(self) -> dict:
         c = {"inputs": self.inputs, "outputs": self.outputs, "streams": self.streams, "status": self.status}
@@ -77,14 +78,15 @@ class Fingerprint:
                              max_threads=1).digest()
 
     def to_json(self) -> dict:
-        return {**self.content(), "size": self.size, "created": self.created, "tool": self.tool, "argv": self.argv}
+        return {**self.content(), "size": self.size, "created": self.created, "tool": self.tool, "argv": self.argv,
+                "wall_s": self.wall_s}
 
     @classmethod
     def from_json(cls, data: dict) -> "Fingerprint":
         return cls(inputs=data.get("inputs", []), outputs=data.get("outputs", []), streams=data.get("streams"),
                    status=int(data.get("status", 0)), size=int(data.get("size", 0)),
                    created=float(data.get("created", 0)), tool=data.get("tool", ""), argv=data.get("argv", []),
-                   stdin=data.get("stdin"))
+                   stdin=data.get("stdin"), wall_s=float(data.get("wall_s", 0) or 0))
 
     def digests(self) -> set[bytes]:
         """Every blob this fingerprint needs (for gc)."""

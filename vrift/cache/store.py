@@ -105,6 +105,21 @@ class CacheStore:
             for k, v in txn.cursor():
                 yield bytes(k), json.loads(v)
 
+    def iter_raw_fingerprints(self) -> Iterator[tuple[bytes, bytes]]:
+        """(id, stored JSON bytes) of every fingerprint (eviction weighs the stored size)."""
+        with self.env.begin(db=self.fingerprints) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k), bytes(v)
+
+    def named_digests(self) -> set[bytes]:
+        """Every blob digest a fingerprint names."""
+        from .fingerprint import Fingerprint
+
+        out: set[bytes] = set()
+        for _, data in self.iter_fingerprints():
+            out |= Fingerprint.from_json(data).digests()
+        return out
+
     def find_keys(self, prefix_hex: str) -> list[bytes]:
         """Keys whose hex starts with `prefix_hex` (at least 4 characters)."""
         prefix_hex = prefix_hex.lower()
@@ -168,6 +183,12 @@ class CacheStore:
                 hits.update({fid.hex(): t for fid, t in last_hit.items()})
                 txn.put(b"last_hit", json.dumps(hits).encode(), db=self.meta)
 
+    def zero(self) -> None:
+        """Reset the totals (hits, misses, time saved…) to zero, as `ccache -z` does; entries
+        and their hit times stay."""
+        with self.env.begin(write=True) as txn:
+            txn.put(b"counters", json.dumps({"zeroed_at": now()}).encode(), db=self.meta)
+
     def last_hits(self) -> dict[str, float]:
         with self.env.begin(db=self.meta) as txn:
             raw = txn.get(b"last_hit")
@@ -194,6 +215,34 @@ class CacheStore:
                 if not self._referenced(txn, fid, skip=key):
                     txn.delete(fid, db=self.fingerprints)
         return len(ids)
+
+    def delete_fingerprints(self, fids) -> int:
+        """Remove these fingerprints from every key that lists them, and their hit times, in one
+        transaction; returns how many keys were left empty (and removed)."""
+        gone = set(fids)
+        if not gone:
+            return 0
+        emptied = 0
+        with self.env.begin(write=True) as txn:
+            for k, v in list(txn.cursor(db=self.actions)):
+                ids = _split(v)
+                kept = [i for i in ids if i not in gone]
+                if len(kept) == len(ids):
+                    continue
+                if kept:
+                    txn.put(bytes(k), b"".join(kept), db=self.actions)
+                else:
+                    txn.delete(bytes(k), db=self.actions)
+                    emptied += 1
+            for fid in gone:
+                txn.delete(fid, db=self.fingerprints)
+            raw = txn.get(b"last_hit", db=self.meta)
+            if raw:
+                hits = json.loads(raw)
+                for fid in gone:
+                    hits.pop(fid.hex(), None)
+                txn.put(b"last_hit", json.dumps(hits).encode(), db=self.meta)
+        return emptied
 
     def clear(self) -> dict:
         """Remove every entry and the counters; returns what was removed."""

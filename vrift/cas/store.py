@@ -642,12 +642,30 @@ class CAS:
             yield from subs
 
     def stats(self) -> tuple[int, int]:
-        """(blob count, total bytes), from a walk of the store."""
-        count = total = 0
-        for _, _, size, _ in self.iter_blobs():
-            count += 1
-            total += size
-        return count, total
+        """(blob count, content bytes), from a walk of the store; `usage` adds the disk bytes."""
+        count, logical, _ = self.usage()
+        return count, logical
+
+    def usage(self) -> tuple[int, int, int]:
+        """(blob count, logical bytes, bytes on disk: st_blocks * 512, what `du` counts)."""
+        count = logical = disk = 0
+        for d2 in self._leaf_dirs():
+            try:
+                it = os.scandir(d2)
+            except FileNotFoundError:
+                continue
+            with it:
+                for e in it:
+                    if len(e.name) != 64:
+                        continue
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    count += 1
+                    logical += st.st_size
+                    disk += st.st_blocks * 512
+        return count, logical, disk
 
     def remove(self, digest) -> bool:
         try:

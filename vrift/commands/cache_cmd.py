@@ -1,12 +1,13 @@
-"""`vrift cache stats|show KEY|clear`."""
+"""`vrift cache stats [--zero]|show [KEY]|clear`."""
 from __future__ import annotations
 
+import os
 import time
 
 import click
 
 from ..project import Home, VriftError
-from .common import emit_json, human_bytes, json_option, render_table
+from .common import emit_json, human_bytes, json_option, render_table, shorten, terminal_width
 
 
 def _store(must_exist: bool = True):
@@ -19,47 +20,114 @@ def _store(must_exist: bool = True):
     return home, CacheStore(home)
 
 
+def max_size_bytes(home: Home) -> int:
+    """cache.max_size as the configuration of the current directory's project gives it."""
+    from .. import config as config_mod
+    from ..project import find_root
+
+    cfg = config_mod.load(find_root(), home=home)
+    return config_mod.parse_size(cfg["cache.max_size"])
+
+
+def cache_stats(home: Home, store) -> dict:
+    """The numbers `vrift cache stats` and `vrift status` show (`store` None: empty cache)."""
+    from ..cache.store import cache_dir
+
+    doc = {"path": str(cache_dir(home)), "keys": 0, "fingerprints": 0, "size_bytes": 0,
+           "max_size_bytes": max_size_bytes(home), "lmdb_bytes": 0, "counters": {}}
+    if store is not None:
+        from ..cache import evict
+        from ..cas import CAS
+
+        base = store.stats()
+        doc.update(keys=base["keys"], fingerprints=base["fingerprints"], counters=base["counters"],
+                   size_bytes=evict.size(home, store, CAS(home.cas_dir)),
+                   lmdb_bytes=evict.disk_bytes(os.path.join(doc["path"], "data.mdb")))
+    c = doc["counters"]
+    hits, misses = int(c.get("hits", 0)), int(c.get("misses", 0))
+    reasons = dict(sorted((c.get("uncacheable") or {}).items(), key=lambda kv: -kv[1]))
+    doc.update(hits=hits, misses=misses, uncacheable=sum(reasons.values()), uncacheable_reasons=reasons,
+               recorded=int(c.get("recorded", 0)), evicted=int(c.get("evicted", 0)),
+               bytes_replayed=int(c.get("bytes_replayed", 0)), corrupt_blobs=int(c.get("corrupt_blobs", 0)),
+               time_saved_s=round(float(c.get("time_saved_s", 0)), 3),
+               hit_rate=round(hits / (hits + misses), 4) if hits + misses else None,
+               zeroed_at=c.get("zeroed_at"))
+    return doc
+
+
+def size_line(doc: dict) -> str:
+    limit = human_bytes(doc["max_size_bytes"]) if doc["max_size_bytes"] else "no limit"
+    pct = f" ({100 * doc['size_bytes'] / doc['max_size_bytes']:.0f}%)" if doc["max_size_bytes"] else ""
+    return f"{human_bytes(doc['size_bytes'])} of {limit}{pct}"
+
+
+def hits_line(doc: dict) -> str:
+    rate = f" ({100 * doc['hit_rate']:.0f}% hit rate)" if doc["hit_rate"] is not None else ""
+    return (f"{doc['hits']:,} hits, {doc['misses']:,} misses{rate}, {doc['uncacheable']:,} uncacheable, "
+            f"{_seconds(doc['time_saved_s'])} saved")
+
+
 @click.group("cache")
 def cache_group():
     """Inspect and clear the action cache (shared by every project of this user)."""
 
 
 @cache_group.command("stats")
+@click.option("--zero", is_flag=True, help="Reset the hit, miss and time-saved totals to zero (like ccache -z).")
 @json_option
-def stats_cmd(as_json):
-    """Entries, their size, and the totals of hits, misses and uncacheable actions by reason
-    (folded in by the project daemons every few seconds)."""
+def stats_cmd(zero, as_json):
+    """Size against cache.max_size, hits, misses, time saved and uncacheable actions by reason
+    (folded in by the project daemons every second)."""
     home, store = _store()
+    if zero:
+        if store is not None:
+            with store:
+                store.zero()
+        if as_json:
+            emit_json({"zeroed": True})
+        else:
+            click.echo("statistics zeroed")
+        return
     if store is None:
-        stats = {"path": str(home.root / "cache"), "keys": 0, "fingerprints": 0, "bytes": 0, "lmdb_bytes": 0,
-                 "counters": {}}
+        doc = cache_stats(home, None)
     else:
         with store:
-            stats = store.stats()
+            doc = cache_stats(home, store)
     if as_json:
-        emit_json(stats)
+        emit_json(doc)
         return
-    c = stats["counters"]
-    lookups = c.get("hits", 0) + c.get("misses", 0)
-    rate = f" ({100 * c.get('hits', 0) / lookups:.0f}% hit rate)" if lookups else ""
-    click.echo(f"action cache {stats['path']}")
-    click.echo(f"  {stats['keys']:,} keys, {stats['fingerprints']:,} fingerprints, outputs {human_bytes(stats['bytes'])}, "
-               f"LMDB {human_bytes(stats['lmdb_bytes'])}")
-    click.echo(f"  {c.get('hits', 0):,} hits, {c.get('misses', 0):,} misses{rate}, {c.get('recorded', 0):,} recorded, "
-               f"{human_bytes(c.get('bytes_replayed', 0))} replayed")
-    if c.get("corrupt_blobs"):
-        click.echo(f"  {c['corrupt_blobs']:,} damaged blobs found at replay (quarantined; the commands ran)")
-    reasons = sorted((c.get("uncacheable") or {}).items(), key=lambda kv: -kv[1])
-    if reasons:
-        click.echo(f"  {sum(n for _, n in reasons):,} uncacheable:")
-        click.echo(render_table(("reason", "actions"), [(r, n) for r, n in reasons], right=(1,)))
+    rows = [("entries", f"{doc['keys']:,} commands, {doc['fingerprints']:,} variants"),
+            ("size", size_line(doc)),
+            ("hits", f"{doc['hits']:,}" + (f" ({100 * doc['hit_rate']:.1f}%)" if doc["hit_rate"] is not None else "")),
+            ("misses", f"{doc['misses']:,}"),
+            ("uncacheable", f"{doc['uncacheable']:,}"),
+            ("time saved", _seconds(doc["time_saved_s"])),
+            ("recorded", f"{doc['recorded']:,}"),
+            ("evicted", f"{doc['evicted']:,}"),
+            ("replayed", human_bytes(doc["bytes_replayed"]))]
+    if doc.get("corrupt_blobs"):
+        rows.append(("damaged blobs", f"{doc['corrupt_blobs']:,} found at replay (quarantined; the commands ran)"))
+    if doc["zeroed_at"]:
+        rows.append(("zeroed", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc["zeroed_at"]))))
+    click.echo(f"action cache {doc['path']}")
+    click.echo(render_table(("", "value"), rows, fit=1))
+    if doc["uncacheable_reasons"]:
+        click.echo("")
+        click.echo(render_table(("uncacheable because", "actions"), list(doc["uncacheable_reasons"].items()),
+                                right=(1,), fit=0))
 
 
 @cache_group.command("show")
-@click.argument("key")
+@click.argument("key", required=False)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Entries to list when no KEY is given.")
 @json_option
-def show_cmd(key, as_json):
-    """Show the fingerprints of KEY (hex, or a prefix of at least 4 digits): inputs, outputs, status."""
+def show_cmd(key, limit, as_json):
+    """Without KEY: the most recently used entries (key, tool, command, age).  With KEY (hex,
+    or a prefix of at least 4 digits): its fingerprints, inputs, outputs and status."""
+    if key is None:
+        _list_recent(limit, as_json)
+        return
     if len(key) < 4:
         raise VriftError(f"key {key!r}: give at least 4 hex digits")
     home, store = _store()
@@ -78,18 +146,44 @@ def show_cmd(key, as_json):
     if as_json:
         emit_json(doc)
         return
+    width = terminal_width()
     click.echo(f"key {doc['key']}")
     for fp in doc["fingerprints"]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(fp.get("created", 0)))
-        click.echo(f"\nfingerprint {fp['id']}  {fp.get('tool', '')}  status {fp.get('status')}  "
-                   f"{human_bytes(fp.get('size', 0))}  recorded {when}"
-                   + (f"  last hit {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(fp['last_hit']))}"
-                      if fp.get("last_hit") else ""))
+        click.echo(f"\nfingerprint {fp['id'][:16]}  {fp.get('tool', '')}  exit status {fp.get('status')}  "
+                   f"{human_bytes(fp.get('size', 0))}")
+        click.echo(f"  recorded {_when(fp.get('created'))}, took {_seconds(fp.get('wall_s', 0))}"
+                   + (f", last hit {_when(fp['last_hit'])}" if fp.get("last_hit") else ""))
         if fp.get("argv"):
-            click.echo("  " + " ".join(fp["argv"]))
-        rows = [(i[0], i[1], (i[2] or "")[:16]) for i in fp.get("inputs", [])]
-        rows += [("out", o[0], (o[1] or "directory")[:16]) for o in fp.get("outputs", [])]
-        click.echo(render_table(("kind", "path", "digest"), rows))
+            click.echo("  " + shorten(" ".join(fp["argv"]), width - 2))
+        rows = [(i[0], i[1], (i[2] or "")[:12]) for i in fp.get("inputs", [])]
+        rows += [("out", o[0], (o[1] or "directory")[:12]) for o in fp.get("outputs", [])]
+        click.echo(render_table(("kind", "path", "digest"), rows, fit=1))
+
+
+def _list_recent(limit: int, as_json: bool) -> None:
+    _home, store = _store()
+    rows: list[dict] = []
+    if store is not None:
+        with store:
+            key_of = {fid: k for k, fids in store.keys() for fid in fids}
+            hits = store.last_hits()
+            for fid, data in store.iter_fingerprints():
+                used = max(float(hits.get(fid.hex(), 0)), float(data.get("created", 0)))
+                rows.append({"key": key_of.get(fid, b"").hex(), "fingerprint": fid.hex(), "tool": data.get("tool", ""),
+                             "argv": data.get("argv", []), "last_used": used, "wall_s": data.get("wall_s", 0),
+                             "size": data.get("size", 0)})
+    rows.sort(key=lambda r: -r["last_used"])
+    rows = rows[:limit]
+    if as_json:
+        emit_json({"entries": rows})
+        return
+    if not rows:
+        click.echo("the action cache is empty")
+        return
+    now = time.time()
+    table = [(r["key"][:12], shorten(_tool(r), 12), _age(now - r["last_used"]), _command(r["argv"])) for r in rows]
+    click.echo(render_table(("key", "tool", "used", "command"), table, right=(2,), fit=3))
+    click.echo("details: vrift cache show KEY")
 
 
 @cache_group.command("clear")
@@ -105,3 +199,41 @@ def clear_cmd(as_json):
         emit_json(removed)
     else:
         click.echo(f"removed {removed['keys']:,} keys and {removed['fingerprints']:,} fingerprints")
+
+
+def _command(argv: list[str]) -> str:
+    """The command as the build wrote it: `sh -c CMD` (ninja's way) shows CMD."""
+    from ..cache.scope import SHELLS
+
+    if len(argv) > 2 and os.path.basename(argv[0]) in SHELLS and argv[1] == "-c":
+        return argv[2]
+    return " ".join(argv)
+
+
+def _tool(row: dict) -> str:
+    """The command's program: for `sh -c "cc …"` cc, not the shell."""
+    from ..cache.scope import SHELLS, command_names
+
+    names = command_names(row["tool"], row["argv"]) - SHELLS - {row["tool"]}
+    return sorted(names)[0] if len(names) == 1 else row["tool"]
+
+
+def _seconds(s) -> str:
+    s = float(s or 0)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    return f"{s / 3600:.1f} h"
+
+
+def _age(s: float) -> str:
+    s = max(0, int(s))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit} ago"
+    return f"{s}s ago"
+
+
+def _when(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t or 0)))

@@ -49,7 +49,7 @@ def verify_cmd(as_json, quarantine, workers):
         click.echo(f"checked {report.checked:,} blobs, {human_bytes(report.bytes)}: "
                    f"{'all sound' if report.ok else f'{len(report.bad):,} bad'}")
         if report.bad:
-            click.echo(render_table(["digest", "problem"], report.bad))
+            click.echo(render_table(["digest", "problem"], report.bad, fit=1))
         if report.quarantined:
             click.echo(f"moved {len(report.quarantined):,} bad blobs to {cas.root / 'quarantine'}")
     sys.exit(0 if report.ok else 1)
@@ -58,14 +58,15 @@ def verify_cmd(as_json, quarantine, workers):
 @cas_group.command("stats")
 @json_option
 def stats_cmd(as_json):
-    """Number of blobs and their total size."""
+    """Number of blobs and the space they take on disk (as `du` counts it)."""
     _, cas = _cas()
-    count, size = cas.stats()
+    count, logical, disk = cas.usage()
     if as_json:
-        emit_json({"root": str(cas.root), "blobs": count, "bytes": size})
+        emit_json({"root": str(cas.root), "blobs": count, "bytes": disk, "logical_bytes": logical})
     else:
-        click.echo(render_table(["store", "blobs", "size"], [[str(cas.root), f"{count:,}", human_bytes(size)]],
-                                right=(1, 2)))
+        click.echo(f"CAS {cas.root}")
+        click.echo(render_table(["blobs", "on disk", "content"], [[f"{count:,}", human_bytes(disk), human_bytes(logical)]],
+                                right=(0, 1, 2)))
 
 
 @cas_group.command("path")
@@ -92,13 +93,21 @@ def gc_cmd(delete, older_than, as_json):
 
     grace = parse_duration(older_than)
     home, cas = _cas()
-    report = collect(home, cas, grace, delete=delete, progress=sys.stderr.isatty() and not as_json)
+    progress = sys.stderr.isatty() and not as_json
+    evicted = _evict(home, cas, delete, progress)
+    report = collect(home, cas, grace, delete=delete, progress=progress)
     if as_json:
         data = report.to_json()
         data["older_than_s"] = grace
+        data["cache_eviction"] = evicted.to_json() if evicted else None
         emit_json(data)
         return
     gone = "removed" if delete else "would remove"
+    if evicted and evicted.evicted:
+        click.echo(f"action cache over its limit ({human_bytes(evicted.size_before)} > "
+                   f"{human_bytes(evicted.max_size)}): {'evicted' if delete else 'would evict'} "
+                   f"{evicted.evicted:,} entries and {evicted.blobs_removed:,} blobs "
+                   f"({human_bytes(evicted.bytes_removed)})")
     rows = [
         ["blobs", f"{report.blobs:,}", human_bytes(report.bytes_total)],
         ["referenced", f"{report.referenced:,}", ""],
@@ -112,3 +121,16 @@ def gc_cmd(delete, older_than, as_json):
                    "(re-ingest the projects that use them)", err=True)
     if not delete and report.removable:
         click.echo("dry run: pass --delete to remove them")
+
+
+def _evict(home: Home, cas, delete: bool, progress: bool):
+    """Bring the action cache within cache.max_size first: the blobs it frees go now."""
+    from ..cache.evict import evict
+    from ..cache.store import CacheStore, cache_dir
+    from .cache_cmd import max_size_bytes
+
+    if not (cache_dir(home) / "data.mdb").exists():
+        return None
+    limit = max_size_bytes(home)
+    with CacheStore(home) as store:
+        return evict(home, store, cas, limit, progress=progress, delete=delete)

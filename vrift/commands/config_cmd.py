@@ -138,7 +138,7 @@ def show_cmd(root=None, as_json=False):
         emit_json({key: {"value": value, "source": cfg.source(key)} for key, value in data.items()})
         return
     rows = [(key, yaml_value(value), cfg.source(key)) for key, value in data.items()]
-    click.echo(render_table(("KEY", "VALUE", "SOURCE"), rows))
+    click.echo(render_table(("key", "value", "source"), rows, fit=(1, 2)))
 
 
 @config_group.command("path")
@@ -153,4 +153,5 @@ def path_cmd(root, as_json):
     if as_json:
         emit_json({what: {"path": str(p), "exists": p.exists()} for what, p in files})
         return
-    click.echo(render_table(("FILE", "PATH", "EXISTS"), [(w, p, "yes" if p.exists() else "no") for w, p in files]))
+    click.echo(render_table(("file", "path", "exists"), [(w, p, "yes" if p.exists() else "no") for w, p in files],
+                            fit=1))

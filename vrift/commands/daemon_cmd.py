@@ -28,7 +28,7 @@ def start_cmd(root, as_json):
         pid = coord.hello()["pid"]
     result = {"coordinator": {"pid": pid}}
     if root:
-        home, project, _cfg = resolve(root)
+        home, project, _cfg = resolve(root, register=True)
         result["project"] = ensure_daemon(home, project)
     if as_json:
         emit_json(result)
@@ -66,7 +66,75 @@ def stop_cmd():
         waiting = [p for p in waiting if process.pid_alive(p)]
     if waiting:
         raise VriftError(f"daemons still running after 60s: pids {', '.join(map(str, waiting))}")
-    click.echo("vrift daemons stopped")
+    removed = remove_leftovers(home)
+    click.echo("vrift daemons stopped" + (f"; removed {removed} VDir and counter files" if removed else ""))
+
+
+def remove_leftovers(home: Home) -> int:
+    """With every daemon stopped: the shared-memory files they and the wrappers owned (the
+    VDirs of this home's projects, counter files of wrappers that died) and the idle and
+    configuration notes in run/."""
+    import re
+
+    from ..daemon import process
+
+    ids = {p.name[2:18] for p in home.run_dir.glob("p-*.*")}
+    try:
+        from ..project import Registry
+
+        ids |= {pid[:16] for pid in Registry(home).load()}
+    except VriftError:
+        pass
+    removed = 0
+    for path in home.shm_dir.glob("vrift_*"):
+        m = re.fullmatch(r"vrift_vdir_([0-9a-f]{16})(\..*)?|vrift_counters_(\d+)", path.name)
+        if m is None or (m[1] and m[1] not in ids) or (m[3] and process.pid_alive(int(m[3]))):
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    for path in (*home.run_dir.glob("p-*.idle"), *home.run_dir.glob("p-*.config")):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    return removed
+
+
+@daemon_group.command("restart")
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
+@json_option
+def restart_cmd(path, as_json):
+    """Restart the daemon of the project at PATH (default: around the current directory), so
+    that it reads its configuration again; the coordinator and other projects are left alone."""
+    from ..daemon import process
+    from ..daemon.client import CoordinatorClient, DaemonUnavailable, ProjectClient, ensure_daemon
+    from ..daemon.paths import coordinator_files, project_files
+
+    home, project, _cfg = resolve(path, register=True)
+    files = project_files(home, project.id)
+    old = process.read_pid(files.pid_file)
+    try:
+        with CoordinatorClient(coordinator_files(home).socket, 60_000) as c:
+            c.stop_project(project.root)
+    except (DaemonUnavailable, VriftError):
+        pass
+    if old and process.pid_alive(old):  # not the coordinator's: ask it directly
+        try:
+            with ProjectClient(files.socket, 60_000) as c:
+                c.shutdown()
+        except VriftError:
+            pass
+    deadline = time.monotonic() + 60
+    while old and process.pid_alive(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = ensure_daemon(home, project)
+    if as_json:
+        emit_json({"root": str(project.root), "old_pid": old, "pid": started["pid"]})
+    else:
+        click.echo(f"restarted the daemon of {project.root} (pid {started['pid']})")
 
 
 @daemon_group.command("status")
@@ -75,7 +143,17 @@ def status_cmd(as_json):
     """The coordinator and each project daemon: pid, generation, entries, clients."""
     from ..daemon.client import coordinator_status
 
-    status = coordinator_status(Home.from_env()) or {"coordinator": None, "projects": []}
+    from ..adapters import wrapcache
+
+    home = Home.from_env()
+    status = coordinator_status(home) or {"coordinator": None, "projects": []}
+    from ..project import project_id
+
+    for p in status["projects"]:
+        pid = p.get("project_id") or project_id(p["root"])
+        recorded = wrapcache.daemon_config(wrapcache.daemon_config_path(str(home.run_dir), pid))
+        p["settings"] = (recorded or {}).get("settings")
+        p["config_changed"] = wrapcache.daemon_config_stale(str(home.run_dir), pid, p["root"], str(home.root))
     if as_json:
         emit_json(status)
         return
@@ -85,7 +163,20 @@ def status_cmd(as_json):
             for p in status["projects"]]
     if rows:
         click.echo(render_table(("root", "pid", "generation", "entries", "clients", "durability"), rows,
-                                right=(1, 2, 3, 4)))
+                                right=(1, 2, 3, 4), fit=0))
+        for p in status["projects"]:
+            settings = p.get("settings") or {}
+            if settings:
+                import textwrap
+
+                from .common import terminal_width
+
+                click.echo(f"\n{p['root']}: running with")
+                click.echo(textwrap.fill(", ".join(f"{k}={_show(v)}" for k, v in settings.items()),
+                                         width=min(terminal_width(), 100), initial_indent="  ",
+                                         subsequent_indent="  ", break_long_words=False))
+            if p.get("config_changed"):
+                click.echo("  its configuration changed since it started: the next `vrift wrap` restarts it")
     else:
         click.echo("no project daemon running")
 
@@ -100,7 +191,7 @@ def sync_cmd(path, root, as_json):
     from ..daemon.client import connect_project
 
     start = path if path is None or os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    home, project, _cfg = resolve(root, start=start)
+    home, project, _cfg = resolve(root, start=start, register=True)
     t0 = time.perf_counter()
     with connect_project(home, project) as client:
         generation = client.sync(os.path.abspath(path) if path else None)
@@ -109,3 +200,11 @@ def sync_cmd(path, root, as_json):
         emit_json({"root": str(project.root), "generation": generation, "seconds": round(took, 6)})
     else:
         click.echo(f"synced {project.root} at generation {generation} ({took * 1000:.1f} ms)")
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)

@@ -75,7 +75,7 @@ def ingest_cmd(path, root, all_projects, durability, as_json):
 
 
 def _ingest_one(root, path, cli: dict, as_json: bool) -> dict:
-    home, project, cfg = resolve(root, start=path, cli=cli)
+    home, project, cfg = resolve(root, start=path, cli=cli, register=True)
     client = _running_daemon(home, project)
     progress = sys.stderr.isatty() and not as_json
     if client is not None:
@@ -161,30 +161,39 @@ def _daemon_status(home: Home):
 @click.command("status")
 @json_option
 def status_cmd(as_json):
-    """CAS size, every known project with its files and dedup, and running daemons."""
+    """CAS size, the action cache, every known project with its files and dedup, and running daemons."""
     from ..cas import CAS
+    from .cache_cmd import _store, cache_stats, hits_line, size_line
 
     home = Home.from_env().ensure()
-    blob_count, blob_bytes = CAS(home.cas_dir).stats()
+    blob_count, blob_logical, blob_bytes = CAS(home.cas_dir).usage()
     projects, totals = _project_usage(home, Registry(home).load())
+    _, store = _store()
+    if store is None:
+        cache = cache_stats(home, None)
+    else:
+        with store:
+            cache = cache_stats(home, store)
     daemons = _daemon_status(home)
-    data = {"home": str(home.root), "cas": {"blobs": blob_count, "bytes": blob_bytes},
-            "dedup": totals, "projects": projects, "daemons": daemons}
+    data = {"home": str(home.root), "cas": {"blobs": blob_count, "bytes": blob_bytes, "logical_bytes": blob_logical},
+            "cache": cache, "dedup": totals, "projects": projects, "daemons": daemons}
     if as_json:
         emit_json(data)
         return
     click.echo(f"vrift home {home.root}")
-    click.echo(f"CAS: {blob_count:,} blobs, {human_bytes(blob_bytes)}; projects reference "
-               f"{human_bytes(totals['logical_bytes'])} of file content stored as "
+    click.echo(f"CAS: {blob_count:,} blobs, {human_bytes(blob_bytes)} on disk")
+    click.echo(f"  projects hold {human_bytes(totals['logical_bytes'])} of files stored as "
                f"{human_bytes(totals['referenced_bytes'])} (dedup saves {human_bytes(totals['bytes_saved'])})")
+    click.echo(f"action cache: {cache['fingerprints']:,} entries, {size_line(cache)}")
+    click.echo(f"  {hits_line(cache)}")
     if projects:
         click.echo()
         click.echo(render_table(
-            ["PROJECT", "FILES", "CONTENT", "UNIQUE BLOBS", "SHARED BLOBS", "SHARED", "SAVED IN PROJECT"],
+            ["project", "files", "content", "blobs", "shared", "saved"],
             [[p["root"], f"{p['files']:,}", human_bytes(p["logical_bytes"]), f"{p['unique_blobs']:,}",
-              f"{p['shared_blobs']:,}", human_bytes(p["shared_bytes"]), human_bytes(p["bytes_saved"])]
+              human_bytes(p["shared_bytes"]), human_bytes(p["bytes_saved"])]
              for p in projects],
-            right=(1, 2, 3, 4, 5, 6)))
+            right=(1, 2, 3, 4, 5), fit=0))
     if daemons:
         click.echo()
         coord = daemons.get("coordinator") or {}
@@ -192,8 +201,8 @@ def status_cmd(as_json):
         rows = [[d.get("root"), d.get("pid"), d.get("generation"), d.get("entries"), d.get("clients"),
                  d.get("durability")] for d in daemons.get("projects", [])]
         if rows:
-            click.echo(render_table(["DAEMON ROOT", "PID", "GENERATION", "ENTRIES", "CLIENTS", "DURABILITY"], rows,
-                                    right=(1, 2, 3, 4)))
+            click.echo(render_table(["daemon root", "pid", "generation", "entries", "clients", "durability"], rows,
+                                    right=(1, 2, 3, 4), fit=0))
 
 
 def lookup_entry(home: Home, project: Project, rel: bytes):
@@ -262,7 +271,7 @@ def doctor_cmd(as_json):
         emit_json({"ok": worst < 2, "checks": checks})
     else:
         names = {0: "ok", 1: "warn", 2: "FAIL"}
-        click.echo(render_table(["CHECK", "STATUS", "DETAIL"],
-                                [[c["name"], names[c["level"]], c["detail"]] for c in checks]))
+        click.echo(render_table(["check", "status", "detail"],
+                                [[c["name"], names[c["level"]], c["detail"]] for c in checks], fit=(0, 2)))
     if worst >= 2:
         sys.exit(1)

@@ -13,14 +13,18 @@ import click
 from .common import emit_json, json_option, render_table, root_option
 
 
-@click.command("wrap", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+# vrift's options come before the tool's name; everything from the tool on is the tool's
+# (allow_interspersed_args=False), and an unknown option before it is an error, not a tool
+@click.command("wrap", context_settings={"allow_interspersed_args": False})
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
 @root_option
 @click.option("--adapter", default=None, help="Adapter to use (default: chosen by the tool's name).")
 @click.option("--no-cache", is_flag=True, help="Neither replay nor record actions (the action cache is off).")
 @click.option("--explain", is_flag=True, help="Say for each cache miss which input changed (also VRIFT_DEBUG=cache).")
+@click.option("--summary-json", "summary_json", metavar="FILE", default=None,
+              help="Also write the summary as one JSON object to FILE (-: stderr), for scripts.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def wrap_cmd(quiet, root, adapter, no_cache, explain, command):
+def wrap_cmd(quiet, root, adapter, no_cache, explain, summary_json, command):
     """Run COMMAND (ninja, make, any command tree) under vrift.
 
     \b
@@ -36,7 +40,7 @@ def wrap_cmd(quiet, root, adapter, no_cache, explain, command):
 
     try:
         code = wrap(WrapOptions(list(command), quiet=quiet, root=root, adapter=adapter, no_cache=no_cache,
-                                explain=explain))
+                                explain=explain, summary_json=summary_json))
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)  # the tool's status, whatever click does with return values
@@ -91,7 +95,7 @@ def plugins_cmd(root, as_json):
         raise SystemExit(1 if manager.failures else 0)
     rows = [(p["name"], p["source"], p["target"], ", ".join(h.removeprefix("vrift_") for h in p["hooks"]))
             for p in described["plugins"]]
-    click.echo(render_table(("plugin", "source", "module", "hooks"), rows) if rows else "no plugins loaded")
+    click.echo(render_table(("plugin", "source", "module", "hooks"), rows, fit=(2, 3)) if rows else "no plugins loaded")
     for failure in manager.failures:
         click.echo(f"failed: {failure.line()}")
     raise SystemExit(1 if manager.failures else 0)

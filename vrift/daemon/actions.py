@@ -20,7 +20,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from ..cache import actionlog
+from ..cache import actionlog, scope
 from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match, unpack_streams
 from ..cache.key import Action, DigestMemo, action_key
 from ..cache.store import CacheStore, merge_counters
@@ -40,6 +40,7 @@ ACTION_ID = re.compile(rb"^[0-9a-f]{16}$")
 PENDING_LIMIT = 100_000
 STALE_S = 3600.0
 EXPLAIN_KEEP = 2000
+EVICT_QUIET_S = 2.0  # eviction runs once recording has paused this long (a build's end)
 
 
 class ActionCache:
@@ -58,7 +59,11 @@ class ActionCache:
         self._lock = threading.Lock()
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
-                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0}
+                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0, "time_saved_s": 0.0,
+                         "evicted": 0}
+        self.max_size = _max_size(cfg)
+        self.scope = cfg.get("cache.scope", "all")
+        self._recorded_at: float | None = None  # monotonic time of the last entry stored, until evicted
         self._unflushed: dict = {}
         self._last_hit: dict[bytes, float] = {}
         self._explain: deque = deque(maxlen=EXPLAIN_KEEP)
@@ -81,9 +86,31 @@ class ActionCache:
             self.store = None
 
     def tick(self) -> None:
-        """Periodic work (from the daemon's loop): fold counters into LMDB, sweep stale logs."""
+        """Periodic work (from the daemon's loop): fold counters into LMDB, sweep stale logs,
+        and keep the cache within cache.max_size once a build has stopped recording."""
         self._recorder.submit(self._flush)
         self._recorder.submit(self.sweep)
+        recorded = self._recorded_at
+        if recorded is not None and time.monotonic() - recorded >= EVICT_QUIET_S:
+            self._recorded_at = None
+            self._recorder.submit(self.evict)
+
+    def evict(self):
+        """Evict least recently used entries beyond cache.max_size (on the recorder thread)."""
+        if self.store is None or self.max_size <= 0:
+            return None
+        from ..cache.evict import evict
+
+        try:
+            report = evict(self.daemon.home, self.store, self.daemon.cas, self.max_size)
+        except Exception:  # noqa: BLE001 - an eviction that fails leaves the cache as it was
+            log.exception("cache eviction failed")
+            return None
+        if report.evicted:
+            self._count("evicted", report.evicted)
+            log.info("cache over %d bytes: evicted %d entries, %d blobs (%d bytes)", self.max_size,
+                     report.evicted, report.blobs_removed, report.bytes_removed)
+        return report
 
     def _count(self, name: str, n: int = 1, reason: str | None = None) -> None:
         with self._lock:
@@ -154,6 +181,9 @@ class ActionCache:
         if self.ctx.excluded_tool(action.tool, os.fsdecode(argv[0])):
             self._count("", reason="tool in cache.never")
             return out.add(Tag.FLAGS, NO_RECORD)
+        if not scope.in_scope(self.scope, action.tool, argv, self.ctx.always):
+            self._count("", reason="not a compiler (cache.scope: compilers)")
+            return out.add(Tag.FLAGS, NO_RECORD)
         try:
             exe_digest = self.memo.digest(exe)
             extra = self.plugin_key(action) if self.plugin_key is not None else b""
@@ -190,6 +220,7 @@ class ActionCache:
                         self._pending.pop(aid, None)
                         self._last_hit[fid] = round(time.time(), 3)
                     self._count("hits")
+                    self._count("time_saved_s", fp.wall_s)
                     self._count("bytes_replayed", replayed)
                     self._count("outputs_replayed", len(fp.outputs))
                     out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
@@ -296,6 +327,7 @@ class ActionCache:
         try:
             fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"],
                        pending["search"], pending.get("stdin"), req.int(Tag.SIZE, None))
+            fp.wall_s = round(max(0, time.time_ns() - pending["start_ns"]) / 1e9, 4)
         except Uncacheable as u:
             log.debug("action %s uncacheable: %s", aid.decode(), u)
             self._count("", reason=u.reason)
@@ -313,6 +345,7 @@ class ActionCache:
         try:
             self.store.put(key, fp.id, fp.to_json())
             self._count("recorded")
+            self._recorded_at = time.monotonic()
         except Exception:  # noqa: BLE001
             self._count("errors")
             log.exception("storing a cache entry failed")
@@ -350,6 +383,15 @@ class ActionCache:
                 actionlog.remove(path)
                 removed += 1
         return removed
+
+
+def _max_size(cfg) -> int:
+    from ..config import parse_size
+
+    try:
+        return parse_size(cfg.get("cache.max_size", 0) or 0)
+    except ValueError:
+        return 0
 
 
 def _names(path) -> list[str]:

@@ -52,6 +52,8 @@ class Coordinator:
         self.files = coordinator_files(home)
         self.health_interval = float(cfg["daemon.health_interval_s"])
         self.cleanup_after = float(cfg["daemon.cleanup_after_s"])
+        self.idle_limit = float(cfg.get("daemon.coordinator_idle_s", 0) or 0)
+        self.last_activity = time.monotonic()
         self.max_projects = int(cfg["daemon.max_projects"])
         self.max_shm_bytes = int(float(cfg["daemon.max_shm_mb"]) * 1024 * 1024)
         self.slots: dict[str, Slot] = {}
@@ -71,7 +73,18 @@ class Coordinator:
                 self.health_check()
             except Exception:
                 log.exception("health check failed")
+            if self.idle():
+                log.info("no project daemon and no request for %.0f s: exiting", self.idle_limit)
+                break
         self.listener.stop()
+
+    def idle(self) -> bool:
+        """Nothing to look after (no project daemon) and nobody asked for one for idle_limit s."""
+        with self.lock:
+            if self.slots:
+                self.last_activity = time.monotonic()
+                return False
+        return self.idle_limit > 0 and time.monotonic() - self.last_activity > self.idle_limit
 
     def rediscover(self) -> None:
         """Adopt project daemons that outlived a previous coordinator (pid file + live socket)."""
@@ -161,7 +174,15 @@ class Coordinator:
             slot.last_used = time.time()
         with slot.start_lock:
             if slot.alive():
-                return slot
+                if process.can_connect(project_files(self.home, project.id).socket):
+                    return slot
+                # still alive without its socket: shutting down (idle, a config change);
+                # wait for it to go and start a new one
+                deadline = time.monotonic() + 30
+                while slot.alive() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if slot.alive():
+                    raise VriftError(f"the daemon of {project.root} (pid {slot.pid}) is shutting down; try again")
             try:
                 if fresh:
                     self._make_room(project.id)
@@ -237,6 +258,8 @@ class Coordinator:
 
     # -- requests --------------------------------------------------------------------------------------
     def handle(self, conn: Connection, req: Frame) -> Frame:
+        if req.type not in (Msg.PING, Msg.LIST, Msg.HELLO):  # looking (status, doctor) is not use
+            self.last_activity = time.monotonic()
         if req.type == Msg.PING:
             return reply(req)
         if req.type == Msg.HELLO:

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..adapters import wrapcache
 from ..project import Home, Project, VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
@@ -32,6 +33,12 @@ from .writer import IndexWriter
 log = logging.getLogger("vrift.daemon")
 
 TICK_S = 0.05
+PASSIVE = frozenset({Msg.STATS, Msg.PING})  # requests that only look
+SHUTDOWN_IF_IDLE = 2  # SHUTDOWN FLAGS: stop unless another client (a build) is connected
+# the settings `vrift daemon status` shows, as the daemon read them at its start
+EFFECTIVE = ("durability", "link_strategy", "ignore", "hash_workers", "daemon.idle_timeout_s", "cache.enabled",
+             "cache.scope", "cache.max_size", "cache.env", "cache.never", "cache.always", "cache.max_entry_mb",
+             "cache.cache_failures")
 HEALTH_EVERY_S = 1.0
 ROLLBACK_GRACE_S = 2.0  # how long a dropped client's process may take to finish exiting
 REQUEST_TIMEOUT_S = 600.0
@@ -95,6 +102,25 @@ class ProjectDaemon:
         self.cache = ActionCache(self, cfg, plugin_key=cache_key)
 
     # -- lifecycle ----------------------------------------------------------------------------
+    # -- the configuration it runs with ------------------------------------------------------------
+    @property
+    def config_path(self) -> str:
+        return wrapcache.daemon_config_path(str(self.home.run_dir), self.project.id)
+
+    def _config_stamps(self) -> list:
+        return wrapcache.config_file_stamps(str(self.project.root), str(self.home.root))
+
+    def record_config(self) -> None:
+        """Say which configuration this daemon runs with (`vrift daemon status`, and `vrift
+        wrap`, which restarts it when a file changed since)."""
+        self._stamps = self._config_stamps()
+        shown = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.cfg.items()
+                 if k in EFFECTIVE}
+        wrapcache.store_daemon_config(self.config_path, self._stamps, shown)
+
+    def _config_changed(self) -> bool:
+        return getattr(self, "_stamps", None) is not None and self._config_stamps() != self._stamps
+
     def start(self) -> None:
         self.index.open()
         self.ingester = self.ingester_cls(self.project, self.index, self.cas, ignore=self.cfg["ignore"],
@@ -122,6 +148,9 @@ class ProjectDaemon:
                 next_health = now + HEALTH_EVERY_S
                 self.cache.tick()
                 self.writer.call(self._check_vdir)
+                if self.listener.client_count == 0 and self._config_changed():
+                    self.exit_reason = "config changed"  # the next build starts a daemon that reads it
+                    break
                 if (self.idle_timeout > 0 and self.listener.client_count == 0
                         and now - self.last_activity > self.idle_timeout):
                     if process.processes_mapping(self.index.vdir_path):
@@ -147,14 +176,18 @@ class ProjectDaemon:
         # Asked to stop (`vrift daemon stop`, eviction): give the shared memory back now.  After
         # an idle exit the file stays for a quick restart; the coordinator removes it after
         # daemon.cleanup_after_s.
-        self.index.close(unlink_shm=self.exit_reason == "requested")
+        self.index.close(unlink_shm=self.exit_reason in ("requested", "config changed"))
+        try:
+            os.unlink(self.config_path)
+        except FileNotFoundError:
+            pass
         if self.exit_reason == "idle":
             process.write_private(self.files.idle_file, f"{time.time():.3f}\n")
         log.info("exiting (%s)", self.exit_reason)
 
     # -- connections ----------------------------------------------------------------------------
     def _opened(self, conn: Connection) -> None:
-        self.last_activity = time.monotonic()
+        pass  # a connection alone (`vrift status` asking for STATS) is not use: requests are
 
     def announce(self, rels, delta: int) -> None:
         with self._lock:
@@ -166,7 +199,8 @@ class ProjectDaemon:
                     self._announced.pop(rel, None)
 
     def _closed(self, conn: Connection) -> None:
-        self.last_activity = time.monotonic()
+        if getattr(conn, "used", False):
+            self.last_activity = time.monotonic()
         with conn.lock:
             paths = set(conn.pending_writes)
         self.announce(paths, -1)
@@ -176,7 +210,9 @@ class ProjectDaemon:
 
     # -- requests ---------------------------------------------------------------------------------
     def handle(self, conn: Connection, req: Frame) -> Frame | None:
-        self.last_activity = time.monotonic()
+        if req.type not in PASSIVE:  # STATS and PING (status, doctor) do not keep a daemon alive
+            self.last_activity = time.monotonic()
+            conn.used = True
         self.requests += 1
         if req.type in ONE_WAY:
             # nobody reads an answer: a refusal is logged, and the path stays DIRTY (safe)
@@ -291,7 +327,7 @@ class ProjectDaemon:
     def _stats(self, conn: Connection, req: Frame) -> Frame:
         flags = req.int(Tag.FLAGS, 0) or 0
         if flags & STATS_CACHE_ONLY:  # the wrapper, before and after a build: cheap, no writer
-            out = {"cache": self.cache.stats()}
+            out = {"cache": self.cache.stats(), "entries": len(self.index)}
             if flags & STATS_EXPLAIN:
                 out["explain"] = self.cache.explanations(req.int(Tag.SIZE, 0) or 0)
             return reply(req).add_json(out).add(Tag.GENERATION, self.index.generation)
@@ -304,9 +340,15 @@ class ProjectDaemon:
         return reply(req).add_json(report).add(Tag.GENERATION, self.index.generation)
 
     def _shutdown(self, conn: Connection, req: Frame) -> Frame:
-        self.exit_reason = "requested"
+        flags = req.int(Tag.FLAGS, 0) or 0
+        if flags & SHUTDOWN_IF_IDLE:
+            with self.listener.lock:  # another open connection that did more than look: a build
+                busy = any(getattr(c, "used", False) for c in self.listener.connections if c is not conn)
+            if busy:
+                return reply(req).add(Tag.FLAGS, 0)
+        self.exit_reason = "config changed" if flags & SHUTDOWN_IF_IDLE else "requested"
         self.stop_event.set()
-        return reply(req)
+        return reply(req).add(Tag.FLAGS, 1)
 
     def _ping(self, conn: Connection, req: Frame) -> Frame:
         return reply(req)
@@ -548,7 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         if lock is None:
             log.info("a project daemon already runs for %s", project.root)
             return 0
-        cfg = config_mod.load(project.root, home=home)
+        # VRIFT_CACHE turns the cache off for one build, in that build's wrapper: the daemon
+        # serves every build and must not keep the switch of the one that happened to start it
+        cfg = config_mod.load(project.root, home=home, env={k: v for k, v in os.environ.items() if k != "VRIFT_CACHE"})
         index_filter, cache_key = plugin_hooks(project, cfg)
         daemon = ProjectDaemon(home, project, cfg, index_filter=index_filter, cache_key=cache_key)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -562,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError:
         pass
     process.write_private(files.pid_file, f"{os.getpid()}\n")
+    daemon.record_config()
     log.info("serving %s on %s (durability %s)", project.root, files.socket, daemon.durability)
     try:
         daemon.serve_forever()

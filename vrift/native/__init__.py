@@ -10,7 +10,7 @@ _PKG = Path(__file__).resolve().parent.parent
 
 def library_path(stem: str) -> Path | None:
     """Path of the compiled `vrift/<stem>*.so`, or None when the build did not make it."""
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    for suffix in (".so", *importlib.machinery.EXTENSION_SUFFIXES):  # setup.py names them <stem>.so
         candidate = _PKG / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate

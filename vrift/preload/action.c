@@ -116,16 +116,14 @@ static const char *env_problem(char *const envp[]) {
     v = env_get(envp, "VRIFT_PROJECT_ROOT");
     if (!v || strcmp(v, vrift_root) != 0) return "exec without the project root";
     v = env_get(envp, "VRIFT_CACHE");
-    if (!v || strcmp(v, "1") != 0) return "exec without VRIFT_CACHE";
+    if (vrift_onoff(v) != 1) return "exec without VRIFT_CACHE";
     v = env_get(envp, "VRIFT_ACTION_ID");
     const char *started = env_get(envp, "VRIFT_ACTION_STARTED"), *role = env_get(envp, "VRIFT_ACTION_ROLE");
     if (!v || strcmp(v, action_id) != 0 || !started || strcmp(started, action_id) != 0 || !role ||
         strcmp(role, "root") != 0)
         return "exec outside the action's identity";
-    v = env_get(envp, "VRIFT_ENABLED");
-    if (v && strcmp(v, "0") == 0) return "exec with the library disabled";
-    v = env_get(envp, "VRIFT_FALLBACK_MODE");
-    if (v && strcmp(v, "1") == 0) return "exec with the library disabled";
+    if (vrift_switched_off(env_get(envp, "VRIFT_ENABLED"), env_get(envp, "VRIFT_FALLBACK_MODE")))
+        return "exec with the library disabled";
     return NULL;
 }
 
@@ -425,14 +423,22 @@ static void become_tool(const char *exe) {
 }
 
 void vrift_action_init(int argc, char **argv) {
-    const char *cache = getenv("VRIFT_CACHE");
-    if (!cache || strcmp(cache, "1") != 0) return;
+    if (vrift_onoff(getenv("VRIFT_CACHE")) != 1) return;
     const char *role = getenv("VRIFT_ACTION_ROLE");
     if (!role) return;
     if (strcmp(role, "tool") == 0) {
         vrift_action_tool = 1;
         tool_pid = vrift_pid;
         return;
+    }
+    if (strcmp(role, "each") == 0) {
+        /* the Makefile opt-in: make is not preloaded, so every process it starts begins an
+         * action of its own, as the children of a `tool` do (docs/cache.md) */
+        char fresh[17];
+        new_id(fresh);
+        setenv("VRIFT_ACTION_ID", fresh, 1);
+        setenv("VRIFT_ACTION_ROLE", "root", 1);
+        role = "root";
     }
     const char *id = getenv("VRIFT_ACTION_ID");
     if (strcmp(role, "root") != 0 || !valid_id(id)) return;

@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -477,9 +478,27 @@ static int copy_env(const char *name, char *dst, size_t cap) {
     return 1;
 }
 
-static int env_flag(const char *name, const char *value) {
-    const char *v = getenv(name);
-    return v && strcmp(v, value) == 0;
+int vrift_onoff(const char *v) {
+    static const char *const words[] = {"1", "true", "yes", "on", "0", "false", "no", "off"};
+    if (!v) return -1;
+    while (*v == ' ' || *v == '\t' || *v == '\n' || *v == '\r' || *v == '\v' || *v == '\f') v++;
+    size_t n = strlen(v);
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\n' || v[n - 1] == '\r' ||
+                 v[n - 1] == '\v' || v[n - 1] == '\f'))
+        n--;
+    for (int i = 0; i < 8; i++)
+        if (strlen(words[i]) == n && strncasecmp(v, words[i], n) == 0) return i < 4;
+    return -1;
+}
+
+static int blank(const char *v) {
+    if (!v) return 1;
+    while (*v == ' ' || *v == '\t' || *v == '\n' || *v == '\r' || *v == '\v' || *v == '\f') v++;
+    return *v == '\0';
+}
+
+int vrift_switched_off(const char *enabled, const char *fallback) {
+    return (!blank(enabled) && vrift_onoff(enabled) != 1) || (!blank(fallback) && vrift_onoff(fallback) != 0);
 }
 
 /* glibc passes main's arguments to constructors: the action cache keys on argv. */
@@ -490,7 +509,7 @@ __attribute__((constructor)) static void vrift_init(int argc, char **argv, char 
     resolve_all();
     vrift_pid = vrift_raw_getpid();
     vrift_debug = getenv("VRIFT_DEBUG") && *getenv("VRIFT_DEBUG");
-    if (env_flag("VRIFT_ENABLED", "0") || env_flag("VRIFT_FALLBACK_MODE", "1")) goto out;
+    if (vrift_switched_off(getenv("VRIFT_ENABLED"), getenv("VRIFT_FALLBACK_MODE"))) goto out;
     if (copy_env("VRIFT_PROJECT_ROOT", vrift_root, sizeof vrift_root) != 1 || vrift_root[0] != '/') goto out;
     vrift_root_len = strlen(vrift_root);
     while (vrift_root_len > 1 && vrift_root[vrift_root_len - 1] == '/') vrift_root[--vrift_root_len] = '\0';

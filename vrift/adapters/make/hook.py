@@ -25,7 +25,21 @@ def make_quote(value: str) -> str:
     return value.replace("$", "$$").replace("#", "\\#")
 
 
-def fragment(root: str, lib: str, info: dict) -> str:
+ACTION_VARS = ("VRIFT_ACTION_ID", "VRIFT_ACTION_STARTED", "VRIFT_ACTION_ROOT_PID", "VRIFT_ACTION_OUT",
+               "VRIFT_ACTION_ERR", "VRIFT_CACHE_EXPLAIN")
+
+
+def cache_lines(names) -> list[str]:
+    """The action cache's part of the contract (docs/cache.md) for recipes of an unpreloaded
+    make: each process make starts is an action root (`VRIFT_ACTION_ROLE=each`), as the
+    children of the build tool under `vrift wrap make` are."""
+    return ["export VRIFT_CACHE := 1",
+            "export VRIFT_ACTION_ROLE := each",
+            f"export VRIFT_CACHE_ENV := {make_quote(':'.join(names))}",
+            "unexport " + " ".join(ACTION_VARS)]
+
+
+def fragment(root: str, lib: str, info: dict, cache_names=None) -> str:
     lines = [f"# vrift: recipes of {make_quote(root)} run under the preload library (vrift hook make --emit)",
              f"export VRIFT_PROJECT_ROOT := {make_quote(info['root'])}",
              f"export VRIFT_VDIR := {make_quote(info['vdir'])}",
@@ -33,6 +47,8 @@ def fragment(root: str, lib: str, info: dict) -> str:
              f"export VRIFT_STAGING_DIR := {make_quote(info['staging_dir'])}",
              # expanded once, when make reads it: what the environment preloaded already is kept
              f"export LD_PRELOAD := {make_quote(lib)} $(filter-out {make_quote(lib)},$(LD_PRELOAD))"]
+    if cache_names is not None:
+        lines += cache_lines(cache_names)
     return "\n".join(lines) + "\n"
 
 
@@ -77,6 +93,11 @@ def _emit(cwd: str, env, explicit_root: str | None) -> tuple[str | None, str | N
     info, reason = connect(root, project_id, env, int(settings["daemon.socket_timeout_ms"] or DEFAULT_SOCKET_TIMEOUT_MS))
     if info is None:
         return None, reason
+    # as `vrift wrap make` does: the cache on unless configured off, left alone inside an
+    # action already recorded (a make run by a recipe of an outer wrapped build)
+    cache = None
+    if settings["cache.enabled"] and not env.get("VRIFT_ACTION_STARTED"):
+        cache = list(settings["cache.env"] or [])
     path = os.path.join(locate.run_dir(env), f"make-{project_id[:16]}.mk")
-    write_if_changed(path, fragment(root, lib, info))
+    write_if_changed(path, fragment(root, lib, info, cache))
     return path, None
