@@ -45,7 +45,6 @@ clean:
 """
 
 
-@xfail("a sub-make with $(shell … | …) probes is one uncacheable action (stdin a pipe): nothing below it hits")
 def test_commands_below_a_probing_sub_make_hit_after_clean(twin):
     t = twin({"Makefile": TOP, "sub/Makefile": PROBING_SUB,
               **{f"sub/{n}.c": f"int {n}(void) {{ return {i}; }}\n" for i, n in enumerate("abc")}})

@@ -471,6 +471,7 @@ void vrift_action_init(int argc, char **argv) {
     snprintf(pid, sizeof pid, "%d", (int)vrift_pid);
     setenv("VRIFT_ACTION_STARTED", action_id, 1);
     setenv("VRIFT_ACTION_ROOT_PID", pid, 1);
+    vrift_stdin_outer_pipes();
     int r = lookup(argc, argv, exe);
     if (r == 2 || (r < 0 && !keep_logs)) {
         /* no answer: the action runs uncached, and nothing below it records */

@@ -64,6 +64,7 @@ const char *vrift_elf_invisible(const char *path);
 /* stdin.c: fd 0 as an input */
 void vrift_stdin_start(void);                  /* when this image starts recording */
 void vrift_stdin_read(void);                   /* fd 0 was read */
+void vrift_stdin_outer_pipes(void);            /* the root, at its start: pipes from outside */
 int vrift_stdin_path(char *out, size_t cap);   /* the file behind fd 0 at its start, or -1 */
 long long vrift_stdin_offset(void);            /* the offset of the file behind fd 0, or -1 */
 void vrift_stdin_seek(unsigned long long offset);
