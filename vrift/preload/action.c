@@ -99,6 +99,17 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
     return room;
 }
 
+/* This process wrote an 'N': its action runs every time, and what it starts from now on would
+ * only be more of an uncacheable action.  Like a build tool, it gives its children actions of
+ * their own (docs/cache.md, "Uncacheable parents"): a script that reads the clock or a pipe from
+ * outside still has its compiles replayed.  The action itself stays uncacheable (the 'N' is in
+ * its log); what the children do is recorded in their own actions. */
+void vrift_action_wall(void) {
+    if (vrift_action_tool || !vrift_recording || !action_id[0]) return;
+    vrift_action_tool = 1;
+    tool_pid = vrift_pid;
+}
+
 /* ------------------------------------------------------------------ exec checks (members) */
 
 static const char *env_get(char *const envp[], const char *name) {
@@ -186,7 +197,8 @@ void vrift_action_before_exec(const char *path, int search, char *const envp[], 
     } else if (path && !(search && !strchr(path, '/'))) {
         vrift_rec_uncacheable("exec of an unresolvable path", path);
     }
-    const char *why = env_problem(envp);
+    /* a child of an uncacheable process starts an action of its own (vrift_action_wall) */
+    const char *why = vrift_action_tool && !env_get(envp, "VRIFT_ACTION_STARTED") ? NULL : env_problem(envp);
     if (why) vrift_rec_uncacheable(why, path);
     if (replacing && is_root && vrift_raw_getpid() == root_pid) vrift_capture_cloexec(0);
     vrift_rec_flush();

@@ -261,6 +261,7 @@ void vrift_rec_uncacheable(const char *what, const char *detail) {
     for (size_t i = 0; i < n; i++)
         if (line[i] == '\n' || line[i] == '\r') line[i] = ' ';
     vrift_rec_bytes('N', line, n);
+    vrift_action_wall();
 }
 
 void vrift_rec_time(void) {

@@ -53,6 +53,7 @@ void vrift_action_before_exec(const char *path, int search, char *const envp[], 
 size_t vrift_action_env_slots(char *const envp[]);
 char **vrift_action_child_env(char *const envp[], char **room, char *role, char *id);
 int vrift_action_is_tool_child(int spawning);
+void vrift_action_wall(void); /* an 'N' was written: children start actions of their own */
 void vrift_action_exec_failed(void);
 
 /* clock.c: what this image may read of the real-time clock (at the start of recording) */
