@@ -40,3 +40,27 @@ def test_a_pipe_from_outside_through_a_pipeline_is_never_replayed(twin):
     second = t.build("make", piped="second\n")
     assert second.counts[0] == 0, second.wrapped.stderr
     assert (t.wrapped / "got.txt").read_text() == "SECOND\n"
+
+
+def test_an_append_to_a_new_file_is_replayed_only_where_it_is_absent(twin):
+    t = twin({"Makefile": "log.txt: in.txt\n\tcat in.txt >> log.txt\n", "in.txt": "one\n"})
+    t.build("make")
+    t.sh("rm log.txt")
+    warm = t.build("make")
+    assert warm.counts[0] == 1, warm.wrapped.stderr  # absent again: the first run is right
+    t.sh("touch in.txt")  # make runs it again, over the existing log: it appends
+    t.build("make")
+    assert (t.wrapped / "log.txt").read_text() == "one\none\n"
+
+
+def test_touch_keeps_what_is_there(twin):
+    # touch opens without O_TRUNC: a new stamp is empty, an existing one keeps its bytes
+    t = twin({"Makefile": "stamp: in.txt\n\ttouch stamp\n", "in.txt": "one\n"})
+    t.build("make")
+    t.sh("rm stamp")
+    warm = t.build("make")
+    assert warm.counts[0] == 1, warm.wrapped.stderr
+    t.sh("echo kept > stamp")
+    t.sh("touch in.txt")
+    t.build("make")
+    assert (t.wrapped / "stamp").read_text() == "kept\n"

@@ -17,7 +17,7 @@ from ..project import VriftError
 HEAD = struct.Struct("<BI")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
-KINDS = frozenset(b"RADWUXCOENTZ")
+KINDS = frozenset(b"RADWUXCOENTZB")
 ACTIONS_DIR = "actions"
 MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is uncacheable
 
@@ -25,7 +25,7 @@ MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is u
 @dataclass
 class ProcessLog:
     name: str
-    events: list[tuple[str, bytes]] = field(default_factory=list)  # (kind, path) in order: R A D W U X C
+    events: list[tuple[str, bytes]] = field(default_factory=list)  # (kind, path) in order: R A D W U X C B
     output: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # (time, seq, 'O'|'E', bytes)
     uncacheable: list[str] = field(default_factory=list)
     status: int | None = None  # from 'Z'; None when the process did not finish
@@ -91,7 +91,7 @@ def parse(data: bytes, name: str = "<log>") -> ProcessLog:
         pos += length
         k = chr(kind)
         log.last = k
-        if k in "RADWUXC":
+        if k in "RADWUXCB":
             log.events.append((k, payload))
         elif k in "OE":
             seq += 1

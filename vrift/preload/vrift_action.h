@@ -40,6 +40,7 @@ void vrift_rec_done(int status);                             /* 'Z' + flush */
 int vrift_rec_absolute(int dirfd, const char *path, char *out); /* 0 ok */
 
 /* Hooks of the existing interposers (called only when vrift_recording). */
+void vrift_rec_open_before(int dirfd, const char *path, int flags); /* a write-open's absence */
 void vrift_rec_open(int dirfd, const char *path, int flags, int fd);
 void vrift_rec_probe(int dirfd, const char *path, int result);
 
