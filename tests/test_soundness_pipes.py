@@ -64,3 +64,15 @@ def test_touch_keeps_what_is_there(twin):
     t.sh("touch in.txt")
     t.build("make")
     assert (t.wrapped / "stamp").read_text() == "kept\n"
+
+
+def test_the_umask_is_part_of_the_key(twin):
+    t = twin({"Makefile": "app: main.c\n\tcc -o app main.c\n", "main.c": "int main(void) { return 0; }\n"})
+    t.build("make", umask=0o077)
+    t.sh("rm app")
+    other = t.build("make", umask=0o022)  # another umask: another key, the compile runs
+    assert other.counts[0] == 0, other.wrapped.stderr
+    t.sh("rm app")
+    same = t.build("make", umask=0o077)
+    assert same.counts[0] == 1, same.wrapped.stderr
+    assert oct((t.wrapped / "app").stat().st_mode & 0o777) == "0o700"

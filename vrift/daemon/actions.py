@@ -137,8 +137,10 @@ class ActionCache:
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs ACTION (16 lowercase hex characters)")
         out = reply(req)
         self._count("lookups")
+        umask = req.int(Tag.UMASK)
         action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(req.all(Tag.ENV))), self.root,
-                        aid.decode(), req.get(Tag.STREAMS, b""))
+                        aid.decode(), req.get(Tag.STREAMS, b""),
+                        umask=b"" if umask is None else b"%03o" % (umask & 0o7777))
         if not self.enabled:
             return out.add(Tag.FLAGS, NO_RECORD)
         if self.ctx.excluded_tool(action.tool, os.fsdecode(argv[0])):

@@ -34,7 +34,8 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
 #define M_ACTION_LOOKUP 0x30
 #define M_ACTION_END 0x31
 enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
-       T_STDOUT = 20, T_STDERR = 21, T_STREAMS = 22, T_SIZE = 15, T_STDIN = 30 };
+       T_STDOUT = 20, T_STDERR = 21, T_STREAMS = 22, T_SIZE = 15, T_STDIN = 30,
+       T_UMASK = 31 };
 #define TERMINAL_ENV "TERM:COLORTERM:COLUMNS:NO_COLOR:CLICOLOR:CLICOLOR_FORCE:GCC_COLORS:GCC_URLS:TERM_URLS"
 
 int vrift_action_tool;
@@ -287,6 +288,10 @@ static int lookup(int argc, char **argv, const char *exe) {
     if (vrift_capture_terminal()) put_env(&b, TERMINAL_ENV);
     char shape[128];
     put_field(&b, T_STREAMS, shape, vrift_capture_describe(shape, sizeof shape));
+    /* the modes of what the command creates: read (and put back) before main, one thread */
+    mode_t mask = (mode_t)syscall(SYS_umask, 022);
+    syscall(SYS_umask, mask);
+    put_u32(&b, T_UMASK, (uint32_t)mask);
     put_field(&b, T_ACTION, action_id, 16);
     int result = -1;
     uint8_t *rb;
