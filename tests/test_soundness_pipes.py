@@ -76,3 +76,33 @@ def test_the_umask_is_part_of_the_key(twin):
     same = t.build("make", umask=0o077)
     assert same.counts[0] == 1, same.wrapped.stderr
     assert oct((t.wrapped / "app").stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_hard_link_is_made_again_not_replayed_as_a_copy(twin):
+    t = twin({"Makefile": "hard.txt: data.txt\n\tln -f data.txt hard.txt\n", "data.txt": "one\n"})
+    first = t.build("make")
+    assert "creates a hard link" in first.wrapped.stderr, first.wrapped.stderr
+    t.sh("rm hard.txt")
+    t.build("make")  # the snapshot compares link counts: 2 in both trees
+    assert (t.wrapped / "hard.txt").stat().st_ino == (t.wrapped / "data.txt").stat().st_ino
+
+
+def test_explicit_times_are_kept(twin):
+    t = twin({"Makefile": "all: a.h b.h\na.h: orig.h\n\tcp -p orig.h a.h\nb.h: orig.h\n\tcp orig.h b.h && touch -r orig.h b.h\n",
+              "orig.h": "#define O 1\n"})
+    t.sh("touch -d '2001-02-03 04:05:06' orig.h")
+    first = t.build("make")
+    assert "sets file times" in first.wrapped.stderr, first.wrapped.stderr
+    t.sh("rm a.h b.h")
+    t.build("make")
+    for root in t.roots:
+        for name in ("a.h", "b.h"):
+            assert (root / name).stat().st_mtime_ns == (root / "orig.h").stat().st_mtime_ns, (root, name)
+
+
+def test_touch_without_a_time_is_still_cached(twin):
+    t = twin({"Makefile": "stamp: in.txt\n\tcp in.txt stamp && touch stamp\n", "in.txt": "one\n"})
+    t.build("make")
+    t.sh("rm stamp")
+    warm = t.build("make")
+    assert warm.counts[0] == 1, warm.wrapped.stderr
