@@ -106,3 +106,22 @@ def test_touch_without_a_time_is_still_cached(twin):
     t.sh("rm stamp")
     warm = t.build("make")
     assert warm.counts[0] == 1, warm.wrapped.stderr
+
+
+BUILD_SH = """\
+read -r flags
+cc $flags -c a.c -o a.o
+cc $flags -c b.c -o b.o
+"""
+
+
+def test_an_uncacheable_script_under_make_still_has_its_compiles_replayed(twin):
+    t = twin({"Makefile": "all: a.c b.c build.sh\n\tsh build.sh\n.PHONY: all\n", "build.sh": BUILD_SH,
+              "a.c": "int a;\n", "b.c": "int b;\n"})
+    t.build("make", piped="-O1\n")
+    t.sh("rm a.o b.o")
+    warm = t.build("make", piped="-O1\n")
+    assert warm.counts == (2, 1, 1), warm.wrapped.stderr  # the compiles hit; the script runs
+    t.edit("a.c", "int a;", "int a = 1;")
+    edited = t.build("make", piped="-O1\n")
+    assert edited.counts == (1, 2, 1), edited.wrapped.stderr  # a.c compiles again, b.o hits
