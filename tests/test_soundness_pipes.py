@@ -125,3 +125,14 @@ def test_an_uncacheable_script_under_make_still_has_its_compiles_replayed(twin):
     t.edit("a.c", "int a;", "int a = 1;")
     edited = t.build("make", piped="-O1\n")
     assert edited.counts == (1, 2, 1), edited.wrapped.stderr  # a.c compiles again, b.o hits
+
+
+def test_what_an_uncacheable_script_exports_is_in_its_childrens_keys(twin):
+    # the value comes from the pipe (seen by nobody); gen.sh reads it from its environment
+    script = "read -r flags\nexport FLAGS=\"$flags\"\nsh gen.sh > out.txt\n"
+    t = twin({"Makefile": "all:\n\tsh build.sh\n.PHONY: all\n", "build.sh": script, "gen.sh": "echo \"$FLAGS\"\n"})
+    t.build("make", piped="-O1\n")
+    t.build("make", piped="-O2\n")
+    assert (t.wrapped / "out.txt").read_text() == "-O2\n"
+    again = t.build("make", piped="-O2\n")
+    assert again.counts[0] == 1, again.wrapped.stderr  # the same environment: gen.sh hits

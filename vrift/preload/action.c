@@ -38,6 +38,8 @@ enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17
        T_UMASK = 31 };
 #define TERMINAL_ENV "TERM:COLORTERM:COLUMNS:NO_COLOR:CLICOLOR:CLICOLOR_FORCE:GCC_COLORS:GCC_URLS:TERM_URLS"
 
+extern char **environ;
+
 int vrift_action_tool;
 static pid_t tool_pid;
 static char action_id[17];
@@ -74,6 +76,8 @@ static void new_id(char out[17]) {
 
 /* ------------------------------------------------------------------ tool: children's identity */
 
+static int wall; /* a tool because the action is uncacheable (vrift_action_wall), not a build tool */
+
 int vrift_action_is_tool_child(int spawning) {
     return vrift_action_tool && (spawning || vrift_raw_getpid() != tool_pid);
 }
@@ -82,7 +86,7 @@ size_t vrift_action_env_slots(char *const envp[]) {
     size_t n = 0;
     if (envp)
         while (envp[n]) n++;
-    return n + 3;
+    return n + 4;
 }
 
 /* The child's environment: envp without any VRIFT_ACTION_* variable, plus ROLE=root and a
@@ -96,6 +100,9 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
     new_id(id + 16);
     room[k++] = role;
     room[k++] = id;
+    /* what an uncacheable parent passes on in its environment (`T=$(date) ./gen`) is not in
+     * cache.env: the child's key then holds the whole environment */
+    if (wall) room[k++] = (char *)"VRIFT_ACTION_WALL=1";
     room[k] = NULL;
     return room;
 }
@@ -108,6 +115,7 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
 void vrift_action_wall(void) {
     if (vrift_action_tool || !vrift_recording || !action_id[0]) return;
     vrift_action_tool = 1;
+    wall = 1;
     tool_pid = vrift_pid;
 }
 
@@ -284,6 +292,9 @@ static int lookup(int argc, char **argv, const char *exe) {
     if (il > 0) put_field(&b, T_STDIN, in, (size_t)il);
     for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
     put_env(&b, getenv("VRIFT_CACHE_ENV"));
+    if (getenv("VRIFT_ACTION_WALL"))
+        for (char **e = environ; e && *e; e++)
+            if (strncmp(*e, "VRIFT_", 6) != 0 && strncmp(*e, "LD_PRELOAD=", 11) != 0) put_field(&b, T_ENV, *e, strlen(*e));
     /* what a tool sees of a terminal: also these, which decide its colours and width */
     if (vrift_capture_terminal()) put_env(&b, TERMINAL_ENV);
     char shape[128];
@@ -343,7 +354,6 @@ static int lookup(int argc, char **argv, const char *exe) {
 
 static void record_mapped_files(void);
 static void send_end(int status);
-extern char **environ;
 
 /* exit() runs this after the library destructors: our constructor registered it before
  * __libc_start_main registered the loader's fini, and handlers run in reverse order.  By now

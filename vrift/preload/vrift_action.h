@@ -49,7 +49,7 @@ void vrift_action_init(int argc, char **argv);
 void vrift_action_exit(int status, int via_exit); /* the end of this image */
 void vrift_action_fini(void);                     /* destructor: status from on_exit */
 /* exec/spawn: X record, static binary and environment checks, flush; for the tool, the
- * environment of the child (caller provides room for n+3 pointers and 2 strings). */
+ * environment of the child (caller provides room for env_slots() pointers and 2 strings). */
 void vrift_action_before_exec(const char *path, int search, char *const envp[], int replacing);
 size_t vrift_action_env_slots(char *const envp[]);
 char **vrift_action_child_env(char *const envp[], char **room, char *role, char *id);
