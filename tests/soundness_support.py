@@ -143,7 +143,8 @@ class Twin:
             (root / rel).write_text(text.replace(old, new))
 
     def run(self, root: Path, cmd, *, wrapped: bool, stdin=None, env=None, umask=None, stderr_to_stdout=False,
-            wrap_args=()):
+            wrap_args=(), piped: str | None = None):
+        """`stdin`: a file of the tree on fd 0; `piped`: this text through a pipe on fd 0."""
         full = tool_env()  # the same PATH for both: the same make, ninja, cc
         for name, value in (env or {}).items():  # None: unset
             if value is None:
@@ -151,9 +152,9 @@ class Twin:
             else:
                 full[name] = value
         argv = [sys.executable, "-m", "vrift", "wrap", "--explain", *wrap_args, *cmd] if wrapped else list(cmd)
-        stdin_file = open(root / stdin, "rb") if stdin else subprocess.DEVNULL
+        stdin_file = open(root / stdin, "rb") if stdin else None if piped is not None else subprocess.DEVNULL
         try:
-            return subprocess.run(argv, cwd=root, env=full, stdin=stdin_file, stdout=subprocess.PIPE,
+            return subprocess.run(argv, cwd=root, env=full, stdin=stdin_file, input=piped, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE,
                                   text=True, timeout=120,
                                   preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)

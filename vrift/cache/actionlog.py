@@ -18,7 +18,7 @@ from ..project import VriftError
 HEAD = struct.Struct("<BI")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
-KINDS = frozenset(b"RADWUXCSOENTZ")
+KINDS = frozenset(b"RADWUXCSOENTZB")
 ACTIONS_DIR = "actions"
 MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is uncacheable
 
@@ -26,7 +26,7 @@ MAX_LOG_BYTES = 256 << 20  # a log bigger than this is not read: the action is u
 @dataclass
 class ProcessLog:
     name: str
-    # (kind, path) in order: R A D W U X C, and 'S' + its flavour ('Sf' stat, 'Sl' lstat/readlink,
+    # (kind, path) in order: R A D W U X C B, and 'S' + its flavour ('Sf' stat, 'Sl' lstat/readlink,
     # 'Sa' access, 'Sm' mkdir found it existing)
     events: list[tuple[str, bytes]] = field(default_factory=list)
     output: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # (time, seq, 'O'|'E', bytes)
@@ -94,7 +94,7 @@ def parse(data: bytes, name: str = "<log>") -> ProcessLog:
         pos += length
         k = chr(kind)
         log.last = k
-        if k in "RADWUXC":
+        if k in "RADWUXCB":
             log.events.append((k, payload))
         elif k == "S":
             if length < 2 or payload[:1] not in (b"f", b"l", b"a", b"m"):

@@ -301,6 +301,12 @@ def classify(logs: ActionLogs, root: bytes):
             inputs[(kind, path)] = None
             continue
         others = (writers.get(path, set()) | removers.get(path, set())) - {n}
+        if kind == "B":
+            # absent before a write-open that keeps content (`echo run >> log`): what the
+            # action leaves there depends on that absence, whoever else writes it
+            if before_own:
+                inputs[(kind, path)] = None
+            continue
         if before_own and not others:
             if kind[0] == "S":
                 pass  # the state of a file this process then writes or removes (`rm -f x`, as)
@@ -406,6 +412,8 @@ def build(logs: ActionLogs, ctx: Context, status: int, start_ns: int, tool: str 
         elif kind == "A":
             if os.path.lexists(path):
                 raise Uncacheable("an input changed while the action ran", f"{_show(path)} appeared")
+            fp.inputs.append(["A", ctx.stored(path), None])
+        elif kind == "B":  # absent before the action created it: exists now, as its output
             fp.inputs.append(["A", ctx.stored(path), None])
         elif kind == "D":
             try:

@@ -33,6 +33,7 @@ class Action:
     root: bytes = b""
     action_id: str = ""
     streams: bytes = b""  # what the tool sees on fd 0/1/2, e.g. b"out=tty,80x24 err=out" (docs/cache.md)
+    umask: bytes = b""  # octal, e.g. b"022": the modes of what the action creates depend on it
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -105,6 +106,7 @@ def action_key(action: Action, exe_digest: bytes, plugin_bytes: bytes = b"") -> 
     for var in action.env:
         part(b"e", var)
     part(b"s", action.streams)
+    part(b"m", action.umask)
     part(b"p", plugin_bytes)
     return h.digest()
 

@@ -173,8 +173,10 @@ class ActionCache:
                 search_path = kv[5:]
             elif not kv.startswith(b"VRIFT_"):
                 key_env.append(kv)
+        umask = req.int(Tag.UMASK)
         action = Action(tuple(argv), os.path.normpath(cwd), exe, tuple(sorted(key_env)), self.root,
-                        aid.decode(), req.get(Tag.STREAMS, b""))
+                        aid.decode(), req.get(Tag.STREAMS, b""),
+                        umask=b"" if umask is None else b"%03o" % (umask & 0o7777))
         search = (search_path, action.cwd)
         if not self.enabled:
             return out.add(Tag.FLAGS, NO_RECORD)

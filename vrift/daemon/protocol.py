@@ -79,6 +79,7 @@ class Tag(IntEnum):
     STDERR = 21       # bytes: an action's recorded stderr
     STDIN = 30        # bytes: the regular file behind an action's fd 0 (absolute), read from its start
     STREAMS = 22      # ASCII: what an action's fd 0/1/2 are (terminal and its size, pipe, shared), part of its key
+    UMASK = 31        # u32: an action root's umask (shapes its outputs' modes), part of its key
 
 
 class Err(IntEnum):
@@ -98,7 +99,7 @@ CLOSING_ERRORS = frozenset({Err.BAD_FRAME, Err.BAD_VERSION, Err.TOO_LARGE})
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-U32_TAGS = frozenset({Tag.PID, Tag.ERROR_CODE, Tag.COUNT, Tag.FLAGS})
+U32_TAGS = frozenset({Tag.PID, Tag.ERROR_CODE, Tag.COUNT, Tag.FLAGS, Tag.UMASK})
 U64_TAGS = frozenset({Tag.GENERATION, Tag.SIZE})
 
 

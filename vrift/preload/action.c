@@ -34,8 +34,11 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
 #define M_ACTION_LOOKUP 0x30
 #define M_ACTION_END 0x31
 enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
-       T_STDOUT = 20, T_STDERR = 21, T_STREAMS = 22, T_SIZE = 15, T_STDIN = 30 };
+       T_STDOUT = 20, T_STDERR = 21, T_STREAMS = 22, T_SIZE = 15, T_STDIN = 30,
+       T_UMASK = 31 };
 #define TERMINAL_ENV "TERM:COLORTERM:COLUMNS:NO_COLOR:CLICOLOR:CLICOLOR_FORCE:GCC_COLORS:GCC_URLS:TERM_URLS"
+
+extern char **environ;
 
 int vrift_action_tool;
 static pid_t tool_pid;
@@ -74,6 +77,8 @@ static void new_id(char out[17]) {
 
 /* ------------------------------------------------------------------ tool: children's identity */
 
+static int wall; /* a tool because the action is uncacheable (vrift_action_wall), not a build tool */
+
 int vrift_action_is_tool_child(int spawning) {
     return vrift_action_tool && (spawning || vrift_raw_getpid() != tool_pid);
 }
@@ -82,7 +87,7 @@ size_t vrift_action_env_slots(char *const envp[]) {
     size_t n = 0;
     if (envp)
         while (envp[n]) n++;
-    return n + 3;
+    return n + 4;
 }
 
 /* The child's environment: envp without any VRIFT_ACTION_* variable, plus ROLE=root and a
@@ -96,8 +101,23 @@ char **vrift_action_child_env(char *const envp[], char **room, char *role, char 
     new_id(id + 16);
     room[k++] = role;
     room[k++] = id;
+    /* what an uncacheable parent passes on in its environment (`T=$(date) ./gen`) is not in
+     * cache.env: the child's key then holds the whole environment */
+    if (wall) room[k++] = (char *)"VRIFT_ACTION_WALL=1";
     room[k] = NULL;
     return room;
+}
+
+/* This process wrote an 'N': its action runs every time, and what it starts from now on would
+ * only be more of an uncacheable action.  Like a build tool, it gives its children actions of
+ * their own (docs/cache.md, "Uncacheable parents"): a script that reads the clock or a pipe from
+ * outside still has its compiles replayed.  The action itself stays uncacheable (the 'N' is in
+ * its log); what the children do is recorded in their own actions. */
+void vrift_action_wall(void) {
+    if (vrift_action_tool || !vrift_recording || !action_id[0]) return;
+    vrift_action_tool = 1;
+    wall = 1;
+    tool_pid = vrift_pid;
 }
 
 /* ------------------------------------------------------------------ exec checks (members) */
@@ -185,7 +205,8 @@ void vrift_action_before_exec(const char *path, int search, char *const envp[], 
     } else if (path && !(search && !strchr(path, '/'))) {
         vrift_rec_uncacheable("exec of an unresolvable path", path);
     }
-    const char *why = env_problem(envp);
+    /* a child of an uncacheable process starts an action of its own (vrift_action_wall) */
+    const char *why = vrift_action_tool && !env_get(envp, "VRIFT_ACTION_STARTED") ? NULL : env_problem(envp);
     if (why) vrift_rec_uncacheable(why, path);
     if (replacing && is_root && vrift_raw_getpid() == root_pid) vrift_capture_cloexec(0);
     vrift_rec_flush();
@@ -270,10 +291,17 @@ static int lookup(int argc, char **argv, const char *exe) {
     if (il > 0) put_field(&b, T_STDIN, in, (size_t)il);
     for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
     put_env(&b, getenv("VRIFT_CACHE_ENV"));
+    if (getenv("VRIFT_ACTION_WALL"))
+        for (char **e = environ; e && *e; e++)
+            if (strncmp(*e, "VRIFT_", 6) != 0 && strncmp(*e, "LD_PRELOAD=", 11) != 0) put_field(&b, T_ENV, *e, strlen(*e));
     /* what a tool sees of a terminal: also these, which decide its colours and width */
     if (vrift_capture_terminal()) put_env(&b, TERMINAL_ENV);
     char shape[128];
     put_field(&b, T_STREAMS, shape, vrift_capture_describe(shape, sizeof shape));
+    /* the modes of what the command creates: read (and put back) before main, one thread */
+    mode_t mask = (mode_t)syscall(SYS_umask, 022);
+    syscall(SYS_umask, mask);
+    put_u32(&b, T_UMASK, (uint32_t)mask);
     put_field(&b, T_ACTION, action_id, 16);
     int result = -1;
     uint8_t *rb;
@@ -325,7 +353,6 @@ static int lookup(int argc, char **argv, const char *exe) {
 
 static void record_mapped_files(void);
 static void send_end(int status);
-extern char **environ;
 
 /* exit() runs this after the library destructors: our constructor registered it before
  * __libc_start_main registered the loader's fini, and handlers run in reverse order.  By now
@@ -479,6 +506,7 @@ void vrift_action_init(int argc, char **argv) {
     snprintf(pid, sizeof pid, "%d", (int)vrift_pid);
     setenv("VRIFT_ACTION_STARTED", action_id, 1);
     setenv("VRIFT_ACTION_ROOT_PID", pid, 1);
+    vrift_stdin_outer_pipes();
     int r = lookup(argc, argv, exe);
     if (r == 2 || (r < 0 && !keep_logs)) {
         /* no answer: the action runs uncached, and nothing below it records */

@@ -200,6 +200,22 @@ EXPORT int rmdir(const char *a) {
     return done(&t, r);
 }
 
+/* A replay puts each output in place as a file of its own: a second name of a file (link count
+ * 2, an in-place edit of one seen through the other) cannot be replayed. */
+static void hard_link(const char *b) { vrift_rec_uncacheable("creates a hard link:", b); }
+
+/* A replayed output gets a fresh mtime (make and ninja must see it as new): times set on
+ * purpose (`cp -p`, `touch -d`/`-r`, `tar x`, `install -p`) would be lost.  NULL times or
+ * UTIME_NOW are "now", which a replay gives too. */
+static int explicit_times(const struct timespec *times) {
+    if (!times) return 0;
+    for (int i = 0; i < 2; i++)
+        if (times[i].tv_nsec != UTIME_NOW && times[i].tv_nsec != UTIME_OMIT) return 1;
+    return 0;
+}
+
+static void sets_times(const char *what) { vrift_rec_uncacheable("sets file times:", what); }
+
 EXPORT int link(const char *a, const char *b) {
     T;
     touch(&t, AT_FDCWD, a, 0, 0);
@@ -207,6 +223,7 @@ EXPORT int link(const char *a, const char *b) {
     int r = REAL(link)(a, b);
     if (UNLIKELY(vrift_recording) && r == 0) {
         vrift_rec_path('W', AT_FDCWD, b);
+        hard_link(b);
     }
     return done(&t, r);
 }
@@ -221,6 +238,7 @@ EXPORT int linkat(int da, const char *a, int db, const char *b, int flags) {
     int r = REAL(linkat)(da, a, db, b, flags);
     if (UNLIKELY(vrift_recording) && r == 0) {
         vrift_rec_path('W', db, b);
+        hard_link(b);
     }
     return done(&t, r);
 }
@@ -295,6 +313,7 @@ EXPORT int utimensat(int d, const char *a, const struct timespec times[2], int f
         touch(&t, d, a, !(flags & AT_SYMLINK_NOFOLLOW), 0);
     int r = REAL(utimensat)(d, a, times, flags);
     if (UNLIKELY(vrift_recording) && r == 0) {
+        if (explicit_times(times)) sets_times(a ? a : "(fd)");
         if (a == NULL)
             vrift_rec_fd('W', d);
         else
@@ -307,7 +326,10 @@ EXPORT int futimens(int fd, const struct timespec times[2]) {
     T;
     touch_fd(&t, fd);
     int r = REAL(futimens)(fd, times);
-    if (UNLIKELY(vrift_recording) && r == 0) vrift_rec_fd('W', fd);
+    if (UNLIKELY(vrift_recording) && r == 0) {
+        if (explicit_times(times)) sets_times("(fd)");
+        vrift_rec_fd('W', fd);
+    }
     return done(&t, r);
 }
 
@@ -316,6 +338,7 @@ EXPORT int utimes(const char *a, const struct timeval times[2]) {
     touch(&t, AT_FDCWD, a, 1, 0);
     int r = REAL(utimes)(a, times);
     if (UNLIKELY(vrift_recording) && r == 0) {
+        if (times) sets_times(a);
         vrift_rec_path('W', AT_FDCWD, a);
     }
     return done(&t, r);
@@ -326,6 +349,7 @@ EXPORT int utime(const char *a, const struct utimbuf *times) {
     touch(&t, AT_FDCWD, a, 1, 0);
     int r = REAL(utime)(a, times);
     if (UNLIKELY(vrift_recording) && r == 0) {
+        if (times) sets_times(a);
         vrift_rec_path('W', AT_FDCWD, a);
     }
     return done(&t, r);

@@ -267,6 +267,7 @@ void vrift_rec_uncacheable(const char *what, const char *detail) {
     for (size_t i = 0; i < n; i++)
         if (line[i] == '\n' || line[i] == '\r') line[i] = ' ';
     vrift_rec_bytes('N', line, n);
+    vrift_action_wall();
 }
 
 void vrift_rec_time(void) {
@@ -312,8 +313,29 @@ static int harmless_device(const struct stat *st) {
     return S_ISCHR(st->st_mode) && major(st->st_rdev) == 1 && (minor(st->st_rdev) == 3 || minor(st->st_rdev) == 5);
 }
 
+/* Set by vrift_rec_open_before for the open that follows in this thread. */
+static __thread int absent_before;
+
+/* Before a write-open that keeps content (O_APPEND, or no O_TRUNC; not O_EXCL, which creates the
+ * file fresh or fails): what is written lands after what was there.  When nothing was there,
+ * that absence is an input ('B'): `echo run >> log` is replayed only where log is absent again
+ * (an existing file is read-modify-write: 'R' in vrift_rec_open). */
+void vrift_rec_open_before(int dirfd, const char *path, int flags) {
+    absent_before = 0;
+    if ((flags & O_ACCMODE) == O_RDONLY || (flags & (O_TRUNC | O_EXCL)) || !(flags & O_CREAT) || !path) return;
+    int saved = errno;
+    struct stat st;
+    if (syscall(SYS_newfstatat, dirfd, path, &st, 0) != 0 && errno == ENOENT) {
+        absent_before = 1;
+        vrift_rec_path('B', dirfd, path);
+    }
+    errno = saved;
+}
+
 void vrift_rec_open(int dirfd, const char *path, int flags, int fd) {
     int saved = errno;
+    int was_absent = absent_before;
+    absent_before = 0;
     if (fd < 0) {
         if (saved == ENOENT || saved == ENOTDIR) vrift_rec_path('A', dirfd, path);
         errno = saved;
@@ -325,7 +347,8 @@ void vrift_rec_open(int dirfd, const char *path, int flags, int fd) {
     int writing = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
     if (S_ISREG(st.st_mode)) {
         /* kept content (append, r+) is an input of what is written */
-        if (!writing || (!(flags & O_TRUNC) && st.st_size > 0)) vrift_rec_path('R', dirfd, path);
+        if (!writing || (!(flags & (O_TRUNC | O_EXCL)) && (st.st_size > 0 || !was_absent)))
+            vrift_rec_path('R', dirfd, path);
         if (writing) vrift_rec_path('W', dirfd, path);
     } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
         if (!harmless_device(&st)) vrift_rec_uncacheable("device", path);

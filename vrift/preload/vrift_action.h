@@ -40,6 +40,7 @@ void vrift_rec_done(int status);                             /* 'Z' + flush */
 int vrift_rec_absolute(int dirfd, const char *path, char *out); /* 0 ok */
 
 /* Hooks of the existing interposers (called only when vrift_recording). */
+void vrift_rec_open_before(int dirfd, const char *path, int flags); /* a write-open's absence */
 void vrift_rec_open(int dirfd, const char *path, int flags, int fd);
 void vrift_rec_probe(int dirfd, const char *path, int result, char how); /* how: 'f' 'l' 'a' 'm' */
 void vrift_rec_stat(int dirfd, const char *path, char how);                /* an 'S' record */
@@ -49,11 +50,12 @@ void vrift_action_init(int argc, char **argv);
 void vrift_action_exit(int status, int via_exit); /* the end of this image */
 void vrift_action_fini(void);                     /* destructor: status from on_exit */
 /* exec/spawn: X record, static binary and environment checks, flush; for the tool, the
- * environment of the child (caller provides room for n+3 pointers and 2 strings). */
+ * environment of the child (caller provides room for env_slots() pointers and 2 strings). */
 void vrift_action_before_exec(const char *path, int search, char *const envp[], int replacing);
 size_t vrift_action_env_slots(char *const envp[]);
 char **vrift_action_child_env(char *const envp[], char **room, char *role, char *id);
 int vrift_action_is_tool_child(int spawning);
+void vrift_action_wall(void); /* an 'N' was written: children start actions of their own */
 void vrift_action_exec_failed(void);
 
 /* clock.c: what this image may read of the real-time clock (at the start of recording) */
@@ -65,6 +67,7 @@ const char *vrift_elf_invisible(const char *path);
 /* stdin.c: fd 0 as an input */
 void vrift_stdin_start(void);                  /* when this image starts recording */
 void vrift_stdin_read(void);                   /* fd 0 was read */
+void vrift_stdin_outer_pipes(void);            /* the root, at its start: pipes from outside */
 int vrift_stdin_path(char *out, size_t cap);   /* the file behind fd 0 at its start, or -1 */
 long long vrift_stdin_offset(void);            /* the offset of the file behind fd 0, or -1 */
 void vrift_stdin_seek(unsigned long long offset);

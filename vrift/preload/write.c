@@ -642,6 +642,7 @@ static int open_plain(int dirfd, const char *path, int flags, mode_t mode,
 
 static int open_common(int dirfd, const char *path, int flags, mode_t mode,
                        int (*realf)(int, const char *, int, ...)) {
+    if (UNLIKELY(vrift_recording)) vrift_rec_open_before(dirfd, path, flags);
     int fd = open_plain(dirfd, path, flags, mode, realf);
     if (UNLIKELY(vrift_recording)) vrift_rec_open(dirfd, path, flags, fd);
     return fd;
@@ -742,6 +743,7 @@ static FILE *fopen_plain(const char *path, const char *mode, FILE *(*realf)(cons
 }
 
 static FILE *fopen_common(const char *path, const char *mode, FILE *(*realf)(const char *, const char *)) {
+    if (UNLIKELY(vrift_recording) && mode && fopen_flags(mode) >= 0) vrift_rec_open_before(AT_FDCWD, path, fopen_flags(mode));
     FILE *f = fopen_plain(path, mode, realf);
     if (UNLIKELY(vrift_recording) && mode && fopen_flags(mode) >= 0)
         vrift_rec_open(AT_FDCWD, path, fopen_flags(mode), f ? fileno(f) : -1);
@@ -757,6 +759,7 @@ static FILE *freopen_common(const char *path, const char *mode, FILE *fp,
     fd_slot snap;
     int mine = path ? take(oldfd, &snap) : 0;
     int flags = mode ? fopen_flags(mode) : -1;
+    if (UNLIKELY(vrift_recording) && path && flags >= 0) vrift_rec_open_before(AT_FDCWD, path, flags);
     write_plan p;
     p.kind = P_PASS;
     if (path && flags >= 0 && wants_write(flags)) plan_write(AT_FDCWD, path, flags, &p);
