@@ -35,6 +35,18 @@ COUNTERS = ("hits", "misses", "errors", "timeouts", "refused", "full", "corrupt"
             "bytes_down", "bytes_up", "uploaded", "upload_failed", "upload_dropped")
 
 
+class Named:
+    """The local CAS as match() sees it for a remote fingerprint: a blob is there when the CAS
+    has it or the remote entry names it (it is fetched, and verified, only on a match)."""
+
+    def __init__(self, cas, names: dict):
+        self.cas, self.names = cas, names
+
+    def has(self, digest) -> bool:
+        hexd = digest if isinstance(digest, str) else digest.hex()
+        return hexd in self.names or self.cas.has(digest)
+
+
 class Remote:
     """One remote: its backend, circuit breaker and counters."""
 
