@@ -211,3 +211,10 @@ def test_a_cold_build_with_a_bad_remote_is_right(machines, sources, tmp_path, re
     r = m.remote()
     assert r["uploaded"] == 0 and r["timeouts"] + r["refused"] + r["errors"] >= 1, r
     assert "wrong" not in json.dumps(m.stats())
+    if how == "silent":  # said once, in the build's summary line; lookups in flight together time out together
+        import re
+
+        m_ = re.search(rf"remote redis://127.0.0.1:{silent_port}/0: (\d+) timeouts", cold.stderr)
+        assert m_ and 1 <= int(m_[1]) <= os.cpu_count() + 2, cold.stderr
+    text = m.cli("cache", "stats").stdout
+    assert "remote redis://" in text and "0 entries uploaded" in text, text

@@ -47,6 +47,15 @@ def stats_cmd(as_json):
                f"LMDB {human_bytes(stats['lmdb_bytes'])}")
     click.echo(f"  {c.get('hits', 0):,} hits, {c.get('misses', 0):,} misses{rate}, {c.get('recorded', 0):,} recorded, "
                f"{human_bytes(c.get('bytes_replayed', 0))} replayed")
+    for url, r in sorted((c.get("remote") or {}).items()):
+        g = r.get
+        click.echo(f"remote {url}")
+        click.echo(f"  {g('hits', 0):,} hits, {g('misses', 0):,} misses, {g('errors', 0):,} errors, "
+                   f"{g('timeouts', 0):,} timeouts, {g('refused', 0):,} refused, {g('full', 0):,} full, "
+                   f"{g('corrupt', 0):,} corrupt blobs or entries, {g('skipped', 0):,} skipped (after a failure)")
+        click.echo(f"  {human_bytes(g('bytes_down', 0))} down, {human_bytes(g('bytes_up', 0))} up, "
+                   f"{g('uploaded', 0):,} entries uploaded, {g('upload_failed', 0):,} failed, "
+                   f"{g('upload_dropped', 0):,} dropped")
     reasons = sorted((c.get("uncacheable") or {}).items(), key=lambda kv: -kv[1])
     if reasons:
         click.echo(f"  {sum(n for _, n in reasons):,} uncacheable:")
