@@ -30,12 +30,12 @@ EDGES = UNITS + 1 + 1 + 1  # units, one library, main.o, the link
 class Machine:
     """A VRIFT_HOME (and shm dir) of its own, with the remote in its environment."""
 
-    def __init__(self, base: Path, remote: str | None):
+    def __init__(self, base: Path, remote: str | None, config: str = ""):
         self.base = base
         self.home = base / "h"
         self.home.mkdir(mode=0o700, parents=True)
         (base / "shm").mkdir(mode=0o700)
-        (self.home / "config.yaml").write_text(FAST_DAEMONS)
+        (self.home / "config.yaml").write_text(FAST_DAEMONS + config)
         env = tool_env()
         env.update(VRIFT_HOME=str(self.home), VRIFT_SHM_DIR=str(base / "shm"))
         env.pop("VRIFT_CACHE_REMOTE", None)
@@ -72,8 +72,8 @@ def machines():
     require_tools("ninja", "cc", "ar")
     made: list[Machine] = []
 
-    def make(remote: str | None) -> Machine:
-        m = Machine(Path(tempfile.mkdtemp(prefix="vrm", dir="/tmp")), remote)
+    def make(remote: str | None, config: str = "") -> Machine:
+        m = Machine(Path(tempfile.mkdtemp(prefix="vrm", dir="/tmp")), remote, config)
         made.append(m)
         return m
 
@@ -218,3 +218,18 @@ def test_a_cold_build_with_a_bad_remote_is_right(machines, sources, tmp_path, re
         assert m_ and 1 <= int(m_[1]) <= os.cpu_count() + 2, cold.stderr
     text = m.cli("cache", "stats").stdout
     assert "remote redis://" in text and "0 entries uploaded" in text, text
+
+
+def test_stop_flushes_in_bounded_time_and_reports(machines, sources, tmp_path, silent_port):
+    # never skipped, so every upload waits for its timeout: the queue cannot drain in a second
+    m = machines(f"redis://127.0.0.1:{silent_port}/0|operation-timeout=400",
+                 "cache:\n  remote_skip_s: 0\n  remote_flush_s: 1\n")
+    a = checkout(sources, tmp_path, "a")
+    m.wrap(a, "ninja")
+    assert_same_outputs(a, sources[1])
+    stop = m.stop()
+    assert stop.returncode == 0, stop.stderr
+    line = [x for x in stop.stdout.splitlines() if "remote uploads flushed" in x]
+    assert len(line) == 1 and "not uploaded (dropped)" in line[0], stop.stdout
+    r = m.remote()
+    assert r["uploaded"] == 0 and r["upload_dropped"] >= 1 and r["timeouts"] >= 1, r

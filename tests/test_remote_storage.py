@@ -38,7 +38,7 @@ def roundtrip(tmp_path, url, big: bytes = b"") -> tuple[tiers.RemoteTiers, tiers
     t1, t2 = tiers.build(Cfg([url]), cas1), tiers.build(Cfg([url]), cas2)
     key, fid, fp, digests = entry(cas1, b"object code", big or os.urandom(100_000))
     t1.enqueue(key, fid, fp, digests)
-    assert t1.flush(20) == {"pending": 0, "waited_s": pytest.approx(0, abs=20)}
+    assert t1.flush(20)["pending"] == 0
     assert t1.stats()[0]["uploaded"] == 1, t1.stats()
     found = list(t2.candidates(key, set()))
     assert [(f, d) for _, f, d, _ in found] == [(fid, fp)]

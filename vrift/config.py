@@ -170,7 +170,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("cache.remote", "urls", [], "Remote caches shared across machines, read in order (docs/remote.md).",
         env="VRIFT_CACHE_REMOTE"),
     Key("cache.remote_connect_timeout_ms", "int", 200, "Milliseconds to connect to a remote cache.", low=0),
-    Key("cache.remote_timeout_ms", "int", 1000, "Milliseconds a remote cache operation may take.", low=0),
+    Key("cache.remote_timeout_ms", "int", 500, "Milliseconds a remote cache operation may take.", low=0),
     Key("cache.remote_skip_s", "number", 30, "Seconds a remote that failed is skipped.", low=0, low_inclusive=True),
     Key("cache.remote_flush_s", "number", 10, "Seconds a stopping daemon waits for pending uploads.",
         low=0, low_inclusive=True),

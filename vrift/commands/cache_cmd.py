@@ -52,7 +52,8 @@ def stats_cmd(as_json):
         click.echo(f"remote {url}")
         click.echo(f"  {g('hits', 0):,} hits, {g('misses', 0):,} misses, {g('errors', 0):,} errors, "
                    f"{g('timeouts', 0):,} timeouts, {g('refused', 0):,} refused, {g('full', 0):,} full, "
-                   f"{g('corrupt', 0):,} corrupt blobs or entries, {g('skipped', 0):,} skipped (after a failure)")
+                   f"{g('corrupt', 0):,} corrupt blobs or entries, {g('skipped', 0):,} skipped (after a failure), "
+                   f"{g('over_budget', 0):,} out of time")
         click.echo(f"  {human_bytes(g('bytes_down', 0))} down, {human_bytes(g('bytes_up', 0))} up, "
                    f"{g('uploaded', 0):,} entries uploaded, {g('upload_failed', 0):,} failed, "
                    f"{g('upload_dropped', 0):,} dropped")

@@ -76,6 +76,7 @@ class ActionCache:
             from ..storage import tiers
 
             self.remote = tiers.build(self.cfg, self.daemon.cas)
+            self.remote_budget_s = self.cfg["daemon.socket_timeout_ms"] / 2000
         self.sweep(startup=True)
 
     def stop(self) -> dict | None:
@@ -218,8 +219,11 @@ class ActionCache:
         that fails is skipped by its circuit breaker."""
         from ..storage import tiers
 
+        # the whole remote part must end well before the preload library gives up waiting for
+        # the reply (daemon.socket_timeout_ms); each request is also bounded by its own timeout
+        deadline = time.monotonic() + self.remote_budget_s
         why = "no entry for this key (new command line, tool, directory or environment)"
-        for remote, fid, data, names in self.remote.candidates(key, set(seen)):
+        for remote, fid, data, names in self.remote.candidates(key, set(seen), deadline):
             try:
                 fp = Fingerprint.from_json(data)
                 # the outputs' blobs are fetched only for a match: count those the remote names
@@ -230,7 +234,7 @@ class ActionCache:
                 remote.count("corrupt")
                 difference = f"a malformed remote fingerprint: {e}"
             if difference is None:
-                difference = self.remote.fetch_blobs(remote, fp.digests(), names)
+                difference = self.remote.fetch_blobs(remote, fp.digests(), names, deadline)
                 if difference is None:
                     difference = self._try_replay(key, fid, fp, aid, out)
                     if difference is None:

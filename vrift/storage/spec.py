@@ -32,7 +32,7 @@ class RemoteSpec:
     scheme: str
     read_only: bool = False
     connect_timeout: float = 0.2
-    operation_timeout: float = 1.0
+    operation_timeout: float = 0.5
     compress_min: int = COMPRESS_MIN
     bearer_token: str | None = None
 
@@ -48,7 +48,7 @@ def mask(text: str) -> str:
     return re.sub(r"(\|bearer-token=)[^|]*", r"\1***", text)
 
 
-def parse(text: str, connect_ms: int = 200, operation_ms: int = 1000) -> RemoteSpec:
+def parse(text: str, connect_ms: int = 200, operation_ms: int = 500) -> RemoteSpec:
     """One spec; a VriftError naming what is wrong (the password masked)."""
     url, *attrs = [part.strip() for part in text.strip().split("|")]
     scheme = url.partition("://")[0].lower() if "://" in url else ""

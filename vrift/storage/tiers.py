@@ -32,7 +32,7 @@ REMOTE_FINGERPRINTS = 8
 QUEUE_LIMIT = 10_000
 SKIP_S = 30.0
 COUNTERS = ("hits", "misses", "errors", "timeouts", "refused", "full", "corrupt", "skipped",
-            "bytes_down", "bytes_up", "uploaded", "upload_failed", "upload_dropped")
+            "bytes_down", "bytes_up", "uploaded", "upload_failed", "upload_dropped", "over_budget")
 
 
 class Named:
@@ -131,10 +131,14 @@ class RemoteTiers:
             self._thread.start()
 
     # -- read through ---------------------------------------------------------------------------
-    def candidates(self, key: bytes, seen: set[bytes]):
+    def candidates(self, key: bytes, seen: set[bytes], deadline: float = float("inf")):
         """(remote, fid, fingerprint JSON, blob names) of the key's remote fingerprints, in tier
-        order, leaving out ids in `seen` (already checked locally)."""
+        order, leaving out ids in `seen` (already checked locally); no remote is asked after
+        `deadline` (time.monotonic())."""
         for remote in self.remotes:
+            if time.monotonic() >= deadline:
+                remote.count("over_budget")
+                return
             if not remote.available():
                 continue
             try:
@@ -153,10 +157,14 @@ class RemoteTiers:
                     seen.add(fid)
                     yield remote, fid, f["fingerprint"], f["blobs"]
 
-    def fetch_blobs(self, remote: Remote, digests: set[bytes], names: dict) -> str | None:
+    def fetch_blobs(self, remote: Remote, digests: set[bytes], names: dict,
+                    deadline: float = float("inf")) -> str | None:
         """Bring the blobs the local CAS lacks from `remote`, each verified; None when all are
-        here, else why not (the caller counts a miss)."""
+        here, else why not (the caller counts a miss).  No request starts after `deadline`."""
         for digest in sorted(digests - self.blobs.has_many(digests)):
+            if time.monotonic() >= deadline:
+                remote.count("over_budget")
+                return f"{remote.name}: out of time for this lookup"
             name = names.get(digest.hex())
             if not isinstance(name, str) or not name:
                 remote.count("corrupt")
@@ -247,13 +255,14 @@ class RemoteTiers:
         deadline = time.monotonic() + (self.flush_s if timeout is None else timeout)
         start = time.monotonic()
         with self._lock:
+            at_start = self._backlog
             while self._backlog and self._thread.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._idle.wait(left)
             left = self._backlog
-        return {"pending": left, "waited_s": round(time.monotonic() - start, 3)}
+        return {"flushed": max(0, at_start - left), "pending": left, "waited_s": round(time.monotonic() - start, 3)}
 
     def stop(self, timeout: float | None = None) -> dict:
         """Flush in bounded time, then stop the uploader; what was left is dropped and counted."""
