@@ -233,3 +233,21 @@ def test_stop_flushes_in_bounded_time_and_reports(machines, sources, tmp_path, s
     assert len(line) == 1 and "not uploaded (dropped)" in line[0], stop.stdout
     r = m.remote()
     assert r["uploaded"] == 0 and r["upload_dropped"] >= 1 and r["timeouts"] >= 1, r
+
+
+def test_a_doctored_remote_entry_is_not_replayed(machines, sources, tmp_path, redis_server):
+    from vrift.storage import codec
+
+    m1, m2, b = share(machines, sources, tmp_path, redis_server.url)
+    r = redis_server.client()
+    for k in r.scan_iter("vrift:ac:*"):  # a failing exit status under the fingerprint's old id
+        doc = json.loads(codec.unpack(r.get(k)))
+        for f in doc["fingerprints"]:
+            f["fingerprint"]["status"] = 1
+        r.set(k, codec.pack(json.dumps(doc).encode(), 0))
+    warm = m2.wrap(b, "ninja")
+    assert cache_counts(warm.stderr)[:2] == (0, EDGES), warm.stderr
+    assert_same_outputs(b, sources[1])
+    m2.stop()
+    down = m2.remote()
+    assert down["corrupt"] == EDGES and down["hits"] == 0, down

@@ -36,6 +36,9 @@ def stats_cmd(as_json):
     else:
         with store:
             stats = store.stats()
+    backlog = _upload_backlog(home) if (stats["counters"].get("remote")) else {}
+    if backlog:
+        stats["upload_backlog"] = backlog
     if as_json:
         emit_json(stats)
         return
@@ -56,11 +59,27 @@ def stats_cmd(as_json):
                    f"{g('over_budget', 0):,} out of time")
         click.echo(f"  {human_bytes(g('bytes_down', 0))} down, {human_bytes(g('bytes_up', 0))} up, "
                    f"{g('uploaded', 0):,} entries uploaded, {g('upload_failed', 0):,} failed, "
-                   f"{g('upload_dropped', 0):,} dropped")
+                   f"{g('upload_dropped', 0):,} dropped, {backlog.get(url, 0):,} waiting in running daemons")
     reasons = sorted((c.get("uncacheable") or {}).items(), key=lambda kv: -kv[1])
     if reasons:
         click.echo(f"  {sum(n for _, n in reasons):,} uncacheable:")
         click.echo(render_table(("reason", "actions"), [(r, n) for r, n in reasons], right=(1,)))
+
+
+def _upload_backlog(home) -> dict[str, int]:
+    """Uploads queued in the running project daemons, per remote (asked over their sockets)."""
+    from ..daemon.client import ProjectClient
+
+    out: dict[str, int] = {}
+    for sock in sorted(home.run_dir.glob("p-*.sock")):
+        try:
+            with ProjectClient(sock, 1000) as c:
+                remotes = (c.cache_stats().get("cache") or {}).get("remote") or []
+        except (VriftError, OSError, ValueError):
+            continue  # stopped or busy: its counters are folded in when it stops
+        for r in remotes:
+            out[r["url"]] = out.get(r["url"], 0) + int(r.get("backlog", 0))
+    return out
 
 
 @cache_group.command("show")

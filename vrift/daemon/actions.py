@@ -226,6 +226,8 @@ class ActionCache:
         for remote, fid, data, names in self.remote.candidates(key, set(seen), deadline):
             try:
                 fp = Fingerprint.from_json(data)
+                if fp.id != fid:  # the id is the content's digest: anything else is damage
+                    raise ValueError("its id is not its content's digest")
                 # the outputs' blobs are fetched only for a match: count those the remote names
                 ctx = copy.copy(self.ctx)
                 ctx.cas = tiers.Named(self.daemon.cas, names)
@@ -242,7 +244,7 @@ class ActionCache:
                         self._count("remote_hits")
                         self._recorder.submit(self._backfill, key, fid, data)
                         return None
-            elif remote is not None:
+            else:
                 remote.count("misses")
             if why.startswith("no entry"):
                 why = f"{remote.name}: {difference}"

@@ -181,7 +181,7 @@ class RemoteTiers:
             except RemoteError as e:
                 remote.failed(e, "fetching a blob")
                 return f"{remote.name}: {e}"
-            self.cas.store_bytes(data)
+            self.cas.store_bytes(data)  # durable like any blob: a later local hit materialises it
         return None
 
     # -- write behind ---------------------------------------------------------------------------
