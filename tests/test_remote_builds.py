@@ -220,19 +220,24 @@ def test_a_cold_build_with_a_bad_remote_is_right(machines, sources, tmp_path, re
     assert "remote redis://" in text and "0 entries uploaded" in text, text
 
 
-def test_stop_flushes_in_bounded_time_and_reports(machines, sources, tmp_path, silent_port):
-    # never skipped, so every upload waits for its timeout: the queue cannot drain in a second
-    m = machines(f"redis://127.0.0.1:{silent_port}/0|operation-timeout=400",
-                 "cache:\n  remote_skip_s: 0\n  remote_flush_s: 1\n")
+def test_stop_flushes_in_bounded_time_and_reports(machines, sources, tmp_path, redis_server):
+    # writes paused on the server: lookups (reads) answer, every upload waits for its 2 s timeout,
+    # so the queue cannot drain within the 1 s the stopping daemon gives it
+    redis_server.cli("client", "pause", "120000", "write")
+    m = machines(redis_server.url + "|operation-timeout=2000", "cache:\n  remote_skip_s: 0\n  remote_flush_s: 1\n")
     a = checkout(sources, tmp_path, "a")
-    m.wrap(a, "ninja")
-    assert_same_outputs(a, sources[1])
-    stop = m.stop()
+    try:
+        m.wrap(a, "ninja")
+        assert_same_outputs(a, sources[1])
+        stop = m.stop()
+    finally:
+        redis_server.cli("client", "unpause")
     assert stop.returncode == 0, stop.stderr
-    line = [x for x in stop.stdout.splitlines() if "remote uploads flushed" in x]
+    line = [x for x in stop.stdout.splitlines() if "pending remote uploads done" in x]
     assert len(line) == 1 and "not uploaded (dropped)" in line[0], stop.stdout
     r = m.remote()
     assert r["uploaded"] == 0 and r["upload_dropped"] >= 1 and r["timeouts"] >= 1, r
+    assert redis_server.keys("vrift:ac:*") == []
 
 
 def test_a_doctored_remote_entry_is_not_replayed(machines, sources, tmp_path, redis_server):

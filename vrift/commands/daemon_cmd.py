@@ -82,10 +82,11 @@ def _report_uploads(home: Home) -> None:
             path.unlink()
         except (OSError, ValueError):
             continue
-        if r.get("flushed") or r.get("pending"):
+        if r.get("uploaded") or r.get("failed") or r.get("pending"):
+            failed = f", {r['failed']} failed" if r.get("failed") else ""
             dropped = f", {r['pending']} not uploaded (dropped)" if r.get("pending") else ""
-            click.echo(f"{r.get('project')}: {r.get('flushed', 0)} remote uploads flushed in "
-                       f"{r.get('waited_s', 0):.1f}s{dropped}")
+            click.echo(f"{r.get('project')}: {r.get('uploaded', 0)} pending remote uploads done in "
+                       f"{r.get('waited_s', 0):.1f}s{failed}{dropped}")
 
 
 @daemon_group.command("status")

@@ -254,15 +254,20 @@ class RemoteTiers:
         """Wait (at most `timeout`, default flush_s) for the upload queue to drain."""
         deadline = time.monotonic() + (self.flush_s if timeout is None else timeout)
         start = time.monotonic()
+        done_before = self._done()
         with self._lock:
-            at_start = self._backlog
             while self._backlog and self._thread.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._idle.wait(left)
             left = self._backlog
-        return {"flushed": max(0, at_start - left), "pending": left, "waited_s": round(time.monotonic() - start, 3)}
+        uploaded, failed = (a - b for a, b in zip(self._done(), done_before))
+        return {"uploaded": uploaded, "failed": failed, "pending": left, "waited_s": round(time.monotonic() - start, 3)}
+
+    def _done(self) -> tuple[int, int]:
+        return (sum(r.counters["uploaded"] for r in self.remotes),
+                sum(r.counters["upload_failed"] for r in self.remotes))
 
     def stop(self, timeout: float | None = None) -> dict:
         """Flush in bounded time, then stop the uploader; what was left is dropped and counted."""
