@@ -32,7 +32,8 @@ REMOTE_FINGERPRINTS = 8
 QUEUE_LIMIT = 10_000
 SKIP_S = 30.0
 COUNTERS = ("hits", "misses", "errors", "timeouts", "refused", "full", "corrupt", "skipped",
-            "bytes_down", "bytes_up", "uploaded", "upload_failed", "upload_dropped", "over_budget")
+            "bytes_down", "bytes_up", "uploaded", "upload_failed", "upload_dropped", "over_budget",
+            "entry_s", "fetch_s", "store_s")  # the last three: seconds spent reading entries, fetching and storing blobs
 
 
 class Named:
@@ -62,7 +63,7 @@ class Remote:
         self._skip_until = 0.0
         self.last_error: str | None = None
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: float = 1) -> None:
         with self._lock:
             self.counters[name] += n
             self._unflushed[name] = self._unflushed.get(name, 0) + n
@@ -141,11 +142,14 @@ class RemoteTiers:
                 return
             if not remote.available():
                 continue
+            t0 = time.perf_counter()
             try:
                 found = remote.entry(key)
             except RemoteError as e:
                 remote.failed(e, "reading an entry")
                 continue
+            finally:
+                remote.count("entry_s", time.perf_counter() - t0)
             if not found:
                 remote.count("misses")
             for f in found:
@@ -169,6 +173,7 @@ class RemoteTiers:
             if not isinstance(name, str) or not name:
                 remote.count("corrupt")
                 return f"the remote entry names no blob for {digest.hex()[:16]}"
+            t0 = time.perf_counter()
             try:
                 payload = remote.backend.get("cas", name)
                 if payload is None:
@@ -181,7 +186,11 @@ class RemoteTiers:
             except RemoteError as e:
                 remote.failed(e, "fetching a blob")
                 return f"{remote.name}: {e}"
+            finally:
+                t1 = time.perf_counter()
+                remote.count("fetch_s", t1 - t0)
             self.cas.store_bytes(data)  # durable like any blob: a later local hit materialises it
+            remote.count("store_s", time.perf_counter() - t1)
         return None
 
     # -- write behind ---------------------------------------------------------------------------
