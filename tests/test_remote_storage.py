@@ -133,6 +133,12 @@ def test_http_basic_auth_and_bearer(tmp_path, nginx_factory):
     t.stop(1)
 
 
+def test_redis_acl_user_limited_to_vrift_keys(tmp_path, redis_factory):
+    r = redis_factory("--user", "default", "off", "--user", "ci", "on", ">pw", "~vrift:*", "+get", "+set",
+                      "+exists", "+ping", "+info", "+hello", "+client")
+    roundtrip(tmp_path, f"redis://ci:pw@127.0.0.1:{r.port}/0")
+
+
 def test_wrong_redis_password_is_refused_and_skipped(tmp_path, redis_factory):
     r = redis_factory(password="right")
     t = tiers.build(Cfg([f"redis://:wrong@127.0.0.1:{r.port}/0"]), CAS(tmp_path / "cas"))

@@ -83,3 +83,6 @@ class HttpBackend:
 
     def close(self) -> None:
         self.pool.close()
+
+
+Backend = HttpBackend

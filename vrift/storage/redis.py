@@ -101,3 +101,6 @@ class _errors:
         if text.startswith("OOM") or "maxmemory" in text:
             raise RemoteFull(f"full: {text}") from None
         raise RemoteError(text or type(e).__name__) from None
+
+
+Backend = RedisBackend

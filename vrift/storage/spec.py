@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from ..project import VriftError
 
+# URL scheme -> the module under vrift/storage/ whose `Backend` class serves it: a new backend is
+# one module and one line here
 SCHEMES = {"redis": "redis", "rediss": "redis", "redis+unix": "redis", "redis+cluster": "redis",
            "rediss+cluster": "redis", "http": "http", "https": "http"}
 COMPRESS_MIN = 4096
@@ -85,11 +87,7 @@ def parse(text: str, connect_ms: int = 200, operation_ms: int = 500) -> RemoteSp
 
 
 def open_backend(spec: RemoteSpec):
-    """The backend object for a spec (the module imported only now)."""
-    if SCHEMES[spec.scheme] == "redis":
-        from .redis import RedisBackend
+    """The backend object for a spec (its module, and the client library, imported only now)."""
+    import importlib
 
-        return RedisBackend(spec)
-    from .http import HttpBackend
-
-    return HttpBackend(spec)
+    return importlib.import_module(f"{__package__}.{SCHEMES[spec.scheme]}").Backend(spec)
