@@ -58,8 +58,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class RedisServer:
-    def __init__(self, base: Path, *args: str, password: str | None = None, cluster: bool = False):
-        self.port = free_port()
+    def __init__(self, base: Path, *args: str, password: str | None = None, cluster: bool = False,
+                 port: int | None = None):
+        self.port = port or free_port()
         self.dir = base / f"redis-{self.port}"
         self.dir.mkdir()
         self.password = password

@@ -101,6 +101,34 @@ def test_redis_cluster_spreads_keys_over_nodes(tmp_path, redis_cluster):
     assert sum(per_node) == 9 and sum(1 for c in per_node if c) >= 2, per_node
 
 
+def test_a_cluster_down_at_start_is_used_once_it_is_up(tmp_path, redis_factory):
+    """The daemon builds its tiers at start; a cluster not up yet is a failed request, then
+    (the breaker's time past) it is used."""
+    import subprocess
+
+    from remote_support import REDIS_CLI, need
+
+    need(REDIS_CLI, "redis-cli")
+    ports = [__import__("remote_support").free_port() for _ in range(3)]
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    cas = CAS(tmp_path / "cas")
+    t = tiers.build(Cfg([url], **{"cache.remote_skip_s": 0}), cas)
+    assert list(t.candidates(os.urandom(32), set())) == []
+    assert t.stats()[0]["errors"] == 1
+    nodes = [redis_factory(cluster=True, port=p) for p in ports]
+    subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes], "--cluster-yes"],
+                   capture_output=True, text=True, timeout=60, check=True)
+    deadline = time.monotonic() + 30
+    while "cluster_state:ok" not in nodes[0].cli("cluster", "info"):
+        assert time.monotonic() < deadline, "the cluster did not become ready"
+        time.sleep(0.1)
+    key, fid, fp, digests = entry(cas, b"after the cluster came up")
+    t.enqueue(key, fid, fp, digests)
+    assert t.flush(20)["pending"] == 0
+    assert t.stats()[0]["uploaded"] == 1, t.stats()
+    t.stop(1)
+
+
 def test_nginx_webdav_blobs_named_by_sha256(tmp_path, nginx):
     import hashlib
 

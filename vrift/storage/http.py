@@ -50,8 +50,8 @@ class HttpBackend:
                                   redirect=False, preload_content=True)
         except urllib3.exceptions.TimeoutError as e:
             raise RemoteTimeout(f"timed out: {e}") from None
-        except urllib3.exceptions.HTTPError as e:
-            raise RemoteError(str(e)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RemoteError(str(e) or type(e).__name__) from None
         if r.status in (401, 403):
             raise RemoteRefused(f"{method} {namespace}/{name}: HTTP {r.status}")
         if r.status in (413, 507):

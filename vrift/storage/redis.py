@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import threading
+
 import redis
+from redis.exceptions import RedisClusterException
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -26,17 +29,32 @@ class RedisBackend:
                   "retry": Retry(NoBackoff(), 0)}
         scheme = spec.scheme
         if scheme.endswith("+cluster"):
-            self.client = self._cluster(spec, common)
+            self._cluster(spec, common, connect=False)  # the seeds are checked now
+            self._make = lambda: self._cluster(spec, common)
         elif scheme == "redis+unix":
             parts = urlsplit(spec.url)
             db = parse_qs(parts.query).get("db", ["0"])[0]
             pw = f"&password={parts.password}" if parts.password else ""
-            self.client = redis.Redis.from_url(f"unix://{parts.path}?db={db}{pw}", **common)
+            url = f"unix://{parts.path}?db={db}{pw}"
+            self._make = lambda: redis.Redis.from_url(url, **common)
         else:
-            self.client = redis.Redis.from_url(spec.url, **common)
+            self._make = lambda: redis.Redis.from_url(spec.url, **common)
+        self._client = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        """Made on first use: RedisCluster asks a seed for the slot map when it is made, so a
+        cluster that is down when the daemon starts is a failed request (the circuit breaker's
+        business), not a remote lost for the daemon's lifetime."""
+        if self._client is None:
+            with self._lock, _errors():
+                if self._client is None:
+                    self._client = self._make()
+        return self._client
 
     @staticmethod
-    def _cluster(spec: RemoteSpec, common: dict):
+    def _cluster(spec: RemoteSpec, common: dict, connect: bool = True):
         from redis.cluster import ClusterNode, RedisCluster
 
         rest = spec.url.partition("://")[2]
@@ -51,6 +69,8 @@ class RedisBackend:
             if not host or not port.isdigit():
                 raise VriftError(f"cache.remote: {spec.shown!r}: cluster seeds are host:port, got {seed!r}")
             nodes.append(ClusterNode(host, int(port)))
+        if not connect:
+            return None
         return RedisCluster(startup_nodes=nodes, username=user, password=password,
                             ssl=spec.scheme.startswith("rediss"), **common)
 
@@ -77,9 +97,11 @@ class RedisBackend:
             self.client.set(f"{PREFIX}{namespace}:{name}", payload)
 
     def close(self) -> None:
+        if self._client is None:
+            return
         try:
-            self.client.close()
-        except redis.RedisError:
+            self._client.close()
+        except (redis.RedisError, RedisClusterException):
             pass
 
 
@@ -90,7 +112,7 @@ class _errors:
         return self
 
     def __exit__(self, typ, e, tb):
-        if e is None or not isinstance(e, redis.RedisError):
+        if e is None or not isinstance(e, (redis.RedisError, RedisClusterException, OSError)):
             return False
         text = str(e)
         if isinstance(e, redis.TimeoutError):

@@ -291,8 +291,9 @@ class RemoteTiers:
                 if not r.read_only:
                     r.count("upload_dropped", report["pending"])
             log.warning("remote cache: %d uploads not done within %.0f s, dropped", report["pending"], self.flush_s)
-        for r in self.remotes:
-            r.backend.close()
+        if not self._thread.is_alive():  # else it is stuck in a request: let it end with the process
+            for r in self.remotes:
+                r.backend.close()
         return report
 
     def stats(self) -> list[dict]:
