@@ -249,3 +249,24 @@ def test_stop_is_bounded_when_the_remote_hangs(tmp_path, silent_port):
     st = t.stats()[0]
     assert st["uploaded"] == 0 and st["timeouts"] >= 1
     assert st["upload_dropped"] + st["upload_failed"] + st["skipped"] >= 1
+
+
+def test_config_show_lists_remotes_with_origins_and_masked_secrets(tmp_path, run_vrift):
+    import json
+
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / ".vrift.yaml").write_text("cache:\n  remote:\n    - redis://ci:hunter2@cache:6379/1|read-only\n"
+                                      "    - http://u:pw@web/c|bearer-token=tok\n")
+    shown = json.loads(run_vrift("config", "show", "--json", cwd=proj, check=True).stdout)["cache.remote"]
+    assert shown == {"value": ["redis://ci:***@cache:6379/1|read-only", "http://u:***@web/c|bearer-token=***"],
+                     "source": f"{proj / '.vrift.yaml'}:2"}
+    env = {"VRIFT_CACHE_REMOTE": "redis://:s3@a:1  redis+cluster://b:1,c:2"}
+    shown = json.loads(run_vrift("config", "show", "--json", cwd=proj, env=env, check=True).stdout)["cache.remote"]
+    assert shown == {"value": ["redis://:***@a:1", "redis+cluster://b:1,c:2"], "source": "env VRIFT_CACHE_REMOTE"}
+    text = run_vrift("config", "show", cwd=proj, env=env, check=True).stdout
+    assert "s3" not in text and "hunter2" not in text
+    (proj / ".vrift.yaml").write_text("cache:\n  remote: ftp://u:secret@x\n")
+    bad = run_vrift("config", "show", cwd=proj)
+    assert bad.returncode != 0 and ".vrift.yaml:2: cache.remote" in bad.stderr and "secret" not in bad.stderr
+    assert "Traceback" not in bad.stderr
