@@ -17,8 +17,8 @@ import pytest
 
 from build_support import assert_same_outputs, copy_tree, gen_project, plain, require_tools, tool_env, vrift
 from conftest import stop_processes_of
-from daemon_support import FAST_DAEMONS, daemons  # noqa: F401
-from remote_support import (nginx, nginx_factory, redis_cluster, redis_factory, redis_server,  # noqa: F401
+from daemon_support import FAST_DAEMONS
+from remote_support import (nginx, nginx_factory, redis_cluster, redis_factory, redis_server,  # noqa: F401 (fixtures)
                             server_dir, silent_port)
 from test_cache_wrap import cache_counts, needs_c_side
 
