@@ -63,6 +63,8 @@ class Key:
             text = "a size like 5G, 500M or 0 (no limit)"
         elif self.kind == "list":
             text = "a list of " + ("environment variable names" if self.item_pattern else "non-empty strings")
+        elif self.kind == "urls":
+            text = "a URL or a list of URLs"
         else:
             text = "a string"
         return text + (" or null" if self.nullable else "")
@@ -89,6 +91,8 @@ class Key:
                 ok = True
             except ValueError:
                 ok = False
+        elif kind == "urls":
+            return _check_urls(value, self)
         else:  # list
             ok = isinstance(value, list) and all(
                 isinstance(v, str) and v.strip() and (self.item_pattern is None or self.item_pattern.match(v))
@@ -121,9 +125,27 @@ class Key:
             return [part.strip() for part in text.split(",") if part.strip()]
         if kind == "size":
             return text.strip()
+        if kind == "urls":  # VRIFT_CACHE_REMOTE: URLs separated by spaces
+            return text.split()
         if self.nullable and text.strip().lower() in ("", "null", "none"):
             return None
         return text.strip() if kind == "enum" else text
+
+
+def _check_urls(value, key: "Key") -> list[str]:
+    """cache.remote: one spec or a list of them, each parsed (vrift/storage/spec.py; no backend
+    is imported here)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ValueError(f"expected {key.describe()}, got {_show(value)}")
+    from .storage import spec
+
+    for item in items:
+        try:
+            spec.parse(item)
+        except VriftError as e:
+            raise ValueError(str(e).removeprefix("cache.remote: ")) from None
+    return [v.strip() for v in items]
 
 
 def _hash_workers_default() -> int:
@@ -183,6 +205,13 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("cache.max_size", "size", "5G",
         "Disk space the action cache may use (entries and the blobs only they hold); "
         "least recently used entries are evicted beyond it. 0: no limit.", env="VRIFT_CACHE_MAX_SIZE"),
+    Key("cache.remote", "urls", [], "Remote caches shared across machines, read in order (docs/remote.md).",
+        env="VRIFT_CACHE_REMOTE"),
+    Key("cache.remote_connect_timeout_ms", "int", 200, "Milliseconds to connect to a remote cache.", low=0),
+    Key("cache.remote_timeout_ms", "int", 500, "Milliseconds a remote cache operation may take.", low=0),
+    Key("cache.remote_skip_s", "number", 30, "Seconds a remote that failed is skipped.", low=0, low_inclusive=True),
+    Key("cache.remote_flush_s", "number", 10, "Seconds a stopping daemon waits for pending uploads.",
+        low=0, low_inclusive=True),
 )}
 SECTIONS = frozenset(name.split(".", 1)[0] for name in KEYS if "." in name)
 PROJECTS = "projects"  # user config only: list of project roots
@@ -252,7 +281,7 @@ def load(root, cli: dict | None = None, env: dict | None = None, home: Home | No
     """The effective configuration for the project at `root`."""
     env = os.environ if env is None else env
     home = Home.from_env(env) if home is None else home
-    values = {name: (list(k.default) if k.kind == "list" else k.default) for name, k in KEYS.items()}
+    values = {name: (list(k.default) if k.kind in ("list", "urls") else k.default) for name, k in KEYS.items()}
     sources = dict.fromkeys(KEYS, "default")
     sources[PROJECTS] = "default"
     projects: list[Path] = []
@@ -285,7 +314,9 @@ def load(root, cli: dict | None = None, env: dict | None = None, home: Home | No
             raise VriftError(f"environment variable {key.env}: {e}") from None
         try:
             values[name] = key.check(value)
-        except ValueError:
+        except ValueError as e:
+            if key.kind == "urls":  # the spec's own complaint says more than the type
+                raise VriftError(f"environment variable {key.env}: {e}") from None
             raise VriftError(f"environment variable {key.env}: expected {key.describe()}, got {text!r}") from None
         sources[name] = f"env {key.env}"
 
@@ -297,7 +328,7 @@ def load(root, cli: dict | None = None, env: dict | None = None, home: Home | No
             raise VriftError(f"{flag_name(name)}: unknown configuration key {name!r}{_suggest(name)}")
         try:
             value = key.parse_text(given) if isinstance(given, str) and key.kind != "str" else given
-            if key.kind == "list" and isinstance(value, tuple):
+            if key.kind in ("list", "urls") and isinstance(value, tuple):
                 value = list(value)
             values[name] = key.check(value)
         except ValueError as e:
@@ -422,7 +453,7 @@ class _Reader:
         if key is None or "." in key_node.value:  # dotted names are written nested, never flat
             self.fail(key_node, self.unknown(full, key_node))
         value = self.value(value_node)
-        if value is None and key.kind == "list":
+        if value is None and key.kind in ("list", "urls"):
             value = []  # "ignore:" with every item commented out
         try:
             self.out[full] = (key.check(value), _line(key_node.start_mark))

@@ -150,7 +150,24 @@ def cache_summary(before: dict, after: dict) -> dict:
     return {"lookups": delta("lookups"), "hits": delta("hits"), "misses": delta("misses"),
             "uncacheable": sum(reasons.values()), "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
             "recorded": delta("recorded"), "bytes_replayed": delta("bytes_replayed"),
-            "time_saved_s": round(saved, 3)}
+            "time_saved_s": round(saved, 3),
+            "remote_problems": remote_problems(before, after)}
+
+
+REMOTE_PROBLEMS = ("timeouts", "errors", "refused", "full", "corrupt")
+
+
+def remote_problems(before: dict, after: dict) -> list[str]:
+    """One phrase per remote that failed during this build ("redis://h:6379/0: 2 timeouts"):
+    the build went on without it, and says so once."""
+    old = {r.get("url"): r for r in before.get("remote") or []}
+    out = []
+    for r in after.get("remote") or []:
+        prev = old.get(r.get("url"), {})
+        parts = [f"{n} {name}" for name in REMOTE_PROBLEMS if (n := int(r.get(name, 0)) - int(prev.get(name, 0))) > 0]
+        if parts:
+            out.append(f"remote {r.get('url')}: {', '.join(parts)}")
+    return out
 
 
 def explain_lines(items: list) -> list[str]:
@@ -234,6 +251,8 @@ def summary_line(summary: dict) -> str:
             top = list(cache["reasons"].items())[:2]
             text += " (top: " + ", ".join(f"{r} ×{n}" for r, n in top) + ")"
         notes.append(text)
+    if cache and cache.get("remote_problems"):
+        notes.extend(cache["remote_problems"])
     return line + (f" ({'; '.join(notes)})" if notes else "")
 
 

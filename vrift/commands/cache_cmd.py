@@ -93,6 +93,9 @@ def stats_cmd(zero, as_json):
     else:
         with store:
             doc = cache_stats(home, store)
+    backlog = _upload_backlog(home) if doc["counters"].get("remote") else {}
+    if backlog:
+        doc["upload_backlog"] = backlog
     if as_json:
         emit_json(doc)
         return
@@ -111,10 +114,38 @@ def stats_cmd(zero, as_json):
         rows.append(("zeroed", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc["zeroed_at"]))))
     click.echo(f"action cache {doc['path']}")
     click.echo(render_table(("", "value"), rows, fit=1))
+    for url, rem in sorted((doc["counters"].get("remote") or {}).items()):
+        g = rem.get
+        click.echo("")
+        click.echo(render_table((f"remote {url}", "value"), [
+            ("hits / misses", f"{g('hits', 0):,} / {g('misses', 0):,}"),
+            ("errors", f"{g('errors', 0):,} errors, {g('timeouts', 0):,} timeouts, {g('refused', 0):,} refused, "
+                       f"{g('full', 0):,} full"),
+            ("damaged", f"{g('corrupt', 0):,} blobs or entries"),
+            ("skipped", f"{g('skipped', 0):,} after a failure, {g('over_budget', 0):,} out of time"),
+            ("traffic", f"{human_bytes(g('bytes_down', 0))} down, {human_bytes(g('bytes_up', 0))} up"),
+            ("uploads", f"{g('uploaded', 0):,} done, {g('upload_failed', 0):,} failed, {g('upload_dropped', 0):,} "
+                        f"dropped, {backlog.get(url, 0):,} waiting")], fit=1))
     if doc["uncacheable_reasons"]:
         click.echo("")
         click.echo(render_table(("uncacheable because", "actions"), list(doc["uncacheable_reasons"].items()),
                                 right=(1,), fit=0))
+
+
+def _upload_backlog(home) -> dict[str, int]:
+    """Uploads queued in the running project daemons, per remote (asked over their sockets)."""
+    from ..daemon.client import ProjectClient
+
+    out: dict[str, int] = {}
+    for sock in sorted(home.run_dir.glob("p-*.sock")):
+        try:
+            with ProjectClient(sock, 1000) as c:
+                remotes = (c.cache_stats().get("cache") or {}).get("remote") or []
+        except (VriftError, OSError, ValueError):
+            continue  # stopped or busy: its counters are folded in when it stops
+        for r in remotes:
+            out[r["url"]] = out.get(r["url"], 0) + int(r.get("backlog", 0))
+    return out
 
 
 @cache_group.command("show")

@@ -134,6 +134,10 @@ def show_cmd(root=None, as_json=False):
 
     _home, _project, cfg = resolve(root)
     data = cfg.as_dict()
+    if data.get("cache.remote"):  # passwords and tokens never reach a terminal or a log
+        from ..storage.spec import mask
+
+        data["cache.remote"] = [mask(url) for url in data["cache.remote"]]
     if as_json:
         emit_json({key: {"value": value, "source": cfg.source(key)} for key, value in data.items()})
         return

@@ -48,6 +48,8 @@ def stop_cmd():
     home = Home.from_env()
     files = coordinator_files(home)
     pids = [process.read_pid(files.pid_file)] + [process.read_pid(p) for p in home.run_dir.glob("p-*.pid")]
+    for old in home.run_dir.glob("p-*.uploads.json"):  # reports of earlier stops
+        old.unlink(missing_ok=True)
     try:
         with CoordinatorClient(files.socket, 60_000) as c:
             c.shutdown(flags=1)
@@ -64,6 +66,7 @@ def stop_cmd():
     while waiting and time.monotonic() < deadline:
         time.sleep(0.05)
         waiting = [p for p in waiting if process.pid_alive(p)]
+    _report_uploads(home)
     if waiting:
         raise VriftError(f"daemons still running after 60s: pids {', '.join(map(str, waiting))}")
     removed = remove_leftovers(home)
@@ -135,6 +138,23 @@ def restart_cmd(path, as_json):
         emit_json({"root": str(project.root), "old_pid": old, "pid": started["pid"]})
     else:
         click.echo(f"restarted the daemon of {project.root} (pid {started['pid']})")
+
+
+def _report_uploads(home: Home) -> None:
+    """What each stopping daemon did with its pending remote uploads (written at its shutdown)."""
+    import json
+
+    for path in sorted(home.run_dir.glob("p-*.uploads.json")):
+        try:
+            r = json.loads(path.read_text())
+            path.unlink()
+        except (OSError, ValueError):
+            continue
+        if r.get("uploaded") or r.get("failed") or r.get("pending"):
+            failed = f", {r['failed']} failed" if r.get("failed") else ""
+            dropped = f", {r['pending']} not uploaded (dropped)" if r.get("pending") else ""
+            click.echo(f"{r.get('project')}: {r.get('uploaded', 0)} pending remote uploads done in "
+                       f"{r.get('waited_s', 0):.1f}s{failed}{dropped}")
 
 
 @daemon_group.command("status")

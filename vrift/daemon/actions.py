@@ -12,6 +12,7 @@ LMDB every few seconds and at shutdown.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -55,11 +56,13 @@ class ActionCache:
                            cache_failures=bool(cfg["cache.cache_failures"]), max_entry_mb=cfg["cache.max_entry_mb"],
                            never=cfg["cache.never"], always=cfg["cache.always"])
         self.store: CacheStore | None = None
+        self.cfg = cfg
+        self.remote = None  # storage.tiers.RemoteTiers when cache.remote names any
         self._pending: dict[bytes, dict] = {}
         self._lock = threading.Lock()
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
-                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0, "time_saved_s": 0.0,
+                         "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0, "remote_hits": 0, "time_saved_s": 0.0,
                          "evicted": 0}
         self.max_size = _max_size(cfg)
         self.scope = cfg.get("cache.scope", "all")
@@ -76,14 +79,25 @@ class ActionCache:
         except VriftError as e:
             log.error("action cache unavailable: %s", e)
             self.enabled = False
+        if self.enabled and self.cfg.get("cache.remote"):
+            from ..storage import tiers
+
+            self.remote = tiers.build(self.cfg, self.daemon.cas)
+            self.remote_budget_s = self.cfg["daemon.socket_timeout_ms"] / 2000
         self.sweep(startup=True)
 
-    def stop(self) -> None:
-        self._recorder.submit(self._flush)
-        self._recorder.shutdown(wait=True)
+    def stop(self) -> dict | None:
+        """Returns what flushing the remote uploads did (None without a remote)."""
+        self._recorder.shutdown(wait=True)  # entries recorded so far reach the upload queue
+        report = None
+        if self.remote is not None:
+            report = self.remote.stop()
+            log.info("remote uploads flushed: %d pending after %.1f s", report["pending"], report["waited_s"])
+        self._flush()
         if self.store is not None:
             self.store.close()
             self.store = None
+        return report
 
     def tick(self) -> None:
         """Periodic work (from the daemon's loop): fold counters into LMDB, sweep stale logs,
@@ -125,6 +139,8 @@ class ActionCache:
         with self._lock:
             delta, self._unflushed = self._unflushed, {}
             hits, self._last_hit = self._last_hit, {}
+        if self.remote is not None and (remote := self.remote.take_deltas()):
+            delta = merge_counters(delta, {"remote": remote})
         if self.store is not None and (delta or hits):
             try:
                 self.store.add(delta, hits)
@@ -138,6 +154,8 @@ class ActionCache:
             out["pending"] = len(self._pending)
         out["enabled"] = self.enabled
         out["hashed"] = self.memo.hashed
+        if self.remote is not None:
+            out["remote"] = self.remote.stats()
         return out
 
     def explanations(self, since: int) -> list[dict]:
@@ -200,42 +218,99 @@ class ActionCache:
                                   "tool": action.tool, "argv": list(argv), "search": search,
                                   "stdin": stdin}
         why = "no entry for this key (new command line, tool, directory or environment)"
-        for fid, data in self.store.candidates(key):
+        local = self.store.candidates(key)
+        for fid, data in local:
             fp = Fingerprint.from_json(data)
             difference = match(fp, self.ctx, search, stdin)
             if difference is None:
-                try:
-                    # the streams first: a damaged blob is found before any output is touched
-                    chunks = unpack_streams(self.daemon.cas.read_bytes(fp.streams)) if fp.streams else []
-                    replayed = self._replay(fp)
-                except BlobCorrupt as e:
-                    # quarantined by the CAS; the command runs instead and records a sound entry
-                    self._count("corrupt_blobs")
-                    log.warning("replaying %s: %s", key.hex()[:16], e)
-                    difference = "a blob of the entry was damaged (quarantined; the command runs)"
-                except (RequestError, VriftError, OSError, ValueError) as e:
-                    self._count("errors")
-                    log.warning("replaying %s failed: %s", key.hex()[:16], e)
-                    difference = f"replay failed: {e}"
-                else:
-                    with self._lock:
-                        self._pending.pop(aid, None)
-                        self._last_hit[fid] = round(time.time(), 3)
-                    self._count("hits")
-                    self._count("time_saved_s", fp.wall_s)
-                    self._count("bytes_replayed", replayed)
-                    self._count("outputs_replayed", len(fp.outputs))
-                    out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
-                    if fp.stdin is not None:  # the replay leaves the offset as the run did
-                        out.add(Tag.SIZE, int(fp.stdin[1]))
-                    for fd, data in chunks:  # in the order written: the library replays them so
-                        out.add(Tag.STDOUT if fd == 1 else Tag.STDERR, data)
+                difference = self._try_replay(key, fid, fp, aid, out)
+                if difference is None:
                     return out
             if why.startswith("no entry"):
                 why = difference  # the newest fingerprint's first difference explains best
+        if self.remote is not None:
+            difference = self._lookup_remote(key, {fid for fid, _ in local}, aid, out, search, stdin)
+            if difference is None:
+                return out
+            if why.startswith("no entry") and not difference.startswith("no entry"):
+                why = difference
         self._count("misses")
         self._note("miss", argv, why)
         return out.add(Tag.FLAGS, 0)
+
+    def _try_replay(self, key: bytes, fid: bytes, fp: Fingerprint, aid: bytes, out: Frame) -> str | None:
+        """Replay a matching fingerprint into `out`; None on a hit, else why it failed."""
+        try:
+            # the streams first: a damaged blob is found before any output is touched
+            chunks = unpack_streams(self.daemon.cas.read_bytes(fp.streams)) if fp.streams else []
+            replayed = self._replay(fp)
+        except BlobCorrupt as e:
+            # quarantined by the CAS; the command runs instead and records a sound entry
+            self._count("corrupt_blobs")
+            log.warning("replaying %s: %s", key.hex()[:16], e)
+            return "a blob of the entry was damaged (quarantined; the command runs)"
+        except (RequestError, VriftError, OSError, ValueError) as e:
+            self._count("errors")
+            log.warning("replaying %s failed: %s", key.hex()[:16], e)
+            return f"replay failed: {e}"
+        with self._lock:
+            self._pending.pop(aid, None)
+            self._last_hit[fid] = round(time.time(), 3)
+        self._count("hits")
+        self._count("time_saved_s", fp.wall_s)
+        self._count("bytes_replayed", replayed)
+        self._count("outputs_replayed", len(fp.outputs))
+        out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
+        if fp.stdin is not None:  # the replay leaves the offset as the run did
+            out.add(Tag.SIZE, int(fp.stdin[1]))
+        for fd, data in chunks:  # in the order written: the library replays them so
+            out.add(Tag.STDOUT if fd == 1 else Tag.STDERR, data)
+        return None
+
+    def _lookup_remote(self, key: bytes, seen: set[bytes], aid: bytes, out: Frame,
+                       search=None, stdin: bytes | None = None) -> str | None:
+        """Read through the remotes after a local miss: a fingerprint that matches the files
+        has its blobs fetched (verified) into the CAS, is replayed, and backfills the local
+        entry.  None on a hit, else why not.  Bounded by the remotes' timeouts; a remote
+        that fails is skipped by its circuit breaker."""
+        from ..storage import tiers
+
+        # the whole remote part must end well before the preload library gives up waiting for
+        # the reply (daemon.socket_timeout_ms); each request is also bounded by its own timeout
+        deadline = time.monotonic() + self.remote_budget_s
+        why = "no entry for this key (new command line, tool, directory or environment)"
+        for remote, fid, data, names in self.remote.candidates(key, set(seen), deadline):
+            try:
+                fp = Fingerprint.from_json(data)
+                if fp.id != fid:  # the id is the content's digest: anything else is damage
+                    raise ValueError("its id is not its content's digest")
+                # the outputs' blobs are fetched only for a match: count those the remote names
+                ctx = copy.copy(self.ctx)
+                ctx.cas = tiers.Named(self.daemon.cas, names)
+                difference = match(fp, ctx, search, stdin)
+            except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+                remote.count("corrupt")
+                difference = f"a malformed remote fingerprint: {e}"
+            if difference is None:
+                difference = self.remote.fetch_blobs(remote, fp.digests(), names, deadline)
+                if difference is None:
+                    difference = self._try_replay(key, fid, fp, aid, out)
+                    if difference is None:
+                        remote.count("hits")
+                        self._count("remote_hits")
+                        self._recorder.submit(self._backfill, key, fid, data)
+                        return None
+            else:
+                remote.count("misses")
+            if why.startswith("no entry"):
+                why = f"{remote.name}: {difference}"
+        return why
+
+    def _backfill(self, key: bytes, fid: bytes, data: dict) -> None:
+        try:
+            self.store.put(key, fid, data)
+        except Exception:  # noqa: BLE001 - the next lookup reads through again
+            log.exception("storing a remote entry locally failed")
 
     def _replay(self, fp: Fingerprint) -> int:
         """Materialise the outputs and publish them; returns the bytes written.
@@ -348,6 +423,8 @@ class ActionCache:
             self.store.put(key, fp.id, fp.to_json())
             self._count("recorded")
             self._recorded_at = time.monotonic()
+            if self.remote is not None:  # write-behind: the upload thread, never the build's path
+                self.remote.enqueue(key, fp.id, fp.to_json(), fp.digests())
         except Exception:  # noqa: BLE001
             self._count("errors")
             log.exception("storing a cache entry failed")

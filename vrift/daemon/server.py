@@ -9,6 +9,7 @@ clients or requests, flushing everything.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -163,7 +164,13 @@ class ProjectDaemon:
 
     def shutdown(self) -> None:
         self.listener.stop()
-        self.cache.stop()
+        uploads = self.cache.stop()
+        if uploads is not None:  # for `vrift daemon stop` to report (uploads.json beside the socket)
+            try:
+                self.files.socket.with_suffix(".uploads.json").write_text(
+                    json.dumps(dict(uploads, project=str(self.project.root))))
+            except OSError:
+                pass
         if self.watcher:
             self.watcher.stop()
         if self.writer:
