@@ -217,7 +217,7 @@ def test_a_cold_build_with_a_bad_remote_is_right(machines, sources, tmp_path, re
         m_ = re.search(rf"remote redis://127.0.0.1:{silent_port}/0: (\d+) timeouts", cold.stderr)
         assert m_ and 1 <= int(m_[1]) <= os.cpu_count() + 2, cold.stderr
     text = m.cli("cache", "stats").stdout
-    assert "remote redis://" in text and "0 entries uploaded" in text, text
+    assert "remote redis://" in text and "0 done, 0 failed" in text, text
 
 
 def test_stop_flushes_in_bounded_time_and_reports(machines, sources, tmp_path, redis_server):

@@ -94,8 +94,6 @@ def test_cp_p_preserves_mode_and_time(twin):
         assert os.stat(root / "copy.h").st_mtime_ns == os.stat(root / "orig.h").st_mtime_ns, root
 
 
-@xfail("the second name of a hard link keeps its own entry in the VDir: after an edit through the first name, "
-       "make sees the old mtime and runs `ln` again (the link itself is no longer replayed: uncacheable)")
 def test_symlink_and_hard_link_outputs(twin):
     t = twin({"Makefile": ("all: link.txt hard.txt\nlink.txt:\n\tln -sf target.txt link.txt\n"
                            "hard.txt: data.txt\n\tln -f data.txt hard.txt\n"),

@@ -117,7 +117,8 @@ def stats_cmd(zero, as_json):
     for url, rem in sorted((doc["counters"].get("remote") or {}).items()):
         g = rem.get
         click.echo("")
-        click.echo(render_table((f"remote {url}", "value"), [
+        click.echo(f"remote {url}")
+        click.echo(render_table(("", "value"), [
             ("hits / misses", f"{g('hits', 0):,} / {g('misses', 0):,}"),
             ("errors", f"{g('errors', 0):,} errors, {g('timeouts', 0):,} timeouts, {g('refused', 0):,} refused, "
                        f"{g('full', 0):,} full"),
