@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
 """
 
 
-@xfail("reads through syscall() are invisible: the raw reader's old output is replayed after an edit")
+@xfail("reads through syscall() are invisible: the raw reader's old output is replayed after an edit (documented limit: only Go binaries are recognised)")
 def test_a_raw_syscall_reader_is_never_replayed_stale(twin):
     t = twin({"Makefile": "copy.txt: rawcat\n\t./rawcat data.txt > copy.txt\nrawcat: rawcat.c\n\tcc -o rawcat rawcat.c\n",
               "rawcat.c": RAWCAT, "data.txt": "one\n"})

@@ -120,7 +120,7 @@ STATS_ITS_OUTPUT = ('if [ -e "$1" ]; then echo replaced; else echo fresh; fi > "
                     'mv "$1.tmp" "$1"\n')
 
 
-@xfail("a tool's stat of its own output is not an input: its 'replaced' run is replayed where it is absent")
+@xfail("a tool's stat of its own output is not an input: its 'replaced' run is replayed where it is absent (documented limit)")
 def test_a_tool_that_stats_its_output_before_writing_it(twin):
     t = twin({"Makefile": "out.txt: FORCE\n\tsh gen.sh out.txt\nFORCE:\n", "gen.sh": STATS_ITS_OUTPUT})
     t.build("make")  # fresh
