@@ -95,13 +95,18 @@ class Ingester:
         self._root = os.fsencode(project.root)
 
     # -- public -------------------------------------------------------------------------
-    def ingest(self, progress: bool = False) -> IngestReport:
-        """Walk the whole tree; index what is new or changed; drop what disappeared."""
+    def ingest(self, progress: bool = False, bar: Progress | None = None) -> IngestReport:
+        """Walk the whole tree; index what is new or changed; drop what disappeared.
+
+        The meter counts paths done (a file once hashed); its total is the index's size, the
+        last ingest's count (none on a first ingest).  `bar` is a meter of the caller's (the
+        daemon counts without drawing, for STATS)."""
         t0 = time.perf_counter()
         report = IngestReport()
         seen: set[bytes] = set()
-        with Progress(None if not progress else len(self.index) or None, "ingest",
-                      enabled=progress) as bar:
+        if bar is None:
+            bar = Progress(len(self.index) or None, "ingest", enabled=progress)
+        with bar:
             self._index_walk(self._walk_parallel(report), report, seen, bar)
         gone = [Entry.deleted(e.path) for e in self.index.entries() if e.path not in seen]
         self._apply(gone, report)
@@ -242,6 +247,7 @@ class Ingester:
         for rel, st in items:
             mode = st.st_mode
             old = get(rel)
+            queued = False
             if statmod.S_ISREG(mode):
                 report.files += 1
                 # a digest is reused only while its blob is in the CAS: one quarantined by
@@ -254,6 +260,7 @@ class Ingester:
                         updates.append(Entry.from_stat(rel, st, old.digest))
                 else:
                     to_hash.append((rel, st))
+                    queued = True
             elif statmod.S_ISDIR(mode) or statmod.S_ISLNK(mode):
                 if statmod.S_ISDIR(mode):
                     report.dirs += 1
@@ -266,20 +273,20 @@ class Ingester:
             else:
                 report.skipped.append((os.fsdecode(rel), "not a regular file, directory or symlink"))
                 continue
-            if bar is not None:
-                bar.advance()
+            if bar is not None and not queued:
+                bar.advance()  # a file to hash counts when hashed: that is where the time goes
             if len(updates) >= APPLY_BATCH:
                 self._apply(updates, report)
                 updates = []
             if len(to_hash) >= APPLY_BATCH:
-                self._hash_batch(to_hash, report, seen)
+                self._hash_batch(to_hash, report, seen, bar)
                 to_hash = []
         self._apply(updates, report)
-        self._hash_batch(to_hash, report, seen)
+        self._hash_batch(to_hash, report, seen, bar)
 
     # -- hashing and storing -------------------------------------------------------------
     def _hash_batch(self, batch: list[tuple[bytes, os.stat_result]], report: IngestReport,
-                    seen: set[bytes]) -> None:
+                    seen: set[bytes], bar: Progress | None = None) -> None:
         if not batch:
             return
         # A few files (the daemon's watcher, INVALIDATE) are fsynced one by one; a large batch is
@@ -287,10 +294,10 @@ class Ingester:
         # filesystem is busy, far more than a handful of fsyncs).
         durable = len(batch) <= SMALL_BATCH
         if len(batch) == 1 or self.workers == 1:
-            results = [self._store_one(rel, st, durable) for rel, st in batch]
+            results = self._counted((self._store_one(rel, st, durable) for rel, st in batch), bar)
         else:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                results = list(pool.map(lambda item: self._store_one(*item, durable), batch))
+                results = self._counted(pool.map(lambda item: self._store_one(*item, durable), batch), bar)
         updates = []
         for rel, outcome in zip((rel for rel, _ in batch), results):
             if isinstance(outcome, str):
@@ -306,6 +313,16 @@ class Ingester:
         if updates and not durable:
             self.cas.sync()  # the batch's blobs are on disk before the index refers to them
         self._apply(updates, report)
+
+    @staticmethod
+    def _counted(results: Iterable, bar: Progress | None) -> list:
+        if bar is None:
+            return list(results)
+        done = []
+        for outcome in results:  # pool.map yields in order as results come: the meter moves
+            done.append(outcome)
+            bar.advance()
+        return done
 
     def _store_one(self, rel: bytes, st: os.stat_result, durable: bool = False):
         """Store one file; returns (Entry, new_blob, strategy) or a reason string.

@@ -20,7 +20,7 @@ MAX_BODY = 1 << 20
 MSG_HELLO, MSG_SYNC, MSG_STATS, MSG_ERROR, REPLY_BIT = 0x01, 0x02, 0x06, 0x7FFF, 0x8000
 TAG_GENERATION, TAG_TEXT, TAG_JSON, TAG_ROOT, TAG_VDIR, TAG_SOCKET, TAG_STAGING_DIR, TAG_ERROR_CODE = 4, 5, 6, 7, 8, 9, 11, 12
 TAG_FLAGS, TAG_SIZE = 14, 15
-STATS_CACHE_ONLY, STATS_EXPLAIN = 1, 2
+STATS_CACHE_ONLY, STATS_EXPLAIN, STATS_INGEST = 1, 2, 4
 SYNC_TIMEOUT_S = 60.0  # a degraded watcher makes SYNC a full rescan of the tree
 
 
@@ -72,10 +72,12 @@ def decode_reply(sock, mtype: int, request_id: int) -> dict[int, bytes]:
     return fields
 
 
-def hello_sync(socket_path: str, root: str, timeout_s: float, cache: bool = False) -> dict[str, str | int]:
+def hello_sync(socket_path: str, root: str, timeout_s: float, cache: bool = False,
+               sync_timeout_s: float = SYNC_TIMEOUT_S) -> dict[str, str | int]:
     """Connect, HELLO (naming the root) and SYNC; returns the daemon's identity after the
     barrier: root, vdir, socket, staging_dir, generation (and with `cache`, the action cache's
-    counters before the build, as "cache", from a STATS pipelined behind the SYNC)."""
+    counters before the build, as "cache", from a STATS pipelined behind the SYNC).  A daemon
+    that just started answers SYNC after its first ingest: its caller waits longer."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout_s)
@@ -91,7 +93,7 @@ def hello_sync(socket_path: str, root: str, timeout_s: float, cache: bool = Fals
                 frames += encode(MSG_STATS, 3, [(TAG_FLAGS, struct.pack("<I", STATS_CACHE_ONLY))])
             sock.sendall(frames)
             hello = decode_reply(sock, MSG_HELLO, 1)
-            sock.settimeout(max(timeout_s, SYNC_TIMEOUT_S))
+            sock.settimeout(max(timeout_s, sync_timeout_s))
             sync = decode_reply(sock, MSG_SYNC, 2)
             counts = _stats_json(decode_reply(sock, MSG_STATS, 3)) if cache else None
         except TimeoutError:
@@ -129,6 +131,16 @@ def cache_stats(socket_path: str, timeout_s: float, explain_since: int | None = 
     fields = [(TAG_FLAGS, struct.pack("<I", STATS_CACHE_ONLY | (STATS_EXPLAIN if explain_since is not None else 0)))]
     if explain_since is not None:
         fields.append((TAG_SIZE, struct.pack("<Q", explain_since)))
+    return _stats(socket_path, timeout_s, fields)
+
+
+def ingest_progress(socket_path: str, timeout_s: float) -> dict:
+    """How far the daemon's running full ingest is: {"ingest": {"count", "total"} or None,
+    "entries"}; {} when the daemon cannot say."""
+    return _stats(socket_path, timeout_s, [(TAG_FLAGS, struct.pack("<I", STATS_INGEST))])
+
+
+def _stats(socket_path: str, timeout_s: float, fields: list[tuple[int, bytes]]) -> dict:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout_s)

@@ -27,6 +27,7 @@ from .daemonlink import LinkError, NoDaemon, hello_sync
 
 DEFAULT_SOCKET_TIMEOUT_MS = 2000
 SHUTDOWN_IF_IDLE = 2  # vrift.daemon.server.SHUTDOWN_IF_IDLE, without importing the server
+FIRST_SYNC_TIMEOUT_S = 600.0  # vrift.daemon.server.REQUEST_TIMEOUT_S: how long SYNC waits in the daemon
 
 
 class WrapOptions:
@@ -188,9 +189,11 @@ def _plain(value):
     return value
 
 
-def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = False) -> tuple[dict | None, str | None]:
+def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = False,
+            meter: bool = False) -> tuple[dict | None, str | None]:
     """(daemon identity after SYNC, None) or (None, why vrift cannot be used).  The identity
-    has "new_project" when this call made the directory a project (its first build)."""
+    has "new_project" when this call made the directory a project (its first build).  With
+    `meter`, a daemon started here shows its first ingest's progress on a terminal."""
     first = None
     restarted = False
     if wrapcache.daemon_config_stale(locate.run_dir(env), project_id, root, locate.home_root(env)):
@@ -212,7 +215,11 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
         new = project.id not in registry.load()
         registry.touch(project)
         started = ensure_daemon(home, project)
-        info = hello_sync(started["socket"], root, timeout_ms / 1000, cache)
+        from .ingestmeter import IngestMeter
+
+        # SYNC waits for the new daemon's ingest of the tree: minutes for a big first one
+        with IngestMeter(started["socket"], enabled=meter):
+            info = hello_sync(started["socket"], root, timeout_ms / 1000, cache, sync_timeout_s=FIRST_SYNC_TIMEOUT_S)
         info["new_project"] = new and not restarted
         info["config_restart"] = restarted
         return info, None
@@ -310,7 +317,7 @@ def prepare(opts: WrapOptions, env) -> Plan:
     if plan.reason is None:
         timeout_ms = int(settings["daemon.socket_timeout_ms"] or DEFAULT_SOCKET_TIMEOUT_MS)
         cache = bool(settings["cache.enabled"]) and not opts.no_cache
-        info, plan.reason = connect(root, project_id, env, timeout_ms, cache)
+        info, plan.reason = connect(root, project_id, env, timeout_ms, cache, meter=not opts.quiet)
         if info is not None:
             plan.new_project = bool(info.get("new_project"))
             plan.config_restart = bool(info.get("config_restart"))

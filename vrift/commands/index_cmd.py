@@ -49,15 +49,18 @@ def run_local_ingest(home: Home, project: Project, cfg, progress: bool):
               help="Ingest every project of the user config's `projects:` list.")
 @click.option("--durability", type=click.Choice(["sync", "wal", "async"]), default=None,
               help="Override the durability mode for this run.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress meter (it is drawn only on a terminal).")
 @json_option
-def ingest_cmd(path, root, all_projects, durability, as_json):
+def ingest_cmd(path, root, all_projects, durability, quiet, as_json):
     """Index the project at PATH (default: the current project) into the VDir and the CAS.
 
     Unchanged files (same size, mtime, ctime, inode) keep their digest; the rest is hashed in
-    parallel and stored.  Goes through the project's daemon when one runs."""
+    parallel and stored.  Goes through the project's daemon when one runs.  On a terminal a
+    progress meter shows the paths done on stderr."""
     cli = {"durability": durability} if durability else {}
+    meter = not (quiet or as_json)
     if not all_projects:
-        result = _ingest_one(root, path, cli, as_json)
+        result = _ingest_one(root, path, cli, meter)
         emit_json(result) if as_json else _show_ingest(result)
         return
     _home, _project, cfg = resolve(root, start=path, cli=cli, register=False)
@@ -67,19 +70,21 @@ def ingest_cmd(path, root, all_projects, durability, as_json):
     for proj_root in cfg.projects:
         if not proj_root.is_dir():
             raise VriftError(f"projects: {proj_root} is not a directory (user config)")
-        results.append(_ingest_one(str(proj_root), None, cli, as_json))
+        results.append(_ingest_one(str(proj_root), None, cli, meter))
         if not as_json:
             _show_ingest(results[-1])
     if as_json:
         emit_json(results)
 
 
-def _ingest_one(root, path, cli: dict, as_json: bool) -> dict:
+def _ingest_one(root, path, cli: dict, meter: bool) -> dict:
     home, project, cfg = resolve(root, start=path, cli=cli, register=True)
     client = _running_daemon(home, project)
-    progress = sys.stderr.isatty() and not as_json
+    progress = meter and sys.stderr.isatty()
     if client is not None:
-        with client:
+        from ..adapters.ingestmeter import IngestMeter
+
+        with client, IngestMeter(str(client.path), enabled=progress):
             result = client.ingest()
         result["via"] = "daemon"
     else:

@@ -45,6 +45,7 @@ ROLLBACK_GRACE_S = 2.0  # how long a dropped client's process may take to finish
 REQUEST_TIMEOUT_S = 600.0
 STATS_CACHE_ONLY = 1  # STATS FLAGS: only the action cache's counters (no writer round trip)
 STATS_EXPLAIN = 2     # STATS FLAGS: with the explanations of misses newer than SIZE (a sequence number)
+STATS_INGEST = 4      # STATS FLAGS: only how far a running full ingest is (no writer: it is busy with it)
 
 
 # fields that name files (or hold argv/environment strings): a NUL in one is refused up front
@@ -76,6 +77,7 @@ class ProjectDaemon:
         self.ingester_cls = Ingester
         self.index_filter = index_filter  # from plugins' vrift_index_filter, chosen by main()
         self.ingester = None
+        self.ingest_bar = None  # the running full ingest's meter (counts, never draws), for STATS
         self.idle_timeout = float(cfg["daemon.idle_timeout_s"])
         self.started = time.time()
         self.last_activity = time.monotonic()
@@ -333,6 +335,11 @@ class ProjectDaemon:
 
     def _stats(self, conn: Connection, req: Frame) -> Frame:
         flags = req.int(Tag.FLAGS, 0) or 0
+        if flags & STATS_INGEST:  # a wrapper or `vrift ingest` drawing the meter of a first ingest
+            bar = self.ingest_bar
+            out = {"ingest": None if bar is None else {"count": bar.count, "total": bar.total},
+                   "entries": len(self.index)}
+            return reply(req).add_json(out).add(Tag.GENERATION, self.index.generation)
         if flags & STATS_CACHE_ONLY:  # the wrapper, before and after a build: cheap, no writer
             out = {"cache": self.cache.stats(), "entries": len(self.index)}
             if flags & STATS_EXPLAIN:
@@ -379,8 +386,14 @@ class ProjectDaemon:
 
     # -- writer-thread work ----------------------------------------------------------------------
     def _full_rescan(self) -> dict:
+        from ..cas.progress import Progress
+
         self.full_rescans += 1
-        return self.ingester.ingest().to_json()
+        self.ingest_bar = Progress(len(self.index) or None, "ingest", enabled=False)
+        try:
+            return self.ingester.ingest(bar=self.ingest_bar).to_json()
+        finally:
+            self.ingest_bar = None
 
     def _apply_watched(self, for_sync: bool = False) -> None:
         # The tree shows these changes again after a crash (the start-up rescan): no fsync of

@@ -1,0 +1,107 @@
+"""Progress on the long first steps: the first `vrift ingest` of a tree and the first `vrift wrap`
+(its daemon indexes the tree before the build starts) draw a meter on a terminal, never in a pipe,
+and `-q` silences it."""
+from __future__ import annotations
+
+import errno
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+
+from build_support import require_tools, tool_env, vrift
+from daemon_support import daemons  # noqa: F401
+
+FILES = 3000
+METER = re.compile(r"\r(ingest|indexing): [\d,]+  [\d,]+/s")
+
+
+def _tree(base):
+    root = base / "p"
+    for d in range(30):
+        sub = root / "src" / f"d{d}"
+        sub.mkdir(parents=True)
+        for f in range(FILES // 30):
+            (sub / f"f{f}.c").write_text(f"int f_{d}_{f};\n")
+    (root / "Makefile").write_text("all:\n\t@echo built\n")
+    (root / ".vrift.yaml").write_text("")
+    return root
+
+
+def _in_a_terminal(root, args, env) -> str:
+    """`vrift ARGS` with stdout and stderr on a pseudo-terminal; all it wrote, raw (with \\r)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "vrift", *args], cwd=root, env=env,
+                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    finally:
+        os.close(slave)
+    shown = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:  # a daemon it started may hold the terminal open
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError as e:  # EIO: every writer closed the terminal
+                if e.errno != errno.EIO:
+                    raise
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    text = shown.decode(errors="replace")
+    assert proc.wait(timeout=120) == 0, text
+    return text
+
+
+def test_first_ingest_shows_a_meter_on_a_terminal_only(tmp_path, daemons):
+    root = _tree(tmp_path)
+    env = tool_env()
+    shown = _in_a_terminal(root, ["ingest"], env)
+    meters = [m.group(0) for m in METER.finditer(shown)]
+    assert meters and all(m.startswith("\ringest: ") for m in meters), shown
+    # the meter counts up and clears its line before the report
+    counts = [int(m.split(": ")[1].split()[0].replace(",", "")) for m in meters]
+    assert counts == sorted(counts) and counts[-1] <= FILES + 40, counts
+    assert re.search(r"\r +\r" + "ingested ", shown), shown[-400:]
+    assert f"({FILES + 2:,} files, " in shown  # and the Makefile and .vrift.yaml
+
+    # the second ingest of another tree, in a pipe: the report only
+    other = _tree(tmp_path / "b")
+    piped = vrift("ingest", cwd=other, env=env, check=True)
+    assert "\r" not in piped.stderr + piped.stdout and "ingest:" not in piped.stderr, piped.stderr
+    assert f"({FILES + 2:,} files, " in piped.stdout
+
+    quiet = _in_a_terminal(_tree(tmp_path / "c"), ["ingest", "-q"], env)
+    assert "\r" not in quiet.replace("\r\n", "\n") and f"({FILES + 2:,} files, " in quiet, quiet
+
+
+def test_first_wrap_shows_the_daemons_indexing_on_a_terminal_only(tmp_path, daemons):
+    require_tools("make")
+    env = tool_env()
+    shown = _in_a_terminal(_tree(tmp_path / "a"), ["wrap", "make"], env)
+    meters = [m.group(0) for m in METER.finditer(shown)]
+    assert meters and all(m.startswith("\rindexing: ") for m in meters), shown
+    lines = re.split(r"\r\n|\n|\r", shown)
+    assert "built" in lines and any(line.startswith("vrift: first build") for line in lines), shown
+    # cleared before the build's own output
+    assert shown.index("built") > shown.rindex("\rindexing: ")
+
+    # the daemon runs and the index exists: no meter (and nothing polls)
+    again = _in_a_terminal(tmp_path / "a" / "p", ["wrap", "make"], env)
+    assert "\r" not in again.replace("\r\n", "\n"), again
+
+    piped = vrift("wrap", "make", cwd=_tree(tmp_path / "b"), env=env, check=True)
+    assert "\r" not in piped.stderr and "indexing" not in piped.stderr, piped.stderr
+    assert "vrift: first build" in piped.stderr
+
+    quiet = _in_a_terminal(_tree(tmp_path / "c"), ["wrap", "-q", "make"], env)
+    assert "\r" not in quiet.replace("\r\n", "\n") and "vrift:" not in quiet, quiet
