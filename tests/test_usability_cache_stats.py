@@ -84,3 +84,18 @@ def test_empty_cache(tmp_path, home, run_vrift):
     s = json.loads(run_vrift("cache", "stats", "--json", cwd=tmp_path, check=True).stdout)
     assert (s["size_bytes"], s["hits"], s["hit_rate"]) == (0, 0, None)
     assert run_vrift("cache", "stats", "--zero", cwd=tmp_path, check=True).returncode == 0
+
+
+def test_stats_right_after_a_build_count_what_the_running_daemon_has_not_folded_yet(tmp_path, daemons):
+    # like `ccache -s`: the totals are current the moment the build ends, daemon still running
+    require_tools("make", "tr", "sleep")
+    root = _project(tmp_path)
+    env = tool_env()
+    vrift("wrap", "make", cwd=root, env=env, check=True)
+    shutil.rmtree(root / "out")
+    vrift("wrap", "make", cwd=root, env=env, check=True)
+    s = _stats(root, env)  # no daemon stop, no wait
+    assert (s["hits"], s["misses"]) == (4, 4), s
+    vrift("daemon", "stop", cwd=root, env=env, check=True)
+    s = _stats(root, env)  # folded at shutdown: counted once, not twice
+    assert (s["hits"], s["misses"]) == (4, 4), s

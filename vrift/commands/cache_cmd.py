@@ -31,7 +31,7 @@ def max_size_bytes(home: Home) -> int:
 
 def cache_stats(home: Home, store) -> dict:
     """The numbers `vrift cache stats` and `vrift status` show (`store` None: empty cache)."""
-    from ..cache.store import cache_dir
+    from ..cache.store import cache_dir, merge_counters
 
     doc = {"path": str(cache_dir(home)), "keys": 0, "fingerprints": 0, "size_bytes": 0,
            "max_size_bytes": max_size_bytes(home), "lmdb_bytes": 0, "counters": {}}
@@ -43,7 +43,8 @@ def cache_stats(home: Home, store) -> dict:
         doc.update(keys=base["keys"], fingerprints=base["fingerprints"], counters=base["counters"],
                    size_bytes=evict.size(home, store, CAS(home.cas_dir)),
                    lmdb_bytes=evict.disk_bytes(os.path.join(doc["path"], "data.mdb")))
-    c = doc["counters"]
+    # LMDB first, then what running daemons hold: a fold in between is missed once, never counted twice
+    c = doc["counters"] = merge_counters(dict(doc["counters"]), _unflushed(home))
     hits, misses = int(c.get("hits", 0)), int(c.get("misses", 0))
     reasons = dict(sorted((c.get("uncacheable") or {}).items(), key=lambda kv: -kv[1]))
     doc.update(hits=hits, misses=misses, uncacheable=sum(reasons.values()), uncacheable_reasons=reasons,
@@ -133,18 +134,32 @@ def stats_cmd(zero, as_json):
                                 right=(1,), fit=0))
 
 
-def _upload_backlog(home) -> dict[str, int]:
-    """Uploads queued in the running project daemons, per remote (asked over their sockets)."""
+def _running_daemons(home):
+    """(socket, the daemon's action-cache STATS) of each running project daemon."""
     from ..daemon.client import ProjectClient
 
-    out: dict[str, int] = {}
     for sock in sorted(home.run_dir.glob("p-*.sock")):
         try:
             with ProjectClient(sock, 1000) as c:
-                remotes = (c.cache_stats().get("cache") or {}).get("remote") or []
+                yield sock, c.cache_stats().get("cache") or {}
         except (VriftError, OSError, ValueError):
             continue  # stopped or busy: its counters are folded in when it stops
-        for r in remotes:
+
+
+def _unflushed(home) -> dict:
+    from ..cache.store import merge_counters
+
+    out: dict = {}
+    for _, cache in _running_daemons(home):
+        merge_counters(out, cache.get("unflushed") or {})
+    return out
+
+
+def _upload_backlog(home) -> dict[str, int]:
+    """Uploads queued in the running project daemons, per remote (asked over their sockets)."""
+    out: dict[str, int] = {}
+    for _, cache in _running_daemons(home):
+        for r in cache.get("remote") or []:
             out[r["url"]] = out.get(r["url"], 0) + int(r.get("backlog", 0))
     return out
 

@@ -152,6 +152,9 @@ class ActionCache:
             out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.counters.items()}
             out["seq"] = self._seq
             out["pending"] = len(self._pending)
+            # not yet folded into LMDB (every second): `vrift cache stats` adds it, so totals
+            # are current right after a build
+            out["unflushed"] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._unflushed.items()}
         out["enabled"] = self.enabled
         out["hashed"] = self.memo.hashed
         if self.remote is not None:
