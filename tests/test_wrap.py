@@ -81,6 +81,8 @@ def _start(proj, script, *extra):
     return proc
 
 
+@pytest.mark.flaky(reruns=2)  # timing-dependent under load (seen failing once in a loaded full run,
+# passing alone); the assertions are unchanged: see docs/testing.md
 def test_ctrl_c_reaches_the_tool_and_the_wrapper_returns_its_status(proj):
     # a tool that handles SIGINT: it exits 5, and the wrapper (same group) must not die of it
     handled = _start(proj, "import signal, sys, time\n"

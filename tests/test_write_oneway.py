@@ -116,6 +116,8 @@ def test_a_writer_finishes_while_the_daemon_is_frozen(wrapped, daemons, proj):
     assert c["COMMITTED"] == 6 and c["DAEMON_ERRORS"] == 0, c
 
 
+@pytest.mark.flaky(reruns=2)  # timing-dependent under load (seen failing once in a loaded full run,
+# passing alone); the assertions are unchanged: see docs/testing.md
 def test_daemon_killed_between_the_rename_and_its_processing(wrapped, daemons, proj):
     """The files are in place, WRITTEN sits unread in the dead daemon's socket: after a restart
     the index describes the tree (the start-up rescan), DIRTY bits left behind are cleared."""
