@@ -112,27 +112,10 @@ def remove_leftovers(home: Home) -> int:
 def restart_cmd(path, as_json):
     """Restart the daemon of the project at PATH (default: around the current directory), so
     that it reads its configuration again; the coordinator and other projects are left alone."""
-    from ..daemon import process
-    from ..daemon.client import CoordinatorClient, DaemonUnavailable, ProjectClient, ensure_daemon
-    from ..daemon.paths import coordinator_files, project_files
+    from ..daemon.client import ensure_daemon, stop_project_daemon
 
     home, project, _cfg = resolve(path, register=True)
-    files = project_files(home, project.id)
-    old = process.read_pid(files.pid_file)
-    try:
-        with CoordinatorClient(coordinator_files(home).socket, 60_000) as c:
-            c.stop_project(project.root)
-    except (DaemonUnavailable, VriftError):
-        pass
-    if old and process.pid_alive(old):  # not the coordinator's: ask it directly
-        try:
-            with ProjectClient(files.socket, 60_000) as c:
-                c.shutdown()
-        except VriftError:
-            pass
-    deadline = time.monotonic() + 60
-    while old and process.pid_alive(old) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    old = stop_project_daemon(home, project, 60)
     started = ensure_daemon(home, project)
     if as_json:
         emit_json({"root": str(project.root), "old_pid": old, "pid": started["pid"]})

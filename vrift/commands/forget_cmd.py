@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import click
@@ -49,25 +48,9 @@ def _which(home: Home, path: str | None) -> Project:
 
 def _stop_daemon(home: Home, project: Project) -> list[Path]:
     from ..daemon import process
-    from ..daemon.client import CoordinatorClient, DaemonUnavailable, ProjectClient
-    from ..daemon.paths import coordinator_files, project_files
+    from ..daemon.client import stop_project_daemon
 
-    files = project_files(home, project.id)
-    pid = process.read_pid(files.pid_file) if files.pid_file.exists() else None
-    try:
-        with CoordinatorClient(coordinator_files(home).socket, 30_000) as c:
-            c.stop_project(project.root)
-    except (DaemonUnavailable, VriftError):
-        pass
-    if files.socket.exists():
-        try:
-            with ProjectClient(files.socket, 30_000) as c:
-                c.shutdown()
-        except VriftError:
-            pass
-    deadline = time.monotonic() + 30
-    while pid and process.pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    pid = stop_project_daemon(home, project, 30)
     if pid and process.pid_alive(pid):
         raise VriftError(f"the daemon of {project.root} (pid {pid}) did not stop; try again")
     return []

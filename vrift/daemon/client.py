@@ -237,6 +237,30 @@ def connect_project(home: Home, project: Project, autostart: bool = True,
     return ProjectClient(info["socket"], timeout_ms)
 
 
+def stop_project_daemon(home: Home, project: Project, timeout_s: float) -> int | None:
+    """Stop the project's daemon: through the coordinator (which then does not restart it),
+    then directly (one the coordinator does not know); wait up to `timeout_s` for it to exit.
+    Returns the pid it had (None when none ran) — still alive if it did not stop in time."""
+    files = project_files(home, project.id)
+    pid = process.read_pid(files.pid_file) if files.pid_file.exists() else None
+    timeout_ms = int(timeout_s * 1000)
+    try:
+        with CoordinatorClient(coordinator_files(home).socket, timeout_ms) as c:
+            c.stop_project(project.root)
+    except VriftError:
+        pass
+    if files.socket.exists():
+        try:
+            with ProjectClient(files.socket, timeout_ms) as c:
+                c.shutdown()
+        except VriftError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while pid and process.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
+
+
 def coordinator_status(home: Home) -> dict | None:
     """`{"coordinator": {"pid": …} | None, "projects": [...]}` from the coordinator, or from the
     project daemons' sockets when it does not run; None when no daemon runs at all."""
