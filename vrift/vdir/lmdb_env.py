@@ -26,16 +26,15 @@ log = logging.getLogger("vrift.lmdb")
 # the page size), last_pg, txnid.
 _MAGIC = 0xBEEFC0DE
 _META = struct.Struct("<16xII8x8xI44x48xQQ")
-_PAGE_HEAD = struct.Struct("<QHHI")  # pgno, pad, flags, (lower, upper) or overflow page count
-_P_OVERFLOW = 0x04
-SCAN_PAGES_UP_TO = 64 << 20  # below this size every page header is read at open (~1 ms/MiB)
 
 
 def damage(path: Path) -> str | None:
     """Why <path>/data.mdb cannot be mapped safely, or None.  A file shorter than its last
     page (truncated by a crash of the disk, a full disk, a user) makes LMDB's reads SIGBUS;
-    this reads the two meta pages and, for a file up to SCAN_PAGES_UP_TO, every page header
-    with pread, which cannot fault."""
+    this reads the meta pages with pread, which cannot fault.  Page headers are not checked:
+    a page on LMDB's free list keeps whatever it held (the middle of a freed overflow run has
+    no header at all), so a healthy, busy file fails such a check — and a false "damaged"
+    would throw a good index or the whole action cache away."""
     data = Path(path) / "data.mdb"
     try:
         fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
@@ -60,17 +59,6 @@ def damage(path: Path) -> str | None:
         need = (last_pg + 1) * psize
         if size < need:
             return f"truncated: {size:,} bytes, its last page ends at {need:,}"
-        if size <= SCAN_PAGES_UP_TO:
-            pgno = 2
-            while pgno <= last_pg:
-                head = os.pread(fd, _PAGE_HEAD.size, pgno * psize)
-                number, _, flags, count = _PAGE_HEAD.unpack(head)
-                if number != pgno:
-                    if number == 0 and flags == 0 and head == bytes(len(head)):
-                        pgno += 1  # never written (a hole LMDB reserved)
-                        continue
-                    return f"page {pgno} has the header of page {number}: overwritten"
-                pgno += count if flags & _P_OVERFLOW and count > 0 else 1
         return None
     finally:
         os.close(fd)
