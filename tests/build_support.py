@@ -138,3 +138,39 @@ def generate(root: Path, units: int, headers: int = 12) -> Path:
     gen_project.generate(root, units, headers)
     (root / ".vrift.yaml").write_text("")
     return root
+
+
+def run_in_a_terminal(argv, cwd, env) -> tuple[str, int]:
+    """Run argv with stdout and stderr on one pseudo-terminal: (all it showed, raw with \\r;
+    its exit status)."""
+    import errno
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    finally:
+        os.close(slave)
+    shown = b""
+    try:
+        while True:
+            # a process left holding the terminal (a daemon it started) must not keep us reading
+            # forever: once the command has exited, what is there is all there is
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError as e:  # EIO: every writer closed the terminal
+                if e.errno != errno.EIO:
+                    raise
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    return shown.decode(errors="replace"), proc.wait(timeout=120)

@@ -4,14 +4,9 @@ colours survive, and the order of writes across stdout and stderr is kept, on a 
 hit (item 9)."""
 from __future__ import annotations
 
-import errno
-import os
-import pty
-import select
-import subprocess
 import sys
 
-from build_support import tool_env
+from build_support import run_in_a_terminal, tool_env
 from soundness_support import daemons, needs_c_side, twin, xfail  # noqa: F401
 
 pytestmark = needs_c_side
@@ -49,34 +44,9 @@ def test_stdout_and_stderr_order_under_2_to_1(twin):
 
 def under_a_terminal(root, argv, env) -> str:
     """Run argv with stdout and stderr on one pseudo-terminal; what it showed."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
-    finally:
-        os.close(slave)
-    shown = b""
-    try:
-        while True:
-            # a process left holding the terminal (a daemon) must not keep us reading forever:
-            # once the build has exited, what is there is all there is
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError as e:  # EIO: every writer closed the terminal
-                if e.errno != errno.EIO:
-                    raise
-                break
-            if not chunk:
-                break
-            shown += chunk
-    finally:
-        os.close(master)
-    assert proc.wait(timeout=120) == 0, shown.decode(errors="replace")
-    return shown.decode(errors="replace").replace("\r\n", "\n")
+    shown, status = run_in_a_terminal(argv, root, env)
+    assert status == 0, shown
+    return shown.replace("\r\n", "\n")
 
 
 def terminal_builds(t, *cmd) -> tuple[str, str]:

@@ -3,15 +3,10 @@
 and `-q` silences it."""
 from __future__ import annotations
 
-import errno
-import os
-import pty
 import re
-import select
-import subprocess
 import sys
 
-from build_support import require_tools, tool_env, vrift
+from build_support import require_tools, run_in_a_terminal, tool_env, vrift
 from daemon_support import daemons  # noqa: F401
 
 FILES = 3000
@@ -32,33 +27,8 @@ def _tree(base):
 
 def _in_a_terminal(root, args, env) -> str:
     """`vrift ARGS` with stdout and stderr on a pseudo-terminal; all it wrote, raw (with \\r)."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "vrift", *args], cwd=root, env=env,
-                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
-    finally:
-        os.close(slave)
-    shown = b""
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if not ready:
-                if proc.poll() is not None:  # a daemon it started may hold the terminal open
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError as e:  # EIO: every writer closed the terminal
-                if e.errno != errno.EIO:
-                    raise
-                break
-            if not chunk:
-                break
-            shown += chunk
-    finally:
-        os.close(master)
-    text = shown.decode(errors="replace")
-    assert proc.wait(timeout=120) == 0, text
+    text, status = run_in_a_terminal([sys.executable, "-m", "vrift", *args], root, env)
+    assert status == 0, text
     return text
 
 
