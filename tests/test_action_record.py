@@ -22,6 +22,7 @@ import pytest
 
 from preload_support import build_vdir, compile_c, index_tree, preload_env
 from vrift.cache import actionlog
+from vrift.daemon import protocol
 
 TOOL_C = r"""
 #include <spawn.h>
@@ -189,9 +190,11 @@ def test_a_plain_compile_has_no_uncacheable_record(project):
 
 # ---------------------------------------------------------------- a daemon stand-in
 
-MAGIC, VERSION = b"VRP1", 1
+MAGIC, VERSION = protocol.MAGIC, protocol.VERSION
 HEADER, FIELD = struct.Struct("<4sHHII"), struct.Struct("<HI")
-T_PID, T_PATH, T_TEXT, T_COUNT, T_FLAGS, T_ARG, T_ENV, T_ACTION, T_STDOUT, T_STDERR = 3, 1, 5, 13, 14, 17, 18, 19, 20, 21
+Tag = protocol.Tag
+T_PID, T_PATH, T_TEXT, T_CWD, T_STATUS, T_FLAGS = Tag.PID, Tag.PATH, Tag.TEXT, Tag.CWD, Tag.STATUS, Tag.FLAGS
+T_ARG, T_ENV, T_ACTION, T_STDOUT, T_STDERR = Tag.ARG, Tag.ENV, Tag.ACTION, Tag.STDOUT, Tag.STDERR
 
 
 def fields_of(body: bytes) -> list[tuple[int, bytes]]:
@@ -285,7 +288,7 @@ def fake_daemon(project):
 
 def test_a_hit_replays_output_and_status_without_running_the_command(project, fake_daemon):
     root = project[0]
-    d = fake_daemon([(T_FLAGS, u32(1)), (T_COUNT, u32(7)), (T_STDOUT, b"replayed out\n"),
+    d = fake_daemon([(T_FLAGS, u32(1)), (T_STATUS, u32(7)), (T_STDOUT, b"replayed out\n"),
                      (T_STDERR, b"replayed err\n")])
     env = cache_env(project, VRIFT_SOCKET=str(d.path), VRIFT_CACHE_ENV="CFLAGS:UNSET_ONE", CFLAGS="-O2")
     del env["VRIFT_CACHE_KEEP_LOGS"]
@@ -297,7 +300,7 @@ def test_a_hit_replays_output_and_status_without_running_the_command(project, fa
     assert [v for t, v in lookup if t == T_ARG] == [b"/bin/sh", b"-c", b"touch side-effect; echo real"]
     values = dict(lookup)
     assert values[T_PATH] == os.fsencode(os.path.realpath("/bin/sh"))
-    assert values[T_TEXT] == os.fsencode(root)
+    assert values[T_CWD] == os.fsencode(root)
     assert len(values[T_ACTION]) == 16
     assert [v for t, v in lookup if t == T_ENV] == [b"CFLAGS=-O2"]
     assert d.of_type(0x31) == []  # a replayed action has no end to report
@@ -315,7 +318,7 @@ def test_a_miss_records_and_ends_the_action_with_its_status(project, fake_daemon
     (end,) = d.of_type(0x31)
     values = dict(end)
     aid = values[T_ACTION].decode()
-    assert struct.unpack("<I", values[T_COUNT])[0] == 0
+    assert struct.unpack("<I", values[T_STATUS])[0] == 0
     logs = d.logs_at_end[aid]  # complete when END arrives: every process has its 'Z'
     assert not logs.unfinished and logs.streams() == [(1, b"built\n")]
     assert str(root / "x.o") in events(logs, "W")

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import socket
 import stat
 import struct
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from vrift.daemon import protocol
 from vrift.daemon.listener import Listener, RequestError
 from vrift.daemon.protocol import (HEADER, MAX_BODY, Err, Frame, Msg, ProtocolError, Tag, error, parse_body,
                                    parse_header, read_frame, reply)
@@ -140,3 +143,102 @@ def test_other_uid_is_refused(echo_server):
     s = connect(echo_server.path)
     s.sendall(Frame(Msg.PING, 2).encode())
     assert read_frame(s).request_id == 2
+
+
+# ---------------------------------------------------------------- the one definition, C and Python
+
+PROTO_H = Path(__file__).resolve().parent.parent / "vrift" / "native" / "vrift_proto.h"
+
+# Prints every constant of vrift_proto.h as "<kind> <name> <value> [<extra>]", through the
+# header's own X-macro lists, so a constant added in C shows up here without editing the test.
+_DUMP = r'''
+#include <stdio.h>
+#include "vrift_proto.h"
+#define M(name, value, one_way) printf("M %s %u %d\n", #name, (unsigned)(value), one_way);
+#define T(name, value) printf("T %s %u\n", #name, (unsigned)(value));
+#define E(name, value, closes) printf("E %s %u %d\n", #name, (unsigned)(value), closes);
+#define F(group, name, value) printf("F %s_%s %u\n", #group, #name, (unsigned)(value));
+#define U32(name) printf("U32 %s %u\n", #name, (unsigned)VRP_T_##name);
+#define U64(name) printf("U64 %s %u\n", #name, (unsigned)VRP_T_##name);
+int main(void) {
+    VRP_MESSAGES(M) VRP_TAGS(T) VRP_ERRORS(E) VRP_FLAGS(F) VRP_U32_TAGS(U32) VRP_U64_TAGS(U64)
+    /* the enums are what C code uses: check them against the lists too */
+    if (VRP_M_WRITTEN != 0x41 || VRP_T_PATH != 1 || VRP_E_INTERNAL != 10 || VRP_F_LOOKUP_HIT != 1) return 1;
+    printf("S MAGIC %u\nS VERSION %u\nS HEADER_SIZE %u\nS FIELD_SIZE %u\nS MAX_BODY %u\nS MAX_FIELDS %u\n"
+           "S REPLY_BIT %u\n", VRP_MAGIC, VRP_VERSION, VRP_HEADER_SIZE, VRP_FIELD_SIZE, VRP_MAX_BODY,
+           VRP_MAX_FIELDS, VRP_REPLY_BIT);
+    return 0;
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def c_constants(tmp_path_factory) -> dict[str, list[tuple]]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    d = tmp_path_factory.mktemp("proto")
+    (d / "dump.c").write_text(_DUMP)
+    build = subprocess.run([cc, "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{PROTO_H.parent}",
+                            str(d / "dump.c"), "-o", str(d / "dump")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    out: dict[str, list[tuple]] = {}
+    for line in subprocess.run([str(d / "dump")], capture_output=True, text=True, check=True).stdout.splitlines():
+        kind, name, *rest = line.split()
+        out.setdefault(kind, []).append((name, *map(int, rest)))
+    return out
+
+
+def _flag_classes() -> dict[str, type]:
+    return {"LOOKUP": protocol.LookupFlag, "END": protocol.EndFlag, "STATS": protocol.StatsFlag,
+            "SHUTDOWN": protocol.ShutdownFlag, "SHUTDOWN_REPLY": protocol.ShutdownReplyFlag,
+            "ERROR": protocol.ErrorFlag}
+
+
+def test_every_message_type_is_the_same_in_c_and_python(c_constants):
+    c = {name: value for name, value, _ in c_constants["M"]}
+    assert c == {m.name: int(m) for m in Msg}
+    assert {name for name, _, one_way in c_constants["M"] if one_way} == {m.name for m in protocol.ONE_WAY}
+
+
+def test_every_field_tag_is_the_same_in_c_and_python(c_constants):
+    c = dict(c_constants["T"])
+    assert c == {t.name: int(t) for t in Tag}
+    assert len(set(c.values())) == len(c), "two names share a tag"
+    assert {n for n, _ in c_constants["U32"]} == {t.name for t in protocol.U32_TAGS}
+    assert {n for n, _ in c_constants["U64"]} == {t.name for t in protocol.U64_TAGS}
+
+
+def test_every_error_code_is_the_same_in_c_and_python(c_constants):
+    assert {name: value for name, value, _ in c_constants["E"]} == {e.name: int(e) for e in Err}
+    assert {name for name, _, closes in c_constants["E"] if closes} == {e.name for e in protocol.CLOSING_ERRORS}
+
+
+def test_every_flag_is_the_same_in_c_and_python(c_constants):
+    classes = _flag_classes()
+    python = {f"{group}_{f.name}": int(f) for group, cls in classes.items() for f in cls}
+    assert dict(c_constants["F"]) == python
+
+
+def test_framing_constants_are_the_same_in_c_and_python(c_constants):
+    s = dict(c_constants["S"])
+    assert s == {"MAGIC": struct.unpack("<I", protocol.MAGIC)[0], "VERSION": protocol.VERSION,
+                 "HEADER_SIZE": protocol.HEADER_SIZE, "FIELD_SIZE": protocol.FIELD_SIZE,
+                 "MAX_BODY": protocol.MAX_BODY, "MAX_FIELDS": protocol.MAX_FIELDS, "REPLY_BIT": protocol.REPLY_BIT}
+
+
+def test_the_c_side_names_no_protocol_number_of_its_own():
+    """Every C file speaks the protocol through vrift_proto.h: no local tag or type table."""
+    import re
+    preload = PROTO_H.parent.parent / "preload"
+    for src in sorted(preload.glob("*.[ch]")):
+        text = src.read_text()
+        assert not re.search(r"\b[MTE]_[A-Z_]+\s*=\s*(0x)?[0-9]", text), f"{src.name} defines protocol numbers"
+        assert not re.search(r"#define\s+[MTE]_[A-Z_]+\s+(0x)?[0-9]", text), f"{src.name} defines protocol numbers"
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+def test_the_header_compiles_without_warnings():
+    proc = subprocess.run(["gcc", "-x", "c", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+                           str(PROTO_H)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

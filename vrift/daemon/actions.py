@@ -31,12 +31,12 @@ from ..vdir import layout
 from ..vdir.entry import Entry
 from . import process
 from .listener import Connection, RequestError
-from .protocol import Err, Frame, Tag, reply
+from .protocol import EndFlag, Err, Frame, LookupFlag, Tag, reply
 
 log = logging.getLogger("vrift.daemon")
 
-HIT = 1        # LOOKUP reply FLAGS: the outputs are in place, replay and exit
-NO_RECORD = 2  # LOOKUP reply FLAGS: uncacheable by configuration, do not record
+HIT = LookupFlag.HIT
+NO_RECORD = LookupFlag.NO_RECORD
 ACTION_ID = re.compile(rb"^[0-9a-f]{16}$")
 PENDING_LIMIT = 100_000
 STALE_S = 3600.0
@@ -175,13 +175,13 @@ class ActionCache:
 
     # -- LOOKUP -------------------------------------------------------------------------------
     def lookup(self, conn: Connection, req: Frame) -> Frame:
-        exe, cwd, aid = req.get(Tag.PATH), req.get(Tag.TEXT), req.get(Tag.ACTION)
+        exe, cwd, aid = req.get(Tag.PATH), req.get(Tag.CWD), req.get(Tag.ACTION)
         stdin = req.get(Tag.STDIN)
         if stdin is not None and not stdin.startswith(b"/"):
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP: STDIN must be an absolute path")
         argv = req.all(Tag.ARG)
         if not exe or not exe.startswith(b"/") or not cwd or not cwd.startswith(b"/") or not argv or b"\0" in cwd:
-            raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs PATH (absolute), TEXT (cwd, absolute) and ARG")
+            raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs PATH (absolute), CWD (absolute) and ARG")
         if aid is None or not ACTION_ID.match(aid):
             raise RequestError(Err.BAD_REQUEST, "ACTION_LOOKUP needs ACTION (16 lowercase hex characters)")
         out = reply(req)
@@ -263,9 +263,9 @@ class ActionCache:
         self._count("time_saved_s", fp.wall_s)
         self._count("bytes_replayed", replayed)
         self._count("outputs_replayed", len(fp.outputs))
-        out.add(Tag.FLAGS, HIT).add(Tag.COUNT, fp.status)
+        out.add(Tag.FLAGS, HIT).add(Tag.STATUS, fp.status)
         if fp.stdin is not None:  # the replay leaves the offset as the run did
-            out.add(Tag.SIZE, int(fp.stdin[1]))
+            out.add(Tag.STDIN_OFFSET, int(fp.stdin[1]))
         for fd, data in chunks:  # in the order written: the library replays them so
             out.add(Tag.STDOUT if fd == 1 else Tag.STDERR, data)
         return None
@@ -391,7 +391,7 @@ class ActionCache:
         aid = req.get(Tag.ACTION)
         if aid is None or not ACTION_ID.match(aid):
             raise RequestError(Err.BAD_REQUEST, "ACTION_END needs ACTION (16 lowercase hex characters)")
-        status = req.int(Tag.COUNT, 0) or 0
+        status = req.int(Tag.STATUS, 0) or 0
         directory = self.actions_dir / aid.decode()
         with self._lock:
             pending = self._pending.pop(aid, None)
@@ -406,7 +406,7 @@ class ActionCache:
             return reply(req).add(Tag.FLAGS, 0)
         try:
             fp = build(logs, self.ctx, status, pending["start_ns"], pending["tool"], pending["argv"],
-                       pending["search"], pending.get("stdin"), req.int(Tag.SIZE, None))
+                       pending["search"], pending.get("stdin"), req.int(Tag.STDIN_OFFSET, None))
             fp.wall_s = round(max(0, time.time_ns() - pending["start_ns"]) / 1e9, 4)
         except Uncacheable as u:
             log.debug("action %s uncacheable: %s", aid.decode(), u)
@@ -419,7 +419,7 @@ class ActionCache:
             self._note("uncacheable", pending["argv"], f"internal error: {e}")
             return reply(req).add(Tag.FLAGS, 0)
         self._recorder.submit(self._put, pending["key"], fp)
-        return reply(req).add(Tag.FLAGS, 1)
+        return reply(req).add(Tag.FLAGS, EndFlag.RECORDING)
 
     def _put(self, key: bytes, fp: Fingerprint) -> None:
         try:

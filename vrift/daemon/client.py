@@ -10,7 +10,7 @@ from pathlib import Path
 from ..project import Home, Project, VriftError
 from . import process
 from .paths import coordinator_files, project_files
-from .protocol import Err, Frame, Msg, ProtocolError, Tag, read_frame
+from .protocol import Err, Frame, LookupFlag, Msg, ProtocolError, StatsFlag, Tag, read_frame
 
 DEFAULT_TIMEOUT_MS = 30_000
 START_TIMEOUT_S = 30.0
@@ -145,7 +145,7 @@ class ProjectClient(Client):
     def invalidate(self, paths) -> tuple[int, int]:
         """(paths re-read, paths still held by a writer)"""
         r = self.request(Msg.INVALIDATE, *[(Tag.PATH, _path(p)) for p in paths])
-        return r.int(Tag.COUNT), r.int(Tag.FLAGS, 0)
+        return r.int(Tag.COUNT), r.int(Tag.HELD, 0)
 
     def stats(self) -> dict:
         return self.request(Msg.STATS).json()
@@ -157,7 +157,7 @@ class ProjectClient(Client):
                       streams: bytes | None = None) -> dict:
         """ACTION_LOOKUP as the preload library sends it: {"hit", "flags", "status", "stdout", "stderr",
         "chunks"} — chunks: (fd, bytes) in the order they are to be written."""
-        fields = [(Tag.PID, os.getpid() if pid is None else pid), (Tag.PATH, _path(exe)), (Tag.TEXT, _path(cwd))]
+        fields = [(Tag.PID, os.getpid() if pid is None else pid), (Tag.PATH, _path(exe)), (Tag.CWD, _path(cwd))]
         fields += [(Tag.ARG, _path(a)) for a in argv] + [(Tag.ENV, _path(e)) for e in env]
         if streams is not None:
             fields.append((Tag.STREAMS, streams))
@@ -165,22 +165,22 @@ class ProjectClient(Client):
         r = self.request(Msg.ACTION_LOOKUP, *fields)
         flags = r.int(Tag.FLAGS, 0) or 0
         chunks = [(1 if t == Tag.STDOUT else 2, v) for t, v in r.fields if t in (Tag.STDOUT, Tag.STDERR)]
-        return {"hit": bool(flags & 1), "flags": flags, "status": r.int(Tag.COUNT, 0), "chunks": chunks,
+        return {"hit": bool(flags & LookupFlag.HIT), "flags": flags, "status": r.int(Tag.STATUS, 0), "chunks": chunks,
                 "stdout": b"".join(v for fd, v in chunks if fd == 1),
                 "stderr": b"".join(v for fd, v in chunks if fd == 2)}
 
     def action_end(self, action_id: str, status: int = 0, pid: int | None = None) -> int:
         """ACTION_END; returns the reply's FLAGS (bit 0: an entry is being recorded)."""
-        r = self.request(Msg.ACTION_END, (Tag.ACTION, action_id.encode()), (Tag.COUNT, status),
+        r = self.request(Msg.ACTION_END, (Tag.ACTION, action_id.encode()), (Tag.STATUS, status),
                          (Tag.PID, os.getpid() if pid is None else pid))
         return r.int(Tag.FLAGS, 0) or 0
 
     def cache_stats(self, explain_since: int | None = None) -> dict:
         """The action cache's counters (STATS with FLAGS bit 0), and explanations of misses
         newer than `explain_since` (bit 1)."""
-        fields = [(Tag.FLAGS, 1 if explain_since is None else 3)]
+        fields = [(Tag.FLAGS, StatsFlag.CACHE_ONLY | (0 if explain_since is None else StatsFlag.EXPLAIN))]
         if explain_since is not None:
-            fields.append((Tag.SIZE, explain_since))
+            fields.append((Tag.SEQUENCE, explain_since))
         return self.request(Msg.STATS, *fields).json()
 
     def vdir_bad(self, detail: str = "") -> int:

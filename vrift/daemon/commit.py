@@ -25,12 +25,12 @@ from ..project import VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
 from .listener import Connection, RequestError
-from .protocol import Err, Frame, Tag, reply
+from .protocol import Err, ErrorFlag, Frame, Tag, reply
 
 log = logging.getLogger("vrift.daemon")
 
 STRIPES = 64
-MOVED = 1  # ERROR FLAGS bit: the staging file was already renamed onto the real path
+MOVED = ErrorFlag.MOVED
 
 
 class CommitService:

@@ -21,7 +21,7 @@ from . import process
 from .client import DaemonUnavailable, ProjectClient
 from .listener import Connection, Listener, RequestError
 from .paths import coordinator_files, project_files
-from .protocol import Err, Frame, Msg, Tag, reply
+from .protocol import Err, Frame, Msg, ShutdownFlag, Tag, reply
 
 log = logging.getLogger("vrift.coordinator")
 
@@ -282,7 +282,7 @@ class Coordinator:
             self.stop_project(slot)
             return reply(req)
         if req.type == Msg.SHUTDOWN:
-            if (req.int(Tag.FLAGS, 0) or 0) & 1:
+            if (req.int(Tag.FLAGS, 0) or 0) & ShutdownFlag.ALL:
                 with self.lock:
                     slots = list(self.slots.values())
                 for slot in slots:

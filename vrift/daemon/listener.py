@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .protocol import CLOSING_ERRORS, Err, Frame, ProtocolError, error, read_frame
+from .protocol import CLOSING_ERRORS, Err, Frame, ProtocolError, Tag, error, read_frame
 
 log = logging.getLogger("vrift.daemon")
 
@@ -231,7 +231,7 @@ class Listener:
                 except RequestError as e:
                     answer = error(request.request_id, e.code, e.reason)
                     if e.flags:
-                        answer.add(14, e.flags)
+                        answer.add(Tag.FLAGS, e.flags)
                 except ProtocolError as e:
                     answer = error(request.request_id, Err.BAD_REQUEST, e.reason)
                 except Exception as e:  # a bug must cost one request, not the daemon
@@ -240,7 +240,7 @@ class Listener:
                 if answer is None:  # a one-way notification
                     continue
                 conn.send(answer)
-                if answer.is_error and answer.int(12) == Err.SHUTTING_DOWN:
+                if answer.is_error and answer.int(Tag.ERROR_CODE) in CLOSING_ERRORS:
                     return
         except OSError:
             pass

@@ -1,5 +1,8 @@
 """The wire protocol of the daemons (docs/protocol.md is the normative description).
 
+Every number here mirrors vrift/native/vrift_proto.h, the one definition the preload library
+compiles; tests/test_protocol.py checks each constant against the compiled header both ways.
+
 A frame is a fixed 16-byte little-endian header followed by a body of TLV fields:
 
     header: u32 magic "VRP1" | u16 version | u16 type | u32 request_id | u32 body_length
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 MAGIC = b"VRP1"
 VERSION = 1
@@ -79,6 +82,11 @@ class Tag(IntEnum):
     STDERR = 21       # bytes: an action's recorded stderr
     STDIN = 30        # bytes: the regular file behind an action's fd 0 (absolute), read from its start
     STREAMS = 22      # ASCII: what an action's fd 0/1/2 are (terminal and its size, pipe, shared), part of its key
+    CWD = 23          # bytes: an action's working directory (absolute)
+    STATUS = 24       # u32: an action's exit status
+    SEQUENCE = 25     # u64: a sequence number of the action cache's explanations
+    STDIN_OFFSET = 26  # u64: where an action leaves the offset of its stdin file
+    HELD = 27         # u32: paths kept DIRTY because a writer still holds them
     UMASK = 31        # u32: an action root's umask (shapes its outputs' modes), part of its key
 
 
@@ -95,12 +103,43 @@ class Err(IntEnum):
     INTERNAL = 10
 
 
-CLOSING_ERRORS = frozenset({Err.BAD_FRAME, Err.BAD_VERSION, Err.TOO_LARGE})
+# errors after which the daemon closes the connection (SHUTTING_DOWN: the daemon is going away)
+CLOSING_ERRORS = frozenset({Err.BAD_FRAME, Err.BAD_VERSION, Err.TOO_LARGE, Err.SHUTTING_DOWN})
+
+
+# FLAGS bits, one class per message (VRP_F_<GROUP>_<NAME> in the header)
+class LookupFlag(IntFlag):
+    HIT = 1        # ACTION_LOOKUP reply: the outputs are in place, replay and exit
+    NO_RECORD = 2  # ACTION_LOOKUP reply: uncacheable by configuration, do not record
+
+
+class EndFlag(IntFlag):
+    RECORDING = 1  # ACTION_END reply: an entry is being recorded
+
+
+class StatsFlag(IntFlag):
+    CACHE_ONLY = 1  # only the action cache's counters (no writer round trip)
+    EXPLAIN = 2     # with the explanations of misses newer than SEQUENCE
+    INGEST = 4      # only how far a running full ingest is (no writer: it is busy with it)
+
+
+class ShutdownFlag(IntFlag):
+    ALL = 1      # to the coordinator: stop every project daemon too
+    IF_IDLE = 2  # to a project daemon: stop unless another client (a build) is connected
+
+
+class ShutdownReplyFlag(IntFlag):
+    STOPPING = 1  # the project daemon stops (0: refused, busy)
+
+
+class ErrorFlag(IntFlag):
+    MOVED = 1  # ERROR of a COMMIT: the staging file was already renamed onto the real path
+
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-U32_TAGS = frozenset({Tag.PID, Tag.ERROR_CODE, Tag.COUNT, Tag.FLAGS, Tag.UMASK})
-U64_TAGS = frozenset({Tag.GENERATION, Tag.SIZE})
+U32_TAGS = frozenset({Tag.PID, Tag.ERROR_CODE, Tag.COUNT, Tag.FLAGS, Tag.UMASK, Tag.STATUS, Tag.HELD})
+U64_TAGS = frozenset({Tag.GENERATION, Tag.SIZE, Tag.SEQUENCE, Tag.STDIN_OFFSET})
 
 
 class ProtocolError(Exception):

@@ -27,7 +27,7 @@ from .commit import CommitService, settle
 from .listener import Connection, Listener, RequestError
 from .paths import project_files
 from .pathcheck import PathPolicy
-from .protocol import ONE_WAY, Err, Frame, Msg, Tag, reply
+from .protocol import ONE_WAY, Err, Frame, Msg, ShutdownFlag, ShutdownReplyFlag, StatsFlag, Tag, reply
 from .watcher import Watcher
 from .writer import IndexWriter
 
@@ -35,7 +35,7 @@ log = logging.getLogger("vrift.daemon")
 
 TICK_S = 0.05
 PASSIVE = frozenset({Msg.STATS, Msg.PING})  # requests that only look
-SHUTDOWN_IF_IDLE = 2  # SHUTDOWN FLAGS: stop unless another client (a build) is connected
+SHUTDOWN_IF_IDLE = ShutdownFlag.IF_IDLE
 # the settings `vrift daemon status` shows, as the daemon read them at its start
 EFFECTIVE = ("durability", "link_strategy", "ignore", "hash_workers", "daemon.idle_timeout_s", "cache.enabled",
              "cache.scope", "cache.max_size", "cache.env", "cache.never", "cache.always", "cache.max_entry_mb",
@@ -43,13 +43,11 @@ EFFECTIVE = ("durability", "link_strategy", "ignore", "hash_workers", "daemon.id
 HEALTH_EVERY_S = 1.0
 ROLLBACK_GRACE_S = 2.0  # how long a dropped client's process may take to finish exiting
 REQUEST_TIMEOUT_S = 600.0
-STATS_CACHE_ONLY = 1  # STATS FLAGS: only the action cache's counters (no writer round trip)
-STATS_EXPLAIN = 2     # STATS FLAGS: with the explanations of misses newer than SIZE (a sequence number)
-STATS_INGEST = 4      # STATS FLAGS: only how far a running full ingest is (no writer: it is busy with it)
+STATS_CACHE_ONLY, STATS_EXPLAIN, STATS_INGEST = StatsFlag.CACHE_ONLY, StatsFlag.EXPLAIN, StatsFlag.INGEST
 
 
 # fields that name files (or hold argv/environment strings): a NUL in one is refused up front
-NUL_FREE_TAGS = frozenset((Tag.PATH, Tag.STAGING, Tag.ROOT, Tag.STAGING_DIR, Tag.ARG, Tag.ENV))
+NUL_FREE_TAGS = frozenset((Tag.PATH, Tag.STAGING, Tag.ROOT, Tag.STAGING_DIR, Tag.ARG, Tag.ENV, Tag.CWD))
 
 class ProjectDaemon:
     def __init__(self, home: Home, project: Project, cfg, index_filter=None, cache_key=None):
@@ -330,7 +328,7 @@ class ProjectDaemon:
             reread, held = self.writer.run(lambda: self._reread(rels), REQUEST_TIMEOUT_S)
         finally:
             self.announce(done, -1)
-        return (reply(req).add(Tag.COUNT, reread).add(Tag.FLAGS, held)
+        return (reply(req).add(Tag.COUNT, reread).add(Tag.HELD, held)
                 .add(Tag.GENERATION, self.index.generation))
 
     def _stats(self, conn: Connection, req: Frame) -> Frame:
@@ -343,7 +341,9 @@ class ProjectDaemon:
         if flags & STATS_CACHE_ONLY:  # the wrapper, before and after a build: cheap, no writer
             out = {"cache": self.cache.stats(), "entries": len(self.index)}
             if flags & STATS_EXPLAIN:
-                out["explain"] = self.cache.explanations(req.int(Tag.SIZE, 0) or 0)
+                # or SIZE, the tag clients older than SEQUENCE send
+                since = req.int(Tag.SEQUENCE) if req.get(Tag.SEQUENCE) is not None else req.int(Tag.SIZE, 0)
+                out["explain"] = self.cache.explanations(since or 0)
             return reply(req).add_json(out).add(Tag.GENERATION, self.index.generation)
         stats = self.writer.run(self.stats, REQUEST_TIMEOUT_S)
         return reply(req).add_json(stats).add(Tag.GENERATION, stats["generation"])
@@ -362,7 +362,7 @@ class ProjectDaemon:
                 return reply(req).add(Tag.FLAGS, 0)
         self.exit_reason = "config changed" if flags & SHUTDOWN_IF_IDLE else "requested"
         self.stop_event.set()
-        return reply(req).add(Tag.FLAGS, 1)
+        return reply(req).add(Tag.FLAGS, ShutdownReplyFlag.STOPPING)
 
     def _ping(self, conn: Connection, req: Frame) -> Frame:
         return reply(req)

@@ -31,11 +31,6 @@
 
 int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t **body, uint32_t *len);
 
-#define M_ACTION_LOOKUP 0x30
-#define M_ACTION_END 0x31
-enum { T_PID = 3, T_PATH = 1, T_TEXT = 5, T_COUNT = 13, T_FLAGS = 14, T_ARG = 17, T_ENV = 18, T_ACTION = 19,
-       T_STDOUT = 20, T_STDERR = 21, T_STREAMS = 22, T_SIZE = 15, T_STDIN = 30,
-       T_UMASK = 31 };
 #define TERMINAL_ENV "TERM:COLORTERM:COLUMNS:NO_COLOR:CLICOLOR:CLICOLOR_FORCE:GCC_COLORS:GCC_URLS:TERM_URLS"
 
 extern char **environ;
@@ -265,7 +260,7 @@ static void put_env(body *b, const char *list) {
         memcpy(kv, name, n);
         kv[n] = '=';
         memcpy(kv + n + 1, v, vl);
-        put_field(b, T_ENV, kv, n + 1 + vl);
+        put_field(b, VRP_T_ENV, kv, n + 1 + vl);
     }
 }
 
@@ -283,30 +278,30 @@ static int lookup(int argc, char **argv, const char *exe) {
         munmap(m, b.cap);
         return -1;
     }
-    put_u32(&b, T_PID, (uint32_t)vrift_pid);
-    put_field(&b, T_PATH, exe, el);
-    put_field(&b, T_TEXT, cwd, strlen(cwd));
+    put_u32(&b, VRP_T_PID, (uint32_t)vrift_pid);
+    put_field(&b, VRP_T_PATH, exe, el);
+    put_field(&b, VRP_T_CWD, cwd, strlen(cwd));
     char in[VRIFT_PATH_MAX];
     int il = vrift_stdin_path(in, sizeof in);
-    if (il > 0) put_field(&b, T_STDIN, in, (size_t)il);
-    for (int i = 0; i < argc && argv[i]; i++) put_field(&b, T_ARG, argv[i], strlen(argv[i]));
+    if (il > 0) put_field(&b, VRP_T_STDIN, in, (size_t)il);
+    for (int i = 0; i < argc && argv[i]; i++) put_field(&b, VRP_T_ARG, argv[i], strlen(argv[i]));
     put_env(&b, getenv("VRIFT_CACHE_ENV"));
     if (getenv("VRIFT_ACTION_WALL"))
         for (char **e = environ; e && *e; e++)
-            if (strncmp(*e, "VRIFT_", 6) != 0 && strncmp(*e, "LD_PRELOAD=", 11) != 0) put_field(&b, T_ENV, *e, strlen(*e));
+            if (strncmp(*e, "VRIFT_", 6) != 0 && strncmp(*e, "LD_PRELOAD=", 11) != 0) put_field(&b, VRP_T_ENV, *e, strlen(*e));
     /* what a tool sees of a terminal: also these, which decide its colours and width */
     if (vrift_capture_terminal()) put_env(&b, TERMINAL_ENV);
     char shape[128];
-    put_field(&b, T_STREAMS, shape, vrift_capture_describe(shape, sizeof shape));
+    put_field(&b, VRP_T_STREAMS, shape, vrift_capture_describe(shape, sizeof shape));
     /* the modes of what the command creates: read (and put back) before main, one thread */
     mode_t mask = (mode_t)syscall(SYS_umask, 022);
     syscall(SYS_umask, mask);
-    put_u32(&b, T_UMASK, (uint32_t)mask);
-    put_field(&b, T_ACTION, action_id, 16);
+    put_u32(&b, VRP_T_UMASK, (uint32_t)mask);
+    put_field(&b, VRP_T_ACTION, action_id, 16);
     int result = -1;
     uint8_t *rb;
     uint32_t rl;
-    if (b.len <= b.cap && vrift_proto_call(M_ACTION_LOOKUP, b.p, (uint32_t)b.len, &rb, &rl) == 0) {
+    if (b.len <= b.cap && vrift_proto_call(VRP_M_ACTION_LOOKUP, b.p, (uint32_t)b.len, &rb, &rl) == 0) {
         uint32_t flags = 0, status = 0;
         int have_status = 0, bad = 0, seek = 0;
         unsigned long long stdin_end = 0;
@@ -322,15 +317,15 @@ static int lookup(int argc, char **argv, const char *exe) {
                 break;
             }
             const uint8_t *v = rb + off + 6;
-            if ((tag == T_FLAGS || tag == T_COUNT) && n != 4) bad = 1;
-            else if (tag == T_FLAGS) flags = get32(v);
-            else if (tag == T_COUNT) status = get32(v), have_status = 1;
-            else if (tag == T_SIZE && n == 8) stdin_end = get32(v) | (unsigned long long)get32(v + 4) << 32, seek = 1;
+            if ((tag == VRP_T_FLAGS || tag == VRP_T_STATUS) && n != 4) bad = 1;
+            else if (tag == VRP_T_FLAGS) flags = get32(v);
+            else if (tag == VRP_T_STATUS) status = get32(v), have_status = 1;
+            else if (tag == VRP_T_STDIN_OFFSET && n == 8) stdin_end = get32(v) | (unsigned long long)get32(v + 4) << 32, seek = 1;
             off += 6 + n;
         }
-        if (!bad && (flags & 1u) && have_status && status <= 255) {
+        if (!bad && (flags & VRP_F_LOOKUP_HIT) && have_status && status <= 255) {
             /* the daemon has put every output in place: replay the streams in their order, and go */
-            if (vrift_capture_replay(rb, rl, T_STDOUT, T_STDERR) != 0) {
+            if (vrift_capture_replay(rb, rl, VRP_T_STDOUT, VRP_T_STDERR) != 0) {
                 /* the output cannot be delivered: running the command is still right */
                 vrift_log("action %s: replay output could not be written, running it", action_id);
             } else {
@@ -340,8 +335,8 @@ static int lookup(int argc, char **argv, const char *exe) {
                 syscall(SYS_exit_group, (int)status);
             }
             result = -1;
-        } else if (!bad && !(flags & 1u)) {
-            result = flags & 2u ? 2 : 0; /* 2: the daemon will not cache it, do not record */
+        } else if (!bad && !(flags & VRP_F_LOOKUP_HIT)) {
+            result = flags & VRP_F_LOOKUP_NO_RECORD ? 2 : 0; /* 2: the daemon will not cache it, do not record */
         }
         if (rb) munmap(rb, rl);
     }
@@ -568,19 +563,19 @@ static void record_mapped_files(void) {
 static void send_end(int status) {
     uint8_t req[96];
     body b = {req, 0, sizeof req};
-    put_field(&b, T_ACTION, action_id, 16);
-    put_u32(&b, T_COUNT, (uint32_t)status);
-    put_u32(&b, T_PID, (uint32_t)vrift_raw_getpid());
+    put_field(&b, VRP_T_ACTION, action_id, 16);
+    put_u32(&b, VRP_T_STATUS, (uint32_t)status);
+    put_u32(&b, VRP_T_PID, (uint32_t)vrift_raw_getpid());
     long long in_off = vrift_stdin_offset();
     if (in_off >= 0) {
         uint64_t v = (uint64_t)in_off;
         uint8_t x[8];
         for (int i = 0; i < 8; i++) x[i] = (uint8_t)(v >> (8 * i));
-        put_field(&b, T_SIZE, x, 8);
+        put_field(&b, VRP_T_STDIN_OFFSET, x, 8);
     }
     uint8_t *rb;
     uint32_t rl;
-    int r = vrift_proto_call(M_ACTION_END, req, (uint32_t)b.len, &rb, &rl);
+    int r = vrift_proto_call(VRP_M_ACTION_END, req, (uint32_t)b.len, &rb, &rl);
     if (rb) munmap(rb, rl);
     if (r != 0 && !keep_logs) remove_dir(); /* nobody will read them */
 }

@@ -29,27 +29,6 @@ int vrift_io_write(int fd, const void *buf, size_t n, long deadline);
 int vrift_io_read(int fd, void *buf, size_t n, long deadline);
 long vrift_deadline(void);
 
-#define P_MAGIC 0x31505256u /* "VRP1" */
-#define P_VERSION 1
-#define P_HEADER 16
-#define P_FIELD 6
-#define P_MAX_BODY (1u << 20)
-#define P_MAX_FIELDS 4096
-#define P_REPLY 0x8000
-
-enum {
-    M_HELLO = 0x01, M_COMMIT = 0x03, M_BEGIN_WRITE = 0x04, M_INVALIDATE = 0x05, M_VDIR_BAD = 0x0A,
-    M_WRITING = 0x40, M_WRITTEN = 0x41, M_CHANGED = 0x42, M_ERROR = 0x7FFF,
-};
-enum {
-    T_PATH = 1, T_STAGING = 2, T_PID = 3, T_GENERATION = 4, T_TEXT = 5, T_ROOT = 7,
-    T_STAGING_DIR = 11, T_ERROR_CODE = 12, T_FLAGS = 14,
-};
-enum {
-    E_BAD_FRAME = 1, E_BAD_VERSION = 2, E_TOO_LARGE = 3, E_BAD_REQUEST = 4, E_PATH_REJECTED = 5,
-    E_NOT_FOUND = 6, E_IO_ERROR = 7, E_SHUTTING_DOWN = 8, E_LIMIT = 9, E_INTERNAL = 10,
-};
-
 /* Paths per INVALIDATE frame: a mutating call sends a handful; more are split over frames. */
 #define BATCH 64
 
@@ -72,8 +51,8 @@ static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) | (uint64_t)
 /* ------------------------------------------------------------------ requests */
 
 typedef struct request {
-    uint8_t head[P_HEADER];
-    uint8_t fh[BATCH + 2][P_FIELD + 4]; /* field header, then an inline u32 value if any */
+    uint8_t head[VRP_HEADER_SIZE];
+    uint8_t fh[BATCH + 2][VRP_FIELD_SIZE + 4]; /* field header, then an inline u32 value if any */
     struct iovec iov[1 + 2 * (BATCH + 2)];
     int niov, nfields;
     uint32_t body, id;
@@ -87,7 +66,7 @@ static void req_init(request *r, uint16_t type) {
     r->body = 0;
     r->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
     r->iov[0].iov_base = r->head;
-    r->iov[0].iov_len = P_HEADER;
+    r->iov[0].iov_len = VRP_HEADER_SIZE;
 }
 
 static void req_bytes(request *r, uint16_t tag, const void *value, size_t len) {
@@ -95,29 +74,29 @@ static void req_bytes(request *r, uint16_t tag, const void *value, size_t len) {
     put16(fh, tag);
     put32(fh + 2, (uint32_t)len);
     r->iov[r->niov].iov_base = fh;
-    r->iov[r->niov++].iov_len = P_FIELD;
+    r->iov[r->niov++].iov_len = VRP_FIELD_SIZE;
     if (len) {
         r->iov[r->niov].iov_base = (void *)value;
         r->iov[r->niov++].iov_len = len;
     }
-    r->body += P_FIELD + (uint32_t)len;
+    r->body += VRP_FIELD_SIZE + (uint32_t)len;
 }
 
 static void req_u32(request *r, uint16_t tag, uint32_t v) {
     uint8_t *fh = r->fh[r->nfields++];
     put16(fh, tag);
     put32(fh + 2, 4);
-    put32(fh + P_FIELD, v);
+    put32(fh + VRP_FIELD_SIZE, v);
     r->iov[r->niov].iov_base = fh;
-    r->iov[r->niov++].iov_len = P_FIELD + 4;
-    r->body += P_FIELD + 4;
+    r->iov[r->niov++].iov_len = VRP_FIELD_SIZE + 4;
+    r->body += VRP_FIELD_SIZE + 4;
 }
 
 /* One sendmsg in the normal case; whatever the socket did not take is finished with the
  * deadline-bound writer of client.c. */
 static int req_send(int fd, request *r, long deadline) {
-    put32(r->head, P_MAGIC);
-    put16(r->head + 4, P_VERSION);
+    put32(r->head, VRP_MAGIC);
+    put16(r->head + 4, VRP_VERSION);
     put16(r->head + 6, r->type);
     put32(r->head + 8, r->id);
     put32(r->head + 12, r->body);
@@ -204,20 +183,20 @@ typedef struct reply {
 
 /* Read the answer to `q`: 0 parsed (a reply or an error frame), -1 the connection is unusable. */
 static int read_reply(int fd, const request *q, long deadline, reply *out) {
-    uint8_t h[P_HEADER];
+    uint8_t h[VRP_HEADER_SIZE];
     memset(out, 0, sizeof *out);
     out->root_ok = out->staging_ok = -1;
     if (vrift_io_read(fd, h, sizeof h, deadline) != 0) return -1;
     uint16_t type = get16(h + 6);
     uint32_t id = get32(h + 8), body = get32(h + 12);
-    if (get32(h) != P_MAGIC || get16(h + 4) != P_VERSION || body > P_MAX_BODY) {
-        if (get32(h) == P_MAGIC && get16(h + 4) != P_VERSION) proto_off = 1; /* will not change */
+    if (get32(h) != VRP_MAGIC || get16(h + 4) != VRP_VERSION || body > VRP_MAX_BODY) {
+        if (get32(h) == VRP_MAGIC && get16(h + 4) != VRP_VERSION) proto_off = 1; /* will not change */
         errno = EPROTO;
         return -1;
     }
-    out->error = type == M_ERROR;
+    out->error = type == VRP_M_ERROR;
     /* errors about the frame itself are sent before its request id is known */
-    if (out->error ? id != q->id && id != 0 : id != q->id || type != (q->type | P_REPLY)) {
+    if (out->error ? id != q->id && id != 0 : id != q->id || type != (q->type | VRP_REPLY_BIT)) {
         errno = EPROTO;
         return -1;
     }
@@ -226,38 +205,38 @@ static int read_reply(int fd, const request *q, long deadline, reply *out) {
     r.deadline = deadline;
     r.left = body;
     r.pos = r.len = 0;
-    for (int n = 0; r.left || r.pos < r.len; n++) {
-        uint8_t fh[P_FIELD], v[8];
-        if (n >= P_MAX_FIELDS || rd_take(&r, fh, sizeof fh) != 0) goto bad;
+    for (uint32_t n = 0; r.left || r.pos < r.len; n++) {
+        uint8_t fh[VRP_FIELD_SIZE], v[8];
+        if (n >= VRP_MAX_FIELDS || rd_take(&r, fh, sizeof fh) != 0) goto bad;
         uint16_t tag = get16(fh);
         uint32_t len = get32(fh + 2);
         if (len > r.left + (r.len - r.pos)) goto bad;
         int eq;
         switch (tag) {
-        case T_ERROR_CODE:
-        case T_FLAGS:
+        case VRP_T_ERROR_CODE:
+        case VRP_T_FLAGS:
             if (len != 4 || rd_take(&r, v, 4) != 0) goto bad;
-            if (tag == T_ERROR_CODE)
+            if (tag == VRP_T_ERROR_CODE)
                 out->code = get32(v);
             else
                 out->flags = get32(v);
             break;
-        case T_GENERATION:
+        case VRP_T_GENERATION:
             if (len != 8 || rd_take(&r, v, 8) != 0) goto bad;
             out->generation = get64(v);
             break;
-        case T_TEXT: {
+        case VRP_T_TEXT: {
             size_t keep = len < sizeof out->text - 1 ? len : sizeof out->text - 1;
             if (rd_take(&r, out->text, keep) != 0 || rd_take(&r, NULL, len - keep) != 0) goto bad;
             out->text[keep] = '\0';
             break;
         }
-        case T_ROOT:
-        case T_STAGING_DIR:
-            eq = tag == T_ROOT ? rd_equal(&r, len, vrift_root, vrift_root_len)
+        case VRP_T_ROOT:
+        case VRP_T_STAGING_DIR:
+            eq = tag == VRP_T_ROOT ? rd_equal(&r, len, vrift_root, vrift_root_len)
                                : rd_equal(&r, len, vrift_staging, vrift_staging_len);
             if (eq < 0) goto bad;
-            *(tag == T_ROOT ? &out->root_ok : &out->staging_ok) = eq;
+            *(tag == VRP_T_ROOT ? &out->root_ok : &out->staging_ok) = eq;
             break;
         default: /* fields we do not use, and tags newer than us */
             if (rd_take(&r, NULL, len) != 0) goto bad;
@@ -269,21 +248,22 @@ bad:
     return -1;
 }
 
-/* Errors after which the daemon closes the connection (docs/protocol.md, error codes). */
+/* Errors after which the daemon closes the connection (docs/protocol.md, error codes); a code
+ * we do not know is taken as one. */
 static int closes_connection(uint32_t code) {
-    return code == E_BAD_FRAME || code == E_BAD_VERSION || code == E_TOO_LARGE || code == E_SHUTTING_DOWN ||
-           code < E_BAD_FRAME || code > E_INTERNAL;
+    switch (code) {
+#define CLOSES(name, value, closes) case value: return closes;
+        VRP_ERRORS(CLOSES)
+#undef CLOSES
+    default: return 1;
+    }
 }
 
 static const char *name_of(uint16_t type) {
     switch (type) {
-    case M_HELLO: return "HELLO";
-    case M_COMMIT: return "COMMIT";
-    case M_BEGIN_WRITE: return "BEGIN_WRITE";
-    case M_INVALIDATE: return "INVALIDATE";
-    case M_WRITING: return "WRITING";
-    case M_WRITTEN: return "WRITTEN";
-    case M_CHANGED: return "CHANGED";
+#define NAME(name, value, one_way) case value: return #name;
+        VRP_MESSAGES(NAME)
+#undef NAME
     default: return "request";
     }
 }
@@ -299,7 +279,7 @@ static int exchange(int fd, request *q, long deadline, reply *out) {
     }
     if (!out->error) return 0;
     vrift_log("daemon refused %s (code %u): %s", name_of(q->type), out->code, out->text);
-    if (out->code == E_BAD_VERSION) proto_off = 1;
+    if (out->code == VRP_E_BAD_VERSION) proto_off = 1;
     if (closes_connection(out->code)) {
         errno = ECONNRESET;
         return -1;
@@ -314,11 +294,11 @@ int vrift_proto_hello(int fd, long deadline) {
     if (proto_off) return -1;
     request q;
     reply a;
-    req_init(&q, M_HELLO);
-    req_u32(&q, T_PID, (uint32_t)vrift_raw_getpid());
-    req_bytes(&q, T_ROOT, vrift_root, vrift_root_len);
+    req_init(&q, VRP_M_HELLO);
+    req_u32(&q, VRP_T_PID, (uint32_t)vrift_raw_getpid());
+    req_bytes(&q, VRP_T_ROOT, vrift_root, vrift_root_len);
     int r = exchange(fd, &q, deadline, &a);
-    if (r == 1 && a.code == E_BAD_REQUEST) {
+    if (r == 1 && a.code == VRP_E_BAD_REQUEST) {
         /* the only field it can dislike is ROOT: this daemon serves another project */
         proto_off = 1;
     }
@@ -345,8 +325,8 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
         req_init(&q, type);
         for (; i < n && q.nfields < BATCH; i++) {
             size_t len = strlen(paths[i]);
-            if (q.body + P_FIELD + len > P_MAX_BODY) break;
-            req_bytes(&q, T_PATH, paths[i], len);
+            if (q.body + VRP_FIELD_SIZE + len > VRP_MAX_BODY) break;
+            req_bytes(&q, VRP_T_PATH, paths[i], len);
         }
         if (q.nfields == 0) { /* one path longer than a frame: not a path the daemon takes */
             i++;
@@ -362,7 +342,7 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
     return result;
 }
 
-int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(M_INVALIDATE, paths, n); }
+int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(VRP_M_INVALIDATE, paths, n); }
 
 /* A one-way notification (docs/protocol.md "Writes"): sent, never answered, so nobody waits.
  * A send that fails on a kept connection is tried once more on a fresh one (the daemon may
@@ -373,8 +353,8 @@ int vrift_daemon_notify(int type, const char *const *paths, int n) {
     req_init(&q, (uint16_t)type);
     for (int i = 0; i < n && q.nfields < BATCH; i++) {
         size_t len = strlen(paths[i]);
-        if (q.body + P_FIELD + len > P_MAX_BODY) return -1;
-        req_bytes(&q, T_PATH, paths[i], len);
+        if (q.body + VRP_FIELD_SIZE + len > VRP_MAX_BODY) return -1;
+        req_bytes(&q, VRP_T_PATH, paths[i], len);
     }
     for (int attempt = 0; attempt < 2; attempt++) {
         long deadline = vrift_deadline();
@@ -390,7 +370,7 @@ int vrift_daemon_notify(int type, const char *const *paths, int n) {
     return -1;
 }
 
-int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(M_BEGIN_WRITE, paths, n); }
+int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(VRP_M_BEGIN_WRITE, paths, n); }
 
 int vrift_daemon_vdir_bad(const char *detail) {
     if (proto_off) return -1;
@@ -399,8 +379,8 @@ int vrift_daemon_vdir_bad(const char *detail) {
     if (fd < 0) return -1;
     request q;
     reply a;
-    req_init(&q, M_VDIR_BAD);
-    req_bytes(&q, T_TEXT, detail, strlen(detail));
+    req_init(&q, VRP_M_VDIR_BAD);
+    req_bytes(&q, VRP_T_TEXT, detail, strlen(detail));
     int r = exchange(fd, &q, deadline, &a);
     vrift_conn_release(fd, temporary, r < 0);
     return r;
@@ -415,14 +395,14 @@ int vrift_daemon_vdir_bad(const char *detail) {
 int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t **body, uint32_t *len) {
     *body = NULL;
     *len = 0;
-    if (proto_off || req_len > P_MAX_BODY) return -1;
+    if (proto_off || req_len > VRP_MAX_BODY) return -1;
     long deadline = vrift_deadline();
     int temporary, fd = vrift_conn_acquire(deadline, &temporary, 1);
     if (fd < 0) return -1;
-    uint8_t h[P_HEADER];
+    uint8_t h[VRP_HEADER_SIZE];
     uint32_t id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
-    put32(h, P_MAGIC);
-    put16(h + 4, P_VERSION);
+    put32(h, VRP_MAGIC);
+    put16(h + 4, VRP_VERSION);
     put16(h + 6, type);
     put32(h + 8, id);
     put32(h + 12, req_len);
@@ -432,8 +412,8 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
         goto done;
     uint16_t rtype = get16(h + 6);
     uint32_t rlen = get32(h + 12);
-    if (get32(h) != P_MAGIC || get16(h + 4) != P_VERSION || rlen > P_MAX_BODY ||
-        (rtype != M_ERROR && (get32(h + 8) != id || rtype != (type | P_REPLY))))
+    if (get32(h) != VRP_MAGIC || get16(h + 4) != VRP_VERSION || rlen > VRP_MAX_BODY ||
+        (rtype != VRP_M_ERROR && (get32(h + 8) != id || rtype != (type | VRP_REPLY_BIT))))
         goto done;
     uint8_t *b = NULL;
     if (rlen) {
@@ -447,7 +427,7 @@ int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t *
     }
     *body = b;
     *len = rlen;
-    result = rtype == M_ERROR ? 1 : 0;
+    result = rtype == VRP_M_ERROR ? 1 : 0;
 done:
     vrift_conn_release(fd, temporary, result < 0);
     if (result < 0) vrift_log("daemon action request 0x%x failed", type);

@@ -23,6 +23,7 @@
 
 #include "vrift_counters.h"
 #include "vrift_vdir.h"
+#include "vrift_proto.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
@@ -195,7 +196,7 @@ void vrift_unlock_dir(int dfd);
 /* ---- daemon client (client.c, proto.c) ---- */
 /* One-way notifications (never answered): a path opened for writing, a staged file renamed
  * into place by this process, a path to re-read.  0 sent, -1 not. */
-enum { VRIFT_N_WRITING = 0x40, VRIFT_N_WRITTEN = 0x41, VRIFT_N_CHANGED = 0x42 };
+enum { VRIFT_N_WRITING = VRP_M_WRITING, VRIFT_N_WRITTEN = VRP_M_WRITTEN, VRIFT_N_CHANGED = VRP_M_CHANGED };
 int vrift_daemon_notify(int type, const char *const *paths, int n);
 /* INVALIDATE: 0 accepted, -1 unusable. */
 int vrift_daemon_invalidate(const char *const *paths, int n);
