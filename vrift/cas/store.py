@@ -188,6 +188,9 @@ def _syncfs(fd: int) -> None:
         os.sync()
 
 
+FEW_BLOBS = 4  # sync_blobs: up to this many are fsynced one by one, more with one syncfs
+
+
 class CAS:
     def __init__(self, root: os.PathLike | str, link_strategy: str = "auto", *, fsync: bool = True):
         if link_strategy not in STRATEGIES:
@@ -511,6 +514,30 @@ class CAS:
             _syncfs(dfd)
         finally:
             os.close(dfd)
+
+    def sync_blobs(self, digests) -> None:
+        """Make these blobs, stored with `fsync=False`, durable with their names: a few are
+        fsynced one by one (the blob, then each directory up to the store's top: one of them
+        may be new), more with one `syncfs` (cheaper than a few fsyncs per blob; the daemon's
+        group commit passes every new blob of a group at once)."""
+        digests = {parse_digest(d) for d in digests}
+        if len(digests) > FEW_BLOBS:
+            self.sync()
+            return
+        dirs: set[str] = set()
+        for d in digests:
+            path = self._path(d.hex())
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            parent = os.path.dirname(path)
+            while len(parent) >= len(self._blobs):
+                dirs.add(parent)
+                parent = os.path.dirname(parent)
+        for d in sorted(dirs, key=len, reverse=True):  # deepest first: a name before its parent's
+            self._sync_dir(d)
 
     # -- reading ------------------------------------------------------------------------
     def read_bytes(self, digest, verify: bool = True) -> bytes:

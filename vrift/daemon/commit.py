@@ -6,8 +6,10 @@ durability mode and published, and DIRTY cleared once `settle()` has checked tha
 describes what is on disk.  COMMIT (the older, synchronous request, kept for other clients):
 hash and store the staging file, move it onto the real path, record, publish, acknowledge.
 
-Hashing, storing and the rename run on the client's connection thread (they release the GIL);
-only the index update goes through the writer thread, where concurrent commits are grouped.
+Hashing, storing and the rename run on the thread that reads the notification (a COMMIT: a
+worker; they release the GIL); only the index update goes through the writer thread, where
+concurrent commits are grouped.  The service holds no daemon: it is given the path policy, the
+CAS, the index (read only here) and the writer, and two callbacks into the tree sync.
 A per-path lock keeps "rename, then stat" of two commits of the same path from interleaving,
 so the entry applied last always describes the file that is on disk.
 """
@@ -34,12 +36,16 @@ MOVED = ErrorFlag.MOVED
 
 
 class CommitService:
-    def __init__(self, daemon, reread: Callable[[list[bytes]], None] | None = None):
-        self.daemon = daemon
-        self.policy = daemon.policy
-        self.cas = daemon.cas
+    def __init__(self, policy, cas, index, writer, *, reread: Callable[[list[bytes]], None] | None = None,
+                 release: Callable[[Iterable[bytes]], None] | None = None):
+        self.policy = policy  # PathPolicy: what a client may name
+        self.cas = cas
+        self.index = index    # read only: is a file already indexed as it is on disk?
+        self.writer = writer  # IndexWriter: commit() groups index updates, call() queues behind them
         self.reread = reread  # re-read paths from the tree (on the writer thread), not waited for
+        self.release = release  # the watcher may look at these paths again (WRITING is over)
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
+        self.reused = 0  # WRITTEN files found indexed already (the watcher was first): not hashed again
 
     def written(self, conn: Connection, req: Frame) -> None:
         """WRITTEN: PATH holds a complete new file, put there by the client's own rename.  Runs
@@ -55,8 +61,8 @@ class CommitService:
             conn.pending_writes.discard(rel)
 
         def settled(_f=None) -> None:  # the watcher may look at the path again
-            if announced:
-                self.daemon.announce((rel,), -1)
+            if announced and self.release is not None:
+                self.release((rel,))
 
         target = self.policy.absolute(rel)
         with self._stripes[zlib.crc32(rel) % STRIPES]:
@@ -64,8 +70,13 @@ class CommitService:
                 before = os.lstat(target)
                 if not statmod.S_ISREG(before.st_mode):
                     raise FileNotFoundError
-                stored = self.cas.store_file(target)
-                after = os.lstat(target)
+                digest, blob = self._indexed(rel, before), None
+                if digest is None:
+                    # no fsync here: the writer makes the group's blobs durable at once
+                    digest = blob = self.cas.store_file(target, fsync=False).digest
+                    after = os.lstat(target)
+                else:
+                    after = before
             except (OSError, VriftError) as e:
                 if not isinstance(e, FileNotFoundError):
                     log.warning("%s: written, but not stored: %s", os.fsdecode(target), _why(e))
@@ -74,11 +85,12 @@ class CommitService:
                     after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns):
                 future = None  # changed while we hashed it: whatever is there now is re-read
             else:
-                future = self.daemon.writer.commit(Entry.from_stat(rel, after, stored.digest), os.path.dirname(rel))
+                future = self.writer.commit(Entry.from_stat(rel, after, digest), os.path.dirname(rel),
+                                            blob if self.cas.fsync else None)
         if future is None:
             if self.reread is not None:
                 self.reread([rel])
-            self.daemon.writer.call(settled)  # behind the re-read
+            self.writer.call(settled)  # behind the re-read
             return None
         # Not waited for: the next notification is read at once, so the writer thread's groups
         # (one fsync each) grow with the load.  A SYNC queues behind them on the same thread.
@@ -86,6 +98,16 @@ class CommitService:
             "%s: index update failed: %s", os.fsdecode(target), _why(f.exception())))
         future.add_done_callback(settled)
         return None
+
+    def _indexed(self, rel: bytes, st) -> bytes | None:
+        """The digest of the entry that already describes this file, with its blob in the CAS:
+        when the daemon is behind its clients, the watcher may see a client's rename, and
+        re-read and store the file, before the notification is read."""
+        old = self.index.get(rel)
+        if old is None or old.is_deleted or not old.same_file(st) or not any(old.digest) or not self.cas.has(old.digest):
+            return None
+        self.reused += 1
+        return old.digest
 
     def commit(self, conn: Connection, req: Frame) -> Frame:
         target_raw, staging_raw = req.get(Tag.PATH), req.get(Tag.STAGING)
@@ -96,7 +118,7 @@ class CommitService:
         target = self.policy.absolute(rel)
         parent = os.path.dirname(rel)
         try:
-            stored = self.cas.store_file(os.fsdecode(staging))
+            stored = self.cas.store_file(os.fsdecode(staging), fsync=False)
         except FileNotFoundError:
             raise RequestError(Err.NOT_FOUND, f"{os.fsdecode(staging)}: staging file vanished") from None
         except (OSError, VriftError) as e:
@@ -113,7 +135,7 @@ class CommitService:
             except OSError as e:
                 raise RequestError(Err.IO_ERROR, f"{os.fsdecode(target)}: vanished after commit: {_why(e)}",
                                    MOVED) from None
-            future = self.daemon.writer.commit(entry, parent)
+            future = self.writer.commit(entry, parent, stored.digest if self.cas.fsync else None)
         try:
             generation = future.result()
         except Exception as e:

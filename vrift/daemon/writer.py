@@ -3,7 +3,8 @@
 Every mutation of the index (commits, reconciles, ingests, DIRTY bits, shared-memory rebuilds)
 runs here, so the index needs no locking of its own.  Commits queued while an apply is in
 progress are applied together in the next one: with `sync` and `wal` durability this is group
-commit — one fsync acknowledges many clients.
+commit: one round of blob durability (`make_durable`: the group's blobs, stored without
+fsync, made durable together), then one index fsync, acknowledge many clients.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ WATCH_COALESCE_S = 0.025
 
 
 class _Commit:
-    __slots__ = ("entry", "parent", "future")
+    __slots__ = ("entry", "parent", "blob", "future")
 
-    def __init__(self, entry, parent, future):
+    def __init__(self, entry, parent, blob, future):
         self.entry = entry
         self.parent = parent
+        self.blob = blob  # digest of a blob to make durable before the entry that names it
         self.future = future
 
 
@@ -43,8 +45,10 @@ class _Call:
 class IndexWriter:
     def __init__(self, index, before_job: Callable[[], None] | None = None,
                  dir_entries: Callable[[set[bytes]], list] | None = None,
-                 clear_dirty: Callable[[list[bytes]], object] | None = None):
+                 clear_dirty: Callable[[list[bytes]], object] | None = None,
+                 make_durable: Callable[[list[bytes]], None] | None = None):
         self.index = index
+        self.make_durable = make_durable  # CAS.sync_blobs: blobs on disk before the index names them
         # clears DIRTY on committed paths and their directories (the daemon's checks the tree first)
         self.clear_dirty = clear_dirty or (lambda rels: [index.set_dirty(r, False) for r in rels])
         self._last_watched = 0.0
@@ -67,11 +71,12 @@ class IndexWriter:
             self._thread.join()
 
     # -- submitting (any thread) -------------------------------------------------------------
-    def commit(self, entry, parent: bytes) -> Future:
+    def commit(self, entry, parent: bytes, blob: bytes | None = None) -> Future:
         """Apply a committed file's entry with its refreshed directory entry, then clear DIRTY
-        on both; the future gives the generation."""
+        on both; the future gives the generation.  `blob`: the digest of a blob stored without
+        fsync, made durable (with the group's others) before the entry is written."""
         f: Future = Future()
-        self._q.put(_Commit(entry, parent, f))
+        self._q.put(_Commit(entry, parent, blob, f))
         return f
 
     def call(self, fn: Callable[[], object]) -> Future:
@@ -145,6 +150,9 @@ class IndexWriter:
         entries = [c.entry for c in group]
         parents = {c.parent for c in group}
         try:
+            blobs = [c.blob for c in group if c.blob is not None]
+            if blobs and self.make_durable is not None:
+                self.make_durable(blobs)
             if self.dir_entries is not None:
                 entries += self.dir_entries(parents)
             self.index.apply(entries)
