@@ -232,12 +232,12 @@ def test_cache_key_is_ordered_by_plugin_name_and_unambiguous(plugin_dir):
 
 
 def test_third_party_adapter_takes_precedence_and_can_be_forced(plugin_dir):
-    from vrift.adapters.base import Adapter, select
+    from vrift.wrap.adapters.base import Adapter, select
     from vrift.project import VriftError
 
     plugin_dir("tp_bazelish", """
         from vrift.hooks import hookimpl
-        from vrift.adapters.base import Adapter
+        from vrift.wrap.adapters.base import Adapter
         class Samurai(Adapter):
             name = "samurai"
             tools = ("samu", "ninja")

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from vrift import native, project
-from vrift.adapters import daemonlink, launch, locate, wrapcache
-from vrift.adapters.fastwrap import parse
-from vrift.adapters.make import MakeAdapter
-from vrift.adapters.make.hook import HOOK_LINE, fragment, make_quote
-from vrift.adapters.ninja import NinjaAdapter
+from vrift import locate
+from vrift.wrap import daemonlink, launch, wrapcache
+from vrift.wrap.fastwrap import parse
+from vrift.wrap.adapters.make import MakeAdapter
+from vrift.wrap.adapters.make.hook import HOOK_LINE, fragment, make_quote
+from vrift.wrap.adapters.ninja import NinjaAdapter
 from vrift.daemon import protocol
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,8 +189,8 @@ def test_plugin_cache_follows_site_directories(tmp_path):
     site.mkdir()
     cache = str(tmp_path / "p.json")
     stamps = wrapcache.plugin_stamps([str(site)])
-    wrapcache.store_entry_points(cache, stamps, [("ninja", "vrift.adapters.ninja")])
-    assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site)])) == [("ninja", "vrift.adapters.ninja")]
+    wrapcache.store_entry_points(cache, stamps, [("ninja", "vrift.wrap.adapters.ninja")])
+    assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site)])) == [("ninja", "vrift.wrap.adapters.ninja")]
     (site / "newdist-1.0.dist-info").mkdir()  # what installing a distribution does
     assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site)])) is None
     assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site), "/x"])) is None

@@ -9,7 +9,7 @@ def main() -> int:
     argv = sys.argv[1:]
     if argv[:1] == ["wrap"]:
         try:
-            from .adapters.fastwrap import fast_wrap  # noqa: PLC0415 - deliberate late import
+            from .wrap.fastwrap import fast_wrap  # noqa: PLC0415 - deliberate late import
         except ImportError:
             fast_wrap = None
         if fast_wrap is not None:

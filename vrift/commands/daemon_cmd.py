@@ -146,7 +146,7 @@ def status_cmd(as_json):
     """The coordinator and each project daemon: pid, generation, entries, clients."""
     from ..daemon.client import coordinator_status
 
-    from ..adapters import wrapcache
+    from ..wrap import wrapcache
 
     home = Home.from_env()
     status = coordinator_status(home) or {"coordinator": None, "projects": []}

@@ -82,7 +82,7 @@ def _ingest_one(root, path, cli: dict, meter: bool) -> dict:
     client = _running_daemon(home, project)
     progress = meter and sys.stderr.isatty()
     if client is not None:
-        from ..adapters.ingestmeter import IngestMeter
+        from ..wrap.ingestmeter import IngestMeter
 
         with client, IngestMeter(str(client.path), enabled=progress):
             result = client.ingest()

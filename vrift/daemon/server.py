@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..adapters import wrapcache
+from ..wrap import wrapcache
 from ..project import Home, Project, VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry

@@ -15,7 +15,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 @hookspec
 def vrift_register_adapters() -> list:
-    """Return adapter objects (see vrift/adapters/base.py: `name`, `tools`, `handles(tool)`,
+    """Return adapter objects (see vrift/wrap/adapters/base.py: `name`, `tools`, `handles(tool)`,
     `start_dir(argv, cwd)`, `prepare_env(env, argv)`) that `vrift wrap` may choose from."""
 
 

@@ -82,7 +82,7 @@ def select(adapters: Sequence[Adapter], tool: str, forced: str | None = None) ->
     by_name = {a.name: a for a in reversed(adapters)}  # first registered name wins
     if forced:
         if forced not in by_name:
-            from ..project import VriftError  # late: the wrap fast path does not load project.py
+            from ...project import VriftError  # late: the wrap fast path does not load project.py
 
             raise VriftError(f"unknown adapter {forced!r} (known: {', '.join(sorted(by_name))})")
         return by_name[forced]
@@ -91,6 +91,6 @@ def select(adapters: Sequence[Adapter], tool: str, forced: str | None = None) ->
             return adapter
     if "generic" in by_name:
         return by_name["generic"]
-    from ..project import VriftError
+    from ...project import VriftError
 
     raise VriftError("no adapter can run this command (the built-in generic adapter is not loaded)")

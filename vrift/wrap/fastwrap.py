@@ -20,9 +20,9 @@ import os
 import sys
 import time
 
-from .. import onoff
-from . import launch, locate, wrapcache
-from .base import select
+from .. import locate, onoff
+from . import launch, wrapcache
+from .adapters.base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
 
 DEFAULT_SOCKET_TIMEOUT_MS = 2000

@@ -1,4 +1,4 @@
-"""Where things are, for the wrap fast path, with nothing but `os` (and blake3 for the id).
+"""Where things are, with nothing but `os` (and blake3 for the id): the cheap start-up source.
 
 These mirror `vrift.project` (find_root, project_id, Home) and `vrift.native.preload_library`
 without importing them: those modules pull in dataclasses, pathlib and tempfile, which cost
@@ -75,7 +75,7 @@ def preload_library(env) -> str | None:
         return override
     from importlib.machinery import EXTENSION_SUFFIXES  # already imported by the interpreter
 
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkg = os.path.dirname(os.path.abspath(__file__))
     for suffix in (".so", *EXTENSION_SUFFIXES):  # setup.py names it _libvrift.so
         candidate = os.path.join(pkg, "_libvrift" + suffix)
         if os.path.isfile(candidate):

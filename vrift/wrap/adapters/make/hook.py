@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from .. import locate
+from .... import locate
 
 HOOK_LINE = "-include $(if $(VRIFT_VDIR),,$(shell command -v vrift >/dev/null && vrift hook make --emit))"
 
@@ -77,7 +77,7 @@ def emit(cwd: str, env, explicit_root: str | None = None) -> tuple[str | None, s
 
 
 def _emit(cwd: str, env, explicit_root: str | None) -> tuple[str | None, str | None]:
-    from ..fastwrap import DEFAULT_SOCKET_TIMEOUT_MS, Settings, connect, env_disabled
+    from ...fastwrap import DEFAULT_SOCKET_TIMEOUT_MS, Settings, connect, env_disabled
 
     root, error = locate.find_root(cwd, explicit_root, env)
     if root is None:
