@@ -14,7 +14,7 @@ import pytest
 
 from vrift import native, project
 from vrift import locate
-from vrift.wrap import daemonlink, launch, wrapcache
+from vrift.wrap import counters, daemonlink, environment, report, wrapcache
 from vrift.wrap.fastwrap import parse
 from vrift.wrap.adapters.make import MakeAdapter
 from vrift.wrap.adapters.make.hook import HOOK_LINE, fragment, make_quote
@@ -127,40 +127,40 @@ def test_no_daemon_is_told_apart(tmp_path):
 
 def test_counters_layout_matches_the_c_header(tmp_path):
     header = (REPO / "vrift/preload/vrift_counters.h").read_text()
-    assert int(re.search(r"VRIFT_COUNTERS_MAGIC (0x[0-9a-fA-F]+)u", header).group(1), 16) == launch.COUNTERS_MAGIC
-    assert int(re.search(r"VRIFT_COUNTERS_VERSION (\d+)u", header).group(1)) == launch.COUNTERS_VERSION
-    assert int(re.search(r"VRIFT_COUNTERS_SIZE (\d+)u", header).group(1)) == launch.COUNTERS_SIZE
+    assert int(re.search(r"VRIFT_COUNTERS_MAGIC (0x[0-9a-fA-F]+)u", header).group(1), 16) == counters.COUNTERS_MAGIC
+    assert int(re.search(r"VRIFT_COUNTERS_VERSION (\d+)u", header).group(1)) == counters.COUNTERS_VERSION
+    assert int(re.search(r"VRIFT_COUNTERS_SIZE (\d+)u", header).group(1)) == counters.COUNTERS_SIZE
     names = re.findall(r"^\s+VRIFT_C_(\w+)", header, re.M)
-    assert names[-1] == "COUNT" and [n.lower() for n in names[:-1]] == list(launch.COUNTER_NAMES)
-    path = launch.create_counters(str(tmp_path))
-    assert os.stat(path).st_mode & 0o777 == 0o600 and os.path.getsize(path) == launch.COUNTERS_SIZE
-    assert launch.read_counters(path) == dict.fromkeys(launch.COUNTER_NAMES, 0)
+    assert names[-1] == "COUNT" and [n.lower() for n in names[:-1]] == list(counters.COUNTER_NAMES)
+    path = counters.create_counters(str(tmp_path))
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.path.getsize(path) == counters.COUNTERS_SIZE
+    assert counters.read_counters(path) == dict.fromkeys(counters.COUNTER_NAMES, 0)
     with open(path, "r+b") as f:  # what a process adds at exit: u64 at 16 + 8*i
-        f.seek(16 + 8 * launch.COUNTER_NAMES.index("stat_served"))
+        f.seek(16 + 8 * counters.COUNTER_NAMES.index("stat_served"))
         f.write((1234).to_bytes(8, "little"))
-    assert launch.read_counters(path)["stat_served"] == 1234
-    assert launch.create_counters(str(tmp_path)) == path, "a stale file of a dead wrapper with our pid is replaced"
-    assert launch.read_counters(path)["stat_served"] == 0
+    assert counters.read_counters(path)["stat_served"] == 1234
+    assert counters.create_counters(str(tmp_path)) == path, "a stale file of a dead wrapper with our pid is replaced"
+    assert counters.read_counters(path)["stat_served"] == 0
     Path(path).write_bytes(b"\0" * 256)
-    assert launch.read_counters(path) is None
+    assert counters.read_counters(path) is None
 
 
 def test_preload_list_keeps_what_was_there_once():
-    assert launch.with_preload("", "/v.so") == "/v.so"
-    assert launch.with_preload("/a.so:/b.so", "/v.so") == "/v.so /a.so /b.so"
-    assert launch.with_preload("/v.so /a.so", "/v.so") == "/v.so /a.so"
+    assert environment.with_preload("", "/v.so") == "/v.so"
+    assert environment.with_preload("/a.so:/b.so", "/v.so") == "/v.so /a.so /b.so"
+    assert environment.with_preload("/v.so /a.so", "/v.so") == "/v.so /a.so"
 
 
 def test_summary_line_format():
-    s = launch.summarize({**dict.fromkeys(launch.COUNTER_NAMES, 0), "committed": 3, "published": 1,
+    s = report.summarize({**dict.fromkeys(counters.COUNTER_NAMES, 0), "committed": 3, "published": 1,
                           "stat_served": 900, "stat_passed": 12}, 1.234, None)
-    assert launch.summary_line(s) == "vrift: 4 files written, 900 of 912 stats served from the index, 1.23 s"
+    assert report.summary_line(s) == "vrift: 4 files written, 900 of 912 stats served from the index, 1.23 s"
     s["index_files"] = 1204
     s["cache"] = {"lookups": 206, "hits": 204, "misses": 2, "uncacheable": 0, "reasons": {}, "time_saved_s": 1.94}
-    assert launch.summary_line(s) == ("vrift: 204/206 cached (1.9 s saved), 4 files written, 900 of 912 stats "
+    assert report.summary_line(s) == ("vrift: 204/206 cached (1.9 s saved), 4 files written, 900 of 912 stats "
                                       "served from the index (1,204 files), 1.23 s (cache: 2 missed, 0 uncacheable)")
-    off = launch.summarize(None, 0.5, "VRIFT_ENABLED=0")
-    assert launch.summary_line(off).endswith("0.50 s (not accelerated: VRIFT_ENABLED=0)")
+    off = report.summarize(None, 0.5, "VRIFT_ENABLED=0")
+    assert report.summary_line(off).endswith("0.50 s (not accelerated: VRIFT_ENABLED=0)")
 
 
 def test_settings_cache_follows_its_stamps(tmp_path):

@@ -21,7 +21,7 @@ import sys
 import time
 
 from .. import locate, onoff
-from . import launch, wrapcache
+from . import cacheenv, counters, environment, process, report, wrapcache
 from .adapters.base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
 
@@ -321,14 +321,14 @@ def prepare(opts: WrapOptions, env) -> Plan:
         if info is not None:
             plan.new_project = bool(info.get("new_project"))
             plan.config_restart = bool(info.get("config_restart"))
-            plan.counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
-            plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
+            plan.counters_path = counters.create_counters(os.path.dirname(info["vdir"]))
+            plan.env = environment.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
             plan.socket = info["socket"]
             explain = opts.explain or "cache" in env.get("VRIFT_DEBUG", "").split(",")
-            if launch.cache_env(plan.env, cache, settings["cache.env"] or [], explain, settings["cache.tools"]):
+            if cacheenv.cache_env(plan.env, cache, settings["cache.env"] or [], explain, settings["cache.tools"]):
                 plan.cache_before = (info.get("cache") or {}).get("cache") or {}
     if plan.reason is not None or plan.cache_before is None:
-        launch.cache_env(plan.env, False, [], False)
+        cacheenv.cache_env(plan.env, False, [], False)
     return plan
 
 
@@ -337,8 +337,8 @@ def wrap(opts: WrapOptions, env=None) -> int:
     env = os.environ if env is None else env
     off = env_disabled(env)
     if off:  # the kill switch: no configuration, no plugins, no daemon, the tool as it is
-        code = launch.run(opts.argv, dict(env))
-        return finish(opts, launch.summarize(None, time.monotonic() - t0, off), code)
+        code = process.run(opts.argv, dict(env))
+        return finish(opts, report.summarize(None, time.monotonic() - t0, off), code)
     try:
         plan = prepare(opts, env)
     except Exception as e:
@@ -349,7 +349,7 @@ def wrap(opts: WrapOptions, env=None) -> int:
         # a bug or a broken installation of vrift must not stop the build: run it plainly
         plan = Plan(env, f"internal error: {type(e).__name__}: {e}")
     argv = list(opts.argv)
-    counters = None
+    counts = None
     if plan.config_restart and not opts.quiet:
         print("vrift: the configuration changed: restarted the project daemon with it", file=sys.stderr, flush=True)
     if plan.new_project and not opts.quiet:
@@ -365,19 +365,19 @@ def wrap(opts: WrapOptions, env=None) -> int:
         if plan.hooks is not None:
             plan.hooks.prepare_env(plan.project, plan.config, plan.env)
             plan.hooks.pre_build(plan.project, plan.config, argv)
-        code = launch.run(argv, plan.env)
+        code = process.run(argv, plan.env)
         if plan.counters_path:
-            counters = launch.read_counters(plan.counters_path)
+            counts = counters.read_counters(plan.counters_path)
     finally:
-        launch.remove_quietly(plan.counters_path)
-    summary = launch.summarize(counters, time.monotonic() - t0, plan.reason)
+        counters.remove_quietly(plan.counters_path)
+    summary = report.summarize(counts, time.monotonic() - t0, plan.reason)
     if plan.cache_before is not None:
         explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
         after = daemon_cache_stats(plan, explain)
-        summary["cache"] = launch.cache_summary(plan.cache_before, after.get("cache") or {})
+        summary["cache"] = report.cache_summary(plan.cache_before, after.get("cache") or {})
         summary["index_files"] = after.get("entries")
         if explain and not opts.quiet:
-            for line in launch.explain_lines(after.get("explain") or []):
+            for line in report.explain_lines(after.get("explain") or []):
                 print(line, file=sys.stderr)
     summary.update(adapter=plan.adapter.name if plan.adapter else None, root=plan.root)
     if plan.hooks is not None:
@@ -395,7 +395,7 @@ def daemon_cache_stats(plan: Plan, explain: bool) -> dict:
 def finish(opts: WrapOptions, summary: dict, code: int) -> int:
     summary["exit_code"] = code
     if not opts.quiet:
-        print(launch.summary_line(summary), file=sys.stderr, flush=True)
+        print(report.summary_line(summary), file=sys.stderr, flush=True)
     if opts.summary_json:
         write_summary_json(opts.summary_json, summary)
     return code
