@@ -20,7 +20,8 @@ from vrift.cas.gc import collect
 from vrift.cas.progress import Progress
 from vrift.cas.store import SMALL
 from vrift.cas.verify import verify
-from vrift.project import Home, VriftError
+from vrift.errors import VriftError
+from vrift.home import Home
 
 ROOT = os.geteuid() == 0
 

@@ -11,7 +11,8 @@ import pytest
 
 from vrift import config
 from vrift.commands.config_cmd import template
-from vrift.project import Home, VriftError
+from vrift.errors import VriftError
+from vrift.home import Home
 
 
 @pytest.fixture

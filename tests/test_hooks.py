@@ -233,7 +233,7 @@ def test_cache_key_is_ordered_by_plugin_name_and_unambiguous(plugin_dir):
 
 def test_third_party_adapter_takes_precedence_and_can_be_forced(plugin_dir):
     from vrift.wrap.adapters.base import Adapter, select
-    from vrift.project import VriftError
+    from vrift.errors import VriftError
 
     plugin_dir("tp_bazelish", """
         from vrift.hooks import hookimpl

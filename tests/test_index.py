@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from vrift.project import Home, Project, VriftError
+from vrift.errors import VriftError
+from vrift.home import Home
+from vrift.identity import Project
 from vrift.vdir import layout, wal
 from vrift.vdir.entry import Entry
 from vrift.vdir.index import ProjectIndex
@@ -149,7 +151,8 @@ def test_lmdb_map_full_is_a_clear_error_and_loses_nothing(home, project):
 
 CHILD = textwrap.dedent("""
     import os, sys
-    from vrift.project import Home, Project
+    from vrift.home import Home
+    from vrift.identity import Project
     from vrift.vdir.entry import Entry
     from vrift.vdir.index import ProjectIndex
     mode, root = sys.argv[1], sys.argv[2]

@@ -10,7 +10,8 @@ import sys
 
 from daemon_support import daemons, make_project  # noqa: F401
 from vrift.daemon.client import connect_project
-from vrift.project import Home, Project
+from vrift.home import Home
+from vrift.identity import Project
 from vrift.vdir.lmdb_env import damage
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from vrift import native, project
-from vrift import locate
+from vrift import identity, locate, native
+from vrift.home import Home
 from vrift.wrap import counters, daemonlink, environment, report, wrapcache
 from vrift.wrap.fastwrap import parse
 from vrift.wrap.adapters.make import MakeAdapter
@@ -68,19 +68,19 @@ def test_root_discovery_matches_vrift_project(tmp_path, monkeypatch):
     for start in cases:
         for env in ({}, {"VRIFT_PROJECT_ROOT": str(tmp_path / "plain")}):
             got, error = locate.find_root(str(tmp_path / start), None, env)
-            assert error is None and got == str(project.find_root(tmp_path / start, env=env)), (start, env)
+            assert error is None and got == str(identity.find_root(tmp_path / start, env=env)), (start, env)
     got, _ = locate.find_root(str(tmp_path / "plain"), str(tmp_path / "outer/cfg"), {})
-    assert got == str(project.find_root(tmp_path / "plain", explicit=tmp_path / "outer/cfg", env={}))
+    assert got == str(identity.find_root(tmp_path / "plain", explicit=tmp_path / "outer/cfg", env={}))
     root, error = locate.find_root(str(tmp_path), str(tmp_path / "nope"), {})
     assert root is None and "--root: not a directory" in error
-    assert locate.project_id(str(tmp_path / "link")) == project.project_id(tmp_path / "link")
+    assert locate.project_id(str(tmp_path / "link")) == identity.project_id(tmp_path / "link")
 
 
 def test_paths_match_home_and_native(tmp_path):
     env = {"VRIFT_HOME": str(tmp_path / "h")}
-    home = project.Home.from_env(env)
+    home = Home.from_env(env)
     assert locate.home_root(env) == str(home.root) and locate.run_dir(env) == str(home.run_dir)
-    pid = project.project_id(tmp_path)
+    pid = identity.project_id(tmp_path)
     from vrift.daemon.paths import project_files
 
     assert locate.project_socket(env, pid) == str(project_files(home, pid).socket)
@@ -215,7 +215,7 @@ def test_disabled_wrap_imports_nothing_heavy(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert not imported & {"click", "yaml", "pluggy", "importlib.metadata", "vrift.project", "vrift.cli"}
+    assert not imported & {"click", "yaml", "pluggy", "importlib.metadata", "vrift.identity", "vrift.home", "vrift.cli"}
     assert "not accelerated: VRIFT_ENABLED=0" in proc.stderr
 
 

@@ -10,7 +10,7 @@ import sys
 import click
 
 from . import __version__
-from .project import VriftError
+from .errors import VriftError
 
 # name -> "module:attribute" of a click command or group
 COMMANDS = {

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import onoff
 from .onoff import BOOL_WORDS  # noqa: F401 - re-exported: the words every on/off setting accepts
-from .project import Home, VriftError
+from .errors import VriftError
+from .home import Home
 
 PROJECT_FILE = ".vrift.yaml"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

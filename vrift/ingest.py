@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from .cas import CAS
 from .cas.progress import Progress
-from .project import STATE_DIR, Project, VriftError
+from .errors import VriftError
+from .identity import Project, STATE_DIR
 from .vdir import layout
 from .vdir.entry import Entry
 from .vdir.index import ProjectIndex

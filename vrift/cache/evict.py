@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..project import Home
+from ..home import Home
 from .fingerprint import Fingerprint
 from .store import CacheStore
 

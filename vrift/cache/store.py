@@ -23,7 +23,8 @@ from pathlib import Path
 
 import lmdb
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from ..vdir import lmdb_env
 
 MAX_FINGERPRINTS = 16  # per key: variants beyond this are forgotten, oldest first

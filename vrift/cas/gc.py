@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from .progress import Progress
 from .store import CAS
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import blake3
 
-from ..project import VriftError
+from ..errors import VriftError
 
 ALGO = "blake3"
 DIGEST_SIZE = 32

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from .common import emit_json, human_bytes, json_option, render_table
 
 DEFAULT_GRACE = "1d"

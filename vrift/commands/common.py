@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..project import Home, Project, Registry, find_root
+from ..home import Home
+from ..identity import find_root, Project
+from ..registry import Registry
 
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
                            help="Project root (default: discovered from the current directory).")

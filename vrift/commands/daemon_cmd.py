@@ -6,7 +6,8 @@ import time
 
 import click
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from .common import emit_json, json_option, render_table, resolve, root_option
 
 
@@ -83,7 +84,7 @@ def remove_leftovers(home: Home) -> int:
 
     ids = {p.name[2:18] for p in home.run_dir.glob("p-*.*")}
     try:
-        from ..project import Registry
+        from ..registry import Registry
 
         ids |= {pid[:16] for pid in Registry(home).load()}
     except VriftError:
@@ -150,7 +151,7 @@ def status_cmd(as_json):
 
     home = Home.from_env()
     status = coordinator_status(home) or {"coordinator": None, "projects": []}
-    from ..project import project_id
+    from ..identity import project_id
 
     for p in status["projects"]:
         pid = p.get("project_id") or project_id(p["root"])

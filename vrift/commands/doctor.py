@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 from .. import native
-from ..project import Home, Project, Registry, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
+from ..registry import Registry
 
 OK, WARN, FAIL = 0, 1, 2
 

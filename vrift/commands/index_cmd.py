@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..project import Home, Project, Registry, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
+from ..registry import Registry
 from .common import emit_json, human_bytes, json_option, render_table, resolve, root_option
 
 
@@ -245,7 +248,7 @@ def stat_cmd(path, as_json):
     home = Home.from_env()
     absolute = os.path.abspath(path)
     project_root = os.path.dirname(absolute) if not os.path.isdir(absolute) else absolute
-    from ..project import find_root
+    from ..identity import find_root
 
     project = Project.at(find_root(start=project_root))
     rel = project.relpath(absolute)

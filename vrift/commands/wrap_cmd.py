@@ -76,7 +76,7 @@ def plugins_cmd(root, as_json):
     """List the loaded plugins (entry points of group "vrift" and the configured modules),
     the hooks each implements, and the plugins that failed to load (exit status 1 then)."""
     from ..hooks.manager import PluginFailure, load
-    from ..project import VriftError
+    from ..errors import VriftError
 
     manager = load(report=None)
     try:

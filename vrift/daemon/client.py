@@ -7,7 +7,9 @@ import socket
 import time
 from pathlib import Path
 
-from ..project import Home, Project, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
 from . import process
 from .paths import coordinator_files, project_files
 from .protocol import Err, Frame, Msg, ProtocolError, Tag, read_frame

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from ..wrap import wrapcache
-from ..project import Home, Project, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
 from ..vdir import layout
 from ..vdir.entry import Entry
 from . import process

@@ -23,7 +23,7 @@ from pathlib import Path
 import blake3
 import lmdb
 
-from ..project import VriftError
+from ..errors import VriftError
 from . import layout, lmdb_env
 from .entry import Entry
 

@@ -21,6 +21,7 @@ import sys
 import time
 
 from .. import locate, onoff
+from ..errors import VriftError
 from . import cacheenv, counters, environment, process, report, wrapcache
 from .adapters.base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
@@ -85,8 +86,6 @@ def fast_wrap(argv: list[str]) -> int | None:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        from ..project import VriftError
-
         if isinstance(e, VriftError):
             print(f"vrift: error: {e}", file=sys.stderr, flush=True)
             return 1
@@ -149,8 +148,6 @@ class Settings:
                 cfg = self.full_config()
                 values = {key: _plain(cfg[key]) for key in wrapcache.SETTINGS_KEYS}
             except Exception as e:
-                from ..project import VriftError
-
                 if not isinstance(e, VriftError):
                     raise
                 self.error = f"configuration error: {e}"
@@ -164,7 +161,7 @@ class Settings:
     def full_config(self):
         if self.config is None:
             from .. import config as config_mod
-            from ..project import Home
+            from ..home import Home
 
             self.config = config_mod.load(self.root, env=dict(self.env), home=Home.from_env(self.env))
         return self.config
@@ -206,7 +203,9 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
     except LinkError as e:  # e.g. a daemon shutting down: ask the coordinator for a live one
         first = str(e)
     from ..daemon.client import ensure_daemon
-    from ..project import Home, Project, Registry, VriftError
+    from ..home import Home
+    from ..identity import Project
+    from ..registry import Registry
 
     try:
         home = Home.from_env(env).ensure()
@@ -236,8 +235,6 @@ def stop_for_new_config(env, project_id: str, timeout_ms: int) -> bool:
     from ..daemon import process
     from ..daemon.client import ProjectClient
     from ..daemon.protocol import Msg, Tag
-    from ..project import VriftError
-
     sock = locate.project_socket(env, project_id)
     pid = process.read_pid(Path(sock[:-len(".sock")] + ".pid"))
     try:
@@ -286,8 +283,6 @@ def prepare(opts: WrapOptions, env) -> Plan:
     adapter, start = choose_adapter(hooks, opts, opts.adapter, os.getcwd())
     root, error = locate.find_root(start, opts.root, env)
     if root is None:
-        from ..project import VriftError
-
         raise VriftError(error)
     if not (opts.root or env.get("VRIFT_PROJECT_ROOT") or locate.has_marker(root) or locate.registered(root, env)):
         # no .vrift.yaml, .git, build.ninja or Makefile here or above: not a project, and
@@ -307,7 +302,7 @@ def prepare(opts: WrapOptions, env) -> Plan:
         adapter = select(hooks.adapters(), opts.argv[0], opts.adapter or configured)
     plan = Plan(env, settings.disabled(), hooks, adapter, root)
     if not hooks.builtin_only:  # the built-ins implement no per-build hook: nobody needs these
-        from ..project import Project
+        from ..identity import Project
 
         plan.project, plan.config = Project.at(root), _config_or_none(settings)
 
@@ -342,8 +337,6 @@ def wrap(opts: WrapOptions, env=None) -> int:
     try:
         plan = prepare(opts, env)
     except Exception as e:
-        from ..project import VriftError
-
         if isinstance(e, VriftError):
             raise
         # a bug or a broken installation of vrift must not stop the build: run it plainly

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from ...errors import VriftError
 
 
 class Adapter:
@@ -82,8 +83,6 @@ def select(adapters: Sequence[Adapter], tool: str, forced: str | None = None) ->
     by_name = {a.name: a for a in reversed(adapters)}  # first registered name wins
     if forced:
         if forced not in by_name:
-            from ...project import VriftError  # late: the wrap fast path does not load project.py
-
             raise VriftError(f"unknown adapter {forced!r} (known: {', '.join(sorted(by_name))})")
         return by_name[forced]
     for adapter in adapters:
@@ -91,6 +90,4 @@ def select(adapters: Sequence[Adapter], tool: str, forced: str | None = None) ->
             return adapter
     if "generic" in by_name:
         return by_name["generic"]
-    from ...project import VriftError
-
     raise VriftError("no adapter can run this command (the built-in generic adapter is not loaded)")
