@@ -21,12 +21,13 @@ import sys
 import time
 
 from .. import locate, onoff
+from ..defaults import WRAP_SETTINGS
 from ..errors import VriftError
 from . import cacheenv, counters, environment, process, report, wrapcache
 from .adapters.base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
 
-DEFAULT_SOCKET_TIMEOUT_MS = 2000
+DEFAULT_SOCKET_TIMEOUT_MS = WRAP_SETTINGS["daemon.socket_timeout_ms"]
 SHUTDOWN_IF_IDLE = 2  # vrift.daemon.server.SHUTDOWN_IF_IDLE, without importing the server
 FIRST_SYNC_TIMEOUT_S = 600.0  # vrift.daemon.server.REQUEST_TIMEOUT_S: how long SYNC waits in the daemon
 
@@ -151,9 +152,8 @@ class Settings:
                 if not isinstance(e, VriftError):
                     raise
                 self.error = f"configuration error: {e}"
-                values = {"enabled": True, "fallback_mode": False, "adapter": None, "plugins": [],
-                          "daemon.socket_timeout_ms": DEFAULT_SOCKET_TIMEOUT_MS, "cache.enabled": False,
-                          "cache.env": [], "cache.tools": []}
+                # placeholders only: disabled() reports the error, so the build runs plainly
+                values = {k: list(v) if isinstance(v, list) else v for k, v in WRAP_SETTINGS.items()}
             else:
                 wrapcache.store_settings(cache, stamps, values)
         self.values = values

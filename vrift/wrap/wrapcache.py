@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 
-SETTINGS_KEYS = ("enabled", "fallback_mode", "adapter", "plugins", "daemon.socket_timeout_ms", "cache.enabled",
-                 "cache.env", "cache.tools")
+from ..defaults import WRAP_SETTINGS
+
+SETTINGS_KEYS = tuple(WRAP_SETTINGS)  # the values the wrapper reads (their defaults: vrift/defaults.py)
 PER_RUN_ENV = frozenset({"VRIFT_COUNTERS"})  # set by the wrapper itself for each build
 FORMAT = 1
 
