@@ -17,10 +17,15 @@ def cache_env(env: dict, enabled: bool, names, explain: bool, tools=None) -> boo
         return False
     env["VRIFT_CACHE"] = "1"
     env["VRIFT_ACTION_ROLE"] = "tool"
-    # PATH is always sent: the daemon resolves the names an action looks up in it (not a key part)
-    env["VRIFT_CACHE_ENV"] = ":".join(["PATH", *(n for n in names if n != "PATH")])
+    env["VRIFT_CACHE_ENV"] = key_env(names)
     if tools is not None:  # unset: the preload library's built-in list (the default of cache.tools)
         env["VRIFT_CACHE_TOOLS"] = ":".join(tools)
     if explain:
         env["VRIFT_CACHE_EXPLAIN"] = "1"
     return True
+
+
+def key_env(names) -> str:
+    """VRIFT_CACHE_ENV for the configured `cache.env` names.  PATH is always sent: the daemon
+    resolves the names an action looks up in it (not a key part)."""
+    return ":".join(["PATH", *(n for n in names if n != "PATH")])

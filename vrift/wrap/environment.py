@@ -1,15 +1,20 @@
-"""The wrapped build's environment: the LD_PRELOAD contract of docs/preload.md.  The make
-fragment (wrap/adapters/make/hook.py) writes the same contract for an unpreloaded make;
-tests/test_wrap_fast.py checks the two agree."""
+"""The wrapped build's environment: the LD_PRELOAD contract of docs/preload.md.
+
+CONTRACT is its one definition: `vrift_env` sets it for `vrift wrap`, and the make fragment
+(wrap/adapters/make/hook.py) writes it for the recipes of an unpreloaded make;
+tests/test_single_sources.py runs make on the fragment and compares."""
 from __future__ import annotations
+
+# variable -> the field of the daemon's HELLO reply (vrift/wrap/daemonlink.py) it carries
+CONTRACT = (("VRIFT_PROJECT_ROOT", "root"), ("VRIFT_VDIR", "vdir"), ("VRIFT_SOCKET", "socket"),
+            ("VRIFT_STAGING_DIR", "staging_dir"))
+
 
 def vrift_env(base, lib: str, info: dict, counters: str | None, socket_timeout_ms: int | None) -> dict:
     """The wrapped build's environment: the caller's, plus the contract of docs/preload.md."""
     env = dict(base)
-    env["VRIFT_PROJECT_ROOT"] = info["root"]
-    env["VRIFT_VDIR"] = info["vdir"]
-    env["VRIFT_SOCKET"] = info["socket"]
-    env["VRIFT_STAGING_DIR"] = info["staging_dir"]
+    for var, field in CONTRACT:
+        env[var] = info[field]
     if counters:
         env["VRIFT_COUNTERS"] = counters
     if socket_timeout_ms is not None and "VRIFT_SOCKET_TIMEOUT_MS" not in base:
