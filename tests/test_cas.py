@@ -17,7 +17,7 @@ import pytest
 
 from vrift.cas import CAS, CASError, hash_bytes, hash_file
 from vrift.cas.gc import collect
-from vrift.cas.progress import Progress
+from vrift.progress import Progress
 from vrift.cas.store import SMALL
 from vrift.cas.verify import verify
 from vrift.errors import VriftError

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .cas import CAS
-from .cas.progress import Progress
+from .progress import Progress
 from .errors import VriftError
 from .identity import Project, STATE_DIR
 from .vdir import layout

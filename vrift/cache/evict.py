@@ -96,7 +96,7 @@ def evict(home: Home, store: CacheStore, cas, max_bytes: int, progress: bool = F
           index_refs: set[bytes] | None = None, delete: bool = True) -> EvictReport:
     """Remove least recently used entries until the cache fits in `max_bytes` (0: no limit);
     with delete=False only say what would go."""
-    from ..cas.progress import Progress
+    from ..progress import Progress
 
     report = EvictReport(max_size=max_bytes)
     if max_bytes <= 0:

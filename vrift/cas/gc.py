@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..errors import VriftError
 from ..home import Home
-from .progress import Progress
+from ..progress import Progress
 from .store import CAS
 
 STALE_TEMP_S = 3600

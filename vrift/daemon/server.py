@@ -388,7 +388,7 @@ class ProjectDaemon:
 
     # -- writer-thread work ----------------------------------------------------------------------
     def _full_rescan(self) -> dict:
-        from ..cas.progress import Progress
+        from ..progress import Progress
 
         self.full_rescans += 1
         self.ingest_bar = Progress(len(self.index) or None, "ingest", enabled=False)
