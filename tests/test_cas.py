@@ -16,7 +16,7 @@ import blake3
 import pytest
 
 from vrift.cas import CAS, CASError, hash_bytes, hash_file
-from vrift.cas.gc import collect
+from vrift.maintenance.gc import collect
 from vrift.progress import Progress
 from vrift.cas.store import SMALL
 from vrift.cas.verify import verify

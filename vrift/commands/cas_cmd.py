@@ -90,7 +90,7 @@ def path_cmd(digest):
 @json_option
 def gc_cmd(delete, older_than, as_json):
     """Remove blobs that no project index and no action-cache entry references (dry run by default)."""
-    from ..cas.gc import collect
+    from ..maintenance.gc import collect
 
     grace = parse_duration(older_than)
     home, cas = _cas()
