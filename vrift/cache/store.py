@@ -25,7 +25,7 @@ import lmdb
 
 from ..errors import VriftError
 from ..home import Home
-from ..vdir import lmdb_env
+from .. import lmdb_env
 
 MAX_FINGERPRINTS = 16  # per key: variants beyond this are forgotten, oldest first
 DIGEST = 32

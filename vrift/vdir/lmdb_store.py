@@ -24,7 +24,8 @@ import blake3
 import lmdb
 
 from ..errors import VriftError
-from . import layout, lmdb_env
+from .. import lmdb_env
+from . import layout
 from .entry import Entry
 
 FORMAT_VERSION = 1
