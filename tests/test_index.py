@@ -17,7 +17,7 @@ from vrift.identity import Project
 from vrift.vdir import layout, wal
 from vrift.vdir.entry import Entry
 from vrift.vdir.index import ProjectIndex
-from vrift.vdir.live import live_digests, open_readonly
+from vrift.vdir.readonly import live_digests, open_readonly
 from vrift.vdir.shm import VDirReader
 
 TRIALS = int(os.environ.get("VRIFT_CRASH_TRIALS", "6"))

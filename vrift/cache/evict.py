@@ -87,9 +87,9 @@ def size(home: Home, store: CacheStore, cas) -> int:
 
 
 def _index_refs(home: Home) -> set[bytes]:
-    from ..vdir import live
+    from ..vdir import readonly
 
-    return live.live_digests(home)
+    return readonly.live_digests(home)
 
 
 def evict(home: Home, store: CacheStore, cas, max_bytes: int, progress: bool = False,

@@ -77,7 +77,7 @@ def check_preload() -> dict:
 
 
 def check_projects(home: Home) -> list[dict]:
-    from ..vdir.live import open_readonly
+    from ..vdir.readonly import open_readonly
 
     out = []
     for pid, info in sorted(Registry(home).load().items()):

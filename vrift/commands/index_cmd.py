@@ -113,7 +113,7 @@ def _show_ingest(result: dict) -> None:
 
 def _project_usage(home: Home, registry: dict) -> tuple[list[dict], dict]:
     """Per-project file/blob counts and cross-project sharing, from each index (read-only)."""
-    from ..vdir.live import open_readonly
+    from ..vdir.readonly import open_readonly
 
     per_project: dict[str, dict[bytes, int]] = {}
     rows = []
@@ -230,7 +230,7 @@ def lookup_entry(home: Home, project: Project, rel: bytes):
                 pass
             finally:
                 reader.close()
-    from ..vdir.live import open_readonly
+    from ..vdir.readonly import open_readonly
 
     try:
         view = open_readonly(home, project)

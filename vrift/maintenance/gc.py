@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..home import Home
-from ..cache import live as cache_live
+from ..cache import references
 from ..cas.store import CAS
 from ..progress import Progress
-from ..vdir import live
+from ..vdir import readonly
 
 STALE_TEMP_S = 3600
 
@@ -48,7 +48,7 @@ class GCReport:
 
 def live_references(home: Home) -> tuple[set[bytes], list[str]]:
     """Digests referenced by every project index and by the action cache, and where from."""
-    refs = set(live.live_digests(home)) | set(cache_live.live_digests(home))
+    refs = set(readonly.live_digests(home)) | set(references.live_digests(home))
     return refs, ["project indexes", "action cache"]
 
 

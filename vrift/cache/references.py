@@ -1,4 +1,4 @@
-"""Blobs the action cache refers to, for `vrift gc` (vrift/cas/gc.py asks this module)."""
+"""Blobs the action cache refers to, for `vrift gc` (vrift/maintenance/gc.py asks this module)."""
 from __future__ import annotations
 
 from ..errors import VriftError
