@@ -586,14 +586,9 @@ def plugin_hooks(project: Project, cfg):
     """(index filter, cache-key contribution) from the plugins: vrift_index_filter as one
     predicate (None when no plugin filters) and vrift_cache_key as a callable of an action.
     The daemon's entry point composes the process, like the CLI does, so it may load plugins."""
-    from ..hooks.manager import load
+    from ..hooks.manager import project_hooks
 
-    manager = load(cfg["plugins"] or [], report=lambda line: log.warning("%s", line))
-    return manager.index_filter(project), manager.cache_key
-
-
-def plugin_index_filter(project: Project, cfg):
-    return plugin_hooks(project, cfg)[0]
+    return project_hooks(project, cfg["plugins"] or [], report=lambda line: log.warning("%s", line))
 
 
 def main(argv: list[str] | None = None) -> int:

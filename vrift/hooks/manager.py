@@ -229,3 +229,11 @@ def load(config_plugins: Iterable[str] = (), report: Reporter | None = stderr_re
     manager.load_entry_points(entry_points)
     manager.load_modules(config_plugins)
     return manager
+
+
+def project_hooks(project, config_plugins: Iterable[str] = (), report: Reporter | None = stderr_reporter):
+    """(index filter, cache-key contribution) of the plugins for `project`: vrift_index_filter
+    as one predicate (None when no plugin filters) and vrift_cache_key as a callable of an
+    action.  What a process that indexes or caches needs (the daemon, `vrift ingest`)."""
+    manager = load(config_plugins, report=report)
+    return manager.index_filter(project), manager.cache_key
