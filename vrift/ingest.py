@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .cas import CAS
 from .progress import Progress
 from .errors import VriftError
-from .identity import Project, STATE_DIR
+from .identity import STATE_DIR, Project
 from .vdir import layout
 from .vdir.entry import Entry
 from .vdir.index import ProjectIndex

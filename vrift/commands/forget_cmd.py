@@ -9,7 +9,7 @@ import click
 
 from ..errors import VriftError
 from ..home import Home
-from ..identity import find_root, Project
+from ..identity import Project, find_root
 from ..registry import Registry
 from .common import emit_json, json_option
 
