@@ -3,7 +3,6 @@ only when invoked, so `vrift --help` and every command stay quick to start."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -52,25 +51,14 @@ HELP = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(c for c in COMMANDS if self._available(c))
-
-    @staticmethod
-    def _available(name: str) -> bool:
-        module = COMMANDS[name].split(":")[0]
-        return importlib.util.find_spec(module) is not None
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
         target = COMMANDS.get(name)
         if target is None:
             return None
         module, attr = target.split(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                return None
-            raise
-        return getattr(mod, attr, None)
+        return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]

@@ -169,8 +169,6 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         env="VRIFT_LMDB_SYNC_BATCH_SIZE", low=0),
     Key("lmdb_mapsize_gb", "number", 10, "Maximum size of the project's LMDB index in GiB.",
         env="VRIFT_LMDB_MAPSIZE_GB", low=0),
-    Key("staging_dir", "str", None, "Where writes are staged before commit (null: .vrift/staging).",
-        env="VRIFT_STAGING_DIR", nullable=True),
     Key("ignore", "list", [], "Extra globs the ingester skips (.git and .vrift always are)."),
     Key("link_strategy", "enum", "auto", "How files are materialised from the CAS: auto, reflink, copy, hardlink.",
         choices=("auto", "reflink", "copy", "hardlink")),

@@ -208,15 +208,6 @@ class CacheStore:
                 return True
         return False
 
-    def delete_key(self, key: bytes) -> int:
-        with self.env.begin(write=True) as txn:
-            ids = _split(txn.get(key, db=self.actions))
-            txn.delete(key, db=self.actions)
-            for fid in ids:
-                if not self._referenced(txn, fid, skip=key):
-                    txn.delete(fid, db=self.fingerprints)
-        return len(ids)
-
     def delete_fingerprints(self, fids) -> int:
         """Remove these fingerprints from every key that lists them, and their hit times, in one
         transaction; returns how many keys were left empty (and removed)."""

@@ -674,9 +674,6 @@ class CAS:
         except FileNotFoundError:
             return False
 
-    def close(self) -> None:
-        """Nothing to release; kept so callers may treat the store like other resources."""
-
 
 def _read_head(fd: int, size: int) -> tuple[bytes, bool]:
     """Up to SMALL bytes; (data, True) when that was the whole file."""

@@ -168,7 +168,7 @@ def check_watchers(home: Home) -> list[dict]:
     try:
         from ..daemon.client import coordinator_status
         status = coordinator_status(home)
-    except (ImportError, OSError, VriftError):
+    except (OSError, VriftError):
         return []
     out = []
     for d in (status or {}).get("projects", []):

@@ -13,10 +13,8 @@ from .common import emit_json, human_bytes, json_option, resolve, root_option
 
 def _running_daemon(home: Home, project: Project):
     """A client of the project's daemon when one is running (never starts one), else None."""
-    try:
-        from ..daemon.client import connect_project
-    except ImportError:
-        return None
+    from ..daemon.client import connect_project
+
     try:
         return connect_project(home, project, autostart=False)
     except (OSError, VriftError):

@@ -57,10 +57,8 @@ def _project_usage(home: Home, registry: dict) -> tuple[list[dict], dict]:
 
 
 def _daemon_status(home: Home):
-    try:
-        from ..daemon.client import coordinator_status
-    except ImportError:
-        return None
+    from ..daemon.client import coordinator_status
+
     try:
         return coordinator_status(home)
     except (OSError, VriftError):

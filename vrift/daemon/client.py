@@ -185,9 +185,6 @@ class ProjectClient(Client):
             fields.append((Tag.SIZE, explain_since))
         return self.request(Msg.STATS, *fields).json()
 
-    def vdir_bad(self, detail: str = "") -> int:
-        return self.request(Msg.VDIR_BAD, (Tag.TEXT, detail)).int(Tag.GENERATION)
-
 
 class CoordinatorClient(Client):
     def ensure_project(self, root) -> dict:
