@@ -147,7 +147,7 @@ def status_cmd(as_json):
     """The coordinator and each project daemon: pid, generation, entries, clients."""
     from ..daemon.client import coordinator_status
 
-    from ..wrap import wrapcache
+    from ..daemon import configrecord
 
     home = Home.from_env()
     status = coordinator_status(home) or {"coordinator": None, "projects": []}
@@ -155,9 +155,9 @@ def status_cmd(as_json):
 
     for p in status["projects"]:
         pid = p.get("project_id") or project_id(p["root"])
-        recorded = wrapcache.daemon_config(wrapcache.daemon_config_path(str(home.run_dir), pid))
+        recorded = configrecord.daemon_config(configrecord.daemon_config_path(str(home.run_dir), pid))
         p["settings"] = (recorded or {}).get("settings")
-        p["config_changed"] = wrapcache.daemon_config_stale(str(home.run_dir), pid, p["root"], str(home.root))
+        p["config_changed"] = configrecord.daemon_config_stale(str(home.run_dir), pid, p["root"], str(home.root))
     if as_json:
         emit_json(status)
         return

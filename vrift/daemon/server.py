@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..wrap import wrapcache
+from . import configrecord
 from ..errors import VriftError
 from ..home import Home
 from ..identity import Project
@@ -110,10 +110,10 @@ class ProjectDaemon:
     # -- the configuration it runs with ------------------------------------------------------------
     @property
     def config_path(self) -> str:
-        return wrapcache.daemon_config_path(str(self.home.run_dir), self.project.id)
+        return configrecord.daemon_config_path(str(self.home.run_dir), self.project.id)
 
     def _config_stamps(self) -> list:
-        return wrapcache.config_file_stamps(str(self.project.root), str(self.home.root))
+        return configrecord.config_file_stamps(str(self.project.root), str(self.home.root))
 
     def record_config(self) -> None:
         """Say which configuration this daemon runs with (`vrift daemon status`, and `vrift
@@ -121,7 +121,7 @@ class ProjectDaemon:
         self._stamps = self._config_stamps()
         shown = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.cfg.items()
                  if k in EFFECTIVE}
-        wrapcache.store_daemon_config(self.config_path, self._stamps, shown)
+        configrecord.store_daemon_config(self.config_path, self._stamps, shown)
 
     def _config_changed(self) -> bool:
         return getattr(self, "_stamps", None) is not None and self._config_stamps() != self._stamps

@@ -21,6 +21,7 @@ import sys
 import time
 
 from .. import locate, onoff
+from ..daemon import configrecord
 from ..defaults import WRAP_SETTINGS
 from ..errors import VriftError
 from . import cacheenv, counters, environment, process, report, wrapcache
@@ -193,7 +194,7 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
     `meter`, a daemon started here shows its first ingest's progress on a terminal."""
     first = None
     restarted = False
-    if wrapcache.daemon_config_stale(locate.run_dir(env), project_id, root, locate.home_root(env)):
+    if configrecord.daemon_config_stale(locate.run_dir(env), project_id, root, locate.home_root(env)):
         restarted = stop_for_new_config(env, project_id, timeout_ms)
     try:
         info = hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache)
