@@ -111,7 +111,8 @@ def main() -> int:
     os.environ["VRIFT_SHM_DIR"] = str(base / "shm")
     from vrift.daemon.client import CoordinatorClient, connect_project
     from vrift.daemon.paths import coordinator_files
-    from vrift.project import Home, Project
+    from vrift.home import Home
+    from vrift.identity import Project
 
     home = Home.from_env().ensure()
     counts = [int(x) for x in args.clients.split(",")]

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vrift.project import Home, Project  # noqa: E402
+from vrift.home import Home  # noqa: E402
+from vrift.identity import Project
 from vrift.vdir.entry import Entry  # noqa: E402
 from vrift.vdir.index import ProjectIndex  # noqa: E402
 

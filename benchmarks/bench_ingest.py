@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vrift.cas import CAS  # noqa: E402
 from vrift.ingest import Ingester  # noqa: E402
-from vrift.project import Home, Project  # noqa: E402
+from vrift.home import Home  # noqa: E402
+from vrift.identity import Project
 from vrift.vdir.index import ProjectIndex  # noqa: E402
 
 

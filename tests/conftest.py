@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vrift.project import Home
+from vrift.home import Home
 
 
 @pytest.fixture

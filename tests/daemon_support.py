@@ -14,7 +14,8 @@ import pytest
 from vrift.daemon import process
 from vrift.daemon.client import CoordinatorClient, ProjectClient, connect_project, wait_for
 from vrift.daemon.paths import coordinator_files, project_files
-from vrift.project import Home, Project
+from vrift.home import Home
+from vrift.identity import Project
 
 FAST_DAEMONS = """\
 daemon:

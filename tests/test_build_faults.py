@@ -13,7 +13,7 @@ import pytest
 from build_support import (assert_same_outputs, copy_tree, generate, ninja_rebuilt, parse_summary, plain,
                            require_tools, tool_env, vrift)
 from daemon_support import daemon_pid, daemons, track, wait_daemon_back  # noqa: F401 - fixture
-from vrift.project import Project
+from vrift.identity import Project
 
 pytestmark = pytest.mark.usefixtures("daemons")
 

@@ -12,7 +12,7 @@ import pytest
 from cache_support import FakeAction, out
 from daemon_support import connect_project, daemons, make_project, vdir_entry  # noqa: F401
 from vrift.cache.fingerprint import pack_streams
-from vrift.cache.live import live_digests
+from vrift.cache.references import live_digests
 from vrift.cas.store import hash_bytes
 from vrift.daemon.client import DaemonError
 

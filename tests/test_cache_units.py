@@ -103,7 +103,7 @@ def test_store_keeps_the_newest_fingerprints_per_key(home):
 
 CRASH = """
 import os, signal, sys
-from vrift.project import Home
+from vrift.home import Home
 from vrift.cache.store import CacheStore
 store = CacheStore(Home.from_env())
 with store.env.begin(write=True) as txn:

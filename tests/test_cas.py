@@ -16,11 +16,12 @@ import blake3
 import pytest
 
 from vrift.cas import CAS, CASError, hash_bytes, hash_file
-from vrift.cas.gc import collect
-from vrift.cas.progress import Progress
+from vrift.maintenance.gc import collect
+from vrift.progress import Progress
 from vrift.cas.store import SMALL
 from vrift.cas.verify import verify
-from vrift.project import Home, VriftError
+from vrift.errors import VriftError
+from vrift.home import Home
 
 ROOT = os.geteuid() == 0
 

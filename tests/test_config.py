@@ -11,7 +11,8 @@ import pytest
 
 from vrift import config
 from vrift.commands.config_cmd import template
-from vrift.project import Home, VriftError
+from vrift.errors import VriftError
+from vrift.home import Home
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_defaults_without_files(proj, env):
     assert cfg["durability"] == "wal"
     assert cfg["enabled"] is True and cfg["fallback_mode"] is False
     assert cfg["sync_interval_ms"] == 100 and cfg["sync_batch_size"] == 1000 and cfg["lmdb_mapsize_gb"] == 10
-    assert cfg["ignore"] == [] and cfg["plugins"] == [] and cfg["adapter"] is None and cfg["staging_dir"] is None
+    assert cfg["ignore"] == [] and cfg["plugins"] == [] and cfg["adapter"] is None
     assert 1 <= cfg["hash_workers"] <= 8
     assert cfg["daemon.socket_timeout_ms"] == 2000 and cfg["daemon.max_projects"] == 16
     assert "PATH" in cfg["cache.env"] and cfg["cache.cache_failures"] is False
@@ -96,7 +97,6 @@ def test_project_file_replaces_lists_and_keeps_other_user_values(proj, env):
     ("VRIFT_LMDB_SYNC_INTERVAL_MS", "sync_interval_ms", "250", 250),
     ("VRIFT_LMDB_SYNC_BATCH_SIZE", "sync_batch_size", "64", 64),
     ("VRIFT_LMDB_MAPSIZE_GB", "lmdb_mapsize_gb", "0.5", 0.5),
-    ("VRIFT_STAGING_DIR", "staging_dir", "/var/tmp/stage", "/var/tmp/stage"),
     ("VRIFT_SOCKET_TIMEOUT_MS", "daemon.socket_timeout_ms", "5000", 5000),
 ])
 def test_each_environment_variable(proj, env, var, key, text, expected):

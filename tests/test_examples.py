@@ -12,7 +12,7 @@ from build_support import (EXAMPLES, assert_same_outputs, copy_tree, make_rebuil
                            require_tools, tool_env, vrift)
 from daemon_support import daemons  # noqa: F401 - fixture
 from vrift.daemon.client import connect_project
-from vrift.project import Project
+from vrift.identity import Project
 
 pytestmark = pytest.mark.usefixtures("daemons")
 

@@ -232,12 +232,12 @@ def test_cache_key_is_ordered_by_plugin_name_and_unambiguous(plugin_dir):
 
 
 def test_third_party_adapter_takes_precedence_and_can_be_forced(plugin_dir):
-    from vrift.adapters.base import Adapter, select
-    from vrift.project import VriftError
+    from vrift.wrap.adapters.base import Adapter, select
+    from vrift.errors import VriftError
 
     plugin_dir("tp_bazelish", """
         from vrift.hooks import hookimpl
-        from vrift.adapters.base import Adapter
+        from vrift.wrap.adapters.base import Adapter
         class Samurai(Adapter):
             name = "samurai"
             tools = ("samu", "ninja")
@@ -254,3 +254,72 @@ def test_third_party_adapter_takes_precedence_and_can_be_forced(plugin_dir):
     assert isinstance(select(adapters, "x"), Adapter)
     with pytest.raises(VriftError, match="unknown adapter 'scons'"):
         select(adapters, "scons", forced="scons")
+
+
+def test_spec_marker_sets_exactly_what_pluggys_marker_sets():
+    from vrift.hooks.markers import SPEC_ATTR, hookspec
+
+    pluggy_marker = pluggy.HookspecMarker("vrift")
+    for kwargs in ({}, {"firstresult": True}, {"historic": True}):
+        def ours():
+            pass
+
+        def theirs():
+            pass
+
+        hookspec(**kwargs)(ours)
+        pluggy_marker(**kwargs)(theirs)
+        assert getattr(ours, SPEC_ATTR) == getattr(theirs, SPEC_ATTR)
+
+
+def test_pluggy_sees_every_specification_with_its_arguments():
+    from vrift.hooks.direct import SPECS
+
+    manager, _ = manager_with()
+    assert SPECS, "no hook specification found"
+    for name, args in SPECS.items():
+        caller = getattr(manager.pm.hook, name)
+        assert caller.has_spec() and caller.spec.argnames == args, name
+
+
+def test_both_dispatchers_agree_on_every_hook(plugin_dir):
+    """A plugin implementing every specified hook (generated from the specifications, so a new
+    hook is covered without editing this test), each taking only its last argument: the
+    pluggy-free dispatcher and the manager call the same implementations in the same order with
+    the same arguments and return the same results."""
+    from vrift.hooks.direct import SPECS
+
+    lines = ["from vrift.hooks import hookimpl"]
+    for name, args in SPECS.items():
+        last = args[-1] if args else ""
+        lines += ["@hookimpl", f"def {name}({last}):",
+                  f"    return [] if {name!r} == 'vrift_register_adapters' else ({name!r}, {last or None})"]
+    plugin_dir("tp_all", "\n".join(lines) + "\n")
+    direct = BuiltinHooks({**BUILTIN_PLUGINS, "tp_all": "tp_all"})
+    assert direct.usable()
+    manager, report = manager_with("tp_all")
+
+    def plain(results):
+        return [(plugin, [type(a).__name__ for a in r] if isinstance(r, list) else r) for plugin, r in results]
+
+    for name, args in SPECS.items():
+        kwargs = {a: f"<{a}>" for a in args}
+        assert plain(direct.call(name, **kwargs)) == plain(manager.call(name, **kwargs)), name
+    assert report == [] and direct.failures == []
+
+
+def test_the_pluggy_free_dispatcher_refuses_what_it_cannot_reproduce(plugin_dir):
+    plugin_dir("tp_early", """
+        from vrift.hooks import hookimpl
+        @hookimpl(tryfirst=True)
+        def vrift_pre_build(argv):
+            pass
+    """)
+    plugin_dir("tp_nospec", """
+        from vrift.hooks import hookimpl
+        @hookimpl
+        def vrift_not_a_hook():
+            pass
+    """)
+    assert not BuiltinHooks({"tp_early": "tp_early"}).usable()
+    assert not BuiltinHooks({"tp_nospec": "tp_nospec"}).usable()

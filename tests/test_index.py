@@ -11,11 +11,13 @@ import time
 
 import pytest
 
-from vrift.project import Home, Project, VriftError
+from vrift.errors import VriftError
+from vrift.home import Home
+from vrift.identity import Project
 from vrift.vdir import layout, wal
 from vrift.vdir.entry import Entry
 from vrift.vdir.index import ProjectIndex
-from vrift.vdir.live import live_digests, open_readonly
+from vrift.vdir.readonly import live_digests, open_readonly
 from vrift.vdir.shm import VDirReader
 
 TRIALS = int(os.environ.get("VRIFT_CRASH_TRIALS", "6"))
@@ -149,7 +151,8 @@ def test_lmdb_map_full_is_a_clear_error_and_loses_nothing(home, project):
 
 CHILD = textwrap.dedent("""
     import os, sys
-    from vrift.project import Home, Project
+    from vrift.home import Home
+    from vrift.identity import Project
     from vrift.vdir.entry import Entry
     from vrift.vdir.index import ProjectIndex
     mode, root = sys.argv[1], sys.argv[2]

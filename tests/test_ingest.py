@@ -10,7 +10,7 @@ import pytest
 
 from vrift.cas import CAS
 from vrift.ingest import Ingester
-from vrift.project import Project
+from vrift.identity import Project
 from vrift.vdir import layout
 from vrift.vdir.index import ProjectIndex
 from vrift.vdir.shm import VDirReader

@@ -18,7 +18,7 @@ import pytest
 
 from daemon_support import daemon_pid, daemons, make_project, vdir_entry  # noqa: F401
 from preload_support import compile_c, counters_file, read_counters
-from vrift.adapters.launch import vrift_env
+from vrift.wrap.environment import vrift_env
 from vrift.daemon import process
 from vrift.daemon.client import connect_project, wait_for
 from vrift.daemon.paths import coordinator_files, project_files
@@ -86,7 +86,7 @@ def proj(tmp_path):
 @pytest.fixture
 def wrapped(daemons, proj, vrift_env, tmp_path):
     """(client, env): a running daemon for the project and the environment `vrift wrap` gives
-    a build (vrift/adapters/launch.py), with a counters file."""
+    a build (vrift/wrap/environment.py), with a counters file."""
     client = connect_project(daemons, proj)
     info = client.hello()
     counters = counters_file(tmp_path / "counters")

@@ -13,7 +13,7 @@ from remote_support import (nginx, nginx_factory, redis_cluster, redis_factory, 
 from vrift.cache.store import CacheStore
 from vrift.cas import CAS
 from vrift.cas.store import hash_bytes
-from vrift.project import VriftError
+from vrift.errors import VriftError
 from vrift.storage import base, spec as spec_mod, tiers
 from vrift.storage.local import LocalBlobs, local_entries
 

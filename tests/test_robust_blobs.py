@@ -15,7 +15,7 @@ import blake3
 
 from daemon_support import daemons, make_project  # noqa: F401
 from vrift.cas.store import CAS
-from vrift.project import Home
+from vrift.home import Home
 
 
 def test_a_quarantined_blob_is_reported_and_stored_again(vrift_env, tmp_path, run_vrift):

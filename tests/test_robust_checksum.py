@@ -18,7 +18,8 @@ from daemon_support import daemons, make_project  # noqa: F401
 from preload_support import build_vdir, counters_file, entry_offset, index_tree, preload_env, read_counters
 from test_preload_daemon import vrift_env_for
 from vrift.daemon.client import connect_project, wait_for
-from vrift.project import Home, Project
+from vrift.home import Home
+from vrift.identity import Project
 from vrift.vdir import layout, native
 from vrift.vdir.shm import VDirCorrupt, VDirReader
 

@@ -10,8 +10,9 @@ import sys
 
 from daemon_support import daemons, make_project  # noqa: F401
 from vrift.daemon.client import connect_project
-from vrift.project import Home, Project
-from vrift.vdir.lmdb_env import damage
+from vrift.home import Home
+from vrift.identity import Project
+from vrift.lmdb_env import damage
 
 
 def _ingest(vrift_env, root) -> subprocess.CompletedProcess:

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from preload_support import build_vdir, counters_file, index_tree, preload_env, read_counters
-from vrift.project import Home, Project, VriftError
+from vrift.errors import VriftError
+from vrift.home import Home
+from vrift.identity import Project
 from vrift.vdir import layout, native
 from vrift.vdir.shm import VDirReader, VDirWriter
 from vrift.vdir.shm_files import dir_problem, ensure_private_dir, file_problem

@@ -19,7 +19,7 @@ from daemon_support import Writer, daemon_pid, daemons, make_project  # noqa: F4
 from preload_support import build_vdir, counters_file, index_tree, preload_env, read_counters
 from vrift.daemon import process
 from vrift.daemon.client import connect_project, wait_for
-from vrift.project import Home
+from vrift.home import Home
 from vrift.vdir import layout
 from vrift.vdir.shm import VDirError, VDirReader
 

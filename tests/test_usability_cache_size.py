@@ -17,7 +17,7 @@ from vrift.cache import evict
 from vrift.cache.fingerprint import Fingerprint
 from vrift.cache.store import CacheStore
 from vrift.cas import CAS
-from vrift.project import Home
+from vrift.home import Home
 
 
 def _put(store: CacheStore, cas: CAS, name: str, blobs: list[bytes], created: float) -> bytes:

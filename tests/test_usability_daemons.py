@@ -13,7 +13,7 @@ import time
 
 from build_support import tool_env, vrift
 from daemon_support import daemon_pid, daemons, make_project, track  # noqa: F401
-from vrift.adapters import fastwrap
+from vrift.wrap import fastwrap
 from vrift.daemon import process, server
 from vrift.daemon.paths import coordinator_files
 
@@ -29,7 +29,7 @@ def _wait(cond, timeout=30.0, every=0.05) -> bool:
 
 def _stop_if_idle(project_id: str) -> bool:
     """What `vrift wrap` does on a configuration change, in a process of its own as wrap is."""
-    code = ("import os, sys\nfrom vrift.adapters import fastwrap\n"
+    code = ("import os, sys\nfrom vrift.wrap import fastwrap\n"
             "print(fastwrap.stop_for_new_config(os.environ, sys.argv[1], 5000))\n")
     done = subprocess.run([sys.executable, "-c", code, project_id], env=tool_env(), capture_output=True, text=True,
                           timeout=120)

@@ -9,7 +9,7 @@ import sys
 from build_support import parse_summary, tool_env, vrift
 from daemon_support import daemon_pid, daemons, make_project  # noqa: F401
 from vrift.daemon import process
-from vrift.project import Registry
+from vrift.registry import Registry
 
 
 def _registered(home) -> set[str]:

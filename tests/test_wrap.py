@@ -14,7 +14,7 @@ import pytest
 from build_support import parse_summary, tool_env, vrift
 from daemon_support import daemons  # noqa: F401 - fixture
 from vrift import native
-from vrift.project import Project
+from vrift.identity import Project
 
 pytestmark = pytest.mark.usefixtures("daemons")
 
@@ -116,7 +116,7 @@ def test_common_path_imports_no_click_yaml_or_pluggy(proj):
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    heavy = {"click", "yaml", "pluggy", "importlib.metadata", "vrift.cli", "vrift.config", "vrift.project",
+    heavy = {"click", "yaml", "pluggy", "importlib.metadata", "vrift.cli", "vrift.config", "vrift.identity", "vrift.home",
              "vrift.daemon.client", "dataclasses", "subprocess"}
     assert not imported & heavy, sorted(imported & heavy)
     # a changed configuration is read again (and the cache rewritten)

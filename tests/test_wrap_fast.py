@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from vrift import native, project
-from vrift.adapters import daemonlink, launch, locate, wrapcache
-from vrift.adapters.fastwrap import parse
-from vrift.adapters.make import MakeAdapter
-from vrift.adapters.make.hook import HOOK_LINE, fragment, make_quote
-from vrift.adapters.ninja import NinjaAdapter
+from vrift import identity, locate, native
+from vrift.home import Home
+from vrift.wrap import counters, daemonlink, environment, report, wrapcache
+from vrift.wrap.fastwrap import parse
+from vrift.wrap.adapters.make import MakeAdapter
+from vrift.wrap.adapters.make.hook import HOOK_LINE, fragment, make_quote
+from vrift.wrap.adapters.ninja import NinjaAdapter
 from vrift.daemon import protocol
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,19 +68,19 @@ def test_root_discovery_matches_vrift_project(tmp_path, monkeypatch):
     for start in cases:
         for env in ({}, {"VRIFT_PROJECT_ROOT": str(tmp_path / "plain")}):
             got, error = locate.find_root(str(tmp_path / start), None, env)
-            assert error is None and got == str(project.find_root(tmp_path / start, env=env)), (start, env)
+            assert error is None and got == str(identity.find_root(tmp_path / start, env=env)), (start, env)
     got, _ = locate.find_root(str(tmp_path / "plain"), str(tmp_path / "outer/cfg"), {})
-    assert got == str(project.find_root(tmp_path / "plain", explicit=tmp_path / "outer/cfg", env={}))
+    assert got == str(identity.find_root(tmp_path / "plain", explicit=tmp_path / "outer/cfg", env={}))
     root, error = locate.find_root(str(tmp_path), str(tmp_path / "nope"), {})
     assert root is None and "--root: not a directory" in error
-    assert locate.project_id(str(tmp_path / "link")) == project.project_id(tmp_path / "link")
+    assert locate.project_id(str(tmp_path / "link")) == identity.project_id(tmp_path / "link")
 
 
 def test_paths_match_home_and_native(tmp_path):
     env = {"VRIFT_HOME": str(tmp_path / "h")}
-    home = project.Home.from_env(env)
+    home = Home.from_env(env)
     assert locate.home_root(env) == str(home.root) and locate.run_dir(env) == str(home.run_dir)
-    pid = project.project_id(tmp_path)
+    pid = identity.project_id(tmp_path)
     from vrift.daemon.paths import project_files
 
     assert locate.project_socket(env, pid) == str(project_files(home, pid).socket)
@@ -126,40 +127,40 @@ def test_no_daemon_is_told_apart(tmp_path):
 
 def test_counters_layout_matches_the_c_header(tmp_path):
     header = (REPO / "vrift/preload/vrift_counters.h").read_text()
-    assert int(re.search(r"VRIFT_COUNTERS_MAGIC (0x[0-9a-fA-F]+)u", header).group(1), 16) == launch.COUNTERS_MAGIC
-    assert int(re.search(r"VRIFT_COUNTERS_VERSION (\d+)u", header).group(1)) == launch.COUNTERS_VERSION
-    assert int(re.search(r"VRIFT_COUNTERS_SIZE (\d+)u", header).group(1)) == launch.COUNTERS_SIZE
+    assert int(re.search(r"VRIFT_COUNTERS_MAGIC (0x[0-9a-fA-F]+)u", header).group(1), 16) == counters.COUNTERS_MAGIC
+    assert int(re.search(r"VRIFT_COUNTERS_VERSION (\d+)u", header).group(1)) == counters.COUNTERS_VERSION
+    assert int(re.search(r"VRIFT_COUNTERS_SIZE (\d+)u", header).group(1)) == counters.COUNTERS_SIZE
     names = re.findall(r"^\s+VRIFT_C_(\w+)", header, re.M)
-    assert names[-1] == "COUNT" and [n.lower() for n in names[:-1]] == list(launch.COUNTER_NAMES)
-    path = launch.create_counters(str(tmp_path))
-    assert os.stat(path).st_mode & 0o777 == 0o600 and os.path.getsize(path) == launch.COUNTERS_SIZE
-    assert launch.read_counters(path) == dict.fromkeys(launch.COUNTER_NAMES, 0)
+    assert names[-1] == "COUNT" and [n.lower() for n in names[:-1]] == list(counters.COUNTER_NAMES)
+    path = counters.create_counters(str(tmp_path))
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.path.getsize(path) == counters.COUNTERS_SIZE
+    assert counters.read_counters(path) == dict.fromkeys(counters.COUNTER_NAMES, 0)
     with open(path, "r+b") as f:  # what a process adds at exit: u64 at 16 + 8*i
-        f.seek(16 + 8 * launch.COUNTER_NAMES.index("stat_served"))
+        f.seek(16 + 8 * counters.COUNTER_NAMES.index("stat_served"))
         f.write((1234).to_bytes(8, "little"))
-    assert launch.read_counters(path)["stat_served"] == 1234
-    assert launch.create_counters(str(tmp_path)) == path, "a stale file of a dead wrapper with our pid is replaced"
-    assert launch.read_counters(path)["stat_served"] == 0
+    assert counters.read_counters(path)["stat_served"] == 1234
+    assert counters.create_counters(str(tmp_path)) == path, "a stale file of a dead wrapper with our pid is replaced"
+    assert counters.read_counters(path)["stat_served"] == 0
     Path(path).write_bytes(b"\0" * 256)
-    assert launch.read_counters(path) is None
+    assert counters.read_counters(path) is None
 
 
 def test_preload_list_keeps_what_was_there_once():
-    assert launch.with_preload("", "/v.so") == "/v.so"
-    assert launch.with_preload("/a.so:/b.so", "/v.so") == "/v.so /a.so /b.so"
-    assert launch.with_preload("/v.so /a.so", "/v.so") == "/v.so /a.so"
+    assert environment.with_preload("", "/v.so") == "/v.so"
+    assert environment.with_preload("/a.so:/b.so", "/v.so") == "/v.so /a.so /b.so"
+    assert environment.with_preload("/v.so /a.so", "/v.so") == "/v.so /a.so"
 
 
 def test_summary_line_format():
-    s = launch.summarize({**dict.fromkeys(launch.COUNTER_NAMES, 0), "committed": 3, "published": 1,
+    s = report.summarize({**dict.fromkeys(counters.COUNTER_NAMES, 0), "committed": 3, "published": 1,
                           "stat_served": 900, "stat_passed": 12}, 1.234, None)
-    assert launch.summary_line(s) == "vrift: 4 files written, 900 of 912 stats served from the index, 1.23 s"
+    assert report.summary_line(s) == "vrift: 4 files written, 900 of 912 stats served from the index, 1.23 s"
     s["index_files"] = 1204
     s["cache"] = {"lookups": 206, "hits": 204, "misses": 2, "uncacheable": 0, "reasons": {}, "time_saved_s": 1.94}
-    assert launch.summary_line(s) == ("vrift: 204/206 cached (1.9 s saved), 4 files written, 900 of 912 stats "
+    assert report.summary_line(s) == ("vrift: 204/206 cached (1.9 s saved), 4 files written, 900 of 912 stats "
                                       "served from the index (1,204 files), 1.23 s (cache: 2 missed, 0 uncacheable)")
-    off = launch.summarize(None, 0.5, "VRIFT_ENABLED=0")
-    assert launch.summary_line(off).endswith("0.50 s (not accelerated: VRIFT_ENABLED=0)")
+    off = report.summarize(None, 0.5, "VRIFT_ENABLED=0")
+    assert report.summary_line(off).endswith("0.50 s (not accelerated: VRIFT_ENABLED=0)")
 
 
 def test_settings_cache_follows_its_stamps(tmp_path):
@@ -188,8 +189,8 @@ def test_plugin_cache_follows_site_directories(tmp_path):
     site.mkdir()
     cache = str(tmp_path / "p.json")
     stamps = wrapcache.plugin_stamps([str(site)])
-    wrapcache.store_entry_points(cache, stamps, [("ninja", "vrift.adapters.ninja")])
-    assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site)])) == [("ninja", "vrift.adapters.ninja")]
+    wrapcache.store_entry_points(cache, stamps, [("ninja", "vrift.wrap.adapters.ninja")])
+    assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site)])) == [("ninja", "vrift.wrap.adapters.ninja")]
     (site / "newdist-1.0.dist-info").mkdir()  # what installing a distribution does
     assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site)])) is None
     assert wrapcache.cached_entry_points(cache, wrapcache.plugin_stamps([str(site), "/x"])) is None
@@ -214,7 +215,7 @@ def test_disabled_wrap_imports_nothing_heavy(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert not imported & {"click", "yaml", "pluggy", "importlib.metadata", "vrift.project", "vrift.cli"}
+    assert not imported & {"click", "yaml", "pluggy", "importlib.metadata", "vrift.identity", "vrift.home", "vrift.cli"}
     assert "not accelerated: VRIFT_ENABLED=0" in proc.stderr
 
 

@@ -8,14 +8,11 @@ import sys
 def main() -> int:
     argv = sys.argv[1:]
     if argv[:1] == ["wrap"]:
-        try:
-            from .adapters.fastwrap import fast_wrap  # noqa: PLC0415 - deliberate late import
-        except ImportError:
-            fast_wrap = None
-        if fast_wrap is not None:
-            code = fast_wrap(argv[1:])
-            if code is not None:
-                return code
+        from .wrap.fastwrap import fast_wrap  # noqa: PLC0415 - deliberate late import
+
+        code = fast_wrap(argv[1:])
+        if code is not None:
+            return code
     from .cli import main as cli_main
 
     return cli_main(argv)

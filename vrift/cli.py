@@ -3,23 +3,22 @@ only when invoked, so `vrift --help` and every command stay quick to start."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 
 import click
 
 from . import __version__
-from .project import VriftError
+from .errors import VriftError
 
 # name -> "module:attribute" of a click command or group
 COMMANDS = {
     "init": "vrift.commands.config_cmd:init_cmd",
     "config": "vrift.commands.config_cmd:config_group",
-    "ingest": "vrift.commands.index_cmd:ingest_cmd",
-    "status": "vrift.commands.index_cmd:status_cmd",
-    "stat": "vrift.commands.index_cmd:stat_cmd",
-    "doctor": "vrift.commands.index_cmd:doctor_cmd",
+    "ingest": "vrift.commands.ingest_cmd:ingest_cmd",
+    "status": "vrift.commands.status_cmd:status_cmd",
+    "stat": "vrift.commands.stat_cmd:stat_cmd",
+    "doctor": "vrift.commands.doctor_cmd:doctor_cmd",
     "cas": "vrift.commands.cas_cmd:cas_group",
     "gc": "vrift.commands.cas_cmd:gc_cmd",
     "cache": "vrift.commands.cache_cmd:cache_group",
@@ -52,25 +51,14 @@ HELP = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(c for c in COMMANDS if self._available(c))
-
-    @staticmethod
-    def _available(name: str) -> bool:
-        module = COMMANDS[name].split(":")[0]
-        return importlib.util.find_spec(module) is not None
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
         target = COMMANDS.get(name)
         if target is None:
             return None
         module, attr = target.split(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                return None
-            raise
-        return getattr(mod, attr, None)
+        return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]

@@ -12,8 +12,10 @@ import re
 from pathlib import Path
 
 from . import onoff
+from .defaults import WRAP_SETTINGS
 from .onoff import BOOL_WORDS  # noqa: F401 - re-exported: the words every on/off setting accepts
-from .project import Home, VriftError
+from .errors import VriftError
+from .home import Home
 
 PROJECT_FILE = ".vrift.yaml"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -153,9 +155,9 @@ def _hash_workers_default() -> int:
 
 
 KEYS: dict[str, Key] = {k.name: k for k in (
-    Key("enabled", "bool", True, "Use vrift for builds in this project; false runs tools plainly.",
+    Key("enabled", "bool", WRAP_SETTINGS["enabled"], "Use vrift for builds in this project; false runs tools plainly.",
         env="VRIFT_ENABLED"),
-    Key("fallback_mode", "bool", False, "Run builds plainly (no daemon, no cache) but keep vrift installed.",
+    Key("fallback_mode", "bool", WRAP_SETTINGS["fallback_mode"], "Run builds plainly (no daemon, no cache) but keep vrift installed.",
         env="VRIFT_FALLBACK_MODE"),
     Key("debug", "str", "", "Debug logging: a comma-separated list of areas, e.g. \"cache,ipc\".",
         env="VRIFT_DEBUG"),
@@ -167,17 +169,15 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         env="VRIFT_LMDB_SYNC_BATCH_SIZE", low=0),
     Key("lmdb_mapsize_gb", "number", 10, "Maximum size of the project's LMDB index in GiB.",
         env="VRIFT_LMDB_MAPSIZE_GB", low=0),
-    Key("staging_dir", "str", None, "Where writes are staged before commit (null: .vrift/staging).",
-        env="VRIFT_STAGING_DIR", nullable=True),
     Key("ignore", "list", [], "Extra globs the ingester skips (.git and .vrift always are)."),
     Key("link_strategy", "enum", "auto", "How files are materialised from the CAS: auto, reflink, copy, hardlink.",
         choices=("auto", "reflink", "copy", "hardlink")),
     Key("hash_workers", "int", _hash_workers_default(), "Threads hashing files during ingest.",
         low=1, low_inclusive=True, default_text="min(8, CPU count)"),
-    Key("adapter", "str", None, "Force a build adapter by name (null: chosen from the command).",
+    Key("adapter", "str", WRAP_SETTINGS["adapter"], "Force a build adapter by name (null: chosen from the command).",
         nullable=True),
-    Key("plugins", "list", [], "Plugin modules to import, in addition to installed entry points."),
-    Key("daemon.socket_timeout_ms", "int", 2000, "Milliseconds a client waits for a daemon reply.",
+    Key("plugins", "list", WRAP_SETTINGS["plugins"], "Plugin modules to import, in addition to installed entry points."),
+    Key("daemon.socket_timeout_ms", "int", WRAP_SETTINGS["daemon.socket_timeout_ms"], "Milliseconds a client waits for a daemon reply.",
         env="VRIFT_SOCKET_TIMEOUT_MS", low=0),
     Key("daemon.idle_timeout_s", "number", 600, "Seconds without builds before a project daemon exits (status does not count; 0: never).",
         low=0, low_inclusive=True),
@@ -190,15 +190,15 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("daemon.max_projects", "int", 16, "Project daemons the coordinator runs at once.",
         low=1, low_inclusive=True),
     Key("daemon.max_shm_mb", "number", 1024, "Shared memory all project VDirs may use together, in MiB.", low=0),
-    Key("cache.enabled", "bool", True, "Use the build cache for tool invocations (VRIFT_CACHE=0: off for one build).",
+    Key("cache.enabled", "bool", WRAP_SETTINGS["cache.enabled"], "Use the build cache for tool invocations (VRIFT_CACHE=0: off for one build).",
         env="VRIFT_CACHE"),
     Key("cache.scope", "enum", "all", "Which commands are cached: all, or compilers (plus the tools in cache.always).",
         choices=("all", "compilers")),
-    Key("cache.env", "list", ["PATH", "LANG", "LC_ALL", "SOURCE_DATE_EPOCH"],
+    Key("cache.env", "list", WRAP_SETTINGS["cache.env"],
         "Environment variables that are part of every action key.", item_pattern=_ENV_NAME),
     Key("cache.always", "list", [], "Tool globs always cached, even when not known to be deterministic."),
     Key("cache.never", "list", [], "Tool globs never cached."),
-    Key("cache.tools", "list", ["make", "gmake", "bmake", "pmake", "remake", "ninja", "samu"],
+    Key("cache.tools", "list", WRAP_SETTINGS["cache.tools"],
         "Build tool globs: run inside a build, their commands are actions of their own."),
     Key("cache.max_entry_mb", "number", 64, "Largest action output (MiB) stored in the cache.", low=0),
     Key("cache.cache_failures", "bool", False, "Also cache actions that failed."),

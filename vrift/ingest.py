@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .cas import CAS
-from .cas.progress import Progress
-from .project import STATE_DIR, Project, VriftError
+from .progress import Progress
+from .errors import VriftError
+from .identity import STATE_DIR, Project
 from .vdir import layout
 from .vdir.entry import Entry
 from .vdir.index import ProjectIndex

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..cas.store import open_regular
-from ..project import VriftError
+from ..errors import VriftError
 
 HEAD = struct.Struct("<BI")
 U32 = struct.Struct("<I")

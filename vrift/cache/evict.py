@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..project import Home
+from ..home import Home
 from .fingerprint import Fingerprint
 from .store import CacheStore
 
@@ -87,16 +87,16 @@ def size(home: Home, store: CacheStore, cas) -> int:
 
 
 def _index_refs(home: Home) -> set[bytes]:
-    from ..vdir import live
+    from ..vdir import readonly
 
-    return live.live_digests(home)
+    return readonly.live_digests(home)
 
 
 def evict(home: Home, store: CacheStore, cas, max_bytes: int, progress: bool = False,
           index_refs: set[bytes] | None = None, delete: bool = True) -> EvictReport:
     """Remove least recently used entries until the cache fits in `max_bytes` (0: no limit);
     with delete=False only say what would go."""
-    from ..cas.progress import Progress
+    from ..progress import Progress
 
     report = EvictReport(max_size=max_bytes)
     if max_bytes <= 0:

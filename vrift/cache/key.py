@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import blake3
 
@@ -34,7 +34,6 @@ class Action:
     action_id: str = ""
     streams: bytes = b""  # what the tool sees on fd 0/1/2, e.g. b"out=tty,80x24 err=out" (docs/cache.md)
     umask: bytes = b""  # octal, e.g. b"022": the modes of what the action creates depend on it
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def tool(self) -> str:
@@ -109,8 +108,3 @@ def action_key(action: Action, exe_digest: bytes, plugin_bytes: bytes = b"") -> 
     part(b"m", action.umask)
     part(b"p", plugin_bytes)
     return h.digest()
-
-
-def env_for_key(environ: dict, names) -> tuple[bytes, ...]:
-    """NAME=value for each configured name present in `environ` (the wrapper's side of ENV)."""
-    return tuple(os.fsencode(f"{n}={environ[n]}") for n in names if n in environ)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import lmdb
 
-from ..project import Home, VriftError
-from ..vdir import lmdb_env
+from ..errors import VriftError
+from ..home import Home
+from .. import lmdb_env
 
 MAX_FINGERPRINTS = 16  # per key: variants beyond this are forgotten, oldest first
 DIGEST = 32
@@ -206,15 +207,6 @@ class CacheStore:
             if bytes(k) != skip and fid in _split(v):
                 return True
         return False
-
-    def delete_key(self, key: bytes) -> int:
-        with self.env.begin(write=True) as txn:
-            ids = _split(txn.get(key, db=self.actions))
-            txn.delete(key, db=self.actions)
-            for fid in ids:
-                if not self._referenced(txn, fid, skip=key):
-                    txn.delete(fid, db=self.fingerprints)
-        return len(ids)
 
     def delete_fingerprints(self, fids) -> int:
         """Remove these fingerprints from every key that lists them, and their hit times, in one

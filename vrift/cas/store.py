@@ -47,7 +47,7 @@ from pathlib import Path
 
 import blake3
 
-from ..project import VriftError
+from ..errors import VriftError
 
 ALGO = "blake3"
 DIGEST_SIZE = 32
@@ -700,9 +700,6 @@ class CAS:
             return True
         except FileNotFoundError:
             return False
-
-    def close(self) -> None:
-        """Nothing to release; kept so callers may treat the store like other resources."""
 
 
 def _read_head(fd: int, size: int) -> tuple[bytes, bool]:

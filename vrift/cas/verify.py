@@ -10,7 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .progress import Progress
+from ..progress import Progress
 from .store import CAS, hash_file
 
 

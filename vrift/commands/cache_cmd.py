@@ -6,7 +6,8 @@ import time
 
 import click
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from .common import emit_json, human_bytes, json_option, render_table, shorten, terminal_width
 
 
@@ -23,7 +24,7 @@ def _store(must_exist: bool = True):
 def max_size_bytes(home: Home) -> int:
     """cache.max_size as the configuration of the current directory's project gives it."""
     from .. import config as config_mod
-    from ..project import find_root
+    from ..identity import find_root
 
     cfg = config_mod.load(find_root(), home=home)
     return config_mod.parse_size(cfg["cache.max_size"])

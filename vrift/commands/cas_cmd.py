@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from .common import emit_json, human_bytes, json_option, render_table
 
 DEFAULT_GRACE = "1d"
@@ -89,7 +90,7 @@ def path_cmd(digest):
 @json_option
 def gc_cmd(delete, older_than, as_json):
     """Remove blobs that no project index and no action-cache entry references (dry run by default)."""
-    from ..cas.gc import collect
+    from ..maintenance.gc import collect
 
     grace = parse_duration(older_than)
     home, cas = _cas()

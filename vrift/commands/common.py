@@ -5,11 +5,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import click
 
-from ..project import Home, Project, Registry, find_root
+from ..home import Home
+from ..identity import Project, find_root
+from ..registry import Registry
 
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
                            help="Project root (default: discovered from the current directory).")
@@ -83,11 +84,3 @@ def human_bytes(n: int | float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def progress_wanted() -> bool:
-    return sys.stderr.isatty()
-
-
-def display_path(p: Path | str) -> str:
-    return str(p)

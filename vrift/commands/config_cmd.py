@@ -98,7 +98,8 @@ def write_atomically(path: Path, text: str, overwrite: bool) -> None:
 def init_cmd(root, force, as_json):
     """Write a commented .vrift.yaml in the project root listing every setting with its default."""
     from ..config import PROJECT_FILE
-    from ..project import VriftError, find_root
+    from ..errors import VriftError
+    from ..identity import find_root
 
     project_root = find_root(explicit=root)
     path = project_root / PROJECT_FILE
@@ -151,7 +152,8 @@ def show_cmd(root=None, as_json=False):
 def path_cmd(root, as_json):
     """The configuration files vrift reads for this project, and whether they exist."""
     from ..config import PROJECT_FILE
-    from ..project import Home, find_root
+    from ..home import Home
+    from ..identity import find_root
 
     files = [("user", Home.from_env().user_config_path), ("project", find_root(explicit=root) / PROJECT_FILE)]
     if as_json:

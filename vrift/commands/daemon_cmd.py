@@ -6,7 +6,8 @@ import time
 
 import click
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from .common import emit_json, json_option, render_table, resolve, root_option
 
 
@@ -83,7 +84,7 @@ def remove_leftovers(home: Home) -> int:
 
     ids = {p.name[2:18] for p in home.run_dir.glob("p-*.*")}
     try:
-        from ..project import Registry
+        from ..registry import Registry
 
         ids |= {pid[:16] for pid in Registry(home).load()}
     except VriftError:
@@ -146,17 +147,17 @@ def status_cmd(as_json):
     """The coordinator and each project daemon: pid, generation, entries, clients."""
     from ..daemon.client import coordinator_status
 
-    from ..adapters import wrapcache
+    from ..daemon import configrecord
 
     home = Home.from_env()
     status = coordinator_status(home) or {"coordinator": None, "projects": []}
-    from ..project import project_id
+    from ..identity import project_id
 
     for p in status["projects"]:
         pid = p.get("project_id") or project_id(p["root"])
-        recorded = wrapcache.daemon_config(wrapcache.daemon_config_path(str(home.run_dir), pid))
+        recorded = configrecord.daemon_config(configrecord.daemon_config_path(str(home.run_dir), pid))
         p["settings"] = (recorded or {}).get("settings")
-        p["config_changed"] = wrapcache.daemon_config_stale(str(home.run_dir), pid, p["root"], str(home.root))
+        p["config_changed"] = configrecord.daemon_config_stale(str(home.run_dir), pid, p["root"], str(home.root))
     if as_json:
         emit_json(status)
         return

@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 from .. import native
-from ..project import Home, Project, Registry, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
+from ..registry import Registry
 
 OK, WARN, FAIL = 0, 1, 2
 
@@ -74,7 +77,7 @@ def check_preload() -> dict:
 
 
 def check_projects(home: Home) -> list[dict]:
-    from ..vdir.live import open_readonly
+    from ..vdir.readonly import open_readonly
 
     out = []
     for pid, info in sorted(Registry(home).load().items()):
@@ -165,7 +168,7 @@ def check_watchers(home: Home) -> list[dict]:
     try:
         from ..daemon.client import coordinator_status
         status = coordinator_status(home)
-    except (ImportError, OSError, VriftError):
+    except (OSError, VriftError):
         return []
     out = []
     for d in (status or {}).get("projects", []):

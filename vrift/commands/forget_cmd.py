@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from ..project import Home, Project, Registry, VriftError, find_root
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project, find_root
+from ..registry import Registry
 from .common import emit_json, json_option
 
 

@@ -1,7 +1,7 @@
 """`vrift wrap`, `vrift hook make`, `vrift plugins`.
 
 `vrift wrap` normally never gets here: vrift/__main__.py hands it to
-vrift.adapters.fastwrap before click is imported.  This click command serves `--help` and
+vrift.wrap.fastwrap before click is imported.  This click command serves `--help` and
 command lines the fast parser leaves to click, and runs the same code.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def wrap_cmd(quiet, root, adapter, no_cache, explain, summary_json, command):
     stdout and stderr are passed through unchanged.  A one-line summary follows on stderr
     (with the action cache's hits, misses and uncacheable actions).
     If vrift is disabled, missing or broken, COMMAND still runs on the real filesystem."""
-    from ..adapters.fastwrap import WrapOptions, wrap
+    from ..wrap.fastwrap import WrapOptions, wrap
 
     try:
         code = wrap(WrapOptions(list(command), quiet=quiet, root=root, adapter=adapter, no_cache=no_cache,
@@ -56,8 +56,8 @@ def hook_cmd(tool, emit, root):
 
     Put the printed line near the top of the Makefile: every recipe then runs under the
     preload library, without wrapping make itself."""
-    from ..adapters.make.hook import HOOK_LINE
-    from ..adapters.make.hook import emit as emit_fragment
+    from ..wrap.adapters.make.hook import HOOK_LINE
+    from ..wrap.adapters.make.hook import emit as emit_fragment
 
     if not emit:
         click.echo(HOOK_LINE)
@@ -76,7 +76,7 @@ def plugins_cmd(root, as_json):
     """List the loaded plugins (entry points of group "vrift" and the configured modules),
     the hooks each implements, and the plugins that failed to load (exit status 1 then)."""
     from ..hooks.manager import PluginFailure, load
-    from ..project import VriftError
+    from ..errors import VriftError
 
     manager = load(report=None)
     try:

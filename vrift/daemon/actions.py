@@ -26,7 +26,7 @@ from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match,
 from ..cache.key import Action, DigestMemo, action_key
 from ..cache.store import CacheStore, merge_counters
 from ..cas.store import BlobCorrupt
-from ..project import VriftError
+from ..errors import VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
 from . import process

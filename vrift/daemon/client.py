@@ -7,7 +7,9 @@ import socket
 import time
 from pathlib import Path
 
-from ..project import Home, Project, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
 from . import process
 from .paths import coordinator_files, project_files
 from .protocol import Err, Frame, LookupFlag, Msg, ProtocolError, StatsFlag, Tag, read_frame
@@ -182,9 +184,6 @@ class ProjectClient(Client):
         if explain_since is not None:
             fields.append((Tag.SEQUENCE, explain_since))
         return self.request(Msg.STATS, *fields).json()
-
-    def vdir_bad(self, detail: str = "") -> int:
-        return self.request(Msg.VDIR_BAD, (Tag.TEXT, detail)).int(Tag.GENERATION)
 
 
 class CoordinatorClient(Client):

@@ -23,7 +23,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 
-from ..project import VriftError
+from ..errors import VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
 from .listener import Connection, RequestError

@@ -15,7 +15,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..project import Home, Project, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
 from ..vdir import layout
 from . import process
 from .client import DaemonUnavailable, ProjectClient

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 
-from ..project import STATE_DIR, Project
+from ..identity import STATE_DIR, Project
 from .listener import RequestError
 from .protocol import Err
 

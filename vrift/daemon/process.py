@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..project import VriftError
+from ..errors import VriftError
 
 # Variables of a wrapped build that must not reach a daemon (it must never run preloaded).
 SCRUBBED_ENV = ("LD_PRELOAD", "VRIFT_SOCKET", "VRIFT_COUNTERS", "VRIFT_ENABLED", "VRIFT_STAGING_DIR",

@@ -18,8 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from ..adapters import wrapcache
-from ..project import Home, Project, VriftError
+from . import configrecord
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
 from ..vdir import layout
 from ..vdir.entry import Entry
 from . import process
@@ -107,10 +109,10 @@ class ProjectDaemon:
     # -- the configuration it runs with ------------------------------------------------------------
     @property
     def config_path(self) -> str:
-        return wrapcache.daemon_config_path(str(self.home.run_dir), self.project.id)
+        return configrecord.daemon_config_path(str(self.home.run_dir), self.project.id)
 
     def _config_stamps(self) -> list:
-        return wrapcache.config_file_stamps(str(self.project.root), str(self.home.root))
+        return configrecord.config_file_stamps(str(self.project.root), str(self.home.root))
 
     def record_config(self) -> None:
         """Say which configuration this daemon runs with (`vrift daemon status`, and `vrift
@@ -118,7 +120,7 @@ class ProjectDaemon:
         self._stamps = self._config_stamps()
         shown = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.cfg.items()
                  if k in EFFECTIVE}
-        wrapcache.store_daemon_config(self.config_path, self._stamps, shown)
+        configrecord.store_daemon_config(self.config_path, self._stamps, shown)
 
     def _config_changed(self) -> bool:
         return getattr(self, "_stamps", None) is not None and self._config_stamps() != self._stamps
@@ -389,7 +391,7 @@ class ProjectDaemon:
 
     # -- writer-thread work ----------------------------------------------------------------------
     def _full_rescan(self) -> dict:
-        from ..cas.progress import Progress
+        from ..progress import Progress
 
         self.full_rescans += 1
         self.ingest_bar = Progress(len(self.index) or None, "ingest", enabled=False)
@@ -589,14 +591,9 @@ def plugin_hooks(project: Project, cfg):
     """(index filter, cache-key contribution) from the plugins: vrift_index_filter as one
     predicate (None when no plugin filters) and vrift_cache_key as a callable of an action.
     The daemon's entry point composes the process, like the CLI does, so it may load plugins."""
-    from ..hooks.manager import load
+    from ..hooks.manager import project_hooks
 
-    manager = load(cfg["plugins"] or [], report=lambda line: log.warning("%s", line))
-    return manager.index_filter(project), manager.cache_key
-
-
-def plugin_index_filter(project: Project, cfg):
-    return plugin_hooks(project, cfg)[0]
+    return project_hooks(project, cfg["plugins"] or [], report=lambda line: log.warning("%s", line))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,9 @@ ENTRY_POINT_GROUP = "vrift"
 # They are also registered from the package itself when the installed metadata lacks them (a
 # source checkout that was never `pip install`ed): vrift must still know its own adapters.
 BUILTIN_PLUGINS = {
-    "generic": "vrift.adapters.generic",
-    "make": "vrift.adapters.make",
-    "ninja": "vrift.adapters.ninja",
+    "generic": "vrift.wrap.adapters.generic",
+    "make": "vrift.wrap.adapters.make",
+    "ninja": "vrift.wrap.adapters.ninja",
 }
 
 

@@ -1,29 +1,29 @@
-"""The plugin manager: loads plugins, calls their hooks, isolates the broken ones.
+"""The plugin manager: loads plugins, calls their hooks through pluggy, isolates the broken ones.
 
 Plugins come from the entry-point group "vrift" (the built-in adapters are registered there
 too, in pyproject.toml) and from the `plugins:` list of the configuration (module names).  A
 plugin that cannot be imported or registered, or that raises inside a hook, is reported by
-name in one line and skipped; the build goes on.  Each implementation is called on its own
-(not through pluggy's call loop) so that one plugin's exception cannot hide another's result.
+name in one line and skipped; the build goes on.  Calls go through pluggy's own call loop
+(order, tryfirst/trylast, argument selection); each implementation is registered wrapped so
+that its exception is reported and turned into "no result" instead of ending the loop, and so
+that each result carries the name of the plugin that gave it.
 """
 from __future__ import annotations
 
+import functools
 import importlib
-import sys
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pluggy
 
 from . import spec
+from .calls import HookCalls, PluginFailure, Reporter, one_line, stderr_reporter
 from .entrypoints import BUILTIN_PLUGINS, installed_entry_points
 from .markers import PROJECT
 
-Reporter = Callable[[str], None]
-
-
-def stderr_reporter(line: str) -> None:
-    print(f"vrift: {line}", file=sys.stderr, flush=True)
+__all__ = ["PluginFailure", "PluginInfo", "PluginManager", "load", "project_hooks", "stderr_reporter"]
 
 
 @dataclass
@@ -32,26 +32,6 @@ class PluginInfo:
     source: str  # "entry point", "config", "built-in"
     target: str  # the module (or module:attribute) it was loaded from
     hooks: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PluginFailure:
-    name: str
-    source: str
-    stage: str  # "load", "register" or the name of the hook that raised
-    error: str
-
-    def line(self) -> str:
-        where = "could not be loaded" if self.stage in ("load", "register") else f"failed in {self.stage}"
-        return f"plugin {self.name!r} {where} ({self.source}): {self.error}"
-
-
-def _describe(exc: BaseException) -> str:
-    """One line: the type and the message with its lines joined (reports are one line each)."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def import_target(target: str):
@@ -63,9 +43,7 @@ def import_target(target: str):
     return obj
 
 
-class PluginManager:
-    builtin_only = False
-
+class PluginManager(HookCalls):
     def __init__(self, report: Reporter | None = stderr_reporter):
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(spec)
@@ -73,6 +51,7 @@ class PluginManager:
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self._disabled_filters: set[str] = set()
+        self._originals: dict[str, object] = {}  # plugin name -> the object it was loaded as
 
     # -- loading ---------------------------------------------------------------------------------
     def load_entry_points(self, entry_points: Iterable[tuple[str, str]] | None = None) -> None:
@@ -99,20 +78,57 @@ class PluginManager:
         except BaseException as e:  # noqa: BLE001 - any import failure (even SystemExit) is the plugin's
             if isinstance(e, KeyboardInterrupt):
                 raise
-            self._fail(PluginFailure(name, source, "load", _describe(e)))
+            self._fail(PluginFailure(name, source, "load", one_line(e)))
             return
+        if any(other is plugin for other in self._originals.values()):
+            self._fail(PluginFailure(name, source, "register",
+                                     f"ValueError: Plugin already registered under a different name: {name}={plugin!r}"))
+            return
+        isolated = self._isolated(plugin, name)
         try:
-            self.pm.register(plugin, name=name)
+            self.pm.register(isolated, name=name)
         except Exception as e:  # noqa: BLE001 - pluggy validation errors, bad signatures
-            self._fail(PluginFailure(name, source, "register", _describe(e)))
+            self._fail(PluginFailure(name, source, "register", one_line(e)))
             return
-        problem = self._check(plugin)
+        problem = self._check(isolated)
         if problem:
-            self.pm.unregister(plugin)
+            self.pm.unregister(isolated)
             self._fail(PluginFailure(name, source, "register", problem))
             return
-        hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+        self._originals[name] = plugin
+        hooks = sorted(c.name for c in self.pm.get_hookcallers(isolated) or [])
         self.plugins[name] = PluginInfo(name, source, target, hooks)
+
+    def _isolated(self, plugin, name: str):
+        """A stand-in for `plugin` that pluggy registers instead: each hook implementation
+        wrapped (same marker options, same signature through functools.wraps) so that it
+        returns (name, result) or None, and reports its exception instead of raising it."""
+        stand_in = types.SimpleNamespace()
+        for attr in dir(plugin):
+            opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
+                continue
+            function = getattr(plugin, attr)
+            if not (opts.get("wrapper") or opts.get("hookwrapper")):  # wrappers: refused by _check as they are
+                function = self._guard(function, name, opts.get("specname") or attr)
+            setattr(stand_in, attr, function)
+        return stand_in
+
+    def _guard(self, function: Callable, plugin: str, hook: str) -> Callable:
+        @functools.wraps(function)
+        def guarded(*args):
+            if hook == "vrift_index_filter" and plugin in self._disabled_filters:
+                return None
+            try:
+                result = function(*args)
+            except Exception as e:  # noqa: BLE001 - a plugin's bug must not stop the build
+                if hook == "vrift_index_filter":  # asked per path: ignored for the rest of the walk
+                    self._disabled_filters.add(plugin)
+                self._fail(PluginFailure(plugin, self._source(plugin), hook, one_line(e)))
+                return None
+            return None if result is None else (plugin, result)
+
+        return guarded
 
     def _check(self, plugin) -> str | None:
         """What pluggy accepts but vrift does not: hooks without a specification (a typo would
@@ -137,67 +153,27 @@ class PluginManager:
 
     # -- calling ---------------------------------------------------------------------------------
     def call(self, hook: str, **kwargs) -> list[tuple[str, object]]:
-        """Call every implementation of `hook` in pluggy's order (last registered first,
+        """Call every implementation of `hook` through pluggy (last registered first,
         tryfirst/trylast honoured); returns (plugin name, result) for results that are not None.
-        An implementation that raises is reported and skipped."""
-        caller = getattr(self.pm.hook, hook)
-        results = []
-        for impl in reversed(caller.get_hookimpls()):
-            try:
-                result = impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as e:  # noqa: BLE001 - a plugin's bug must not stop the build
-                self._fail(PluginFailure(impl.plugin_name, self._source(impl.plugin_name), hook, _describe(e)))
-                continue
-            if result is not None:
-                results.append((impl.plugin_name, result))
-        return results
+        An implementation that raises is reported and skipped (see `_guard`)."""
+        return getattr(self.pm.hook, hook)(**kwargs)
+
+    def bad_result(self, plugin: str, hook: str, problem: str) -> None:
+        self._fail(PluginFailure(plugin, self._source(plugin), hook, problem))
 
     def _source(self, name: str) -> str:
         info = self.plugins.get(name)
         return info.source if info else "?"
 
-    def adapters(self) -> list:
-        found = []
-        for plugin, result in self.call("vrift_register_adapters"):
-            try:
-                found.extend(result)
-            except TypeError:
-                self._fail(PluginFailure(plugin, self._source(plugin), "vrift_register_adapters",
-                                         f"returned {type(result).__name__}, not a list of adapters"))
-        return found
-
-    def prepare_env(self, project, config, env: dict) -> None:
-        self.call("vrift_prepare_env", project=project, config=config, env=env)
-
-    def pre_build(self, project, config, argv: list) -> None:
-        self.call("vrift_pre_build", project=project, config=config, argv=argv)
-
-    def post_build(self, project, config, argv: list, exit_code: int, summary: dict) -> None:
-        self.call("vrift_post_build", project=project, config=config, argv=argv, exit_code=exit_code,
-                  summary=summary)
-
     def index_filter(self, project) -> Callable[[bytes], bool] | None:
         """A `keep(relpath) -> bool` for the indexer, or None when no plugin filters (free).
         A plugin that raises is reported once and then ignored for the rest of the walk."""
-        impls = list(reversed(self.pm.hook.vrift_index_filter.get_hookimpls()))
-        if not impls:
+        if not self.pm.hook.vrift_index_filter.get_hookimpls():
             return None
 
         def keep(relpath: bytes) -> bool:
-            for impl in impls:
-                if impl.plugin_name in self._disabled_filters:
-                    continue
-                args = {"project": project, "relpath": relpath}
-                try:
-                    verdict = impl.function(*[args[a] for a in impl.argnames])
-                except Exception as e:  # noqa: BLE001
-                    self._disabled_filters.add(impl.plugin_name)
-                    self._fail(PluginFailure(impl.plugin_name, self._source(impl.plugin_name),
-                                             "vrift_index_filter", _describe(e)))
-                    continue
-                if verdict is False:
-                    return False
-            return True
+            return all(verdict is not False for _, verdict in self.call("vrift_index_filter", project=project,
+                                                                        relpath=relpath))
 
         return keep
 
@@ -209,8 +185,7 @@ class PluginManager:
             if isinstance(value, str):
                 value = value.encode()
             if not isinstance(value, (bytes, bytearray)):
-                self._fail(PluginFailure(plugin, self._source(plugin), "vrift_cache_key",
-                                         f"returned {type(value).__name__}, not bytes or str"))
+                self.bad_result(plugin, "vrift_cache_key", f"returned {type(value).__name__}, not bytes or str")
                 continue
             name = plugin.encode()
             parts.append(len(name).to_bytes(4, "little") + name + len(value).to_bytes(8, "little") + bytes(value))
@@ -229,3 +204,11 @@ def load(config_plugins: Iterable[str] = (), report: Reporter | None = stderr_re
     manager.load_entry_points(entry_points)
     manager.load_modules(config_plugins)
     return manager
+
+
+def project_hooks(project, config_plugins: Iterable[str] = (), report: Reporter | None = stderr_reporter):
+    """(index filter, cache-key contribution) of the plugins for `project`: vrift_index_filter
+    as one predicate (None when no plugin filters) and vrift_cache_key as a callable of an
+    action.  What a process that indexes or caches needs (the daemon, `vrift ingest`)."""
+    manager = load(config_plugins, report=report)
+    return manager.index_filter(project), manager.cache_key

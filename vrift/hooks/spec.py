@@ -2,20 +2,17 @@
 
 docs/plugins.md describes each hook for plugin authors.  Every hook is called with keyword
 arguments; an implementation declares only the arguments it needs.  A hook that raises is
-reported by plugin name on stderr and skipped: a plugin never takes a build down.
+reported by plugin name on stderr and skipped: a plugin never takes a build down.  The marker
+is vrift's own (the same attribute pluggy's sets): the wrap fast path reads these without pluggy.
 """
 from __future__ import annotations
 
-import pluggy
-
-from .markers import PROJECT
-
-hookspec = pluggy.HookspecMarker(PROJECT)
+from .markers import hookspec
 
 
 @hookspec
 def vrift_register_adapters() -> list:
-    """Return adapter objects (see vrift/adapters/base.py: `name`, `tools`, `handles(tool)`,
+    """Return adapter objects (see vrift/wrap/adapters/base.py: `name`, `tools`, `handles(tool)`,
     `start_dir(argv, cwd)`, `prepare_env(env, argv)`) that `vrift wrap` may choose from."""
 
 

@@ -15,7 +15,7 @@ from redis.exceptions import RedisClusterException
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..project import VriftError
+from ..errors import VriftError
 from .base import RemoteError, RemoteFull, RemoteRefused, RemoteTimeout
 from .spec import RemoteSpec
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..project import VriftError
+from ..errors import VriftError
 
 # URL scheme -> the module under vrift/storage/ whose `Backend` class serves it: a new backend is
 # one module and one line here

@@ -43,10 +43,6 @@ class Entry:
     def is_deleted(self) -> bool:
         return bool(self.flags & layout.F_DELETED)
 
-    @property
-    def digest_hex(self) -> str:
-        return self.digest.hex()
-
     def with_flags(self, flags: int) -> "Entry":
         return replace(self, flags=flags)
 

@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..project import Home, Project, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
 from . import layout, wal
 from .entry import Entry
 from .lmdb_store import LmdbStore

@@ -23,8 +23,9 @@ from pathlib import Path
 import blake3
 import lmdb
 
-from ..project import VriftError
-from . import layout, lmdb_env
+from ..errors import VriftError
+from .. import lmdb_env
+from . import layout
 from .entry import Entry
 
 FORMAT_VERSION = 1

@@ -20,7 +20,7 @@ import threading
 from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
 
 from ..native import vdir_native_library
-from ..project import VriftError
+from ..errors import VriftError
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

@@ -12,7 +12,7 @@ import os
 import stat as statmod
 from pathlib import Path
 
-from ..project import VriftError
+from ..errors import VriftError
 
 log = logging.getLogger("vrift.shm")
 _said: set[str] = set()

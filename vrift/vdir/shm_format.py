@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..project import VriftError
+from ..errors import VriftError
 from . import layout
 from .entry import Entry
 

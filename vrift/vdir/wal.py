@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..project import VriftError
+from ..errors import VriftError
 from . import layout
 from .entry import Entry
 

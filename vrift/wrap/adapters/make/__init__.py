@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...hooks.markers import hookimpl
+from ....hooks.markers import hookimpl
 from ..base import Adapter, resolve_dirs, short_option_value
 
 # GNU make's short options with a required argument (-j, -l, -O take optional, attached ones)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 
-from .. import locate
+from .... import locate
+from ... import cacheenv
+from ...environment import CONTRACT
 
 HOOK_LINE = "-include $(if $(VRIFT_VDIR),,$(shell command -v vrift >/dev/null && vrift hook make --emit))"
 
@@ -25,8 +27,9 @@ def make_quote(value: str) -> str:
     return value.replace("$", "$$").replace("#", "\\#")
 
 
-ACTION_VARS = ("VRIFT_ACTION_ID", "VRIFT_ACTION_STARTED", "VRIFT_ACTION_ROOT_PID", "VRIFT_ACTION_OUT",
-               "VRIFT_ACTION_ERR", "VRIFT_CACHE_EXPLAIN")
+# what an action's recording leaves in the environment: never inherited by a recipe (the role
+# is exported as "each" instead)
+ACTION_VARS = (*(v for v in cacheenv.ACTION_VARS if v != "VRIFT_ACTION_ROLE"), "VRIFT_CACHE_EXPLAIN")
 
 
 def cache_lines(names) -> list[str]:
@@ -35,16 +38,13 @@ def cache_lines(names) -> list[str]:
     children of the build tool under `vrift wrap make` are."""
     return ["export VRIFT_CACHE := 1",
             "export VRIFT_ACTION_ROLE := each",
-            f"export VRIFT_CACHE_ENV := {make_quote(':'.join(names))}",
+            f"export VRIFT_CACHE_ENV := {make_quote(cacheenv.key_env(names))}",
             "unexport " + " ".join(ACTION_VARS)]
 
 
 def fragment(root: str, lib: str, info: dict, cache_names=None) -> str:
     lines = [f"# vrift: recipes of {make_quote(root)} run under the preload library (vrift hook make --emit)",
-             f"export VRIFT_PROJECT_ROOT := {make_quote(info['root'])}",
-             f"export VRIFT_VDIR := {make_quote(info['vdir'])}",
-             f"export VRIFT_SOCKET := {make_quote(info['socket'])}",
-             f"export VRIFT_STAGING_DIR := {make_quote(info['staging_dir'])}",
+             *(f"export {var} := {make_quote(info[field])}" for var, field in CONTRACT),
              # expanded once, when make reads it: what the environment preloaded already is kept
              f"export LD_PRELOAD := {make_quote(lib)} $(filter-out {make_quote(lib)},$(LD_PRELOAD))"]
     if cache_names is not None:
@@ -77,7 +77,7 @@ def emit(cwd: str, env, explicit_root: str | None = None) -> tuple[str | None, s
 
 
 def _emit(cwd: str, env, explicit_root: str | None) -> tuple[str | None, str | None]:
-    from ..fastwrap import DEFAULT_SOCKET_TIMEOUT_MS, Settings, connect, env_disabled
+    from ...fastwrap import DEFAULT_SOCKET_TIMEOUT_MS, Settings, connect, env_disabled
 
     root, error = locate.find_root(cwd, explicit_root, env)
     if root is None:

@@ -1,15 +1,16 @@
-"""Where things are, for the wrap fast path, with nothing but `os` (and blake3 for the id).
+"""Where things are, with nothing but `os` (and blake3 for the id): the cheap start-up source.
 
-These mirror `vrift.project` (find_root, project_id, Home) and `vrift.native.preload_library`
-without importing them: those modules pull in dataclasses, pathlib and tempfile, which cost
-more than the whole time budget of `vrift wrap` before the tool's exec (SPEC §12).
-tests/test_wrap_fast.py checks that both give the same answers.
+This is the one definition of the root markers, root discovery, the project id and the home
+path: `vrift.identity` and `vrift.home` build their Path-based, raising forms on it (not the
+reverse), because those pull in dataclasses, pathlib and tempfile, which cost more than the
+whole time budget of `vrift wrap` before the tool's exec (SPEC §12).  `preload_library`
+mirrors `vrift.native.preload_library`; tests/test_wrap_fast.py checks both give the same answers.
 """
 from __future__ import annotations
 
 import os
 
-ROOT_MARKERS = (".vrift.yaml", ".git", "build.ninja", "Makefile")  # same order as vrift.project
+ROOT_MARKERS = (".vrift.yaml", ".git", "build.ninja", "Makefile")  # .vrift.yaml first: it wins over the others
 
 
 def find_root(start: str, explicit: str | None, env) -> tuple[str | None, str | None]:
@@ -75,7 +76,7 @@ def preload_library(env) -> str | None:
         return override
     from importlib.machinery import EXTENSION_SUFFIXES  # already imported by the interpreter
 
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkg = os.path.dirname(os.path.abspath(__file__))
     for suffix in (".so", *EXTENSION_SUFFIXES):  # setup.py names it _libvrift.so
         candidate = os.path.join(pkg, "_libvrift" + suffix)
         if os.path.isfile(candidate):

@@ -7,7 +7,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..project import Home, Project, VriftError
+from ..errors import VriftError
+from ..home import Home
+from ..identity import Project
 from . import wal
 from .entry import ZERO_DIGEST, Entry
 from .lmdb_store import LmdbStore

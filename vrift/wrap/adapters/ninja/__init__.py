@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...hooks.markers import hookimpl
+from ....hooks.markers import hookimpl
 from ..base import Adapter, resolve_dirs, short_option_value
 
 # ninja's getopt string is "d:f:j:k:l:nt:vw:C:h"

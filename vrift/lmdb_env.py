@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lmdb
 
-from ..project import VriftError
+from .errors import VriftError
 
 _ENVS: dict[str, list] = {}  # realpath -> [env, refcount]
 _LOCK = threading.Lock()

@@ -2,7 +2,7 @@
 adapter handles the tool; root discovery starts in the current directory."""
 from __future__ import annotations
 
-from ...hooks.markers import hookimpl
+from ....hooks.markers import hookimpl
 from ..base import Adapter
 
 

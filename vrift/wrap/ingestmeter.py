@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from ..cas.progress import Progress
+from ..progress import Progress
 from .daemonlink import ingest_progress
 
 POLL_S = 0.2

@@ -20,12 +20,15 @@ import os
 import sys
 import time
 
-from .. import onoff
-from . import launch, locate, wrapcache
-from .base import select
+from .. import locate, onoff
+from ..daemon import configrecord
+from ..defaults import WRAP_SETTINGS
+from ..errors import VriftError
+from . import cacheenv, counters, environment, process, report, wrapcache
+from .adapters.base import select
 from .daemonlink import LinkError, NoDaemon, hello_sync
 
-DEFAULT_SOCKET_TIMEOUT_MS = 2000
+DEFAULT_SOCKET_TIMEOUT_MS = WRAP_SETTINGS["daemon.socket_timeout_ms"]
 SHUTDOWN_IF_IDLE = 2  # vrift.daemon.server.SHUTDOWN_IF_IDLE, without importing the server
 FIRST_SYNC_TIMEOUT_S = 600.0  # vrift.daemon.server.REQUEST_TIMEOUT_S: how long SYNC waits in the daemon
 
@@ -85,8 +88,6 @@ def fast_wrap(argv: list[str]) -> int | None:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        from ..project import VriftError
-
         if isinstance(e, VriftError):
             print(f"vrift: error: {e}", file=sys.stderr, flush=True)
             return 1
@@ -149,14 +150,11 @@ class Settings:
                 cfg = self.full_config()
                 values = {key: _plain(cfg[key]) for key in wrapcache.SETTINGS_KEYS}
             except Exception as e:
-                from ..project import VriftError
-
                 if not isinstance(e, VriftError):
                     raise
                 self.error = f"configuration error: {e}"
-                values = {"enabled": True, "fallback_mode": False, "adapter": None, "plugins": [],
-                          "daemon.socket_timeout_ms": DEFAULT_SOCKET_TIMEOUT_MS, "cache.enabled": False,
-                          "cache.env": [], "cache.tools": []}
+                # placeholders only: disabled() reports the error, so the build runs plainly
+                values = {k: list(v) if isinstance(v, list) else v for k, v in WRAP_SETTINGS.items()}
             else:
                 wrapcache.store_settings(cache, stamps, values)
         self.values = values
@@ -164,7 +162,7 @@ class Settings:
     def full_config(self):
         if self.config is None:
             from .. import config as config_mod
-            from ..project import Home
+            from ..home import Home
 
             self.config = config_mod.load(self.root, env=dict(self.env), home=Home.from_env(self.env))
         return self.config
@@ -196,7 +194,7 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
     `meter`, a daemon started here shows its first ingest's progress on a terminal."""
     first = None
     restarted = False
-    if wrapcache.daemon_config_stale(locate.run_dir(env), project_id, root, locate.home_root(env)):
+    if configrecord.daemon_config_stale(locate.run_dir(env), project_id, root, locate.home_root(env)):
         restarted = stop_for_new_config(env, project_id, timeout_ms)
     try:
         info = hello_sync(locate.project_socket(env, project_id), root, timeout_ms / 1000, cache)
@@ -206,7 +204,9 @@ def connect(root: str, project_id: str, env, timeout_ms: int, cache: bool = Fals
     except LinkError as e:  # e.g. a daemon shutting down: ask the coordinator for a live one
         first = str(e)
     from ..daemon.client import ensure_daemon
-    from ..project import Home, Project, Registry, VriftError
+    from ..home import Home
+    from ..identity import Project
+    from ..registry import Registry
 
     try:
         home = Home.from_env(env).ensure()
@@ -236,8 +236,6 @@ def stop_for_new_config(env, project_id: str, timeout_ms: int) -> bool:
     from ..daemon import process
     from ..daemon.client import ProjectClient
     from ..daemon.protocol import Msg, Tag
-    from ..project import VriftError
-
     sock = locate.project_socket(env, project_id)
     pid = process.read_pid(Path(sock[:-len(".sock")] + ".pid"))
     try:
@@ -286,8 +284,6 @@ def prepare(opts: WrapOptions, env) -> Plan:
     adapter, start = choose_adapter(hooks, opts, opts.adapter, os.getcwd())
     root, error = locate.find_root(start, opts.root, env)
     if root is None:
-        from ..project import VriftError
-
         raise VriftError(error)
     if not (opts.root or env.get("VRIFT_PROJECT_ROOT") or locate.has_marker(root) or locate.registered(root, env)):
         # no .vrift.yaml, .git, build.ninja or Makefile here or above: not a project, and
@@ -307,7 +303,7 @@ def prepare(opts: WrapOptions, env) -> Plan:
         adapter = select(hooks.adapters(), opts.argv[0], opts.adapter or configured)
     plan = Plan(env, settings.disabled(), hooks, adapter, root)
     if not hooks.builtin_only:  # the built-ins implement no per-build hook: nobody needs these
-        from ..project import Project
+        from ..identity import Project
 
         plan.project, plan.config = Project.at(root), _config_or_none(settings)
 
@@ -321,14 +317,14 @@ def prepare(opts: WrapOptions, env) -> Plan:
         if info is not None:
             plan.new_project = bool(info.get("new_project"))
             plan.config_restart = bool(info.get("config_restart"))
-            plan.counters_path = launch.create_counters(os.path.dirname(info["vdir"]))
-            plan.env = launch.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
+            plan.counters_path = counters.create_counters(os.path.dirname(info["vdir"]))
+            plan.env = environment.vrift_env(env, lib, info, plan.counters_path, settings["daemon.socket_timeout_ms"])
             plan.socket = info["socket"]
             explain = opts.explain or "cache" in env.get("VRIFT_DEBUG", "").split(",")
-            if launch.cache_env(plan.env, cache, settings["cache.env"] or [], explain, settings["cache.tools"]):
+            if cacheenv.cache_env(plan.env, cache, settings["cache.env"] or [], explain, settings["cache.tools"]):
                 plan.cache_before = (info.get("cache") or {}).get("cache") or {}
     if plan.reason is not None or plan.cache_before is None:
-        launch.cache_env(plan.env, False, [], False)
+        cacheenv.cache_env(plan.env, False, [], False)
     return plan
 
 
@@ -337,19 +333,17 @@ def wrap(opts: WrapOptions, env=None) -> int:
     env = os.environ if env is None else env
     off = env_disabled(env)
     if off:  # the kill switch: no configuration, no plugins, no daemon, the tool as it is
-        code = launch.run(opts.argv, dict(env))
-        return finish(opts, launch.summarize(None, time.monotonic() - t0, off), code)
+        code = process.run(opts.argv, dict(env))
+        return finish(opts, report.summarize(None, time.monotonic() - t0, off), code)
     try:
         plan = prepare(opts, env)
     except Exception as e:
-        from ..project import VriftError
-
         if isinstance(e, VriftError):
             raise
         # a bug or a broken installation of vrift must not stop the build: run it plainly
         plan = Plan(env, f"internal error: {type(e).__name__}: {e}")
     argv = list(opts.argv)
-    counters = None
+    counts = None
     if plan.config_restart and not opts.quiet:
         print("vrift: the configuration changed: restarted the project daemon with it", file=sys.stderr, flush=True)
     if plan.new_project and not opts.quiet:
@@ -365,19 +359,19 @@ def wrap(opts: WrapOptions, env=None) -> int:
         if plan.hooks is not None:
             plan.hooks.prepare_env(plan.project, plan.config, plan.env)
             plan.hooks.pre_build(plan.project, plan.config, argv)
-        code = launch.run(argv, plan.env)
+        code = process.run(argv, plan.env)
         if plan.counters_path:
-            counters = launch.read_counters(plan.counters_path)
+            counts = counters.read_counters(plan.counters_path)
     finally:
-        launch.remove_quietly(plan.counters_path)
-    summary = launch.summarize(counters, time.monotonic() - t0, plan.reason)
+        counters.remove_quietly(plan.counters_path)
+    summary = report.summarize(counts, time.monotonic() - t0, plan.reason)
     if plan.cache_before is not None:
         explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
         after = daemon_cache_stats(plan, explain)
-        summary["cache"] = launch.cache_summary(plan.cache_before, after.get("cache") or {})
+        summary["cache"] = report.cache_summary(plan.cache_before, after.get("cache") or {})
         summary["index_files"] = after.get("entries")
         if explain and not opts.quiet:
-            for line in launch.explain_lines(after.get("explain") or []):
+            for line in report.explain_lines(after.get("explain") or []):
                 print(line, file=sys.stderr)
     summary.update(adapter=plan.adapter.name if plan.adapter else None, root=plan.root)
     if plan.hooks is not None:
@@ -395,7 +389,7 @@ def daemon_cache_stats(plan: Plan, explain: bool) -> dict:
 def finish(opts: WrapOptions, summary: dict, code: int) -> int:
     summary["exit_code"] = code
     if not opts.quiet:
-        print(launch.summary_line(summary), file=sys.stderr, flush=True)
+        print(report.summary_line(summary), file=sys.stderr, flush=True)
     if opts.summary_json:
         write_summary_json(opts.summary_json, summary)
     return code

@@ -1,9 +1,9 @@
 """Garbage collection: remove blobs that nothing references, once they are old enough.
 
 References are the digests of every project index plus those of the action cache.  The store
-does not know where those live; `collect` takes them as `referenced`, and only when it is not
-given asks the index and cache packages (imported lazily, so the store keeps no import arrow
-pointing up).  If the project indexes cannot be read, gc refuses rather than guessing.
+does not know where those live: gc sits above it, the indexes and the cache (vrift/maintenance/),
+and `collect` takes the references as `referenced`, or gathers them itself when not given.  If
+the project indexes cannot be read, gc refuses rather than guessing.
 
 The grace period is counted from a blob's mtime: a new blob has a fresh one and a dedup hit
 refreshes it (at most hourly), so content just stored or just reused by a build whose index
@@ -17,9 +17,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..project import Home, VriftError
-from .progress import Progress
-from .store import CAS
+from ..home import Home
+from ..cache import references
+from ..cas.store import CAS
+from ..progress import Progress
+from ..vdir import readonly
 
 STALE_TEMP_S = 3600
 
@@ -46,20 +48,8 @@ class GCReport:
 
 def live_references(home: Home) -> tuple[set[bytes], list[str]]:
     """Digests referenced by every project index and by the action cache, and where from."""
-    try:
-        from ..vdir import live
-    except ModuleNotFoundError as e:
-        raise VriftError(f"gc: cannot read the project indexes ({e}); refusing to collect") from None
-    refs = set(live.live_digests(home))
-    sources = ["project indexes"]
-    try:
-        from ..cache import live as cache_live  # the action cache, once it exists
-    except ImportError:
-        cache_live = None
-    if cache_live is not None and hasattr(cache_live, "live_digests"):
-        refs |= set(cache_live.live_digests(home))
-        sources.append("action cache")
-    return refs, sources
+    refs = set(readonly.live_digests(home)) | set(references.live_digests(home))
+    return refs, ["project indexes", "action cache"]
 
 
 def collect(home: Home, cas: CAS, older_than_s: float, delete: bool = False, extra_roots: Iterable[bytes] = (),

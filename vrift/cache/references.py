@@ -1,7 +1,8 @@
-"""Blobs the action cache refers to, for `vrift gc` (vrift/cas/gc.py asks this module)."""
+"""Blobs the action cache refers to, for `vrift gc` (vrift/maintenance/gc.py asks this module)."""
 from __future__ import annotations
 
-from ..project import Home, VriftError
+from ..errors import VriftError
+from ..home import Home
 from .fingerprint import Fingerprint
 from .store import CacheStore, cache_dir
 

@@ -1,0 +1,3 @@
+"""`vrift wrap`: the front end that runs a build tool under the preload library.
+
+Kept cheap to import: `fastwrap` reaches the tool's exec without click, yaml or pluggy."""

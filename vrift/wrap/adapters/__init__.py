@@ -1,0 +1,1 @@
+"""The built-in adapters (ninja, make, generic) and what an adapter is (`base.py`)."""
