@@ -358,3 +358,24 @@ def test_exclusive_create_is_dirty_while_written(wrapped, daemons, proj, tmp_pat
     assert_committed(daemons, proj, "excl.txt", b"part+rest\n")
     c = read_counters(counters)
     assert c["DIRECT"] == 1 and c["DAEMON_ERRORS"] == 0, c
+
+
+def test_mkdir_p_over_existing_directories_is_re_read_and_cleared(wrapped, daemons, proj):
+    """`mkdir -p build/obj/d` over directories that exist fails at each level with EEXIST: it
+    changed nothing, so the library sends its re-reads one-way and SHALLOW (each directory's own
+    entry, not its subtree); afterwards every entry is clean and true, the files below included."""
+    client, env, counters = wrapped
+    d = proj.root / "build" / "obj" / "d"
+    d.mkdir(parents=True)
+    (d / "x.o").write_bytes(b"object\n")
+    client.sync()
+    run(["mkdir", "-p", "build/obj/d", "build/obj/e"], env, proj.root)
+    client.sync()
+    for rel in ("build", "build/obj", "build/obj/d", "build/obj/e"):
+        e = vdir_entry(daemons, proj, rel)
+        st = os.stat(proj.root / rel)
+        assert e is not None and e.flags & layout.F_DIR, rel
+        assert not e.flags & layout.F_DIRTY, f"{rel} still DIRTY"
+        assert (e.ino, e.mtime_ns, e.nlink) == (st.st_ino, st.st_mtime_ns, st.st_nlink), rel
+    assert_committed(daemons, proj, "build/obj/d/x.o", b"object\n")
+    assert read_counters(counters)["DAEMON_ERRORS"] == 0

@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,58 @@ def test_oversized_body_is_refused_without_reading_it(echo_server):
     assert read_frame(s) is None
 
 
+@pytest.fixture
+def recording_server():
+    """A Listener whose handler records what it handled, in order; STATS blocks until released."""
+    d = tempfile.mkdtemp(prefix="vrl", dir="/tmp")
+    path = Path(d) / "t.sock"
+    handled: list[tuple[int, int]] = []
+    release = threading.Event()
+
+    def handler(conn, req):
+        handled.append((req.type, req.request_id))
+        if req.type in protocol.ONE_WAY:
+            return None
+        if req.type == Msg.STATS:
+            release.wait(30)
+        return reply(req).add(Tag.COUNT, len(handled))
+
+    listener = Listener(path, handler)
+    listener.start()
+    yield listener, handled, release
+    release.set()
+    listener.stop()
+    os.rmdir(d)
+
+
+def test_a_connections_frames_are_handled_in_order_one_way_and_requests_alike(recording_server):
+    listener, handled, _ = recording_server
+    s = connect(listener.path)
+    frames = [Frame(Msg.WRITING, 1).add(Tag.PATH, b"a"), Frame(Msg.PING, 2), Frame(Msg.WRITTEN, 3).add(Tag.PATH, b"a"),
+              Frame(Msg.CHANGED, 4).add(Tag.PATH, b"b"), Frame(Msg.SYNC, 5), Frame(Msg.WRITTEN, 6)]
+    s.sendall(b"".join(f.encode() for f in frames))  # pipelined: one read brings them all
+    a, b = read_frame(s), read_frame(s)
+    assert (a.request_id, a.int(Tag.COUNT)) == (2, 2)  # nothing after PING was handled before it
+    assert (b.request_id, b.int(Tag.COUNT)) == (5, 5)
+    assert listener.quiesce(timeout=30)
+    assert handled == [(f.type, f.request_id) for f in frames]
+
+
+def test_a_blocked_request_holds_only_its_own_connection(recording_server):
+    listener, handled, release = recording_server
+    blocked = connect(listener.path)
+    blocked.sendall(Frame(Msg.STATS, 1).encode() + Frame(Msg.WRITTEN, 2).encode() + Frame(Msg.PING, 3).encode())
+    other = connect(listener.path)
+    for i in range(50):
+        other.sendall(Frame(Msg.WRITTEN, 100 + i).encode())
+    other.sendall(Frame(Msg.PING, 200).encode())
+    assert read_frame(other).request_id == 200  # the reader kept reading the others
+    assert (Msg.WRITTEN, 2) not in handled       # behind the blocked STATS, in order
+    release.set()
+    assert [read_frame(blocked).request_id for _ in range(2)] == [1, 3]
+    assert handled.index((Msg.STATS, 1)) < handled.index((Msg.WRITTEN, 2)) < handled.index((Msg.PING, 3))
+
+
 def test_other_uid_is_refused(echo_server):
     if os.getuid() != 0:
         pytest.skip("switching uid needs root")
@@ -191,6 +244,7 @@ def c_constants(tmp_path_factory) -> dict[str, list[tuple]]:
 
 def _flag_classes() -> dict[str, type]:
     return {"LOOKUP": protocol.LookupFlag, "END": protocol.EndFlag, "STATS": protocol.StatsFlag,
+            "CHANGED": protocol.ChangedFlag,
             "SHUTDOWN": protocol.ShutdownFlag, "SHUTDOWN_REPLY": protocol.ShutdownReplyFlag,
             "ERROR": protocol.ErrorFlag}
 

@@ -117,6 +117,10 @@ class EndFlag(IntFlag):
     RECORDING = 1  # ACTION_END reply: an entry is being recorded
 
 
+class ChangedFlag(IntFlag):
+    SHALLOW = 1  # CHANGED, INVALIDATE: only the named entries changed, not what is under a directory
+
+
 class StatsFlag(IntFlag):
     CACHE_ONLY = 1  # only the action cache's counters (no writer round trip)
     EXPLAIN = 2     # with the explanations of misses newer than SEQUENCE

@@ -29,7 +29,7 @@ from .commit import CommitService, settle
 from .listener import Connection, Listener, RequestError
 from .paths import project_files
 from .pathcheck import PathPolicy
-from .protocol import ONE_WAY, Err, Frame, Msg, ShutdownFlag, ShutdownReplyFlag, StatsFlag, Tag, reply
+from .protocol import ONE_WAY, ChangedFlag, Err, Frame, Msg, ShutdownFlag, ShutdownReplyFlag, StatsFlag, Tag, reply
 from .watcher import Watcher
 from .writer import IndexWriter
 
@@ -318,8 +318,9 @@ class ProjectDaemon:
         with conn.lock:
             done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
+        shallow = bool((req.int(Tag.FLAGS, 0) or 0) & ChangedFlag.SHALLOW)
         if rels:
-            self.writer.call(lambda: self._reread(rels))
+            self.writer.call(lambda: self._reread(rels, shallow))
         self.writer.call(lambda: self.announce(done, -1))  # after the re-read
 
     def _invalidate(self, conn: Connection, req: Frame) -> Frame:
@@ -329,8 +330,9 @@ class ProjectDaemon:
         with conn.lock:
             done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
+        shallow = bool((req.int(Tag.FLAGS, 0) or 0) & ChangedFlag.SHALLOW)
         try:
-            reread, held = self.writer.run(lambda: self._reread(rels), REQUEST_TIMEOUT_S)
+            reread, held = self.writer.run(lambda: self._reread(rels, shallow), REQUEST_TIMEOUT_S)
         finally:
             self.announce(done, -1)
         return (reply(req).add(Tag.COUNT, reread).add(Tag.HELD, held)
@@ -456,8 +458,10 @@ class ProjectDaemon:
                 updates.append(new)
         return updates
 
-    def _reread(self, rels: list[bytes]) -> tuple[int, int]:
-        """Re-read paths and their directories; clear DIRTY where no writer still holds the file."""
+    def _reread(self, rels: list[bytes], shallow: bool = False) -> tuple[int, int]:
+        """Re-read paths and their directories; clear DIRTY where no writer still holds the file.
+        `shallow`: a directory among them changed itself only (mkdir over it, utimes): its own
+        entry is refreshed, its subtree not walked."""
         parents = {os.path.dirname(r) for r in rels if r}
         # Ask about the beacons *before* reading: a writer that lets go between our read and
         # the check would leave a clean entry describing the content before its last write.
@@ -465,7 +469,7 @@ class ProjectDaemon:
         # A directory named with one of its children (the preload library sends a changed path
         # with its parent) changed because of that child: refresh its own entry, do not rescan
         # its subtree (for build/ or the root that cost milliseconds on every unlink).
-        dirs_only = {r for r in rels if r in parents and self._indexed_dir(r)}
+        dirs_only = {r for r in rels if (shallow or r in parents) and self._indexed_dir(r)}
         with self.index.lazy():  # what is re-read from disk is recovered by a rescan: no fsync
             self.ingester.reconcile([r for r in rels if r not in dirs_only])
             self._refresh_dirs(parents | dirs_only)

@@ -93,6 +93,7 @@
     X(LOOKUP, HIT, 1u)        /* ACTION_LOOKUP reply: outputs in place, replay and exit */         \
     X(LOOKUP, NO_RECORD, 2u)  /* ACTION_LOOKUP reply: uncacheable by configuration */              \
     X(END, RECORDING, 1u)     /* ACTION_END reply: an entry is being recorded */                   \
+    X(CHANGED, SHALLOW, 1u)   /* CHANGED, INVALIDATE: only the named entries, not under a directory */ \
     X(STATS, CACHE_ONLY, 1u)  /* STATS request: only the action cache's counters */                \
     X(STATS, EXPLAIN, 2u)     /* STATS request: with explanations newer than SEQUENCE */           \
     X(STATS, INGEST, 4u)      /* STATS request: only how far a running full ingest is */          \

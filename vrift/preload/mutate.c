@@ -24,6 +24,7 @@
 typedef struct touched {
     int n;
     int wait;  /* names change beyond the locked directories: INVALIDATE, synchronously */
+    int deep;  /* a directory's subtree is marked: it is re-read whole */
     int lock[MAX_TOUCHED];
     char abs[MAX_TOUCHED][VRIFT_PATH_MAX];
 } touched;
@@ -42,6 +43,7 @@ static void touch_abs(touched *t, const char *abs, int subtree) {
         }
     }
     vrift_mark_path(abs, subtree);
+    if (subtree) t->deep = 1;
     strcpy(t->abs[t->n++], abs);
 }
 
@@ -100,13 +102,18 @@ static int done(touched *t, int r) {
         parents[i][k] = '\0';
         paths[n++] = parents[i];
     }
-    if ((t->wait ? vrift_daemon_invalidate(paths, n) : vrift_daemon_notify(VRIFT_N_CHANGED, paths, n)) == 0)
+    /* A failed call changed nothing (each of these is atomic): the re-read only clears our
+     * marks, and nobody needs to wait for that (`mkdir -p` over existing directories made a
+     * compile wait for three INVALIDATEs, each re-reading the directory's whole subtree).  A
+     * path marked without its subtree needs only its own entry re-read. */
+    int failed = r < 0;
+    if (vrift_daemon_reread(paths, n, t->wait && !failed, !t->deep) == 0)
         __atomic_fetch_add(&vrift_counts[VRIFT_C_INVALIDATED], (uint64_t)t->n, __ATOMIC_RELAXED);
     errno = saved;
     return r;
 }
 
-#define T touched t; t.n = 0; t.wait = 0
+#define T touched t; t.n = 0; t.wait = 0; t.deep = 0
 
 EXPORT int rename(const char *a, const char *b) {
     T;

@@ -311,8 +311,8 @@ int vrift_proto_hello(int fd, long deadline) {
     return 0;
 }
 
-/* Paths split into frames of BATCH; 0 when every frame was accepted. */
-static int send_paths(uint16_t type, const char *const *paths, int n) {
+/* Paths split into frames of BATCH (with FLAGS when `flags`); 0 when every frame was accepted. */
+static int send_paths(uint16_t type, const char *const *paths, int n, uint32_t flags) {
     if (proto_off) return -1;
     if (n <= 0) return 0;
     long deadline = vrift_deadline();
@@ -323,6 +323,7 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
         request q;
         reply a;
         req_init(&q, type);
+        if (flags) req_u32(&q, VRP_T_FLAGS, flags);
         for (; i < n && q.nfields < BATCH; i++) {
             size_t len = strlen(paths[i]);
             if (q.body + VRP_FIELD_SIZE + len > VRP_MAX_BODY) break;
@@ -342,15 +343,16 @@ static int send_paths(uint16_t type, const char *const *paths, int n) {
     return result;
 }
 
-int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(VRP_M_INVALIDATE, paths, n); }
+int vrift_daemon_invalidate(const char *const *paths, int n) { return send_paths(VRP_M_INVALIDATE, paths, n, 0); }
 
 /* A one-way notification (docs/protocol.md "Writes"): sent, never answered, so nobody waits.
  * A send that fails on a kept connection is tried once more on a fresh one (the daemon may
  * have restarted since).  0 sent, -1 not (the DIRTY bits then stay: readers ask the kernel). */
-int vrift_daemon_notify(int type, const char *const *paths, int n) {
+static int notify(int type, const char *const *paths, int n, uint32_t flags) {
     if (proto_off || n <= 0) return proto_off ? -1 : 0;
     request q;
     req_init(&q, (uint16_t)type);
+    if (flags) req_u32(&q, VRP_T_FLAGS, flags);
     for (int i = 0; i < n && q.nfields < BATCH; i++) {
         size_t len = strlen(paths[i]);
         if (q.body + VRP_FIELD_SIZE + len > VRP_MAX_BODY) return -1;
@@ -370,7 +372,16 @@ int vrift_daemon_notify(int type, const char *const *paths, int n) {
     return -1;
 }
 
-int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(VRP_M_BEGIN_WRITE, paths, n); }
+int vrift_daemon_notify(int type, const char *const *paths, int n) { return notify(type, paths, n, 0); }
+
+/* After a mutating call: re-read `paths`, waiting for the answer (INVALIDATE) or not (CHANGED);
+ * `shallow`: only their own entries changed, not what is under a directory. */
+int vrift_daemon_reread(const char *const *paths, int n, int wait, int shallow) {
+    uint32_t flags = shallow ? VRP_F_CHANGED_SHALLOW : 0;
+    return wait ? send_paths(VRP_M_INVALIDATE, paths, n, flags) : notify(VRP_M_CHANGED, paths, n, flags);
+}
+
+int vrift_daemon_begin_write(const char *const *paths, int n) { return send_paths(VRP_M_BEGIN_WRITE, paths, n, 0); }
 
 int vrift_daemon_vdir_bad(const char *detail) {
     if (proto_off) return -1;

@@ -200,6 +200,8 @@ enum { VRIFT_N_WRITING = VRP_M_WRITING, VRIFT_N_WRITTEN = VRP_M_WRITTEN, VRIFT_N
 int vrift_daemon_notify(int type, const char *const *paths, int n);
 /* INVALIDATE: 0 accepted, -1 unusable. */
 int vrift_daemon_invalidate(const char *const *paths, int n);
+/* INVALIDATE (`wait`) or CHANGED; `shallow`: not what is under a named directory.  0 sent/accepted. */
+int vrift_daemon_reread(const char *const *paths, int n, int wait, int shallow);
 /* BEGIN_WRITE (new paths without an entry: a DIRTY placeholder): 0 accepted, -1 unusable. */
 int vrift_daemon_begin_write(const char *const *paths, int n);
 /* VDIR_BAD: tell the daemon its VDir is damaged (it scrubs and rebuilds it); 0 answered. */
