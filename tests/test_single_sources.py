@@ -54,3 +54,21 @@ def test_make_fragment_exports_the_wrapper_contract(tmp_path, cache):
     assert got["VRIFT_ACTION_ROLE"] == "each"
     leftover = {v for v in (*cacheenv.ACTION_VARS, "VRIFT_CACHE_EXPLAIN") if v != "VRIFT_ACTION_ROLE"}
     assert not leftover & set(got), leftover & set(got)
+
+
+def test_the_wrappers_copies_of_daemon_constants_agree():
+    from vrift.daemon import server
+    from vrift.wrap import fastwrap
+
+    assert fastwrap.FIRST_SYNC_TIMEOUT_S == server.REQUEST_TIMEOUT_S
+    assert fastwrap.SHUTDOWN_IF_IDLE == server.SHUTDOWN_IF_IDLE
+
+
+def test_the_old_adapter_import_path_is_the_same_class():
+    """vrift.adapters.base is kept for third-party plugins written against it (docs/plugins.md)."""
+    from vrift.adapters import base as old
+    from vrift.wrap.adapters import base as new
+
+    assert old.Adapter is new.Adapter and old.select is new.select
+    assert set(old.__all__) == {n for n in dir(new) if not n.startswith("_") and callable(getattr(new, n))} - {
+        "Sequence", "VriftError", "annotations"}

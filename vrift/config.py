@@ -11,13 +11,13 @@ import os
 import re
 from pathlib import Path
 
-from . import onoff
+from . import locate, onoff
 from .defaults import WRAP_SETTINGS
 from .onoff import BOOL_WORDS  # noqa: F401 - re-exported: the words every on/off setting accepts
 from .errors import VriftError
 from .home import Home
 
-PROJECT_FILE = ".vrift.yaml"
+PROJECT_FILE = locate.PROJECT_FILE
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -50,7 +50,7 @@ class Home:
 
     @property
     def user_config_path(self) -> Path:
-        return self.root / "config.yaml"
+        return self.root / locate.USER_CONFIG_FILE
 
     def db_dir(self, pid: str) -> Path:
         return self.root / "db" / pid

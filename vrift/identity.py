@@ -12,9 +12,7 @@ from pathlib import Path
 
 from . import locate
 from .errors import VriftError
-from .locate import ROOT_MARKERS, project_id  # noqa: F401 - the one definition, re-exported
-
-STATE_DIR = ".vrift"  # inside a project: staging/ and nothing the user edits
+from .locate import ROOT_MARKERS, STATE_DIR, project_id  # noqa: F401 - the one definition, re-exported
 
 
 def find_root(start: os.PathLike | str | None = None, explicit: os.PathLike | str | None = None,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 
-ROOT_MARKERS = (".vrift.yaml", ".git", "build.ninja", "Makefile")  # .vrift.yaml first: it wins over the others
+PROJECT_FILE = ".vrift.yaml"  # a project's configuration
+USER_CONFIG_FILE = "config.yaml"  # in VRIFT_HOME: the user's configuration
+STATE_DIR = ".vrift"  # inside a project: staging/ and nothing the user edits
+ROOT_MARKERS = (PROJECT_FILE, ".git", "build.ninja", "Makefile")  # the project file first: it wins over the others
 
 
 def find_root(start: str, explicit: str | None, env) -> tuple[str | None, str | None]:

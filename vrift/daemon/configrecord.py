@@ -1,12 +1,14 @@
 """What configuration a running project daemon read: written by the daemon at its start
 (`p-<id16>.config` in the run directory), read by `vrift wrap` (a changed file restarts the
 daemon) and `vrift daemon status`.  The small stamped JSON records here also serve the wrapper's
-own caches (vrift/wrap/wrapcache.py).  Only `os` and `json`: the wrap fast path reads these.
+own caches (vrift/wrap/wrapcache.py).  Only `os`, `json` and `vrift.locate`: the wrap fast path reads these.
 """
 from __future__ import annotations
 
 import json
 import os
+
+from .. import locate
 
 FORMAT = 1
 
@@ -47,7 +49,7 @@ def write_record(path: str, data: dict) -> None:
 
 def config_file_stamps(root: str, home_root: str) -> list:
     """What a project daemon's configuration was read from: the project and user files."""
-    return [stamp(os.path.join(root, ".vrift.yaml")), stamp(os.path.join(home_root, "config.yaml"))]
+    return [stamp(os.path.join(root, locate.PROJECT_FILE)), stamp(os.path.join(home_root, locate.USER_CONFIG_FILE))]
 
 
 def daemon_config_path(run_dir: str, project_id: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from .. import locate
 from ..daemon.configrecord import read_record, stamp, write_record
 from ..defaults import WRAP_SETTINGS
 
@@ -22,8 +23,8 @@ PER_RUN_ENV = frozenset({"VRIFT_COUNTERS"})  # set by the wrapper itself for eac
 def settings_stamps(root: str, home_root: str, env) -> dict:
     return {
         "root": root,
-        "project_config": stamp(os.path.join(root, ".vrift.yaml")),
-        "user_config": stamp(os.path.join(home_root, "config.yaml")),
+        "project_config": stamp(os.path.join(root, locate.PROJECT_FILE)),
+        "user_config": stamp(os.path.join(home_root, locate.USER_CONFIG_FILE)),
         "env": sorted([k, v] for k, v in env.items() if k.startswith("VRIFT_") and k not in PER_RUN_ENV),
     }
 
