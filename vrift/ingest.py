@@ -15,11 +15,11 @@ import threading
 import stat as statmod
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .cas import CAS
 from .cas.progress import Progress
+from .cas.store import hash_file
 from .project import STATE_DIR, Project, VriftError
 from .vdir import layout
 from .vdir.entry import Entry
@@ -33,6 +33,7 @@ APPLY_BATCH = 4096
 WALK_THREADS = 2  # listing threads of a full walk: enough to keep lstat calls in flight
 SMALL_BATCH = 32  # up to this many files to store: one fsync each, else one syncfs for all
 HASH_RETRIES = 3  # a file that keeps changing while we hash it is reported, not indexed
+SLICE = 256  # files per hashing thread at least: fewer go on the caller's thread
 
 
 @dataclass
@@ -85,10 +86,14 @@ class IgnoreRules:
 
 class Ingester:
     def __init__(self, project: Project, index: ProjectIndex, cas: CAS, *, ignore: Iterable[str] = (),
-                 workers: int = 0, index_filter: Callable[[bytes], bool] | None = None):
+                 workers: int = 0, index_filter: Callable[[bytes], bool] | None = None,
+                 store_blobs: bool = False):
         self.project = project
         self.index = index
         self.cas = cas
+        # False (ingest_blobs: lazy): a source is hashed, not copied; the CAS gets a blob when
+        # something needs one (an action's output is stored when its fingerprint is recorded).
+        self.store_blobs = store_blobs
         self.rules = IgnoreRules(ignore)
         self.workers = workers or min(32, (os.cpu_count() or 2) * 2)
         self.index_filter = index_filter
@@ -250,10 +255,10 @@ class Ingester:
             queued = False
             if statmod.S_ISREG(mode):
                 report.files += 1
-                # a digest is reused only while its blob is in the CAS: one quarantined by
-                # `vrift cas verify --quarantine`, or lost, is stored again from the file
+                # storing blobs, a digest is reused only while its blob is in the CAS: one
+                # quarantined by `vrift cas verify --quarantine`, or lost, is stored again
                 if old is not None and not old.is_deleted and old.same_file(st) and any(old.digest) \
-                        and self.cas.has(old.digest):
+                        and (not self.store_blobs or self.cas.has(old.digest)):
                     seen.add(rel)
                     report.reused += 1
                     if old.nlink != st.st_nlink or old.uid != st.st_uid or old.gid != st.st_gid:
@@ -293,13 +298,9 @@ class Ingester:
         # stored without and the filesystem synced once (syncfs costs milliseconds when the
         # filesystem is busy, far more than a handful of fsyncs).
         durable = len(batch) <= SMALL_BATCH
-        if len(batch) == 1 or self.workers == 1:
-            results = self._counted((self._store_one(rel, st, durable) for rel, st in batch), bar)
-        else:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                results = self._counted(pool.map(lambda item: self._store_one(*item, durable), batch), bar)
+        results = self._run(batch, durable, bar)
         updates = []
-        for rel, outcome in zip((rel for rel, _ in batch), results):
+        for (rel, _), outcome in zip(batch, results):
             if isinstance(outcome, str):
                 report.skipped.append((os.fsdecode(rel), outcome))
                 continue
@@ -310,29 +311,57 @@ class Ingester:
             report.bytes_hashed += entry.size
             report.new_blobs += new_blob
             report.strategy = report.strategy or strategy
-        if updates and not durable:
+        if updates and not durable and self.store_blobs:
             self.cas.sync()  # the batch's blobs are on disk before the index refers to them
         self._apply(updates, report)
 
-    @staticmethod
-    def _counted(results: Iterable, bar: Progress | None) -> list:
-        if bar is None:
-            return list(results)
-        done = []
-        for outcome in results:  # pool.map yields in order as results come: the meter moves
-            done.append(outcome)
-            bar.advance()
-        return done
+    def _run(self, batch: list[tuple[bytes, os.stat_result]], durable: bool, bar: Progress | None) -> list:
+        """_store_one of every item, in order.  Each worker thread takes a contiguous slice
+        and loops over it: a future per file (a thread pool's map) cost more than hashing a
+        small file, and the threads only pay where I/O or BLAKE3 on large files releases the
+        GIL."""
+        results: list = [None] * len(batch)
+        n = min(self.workers, max(1, len(batch) // SLICE))
+        errors: list[BaseException] = []
+
+        def work(lo: int, hi: int) -> None:
+            try:
+                for i in range(lo, hi):
+                    results[i] = self._store_one(*batch[i], durable)
+                    if bar is not None:
+                        bar.advance()
+            except BaseException as e:  # a fatal CAS error: raised again on the caller's thread
+                errors.append(e)
+
+        if n == 1:
+            work(0, len(batch))
+        else:
+            step = -(-len(batch) // n)
+            threads = [threading.Thread(target=work, args=(lo, min(lo + step, len(batch))), daemon=True)
+                       for lo in range(0, len(batch), step)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        return results
 
     def _store_one(self, rel: bytes, st: os.stat_result, durable: bool = False):
-        """Store one file; returns (Entry, new_blob, strategy) or a reason string.
+        """Hash (and with store_blobs, store) one file; returns (Entry, new_blob, strategy) or
+        a reason string.
 
-        The entry's stat must describe the bytes that were hashed: stat again after storing
-        and retry if the file changed underneath."""
+        The entry's stat must describe the bytes that were hashed: stat again afterwards and
+        retry if the file changed underneath."""
         path = self._abs(rel)
         for _ in range(HASH_RETRIES):
             try:
-                result = self.cas.store_file(os.fsdecode(path), fsync=durable)
+                if self.store_blobs:
+                    result = self.cas.store_file(os.fsdecode(path), fsync=durable)
+                    digest, size, new, strategy = result.digest, result.size, result.new, result.strategy
+                else:
+                    digest, size = hash_file(path)
+                    new, strategy = False, "hash"
                 after = os.lstat(path)
             except FileNotFoundError:
                 return "vanished during ingest"
@@ -343,8 +372,8 @@ class Ingester:
             except OSError as e:
                 return e.strerror or str(e)
             if (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == \
-                    (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) and result.size == st.st_size:
-                return Entry.from_stat(rel, after, result.digest), bool(result.new), result.strategy
+                    (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) and size == st.st_size:
+                return Entry.from_stat(rel, after, digest), bool(new), strategy
             st = after
         return "kept changing during ingest"
 

@@ -36,7 +36,8 @@ def run_local_ingest(home: Home, project: Project, cfg, progress: bool):
         from ..daemon.server import plugin_index_filter
 
         report = Ingester(project, index, cas, ignore=cfg["ignore"], workers=cfg["hash_workers"],
-                          index_filter=plugin_index_filter(project, cfg)).ingest(progress=progress)
+                          index_filter=plugin_index_filter(project, cfg),
+                          store_blobs=cfg["ingest_blobs"] == "copy").ingest(progress=progress)
     finally:
         index.close()
     return report.to_json()
