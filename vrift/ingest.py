@@ -7,7 +7,9 @@ runs on a thread pool: BLAKE3 and file I/O release the GIL.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import gc
 import os
 import queue
 import re
@@ -63,6 +65,20 @@ class IngestReport:
         return d
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Python's cycle collector off for a full walk: it runs every 700 allocations and then
+    traverses every tracked object, and a walk allocates a few objects per path and frees them
+    all by reference count (measured: 9% of a first ingest of 100,000 files)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class IgnoreRules:
     """Ignore globs from the config.  A pattern without '/' matches a name at any depth (like
     .gitignore); one with '/' matches the whole path relative to the root.  An ignored
@@ -75,6 +91,7 @@ class IgnoreRules:
             (paths if "/" in p else names).append(fnmatch.translate(p.lstrip("/")))
         self._name = re.compile("|".join(names)) if names else None
         self._path = re.compile("|".join(paths)) if paths else None
+        self.only_builtin = not (names or paths)  # then `name in ALWAYS_IGNORED` is the whole test
 
     def ignored(self, rel: bytes, name: bytes) -> bool:
         if name in ALWAYS_IGNORED:
@@ -111,7 +128,7 @@ class Ingester:
         seen: set[bytes] = set()
         if bar is None:
             bar = Progress(len(self.index) or None, "ingest", enabled=progress)
-        with bar:
+        with bar, _no_cyclic_gc():
             self._index_walk(self._walk_parallel(report), report, seen, bar)
         gone = [Entry.deleted(e.path) for e in self.index.entries() if e.path not in seen]
         self._apply(gone, report)
@@ -167,11 +184,15 @@ class Ingester:
         Never follows symlinks; safe on any thread (lstat releases the GIL)."""
         prefix = rel + b"/" if rel else b""
         items, skipped = [], []
+        ignored = None if self.rules.only_builtin else self.rules.ignored
         try:
             with os.scandir(self._abs(rel)) as it:
                 for d in it:
-                    child = prefix + d.name
-                    if self.rules.ignored(child, d.name):
+                    name = d.name
+                    if name in ALWAYS_IGNORED:
+                        continue
+                    child = prefix + name
+                    if ignored is not None and ignored(child, name):
                         continue
                     try:
                         items.append((child, d.stat(follow_symlinks=False)))

@@ -57,10 +57,11 @@ class Entry:
                 and self.dev == st.st_dev and self.mode == st.st_mode)
 
     # -- the fixed-size record of LMDB and the WAL (layout.RECORD) --
-    def pack_record(self) -> bytes:
+    def pack_record(self, flags: int | None = None) -> bytes:
+        """The record; `flags` replaces the entry's own (no new Entry for it)."""
         ms, mn = divmod(self.mtime_ns, 1_000_000_000)
         cs, cn = divmod(self.ctime_ns, 1_000_000_000)
-        return layout.RECORD.pack(self.flags, self.mode, self.dev, self.ino, self.nlink, 0, self.uid,
+        return layout.RECORD.pack(self.flags if flags is None else flags, self.mode, self.dev, self.ino, self.nlink, 0, self.uid,
                                   self.gid, self.size, self.blocks, ms, cs, mn, cn, self.digest)
 
     @classmethod
