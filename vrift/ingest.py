@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import gc
+import itertools
 import os
 import queue
 import re
@@ -24,7 +25,7 @@ from .cas.progress import Progress
 from .cas.store import hash_file
 from .project import STATE_DIR, Project, VriftError
 from .vdir import layout
-from .vdir.entry import Entry
+from .vdir.entry import ZERO_DIGEST, Entry
 from .vdir.index import ProjectIndex
 
 # Build tools' private state: rewritten after every edge, read by nobody else; never indexed, and
@@ -32,7 +33,7 @@ from .vdir.index import ProjectIndex
 TOOL_STATE = (b".ninja_log", b".ninja_deps", b".ninja_lock")
 ALWAYS_IGNORED = (b".git", STATE_DIR.encode(), *TOOL_STATE)
 APPLY_BATCH = 4096
-WALK_THREADS = 2  # listing threads of a full walk: enough to keep lstat calls in flight
+WALK_THREADS = 1  # listing threads: one overlaps the lstat calls with this thread; a second only fights for the GIL (measured)
 SMALL_BATCH = 32  # up to this many files to store: one fsync each, else one syncfs for all
 HASH_RETRIES = 3  # a file that keeps changing while we hash it is reported, not indexed
 SLICE = 256  # files per hashing thread at least: fewer go on the caller's thread
@@ -130,7 +131,7 @@ class Ingester:
             bar = Progress(len(self.index) or None, "ingest", enabled=progress)
         with bar, _no_cyclic_gc():
             self._index_walk(self._walk_parallel(report), report, seen, bar)
-        gone = [Entry.deleted(e.path) for e in self.index.entries() if e.path not in seen]
+        gone = [Entry.deleted(p) for p in self.index.paths() if p not in seen]
         self._apply(gone, report)
         report.deleted += len(gone)
         report.seconds = time.perf_counter() - t0
@@ -151,7 +152,7 @@ class Ingester:
             elif statmod.S_ISDIR(st.st_mode):
                 items = self._walk(rel, report, top_stat=st)
             else:
-                items = iter(((rel, st),))
+                items = iter(([(rel, st)],))
             self._index_walk(items, report, seen, None)
             prefix = rel + b"/" if rel else b""
             gone = [Entry.deleted(e.path) for e in self._known_under(rel, prefix) if e.path not in seen]
@@ -179,11 +180,12 @@ class Ingester:
         if entry is None or entry.flags & layout.F_DIR:  # children may be indexed
             yield from self.index.under(rel)
 
-    def _list(self, rel: bytes) -> tuple[list[tuple[bytes, os.stat_result]], list[tuple[str, str]]]:
-        """One directory: ((child, lstat) of each name not ignored, (path, reason) skipped).
-        Never follows symlinks; safe on any thread (lstat releases the GIL)."""
+    def _list(self, rel: bytes) -> tuple[list[tuple[bytes, os.stat_result]], list[bytes], list[tuple[str, str]]]:
+        """One directory: ((child, lstat) of each name not ignored, the children that are
+        directories, (path, reason) skipped).  Never follows symlinks; safe on any thread
+        (lstat releases the GIL)."""
         prefix = rel + b"/" if rel else b""
-        items, skipped = [], []
+        items, dirs, skipped = [], [], []
         ignored = None if self.rules.only_builtin else self.rules.ignored
         try:
             with os.scandir(self._abs(rel)) as it:
@@ -195,48 +197,56 @@ class Ingester:
                     if ignored is not None and ignored(child, name):
                         continue
                     try:
-                        items.append((child, d.stat(follow_symlinks=False)))
+                        st = d.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
                     except OSError as e:
                         skipped.append((os.fsdecode(child), e.strerror or str(e)))
+                        continue
+                    items.append((child, st))
+                    if st.st_mode & 0o170000 == statmod.S_IFDIR:
+                        dirs.append(child)
         except OSError as e:
             skipped.append((os.fsdecode(rel), f"cannot list: {e.strerror}"))
-        return items, skipped
+        return items, dirs, skipped
 
     def _walk(self, top: bytes, report: IngestReport,
-              top_stat: os.stat_result | None = None) -> Iterator[tuple[bytes, os.stat_result]]:
-        """Yield (relative path, lstat) for `top` and everything under it, skipping ignored
-        names and what the plugins' index filter rejects (a rejected directory is not entered)."""
+              top_stat: os.stat_result | None = None) -> Iterator[list[tuple[bytes, os.stat_result]]]:
+        """Yield lists of (relative path, lstat) for `top` and everything under it (a list per
+        directory), skipping ignored names and what the plugins' index filter rejects (a
+        rejected directory is not entered)."""
         if top_stat is None:
             top_stat = self._lstat(top)
             if top_stat is None:
                 return
-        yield top, top_stat
+        yield [(top, top_stat)]
         stack = [top]
         while stack:
-            items, skipped = self._list(stack.pop())
+            items, dirs, skipped = self._list(stack.pop())
             report.skipped.extend(skipped)
-            yield from self._kept(items, stack.append)
+            yield self._kept(items, dirs, stack.append)
 
-    def _kept(self, items, enter) -> Iterator[tuple[bytes, os.stat_result]]:
+    def _kept(self, items, dirs, enter) -> list[tuple[bytes, os.stat_result]]:
         """The items the index filter keeps; `enter` is called with each kept directory."""
         keep = self.index_filter
-        for child, st in items:
-            if keep is not None and not keep(child):
-                continue
+        if keep is None:
+            for child in dirs:
+                enter(child)
+            return items
+        kept = [(child, st) for child, st in items if keep(child)]
+        for child, st in kept:
             if statmod.S_ISDIR(st.st_mode):
                 enter(child)
-            yield child, st
+        return kept
 
-    def _walk_parallel(self, report: IngestReport) -> Iterator[tuple[bytes, os.stat_result]]:
+    def _walk_parallel(self, report: IngestReport) -> Iterator[list[tuple[bytes, os.stat_result]]]:
         """The whole tree like _walk, with directories listed on worker threads: a re-ingest is
         one lstat per path, and the syscalls overlap with the comparisons this thread makes.
         The plugins' index filter runs on this thread."""
         top_stat = self._lstat(b"")
         if top_stat is None:
             return
-        yield b"", top_stat
+        yield [(b"", top_stat)]
         todo: queue.SimpleQueue = queue.SimpleQueue()
         done: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -257,21 +267,49 @@ class Ingester:
         try:
             enter(b"")
             while pending:
-                items, skipped = done.get()
+                items, dirs, skipped = done.get()
                 pending -= 1
                 report.skipped.extend(skipped)
-                yield from self._kept(items, enter)
+                yield self._kept(items, dirs, enter)
         finally:
             for _ in threads:
                 todo.put(None)
 
-    def _index_walk(self, items: Iterable[tuple[bytes, os.stat_result]], report: IngestReport,
+    def _index_walk(self, batches: Iterable[list[tuple[bytes, os.stat_result]]], report: IngestReport,
                     seen: set[bytes], bar: Progress | None) -> None:
         updates: list[Entry] = []
         to_hash: list[tuple[bytes, os.stat_result]] = []
-        get = self.index.get
-        for rel, st in items:
+        get, record = self.index.get, self.index.record_getter()
+        stat_record = Entry.stat_record
+        fast = not self.store_blobs  # storing blobs, each reuse also asks the CAS for the blob
+        advance = bar.advance if bar is not None else None
+        for rel, st in itertools.chain.from_iterable(batches):
             mode = st.st_mode
+            kind = mode & 0o170000
+            if fast and kind == statmod.S_IFREG:
+                # an unchanged file: its indexed record is exactly what its lstat packs to with
+                # the same digest (one bytes compare; no Entry made)
+                packed = record(rel)
+                if packed is not None and packed[-32:] != ZERO_DIGEST and \
+                        packed == stat_record(st, 0, packed[-32:]):
+                    report.files += 1
+                    report.reused += 1
+                    seen.add(rel)
+                    if advance is not None:
+                        advance()
+                    continue
+            elif kind == statmod.S_IFDIR or kind == statmod.S_IFLNK:
+                packed = record(rel)
+                flags = layout.F_DIR if kind == statmod.S_IFDIR else layout.F_SYMLINK
+                if packed is not None and packed == stat_record(st, flags, ZERO_DIGEST):
+                    if kind == statmod.S_IFDIR:
+                        report.dirs += 1
+                    else:
+                        report.symlinks += 1
+                    seen.add(rel)
+                    if advance is not None:
+                        advance()
+                    continue
             old = get(rel)
             queued = False
             if statmod.S_ISREG(mode):
@@ -299,8 +337,8 @@ class Ingester:
             else:
                 report.skipped.append((os.fsdecode(rel), "not a regular file, directory or symlink"))
                 continue
-            if bar is not None and not queued:
-                bar.advance()  # a file to hash counts when hashed: that is where the time goes
+            if advance is not None and not queued:
+                advance()  # a file to hash counts when hashed: that is where the time goes
             if len(updates) >= APPLY_BATCH:
                 self._apply(updates, report)
                 updates = []

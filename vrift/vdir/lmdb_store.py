@@ -87,6 +87,15 @@ class LmdbStore:
             data = txn.get(key)
         return None if data is None else _decode(key, data)
 
+    def records(self) -> Iterator[tuple[bytes, bytes]]:
+        """(path, layout.RECORD bytes) of every entry from one consistent snapshot."""
+        with self.env.begin(db=self.entries_db) as txn:
+            for key, value in txn.cursor():
+                if key[:1] == b"#":
+                    yield value[layout.RECORD_SIZE:], value[:layout.RECORD_SIZE]
+                else:
+                    yield key[1:], value
+
     def entries(self) -> Iterator[Entry]:
         """Every entry from one consistent snapshot (path order, long paths last)."""
         with self.env.begin(db=self.entries_db) as txn:
