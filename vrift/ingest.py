@@ -382,13 +382,15 @@ class Ingester:
         results: list = [None] * len(batch)
         n = min(self.workers, max(1, len(batch) // SLICE))
         errors: list[BaseException] = []
+        counted = threading.Lock()  # the meter's += is not atomic across threads
 
         def work(lo: int, hi: int) -> None:
             try:
                 for i in range(lo, hi):
                     results[i] = self._store_one(*batch[i], durable)
                     if bar is not None:
-                        bar.advance()
+                        with counted:
+                            bar.advance()
             except BaseException as e:  # a fatal CAS error: raised again on the caller's thread
                 errors.append(e)
 
