@@ -168,6 +168,12 @@ def test_cli_ingest_stat_status(run_vrift, project, mode):
     assert p["root"] == str(project.root) and p["files"] == 7
     assert status["cas"]["blobs"] == (6 if mode == "copy" else 0)  # a.c and b.c share one blob
     assert status["dedup"]["referenced_blobs"] == 6  # counted from the digests either way
+    doctor = run_vrift("doctor", env={"VRIFT_INGEST_BLOBS": mode}).stdout
+    blobs = next(line for line in doctor.splitlines() if f"blobs {project.root}" in line)
+    if mode == "lazy":  # a source without a blob is normal then
+        assert "7 indexed files have no blob (0 quarantined): sources are hashed, not copied" in blobs
+    else:
+        assert "every indexed file has its blob" in blobs
     human = run_vrift("status", check=True).stdout
     assert any(line.split()[:1] == ["project"] and "shared" in line for line in human.splitlines())
     assert str(project.root) in human
