@@ -109,8 +109,10 @@ class Ingester:
         self.project = project
         self.index = index
         self.cas = cas
-        # False (ingest_blobs: lazy): a source is hashed, not copied; the CAS gets a blob when
-        # something needs one (an action's output is stored when its fingerprint is recorded).
+        # False (ingest_blobs: lazy): a full walk hashes sources, does not copy them; the CAS
+        # gets a blob when something needs one.  A reconcile (the daemon's re-reads of paths a
+        # build or the user just wrote, INVALIDATE) always stores: those are mostly outputs,
+        # whose blobs a replay needs, and they are few.
         self.store_blobs = store_blobs
         self.rules = IgnoreRules(ignore)
         self.workers = workers or min(32, (os.cpu_count() or 2) * 2)
@@ -130,7 +132,7 @@ class Ingester:
         if bar is None:
             bar = Progress(len(self.index) or None, "ingest", enabled=progress)
         with bar, _no_cyclic_gc():
-            self._index_walk(self._walk_parallel(report), report, seen, bar)
+            self._index_walk(self._walk_parallel(report), report, seen, bar, self.store_blobs)
         gone = [Entry.deleted(p) for p in self.index.paths() if p not in seen]
         self._apply(gone, report)
         report.deleted += len(gone)
@@ -153,7 +155,7 @@ class Ingester:
                 items = self._walk(rel, report, top_stat=st)
             else:
                 items = iter(([(rel, st)],))
-            self._index_walk(items, report, seen, None)
+            self._index_walk(items, report, seen, None, True)
             prefix = rel + b"/" if rel else b""
             gone = [Entry.deleted(e.path) for e in self._known_under(rel, prefix) if e.path not in seen]
             self._apply(gone, report)
@@ -276,12 +278,12 @@ class Ingester:
                 todo.put(None)
 
     def _index_walk(self, batches: Iterable[list[tuple[bytes, os.stat_result]]], report: IngestReport,
-                    seen: set[bytes], bar: Progress | None) -> None:
+                    seen: set[bytes], bar: Progress | None, store: bool) -> None:
         updates: list[Entry] = []
         to_hash: list[tuple[bytes, os.stat_result]] = []
         get, record = self.index.get, self.index.record_getter()
         stat_record = Entry.stat_record
-        fast = not self.store_blobs  # storing blobs, each reuse also asks the CAS for the blob
+        fast = not store  # storing blobs, each reuse also asks the CAS for the blob
         advance = bar.advance if bar is not None else None
         for rel, st in itertools.chain.from_iterable(batches):
             mode = st.st_mode
@@ -317,7 +319,7 @@ class Ingester:
                 # storing blobs, a digest is reused only while its blob is in the CAS: one
                 # quarantined by `vrift cas verify --quarantine`, or lost, is stored again
                 if old is not None and not old.is_deleted and old.same_file(st) and any(old.digest) \
-                        and (not self.store_blobs or self.cas.has(old.digest)):
+                        and (not store or self.cas.has(old.digest)):
                     seen.add(rel)
                     report.reused += 1
                     if old.nlink != st.st_nlink or old.uid != st.st_uid or old.gid != st.st_gid:
@@ -343,21 +345,21 @@ class Ingester:
                 self._apply(updates, report)
                 updates = []
             if len(to_hash) >= APPLY_BATCH:
-                self._hash_batch(to_hash, report, seen, bar)
+                self._hash_batch(to_hash, report, seen, bar, store)
                 to_hash = []
         self._apply(updates, report)
-        self._hash_batch(to_hash, report, seen, bar)
+        self._hash_batch(to_hash, report, seen, bar, store)
 
     # -- hashing and storing -------------------------------------------------------------
     def _hash_batch(self, batch: list[tuple[bytes, os.stat_result]], report: IngestReport,
-                    seen: set[bytes], bar: Progress | None = None) -> None:
+                    seen: set[bytes], bar: Progress | None, store: bool) -> None:
         if not batch:
             return
         # A few files (the daemon's watcher, INVALIDATE) are fsynced one by one; a large batch is
         # stored without and the filesystem synced once (syncfs costs milliseconds when the
         # filesystem is busy, far more than a handful of fsyncs).
         durable = len(batch) <= SMALL_BATCH
-        results = self._run(batch, durable, bar)
+        results = self._run(batch, durable, bar, store)
         updates = []
         for (rel, _), outcome in zip(batch, results):
             if isinstance(outcome, str):
@@ -370,11 +372,12 @@ class Ingester:
             report.bytes_hashed += entry.size
             report.new_blobs += new_blob
             report.strategy = report.strategy or strategy
-        if updates and not durable and self.store_blobs:
+        if updates and not durable and store:
             self.cas.sync()  # the batch's blobs are on disk before the index refers to them
         self._apply(updates, report)
 
-    def _run(self, batch: list[tuple[bytes, os.stat_result]], durable: bool, bar: Progress | None) -> list:
+    def _run(self, batch: list[tuple[bytes, os.stat_result]], durable: bool, bar: Progress | None,
+             store: bool) -> list:
         """_store_one of every item, in order.  Each worker thread takes a contiguous slice
         and loops over it: a future per file (a thread pool's map) cost more than hashing a
         small file, and the threads only pay where I/O or BLAKE3 on large files releases the
@@ -387,7 +390,7 @@ class Ingester:
         def work(lo: int, hi: int) -> None:
             try:
                 for i in range(lo, hi):
-                    results[i] = self._store_one(*batch[i], durable)
+                    results[i] = self._store_one(*batch[i], durable, store)
                     if bar is not None:
                         with counted:
                             bar.advance()
@@ -408,8 +411,8 @@ class Ingester:
             raise errors[0]
         return results
 
-    def _store_one(self, rel: bytes, st: os.stat_result, durable: bool = False):
-        """Hash (and with store_blobs, store) one file; returns (Entry, new_blob, strategy) or
+    def _store_one(self, rel: bytes, st: os.stat_result, durable: bool, store: bool):
+        """Hash (and with `store`, store) one file; returns (Entry, new_blob, strategy) or
         a reason string.
 
         The entry's stat must describe the bytes that were hashed: stat again afterwards and
@@ -417,7 +420,7 @@ class Ingester:
         path = self._abs(rel)
         for _ in range(HASH_RETRIES):
             try:
-                if self.store_blobs:
+                if store:
                     result = self.cas.store_file(os.fsdecode(path), fsync=durable)
                     digest, size, new, strategy = result.digest, result.size, result.new, result.strategy
                 else:
