@@ -9,7 +9,7 @@ import pytest
 
 from vrift.cas.store import CAS, FEW_BLOBS
 from vrift.daemon.writer import IndexWriter
-from vrift.project import Project
+from vrift.identity import Project
 from vrift.vdir.entry import Entry
 from vrift.vdir.index import ProjectIndex
 

@@ -46,17 +46,19 @@ def open_index(home, project, **kw) -> ProjectIndex:
     return ProjectIndex(home, project, **kw).open()
 
 
-def test_ingest_indexes_files_dirs_symlinks_and_skips_ignored(home, project):
+@pytest.mark.parametrize("store_blobs", [False, True], ids=["lazy", "copy"])
+def test_ingest_indexes_files_dirs_symlinks_and_skips_ignored(home, project, store_blobs):
     index = open_index(home, project)
     try:
         cas = CAS(home.cas_dir)
-        report = Ingester(project, index, cas, ignore=["build"]).ingest()
+        report = Ingester(project, index, cas, ignore=["build"], store_blobs=store_blobs).ingest()
         assert report.skipped == []
         paths = {e.path for e in index.entries()}
         assert b"src/a.c" in paths and b"src/sub/c.h" in paths and b"" in paths and b"src" in paths
         assert b"with space.txt" in paths and b"bad-\xff-name" in paths and b"l" * 200 in paths
         assert not any(p.startswith(b".git") or p.startswith(b"build") for p in paths)
-        # every file entry's digest is BLAKE3 of the content and its blob exists in the CAS
+        # every file entry's digest is BLAKE3 of the content; its blob is in the CAS when
+        # ingest stores blobs, and nothing is copied when it does not
         for e in index.entries():
             full = os.path.join(os.fsencode(project.root), e.path) if e.path else os.fsencode(project.root)
             st = os.lstat(full)
@@ -64,7 +66,9 @@ def test_ingest_indexes_files_dirs_symlinks_and_skips_ignored(home, project):
             if statmod.S_ISREG(st.st_mode):
                 data = Path(os.fsdecode(full)).read_bytes()
                 assert e.digest == blake3.blake3(data).digest()
-                assert cas.read_bytes(e.digest) == data
+                assert cas.has(e.digest) == store_blobs
+                if store_blobs:
+                    assert cas.read_bytes(e.digest) == data
         # symlinks recorded as symlinks, never followed (the one pointing out of the root too)
         for name in (b"link-in", b"link-out"):
             e = index.get(name)
@@ -72,6 +76,7 @@ def test_ingest_indexes_files_dirs_symlinks_and_skips_ignored(home, project):
         # duplicate content stored once
         assert index.get(b"src/a.c").digest == index.get(b"src/b.c").digest
         assert report.hashed == report.files == 6
+        assert cas.stats()[0] == (5 if store_blobs else 0) and report.new_blobs == cas.stats()[0]
     finally:
         index.close()
 
@@ -148,8 +153,9 @@ def test_unreadable_entries_are_reported_and_skipped(home, project):
         index.close()
 
 
-def test_cli_ingest_stat_status(run_vrift, project):
-    out = run_vrift("ingest", "--json", cwd=project.root, check=True)
+@pytest.mark.parametrize("mode", ["lazy", "copy"])
+def test_cli_ingest_stat_status(run_vrift, project, mode):
+    out = run_vrift("ingest", "--json", cwd=project.root, check=True, env={"VRIFT_INGEST_BLOBS": mode})
     data = json.loads(out.stdout)
     assert data["files"] == 7 and data["via"] == "local"  # build/out.o is not ignored here
     st = json.loads(run_vrift("stat", "--json", project.root / "src" / "a.c", check=True).stdout)
@@ -160,7 +166,14 @@ def test_cli_ingest_stat_status(run_vrift, project):
     status = json.loads(run_vrift("status", "--json", check=True).stdout)
     (p,) = status["projects"]
     assert p["root"] == str(project.root) and p["files"] == 7
-    assert status["cas"]["blobs"] == 6  # a.c and b.c share one blob
+    assert status["cas"]["blobs"] == (6 if mode == "copy" else 0)  # a.c and b.c share one blob
+    assert status["dedup"]["referenced_blobs"] == 6  # counted from the digests either way
+    doctor = run_vrift("doctor", env={"VRIFT_INGEST_BLOBS": mode}).stdout
+    blobs = next(line for line in doctor.splitlines() if f"blobs {project.root}" in line)
+    if mode == "lazy":  # a source without a blob is normal then
+        assert "7 indexed files have no blob (0 quarantined): sources are hashed, not copied" in blobs
+    else:
+        assert "every indexed file has its blob" in blobs
     human = run_vrift("status", check=True).stdout
     assert any(line.split()[:1] == ["project"] and "shared" in line for line in human.splitlines())
     assert str(project.root) in human

@@ -19,6 +19,7 @@ from vrift.home import Home
 
 
 def test_a_quarantined_blob_is_reported_and_stored_again(vrift_env, tmp_path, run_vrift):
+    vrift_env["VRIFT_INGEST_BLOBS"] = "copy"  # ingest stores sources (lazy: it hashes them only)
     proj = make_project(tmp_path, files={"src/a.c": b"int a;\n", "src/b.c": b"int b;\n"})
     run_vrift("ingest", str(proj.root), check=True)
     home = Home.from_env(vrift_env)

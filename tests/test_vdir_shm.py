@@ -275,6 +275,39 @@ def test_dirty_set_by_a_client_during_growth_is_carried_over(writer, vdir, monke
         client.close()
 
 
+def test_bulk_growth_copies_records_whole_and_carries_dirty(writer, vdir, monkeypatch):
+    """Growth by new paths only, no tombstone (a first ingest): the old records are copied as one
+    block; every entry stays findable and a client's DIRTY set during the rebuild is carried."""
+    writer.put_many([make_entry(b"a%d" % i, i) for i in range(10)])
+    writer.set_flags(b"a3", layout.F_DIRTY)
+    fd = os.open(vdir, os.O_RDWR)
+    client = native.Mapping(fd, os.fstat(fd).st_size, writable=True)
+    os.close(fd)
+    original = VDirWriter._write_file
+
+    def client_writes_meanwhile(path, geo, values, root_b, fill):
+        native.lib().vrift_flags_or(client.base, client.size, 5, layout.F_DIRTY)  # a5's record
+        return original(path, geo, values, root_b, fill)
+
+    monkeypatch.setattr(VDirWriter, "_write_file", staticmethod(client_writes_meanwhile))
+    try:
+        writer.put_many([make_entry(b"b%d" % i, 100 + i) for i in range(100)])
+        assert header(vdir)["file_size"] != client.size
+    finally:
+        client.close()
+    reader = VDirReader(vdir)
+    try:
+        for i in range(10):
+            flags = layout.F_DIRTY if i in (3, 5) else 0
+            assert reader.lookup(b"a%d" % i) == make_entry(b"a%d" % i, i, flags)
+        for i in range(100):
+            assert reader.lookup(b"b%d" % i) == make_entry(b"b%d" % i, 100 + i)
+        assert reader.lookup(b"c") is None
+        assert header(vdir)["entry_count"] == 110
+    finally:
+        reader.close()
+
+
 def test_create_over_an_old_vdir_retires_it_and_readers_follow(vdir):
     w1 = VDirWriter.create(vdir, ROOT, PID)
     w1.put(make_entry(b"old", 1))

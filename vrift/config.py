@@ -172,6 +172,9 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("ignore", "list", [], "Extra globs the ingester skips (.git and .vrift always are)."),
     Key("link_strategy", "enum", "auto", "How files are materialised from the CAS: auto, reflink, copy, hardlink.",
         choices=("auto", "reflink", "copy", "hardlink")),
+    Key("ingest_blobs", "enum", "lazy",
+        "What ingest keeps of a source file: lazy (its digest only; blobs are stored when needed) or copy "
+        "(a CAS blob per distinct content).", env="VRIFT_INGEST_BLOBS", choices=("lazy", "copy")),
     Key("hash_workers", "int", _hash_workers_default(), "Threads hashing files during ingest.",
         low=1, low_inclusive=True, default_text="min(8, CPU count)"),
     Key("adapter", "str", WRAP_SETTINGS["adapter"], "Force a build adapter by name (null: chosen from the command).",

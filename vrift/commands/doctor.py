@@ -116,10 +116,22 @@ def check_blobs(home: Home, project: Project, view) -> dict:
             q += e.digest.hex() in quarantined
             first = first or os.fsdecode(e.path)
     name = f"blobs {project.root}"
+    if missing and _ingest_blobs(home, project) == "lazy":  # the tree holds a source's bytes, not the CAS
+        return _check(name, OK, f"{missing:,} indexed files have no blob ({q:,} quarantined): sources are "
+                                f"hashed, not copied (ingest_blobs: lazy); blobs are stored when needed")
     if missing:
         return _check(name, FAIL, f"{missing:,} indexed files have no blob in the CAS ({q:,} quarantined), "
                                   f"e.g. {first}: run `vrift ingest {project.root}` to store them again")
     return _check(name, OK, "every indexed file has its blob")
+
+
+def _ingest_blobs(home: Home, project: Project) -> str:
+    from .. import config
+
+    try:
+        return config.load(project.root, home=home)["ingest_blobs"]
+    except (VriftError, OSError):
+        return "lazy"
 
 
 def check_vdir(home: Home, project: Project) -> dict | None:

@@ -32,7 +32,8 @@ def run_local_ingest(home: Home, project: Project, cfg, progress: bool):
     try:
         cas = CAS(home.cas_dir, link_strategy=cfg["link_strategy"])
         report = Ingester(project, index, cas, ignore=cfg["ignore"], workers=cfg["hash_workers"],
-                          index_filter=project_hooks(project, cfg["plugins"] or [])[0]).ingest(progress=progress)
+                          index_filter=project_hooks(project, cfg["plugins"] or [])[0],
+                          store_blobs=cfg["ingest_blobs"] == "copy").ingest(progress=progress)
     finally:
         index.close()
     return report.to_json()
@@ -48,10 +49,10 @@ def run_local_ingest(home: Home, project: Project, cfg, progress: bool):
 @click.option("-q", "--quiet", is_flag=True, help="No progress meter (it is drawn only on a terminal).")
 @json_option
 def ingest_cmd(path, root, all_projects, durability, quiet, as_json):
-    """Index the project at PATH (default: the current project) into the VDir and the CAS.
+    """Index the project at PATH (default: the current project) into the VDir.
 
     Unchanged files (same size, mtime, ctime, inode) keep their digest; the rest is hashed in
-    parallel and stored.  Goes through the project's daemon when one runs.  On a terminal a
+    parallel (and stored in the CAS with `ingest_blobs: copy`).  Goes through the project's daemon when one runs.  On a terminal a
     progress meter shows the paths done on stderr."""
     cli = {"durability": durability} if durability else {}
     meter = not (quiet or as_json)

@@ -128,7 +128,8 @@ class ProjectDaemon:
     def start(self) -> None:
         self.index.open()
         self.ingester = self.ingester_cls(self.project, self.index, self.cas, ignore=self.cfg["ignore"],
-                                          workers=self.cfg["hash_workers"], index_filter=self.index_filter)
+                                          workers=self.cfg["hash_workers"], index_filter=self.index_filter,
+                                          store_blobs=self.cfg["ingest_blobs"] == "copy")
         self.writer = IndexWriter(self.index, before_job=self._apply_watched, dir_entries=self._dir_entries,
                                   clear_dirty=self._settle, make_durable=self.cas.sync_blobs).start()
         self.commits = CommitService(self.policy, self.cas, self.index, self.writer,

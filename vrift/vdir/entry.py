@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from . import layout
 
 ZERO_DIGEST = bytes(32)
+_pack_record = layout.RECORD.pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +54,21 @@ class Entry:
                 and self.dev == st.st_dev and self.mode == st.st_mode)
 
     # -- the fixed-size record of LMDB and the WAL (layout.RECORD) --
-    def pack_record(self) -> bytes:
+    @staticmethod
+    def stat_record(st: os.stat_result, flags: int, digest: bytes) -> bytes:
+        """Entry.from_stat(path, st, digest, flags).pack_record() without the Entry: what a
+        re-ingest compares against the indexed record of an unchanged path.  `flags` must
+        already hold DIR or SYMLINK as from_stat would set them."""
+        ms, mn = divmod(st.st_mtime_ns, 1_000_000_000)
+        cs, cn = divmod(st.st_ctime_ns, 1_000_000_000)
+        return _pack_record(flags, st.st_mode, st.st_dev, st.st_ino, st.st_nlink, 0, st.st_uid, st.st_gid,
+                            st.st_size, st.st_blocks, ms, cs, mn, cn, digest)
+
+    def pack_record(self, flags: int | None = None) -> bytes:
+        """The record; `flags` replaces the entry's own (no new Entry for it)."""
         ms, mn = divmod(self.mtime_ns, 1_000_000_000)
         cs, cn = divmod(self.ctime_ns, 1_000_000_000)
-        return layout.RECORD.pack(self.flags, self.mode, self.dev, self.ino, self.nlink, 0, self.uid,
+        return layout.RECORD.pack(self.flags if flags is None else flags, self.mode, self.dev, self.ino, self.nlink, 0, self.uid,
                                   self.gid, self.size, self.blocks, ms, cs, mn, cn, self.digest)
 
     @classmethod

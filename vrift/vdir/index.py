@@ -54,7 +54,10 @@ class ProjectIndex:
         self.wal_path = home.wal_path(project.id)
         self.vdir_path = home.vdir_path(project.id)
         self._root = str(project.root)
-        self._entries: dict[bytes, Entry] = {}
+        # path -> its 112-byte record (layout.RECORD, DIRTY never set): one bytes object per
+        # path instead of an Entry and its field objects, a third of the memory and nothing to
+        # build at open (LMDB's values are these records)
+        self._records: dict[bytes, bytes] = {}
         self._children: dict[bytes, set[bytes]] = {}  # directory -> indexed paths directly in it
         self._gen = 0
         self._lock = threading.RLock()
@@ -87,8 +90,8 @@ class ProjectIndex:
             self._replay_wal()
             meta = self._store.meta()
             self._gen = self._lmdb_gen = meta["generation"]
-            self._entries = {e.path: e for e in self._store.entries()}
-            for p in self._entries:
+            self._records = dict(self._store.records())
+            for p in self._records:
                 self._link(p)
             if self.durability == "wal":
                 self._wal = wal.WriteAheadLog(self.wal_path)
@@ -148,7 +151,7 @@ class ProjectIndex:
         except (VDirError, OSError):
             writer = None
         if writer is not None:
-            if writer.index_generation == self._gen and len(writer) == len(self._entries):
+            if writer.index_generation == self._gen and len(writer) == len(self._records):
                 self._shm = writer
                 self.counters["shm_reused"] += 1
                 return
@@ -157,10 +160,10 @@ class ProjectIndex:
 
     def _build_shm(self) -> None:
         writer = VDirWriter.create(self.vdir_path, self._root, self.project.id,
-                                   capacity_hint=len(self._entries), index_generation=self._gen)
+                                   capacity_hint=len(self._records), index_generation=self._gen)
         try:
-            if self._entries:
-                writer.put_many(self._entries.values(), index_generation=self._gen)
+            if self._records:
+                writer.put_many(self._unpacked(list(self._records.items())), index_generation=self._gen)
         except BaseException:
             writer.close(unlink=True)
             raise
@@ -245,15 +248,35 @@ class ProjectIndex:
         return self._gen
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._records)
 
     def get(self, rel: bytes) -> Entry | None:
-        return self._entries.get(rel)
+        record = self._records.get(rel)
+        return None if record is None else Entry.unpack_record(rel, record)
+
+    def record(self, rel: bytes) -> bytes | None:
+        """The packed record of `rel` (layout.RECORD), for comparisons without an Entry."""
+        return self._records.get(rel)
+
+    def record_getter(self) -> Callable[[bytes], bytes | None]:
+        """`record` without the method call, for a loop over every path: the table's own
+        lookup, valid until the index is reopened (apply changes the table in place)."""
+        return self._records.get
+
+    def paths(self) -> list[bytes]:
+        """Every indexed path (a snapshot)."""
+        with self._lock:
+            return list(self._records)
 
     def entries(self) -> Iterator[Entry]:
         with self._lock:
-            snapshot = list(self._entries.values())
-        return iter(snapshot)
+            snapshot = list(self._records.items())
+        return self._unpacked(snapshot)
+
+    @staticmethod
+    def _unpacked(items: list[tuple[bytes, bytes]]) -> Iterator[Entry]:
+        unpack = Entry.unpack_record
+        return (unpack(p, r) for p, r in items)
 
     def under(self, rel: bytes) -> list[Entry]:
         """Entries strictly below directory `rel` (b"" is the root), in O(size of the subtree)."""
@@ -262,7 +285,7 @@ class ProjectIndex:
             stack = [rel]
             while stack:
                 for child in self._children.get(stack.pop(), ()):
-                    out.append(self._entries[child])
+                    out.append(Entry.unpack_record(child, self._records[child]))
                     stack.append(child)
         return out
 
@@ -303,20 +326,23 @@ class ProjectIndex:
             if self._flush_error:
                 raise VriftError(self._flush_error)
             changes: dict[bytes, Entry] = {}
+            records: dict[bytes, bytes | None] = {}
             placeholders: list[Entry] = []
             for e in entries:
                 if e.flags & layout.F_DIRTY:
-                    if e.is_deleted and e.path not in self._entries:
+                    if e.is_deleted and e.path not in self._records:
                         # a path about to be created: a DIRTY tombstone in shared memory only,
                         # so readers go to the disk and the entry written later stays DIRTY
                         placeholders.append(e)
                         continue
                     e = e.with_flags(e.flags & ~layout.F_DIRTY)
-                cur = self._entries.get(e.path)
-                if cur == e or (cur is None and e.is_deleted):
+                cur = self._records.get(e.path)
+                packed = None if e.is_deleted else e.pack_record()
+                if cur == packed or (cur is None and e.is_deleted):
                     changes.pop(e.path, None)  # back to (or still) what is published
                     continue
                 changes[e.path] = e
+                records[e.path] = packed
             keep = layout.F_DIRTY
             if placeholders and self._shm is not None and not self._publish(placeholders, keep_flags=keep):
                 self.rebuild_shm()
@@ -341,14 +367,15 @@ class ProjectIndex:
                 self._lmdb_gen = gen
             # durable as promised: now the world may see it
             published = self._shm is None or self._publish(batch, index_generation=gen, keep_flags=layout.F_DIRTY)
-            for p, e in changes.items():
-                if e.is_deleted:
-                    if self._entries.pop(p, None) is not None:
+            for p in changes:
+                packed = records[p]
+                if packed is None:
+                    if self._records.pop(p, None) is not None:
                         self._unlink(p)
-                elif self._entries.setdefault(p, e) is e:
-                    self._link(p)
                 else:
-                    self._entries[p] = e
+                    if p not in self._records:
+                        self._link(p)
+                    self._records[p] = packed
             self._gen = gen
             if not published:
                 self.rebuild_shm()  # from the entries just updated, this batch included
@@ -445,7 +472,7 @@ class ProjectIndex:
         with self._lock:
             return {
                 "durability": self.durability, "generation": self._gen, "lmdb_generation": self._lmdb_gen,
-                "entries": len(self._entries), "pending": len(self._pending),
+                "entries": len(self._records), "pending": len(self._pending),
                 "wal_bytes": self._wal.size if self._wal else 0,
                 "wal_fsyncs": self._wal.fsyncs if self._wal else 0,
                 "lmdb_bytes": self._store.size_bytes() if self._store else 0,

@@ -40,7 +40,7 @@ def _key(path: bytes) -> bytes:
 
 
 def _value(e: Entry) -> bytes:
-    record = e.with_flags(e.flags & ~layout.F_DIRTY).pack_record()
+    record = e.pack_record(e.flags & ~layout.F_DIRTY)
     return record if len(e.path) < MAX_PLAIN_KEY else record + e.path
 
 
@@ -88,6 +88,15 @@ class LmdbStore:
             data = txn.get(key)
         return None if data is None else _decode(key, data)
 
+    def records(self) -> Iterator[tuple[bytes, bytes]]:
+        """(path, layout.RECORD bytes) of every entry from one consistent snapshot."""
+        with self.env.begin(db=self.entries_db) as txn:
+            for key, value in txn.cursor():
+                if key[:1] == b"#":
+                    yield value[layout.RECORD_SIZE:], value[:layout.RECORD_SIZE]
+                else:
+                    yield key[1:], value
+
     def entries(self) -> Iterator[Entry]:
         """Every entry from one consistent snapshot (path order, long paths last)."""
         with self.env.begin(db=self.entries_db) as txn:
@@ -100,11 +109,12 @@ class LmdbStore:
         durable when this returns.  A full map aborts the transaction: nothing is half-written."""
         try:
             with self.env.begin(write=True) as txn:
-                for e in changes:
-                    if e.is_deleted:
-                        txn.delete(_key(e.path), db=self.entries_db)
-                    else:
-                        txn.put(_key(e.path), _value(e), db=self.entries_db)
+                last = {_key(e.path): None if e.is_deleted else e for e in changes}  # the last change wins
+                for key, e in last.items():
+                    if e is None:
+                        txn.delete(key, db=self.entries_db)
+                # the puts in one C loop (putmulti) rather than a Python call each
+                txn.cursor(db=self.entries_db).putmulti([(k, _value(e)) for k, e in last.items() if e is not None])
                 count = txn.stat(self.entries_db)["entries"]
                 txn.put(b"generation", U64.pack(generation), db=self.meta_db)
                 txn.put(b"entry_count", U64.pack(count), db=self.meta_db)
