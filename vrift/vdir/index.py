@@ -36,7 +36,7 @@ MODES = ("sync", "wal", "async")
 
 class ProjectIndex:
     def __init__(self, home: Home, project: Project, durability: str = "wal", sync_interval_ms: int = 100,
-                 sync_batch_size: int = 1000, mapsize_gb: float = 10, shm: bool = True):
+                 sync_batch_size: int = 1000, mapsize_gb: float = 10, shm: bool = True, unconfirmed: bool = False):
         if durability not in MODES:
             raise VriftError(f"durability: expected one of {', '.join(MODES)}, got {durability!r}")
         self.home, self.project = home, project
@@ -45,6 +45,10 @@ class ProjectIndex:
         self.sync_batch_size = max(1, int(sync_batch_size))
         self.mapsize_gb = mapsize_gb
         self.use_shm = shm
+        # True while the published entries are not yet confirmed against the tree (a daemon's
+        # start-up): the VDir it opens or builds has every entry DIRTY; the owner clears this
+        # once it has reconciled (docs/daemons.md, "Start-up")
+        self.unconfirmed = unconfirmed
         # called before LMDB is synced in async mode: whatever the index refers to (CAS blobs)
         # must reach the disk first
         self.before_sync: Callable[[], None] | None = None
@@ -142,7 +146,8 @@ class ProjectIndex:
 
     def _open_shm(self) -> None:
         try:
-            writer = VDirWriter.open_existing(self.vdir_path, self._root, self.project.id)
+            writer = VDirWriter.open_existing(self.vdir_path, self._root, self.project.id,
+                                              unconfirmed=self.unconfirmed)
         except (VDirError, OSError):
             writer = None
         if writer is not None:
@@ -158,7 +163,10 @@ class ProjectIndex:
                                    capacity_hint=len(self._entries), index_generation=self._gen)
         try:
             if self._entries:
-                writer.put_many(self._entries.values(), index_generation=self._gen)
+                entries = self._entries.values()
+                if self.unconfirmed:  # not yet checked against the tree: readers ask the kernel
+                    entries = (e.with_flags(e.flags | layout.F_DIRTY) for e in entries)
+                writer.put_many(entries, index_generation=self._gen)
         except BaseException:
             writer.close(unlink=True)
             raise

@@ -98,8 +98,12 @@ class VDirWriter(_Mapped):
         return cls(path, mapping, ident)
 
     @classmethod
-    def open_existing(cls, path: Path, root: str | Path, project_id: str) -> "VDirWriter":
-        """Take over a valid VDir left by an earlier writer of the same project (daemon restart)."""
+    def open_existing(cls, path: Path, root: str | Path, project_id: str,
+                      unconfirmed: bool = False) -> "VDirWriter":
+        """Take over a valid VDir left by an earlier writer of the same project (daemon restart).
+        `unconfirmed`: the tree may have changed while nobody watched it, so every entry is
+        marked DIRTY (readers ask the kernel) *before* the file is declared alive again; the
+        new writer clears the mark path by path as it confirms entries against the disk."""
         path = Path(path)
         root_b, pid = root_bytes(root), project_id_bytes(project_id)
         mapping, st = _map_file(path, writable=True)
@@ -116,6 +120,9 @@ class VDirWriter(_Mapped):
         if problem:
             mapping.close()
             raise VDirCorrupt(f"VDir {path}: {problem}")
+        if unconfirmed and native.lib().vrift_flags_or_all(mapping.base, mapping.size, layout.F_DIRTY) == 0xFFFFFFFF:
+            mapping.close()
+            raise VDirCorrupt(f"VDir {path}: its geometry does not check")
         # a new writer takes over: no beat promised until it gives one, and alive again
         U64.pack_into(mapping.view, HDR["heartbeat_ms"][0], 0)
         native.lib().vrift_header_flags_clear(mapping.base, layout.H_DEAD)
