@@ -381,6 +381,17 @@ class ProjectIndex:
             self.rebuild_shm()
             return False
 
+    def clear_dirty_many(self, rels: Iterable[bytes]) -> int:
+        """set_dirty(rel, False) for many paths at once; returns how many had an entry."""
+        if self._shm is None:
+            return 0
+        try:
+            return self._shm.clear_dirty_many(rels)
+        except VDirCorrupt as exc:
+            log.warning("%s: rebuilding it from the index", exc)
+            self.rebuild_shm()
+            return 0
+
     # ------------------------------------------------------------------ background durability
     def _flush_locked(self) -> None:
         if self.durability == "wal" and self._pending:

@@ -204,6 +204,22 @@ class VDirWriter(_Mapped):
     def clear_flags(self, path: bytes, bits: int) -> bool:
         return self._change_flags(path, bits, native.lib().vrift_flags_clear)
 
+    def clear_dirty_many(self, paths: Iterable[bytes]) -> int:
+        """clear_flags(path, F_DIRTY) for many paths with one header check; returns how many
+        had an entry (a restarted daemon confirms 10^5 entries: per-call checks cost 60%)."""
+        lib, n = native.lib(), 0
+        with self._lock:
+            self._header()
+            m = self._m()
+            for path in paths:
+                if len(path) > layout.REL_MAX or b"\0" in path:
+                    continue
+                index = self._locate(path, path_hash(path))
+                if index >= 0:
+                    lib.vrift_flags_clear(m.base, m.size, index, layout.F_DIRTY)
+                    n += 1
+        return n
+
     def _change_flags(self, path: bytes, bits: int, op) -> bool:
         with self._lock:
             if len(path) > layout.REL_MAX or b"\0" in path:
