@@ -142,8 +142,10 @@ def check_vdir(home: Home, project: Project) -> dict | None:
     return _check(name, OK, f"{path}: {n:,} entries, checksums verified")
 
 
-FULL_BYTES, LOW_BYTES = 100 * 2**20, 2**30  # free space: FAIL below the first, WARN below the second
-FULL_SHARE, LOW_SHARE = 0.02, 0.05         # ... or below these shares of the file system
+# free space: FAIL below 100 MiB, WARN below 1 GiB — or, on a file system small enough that those
+# are most of it, below 2% and 5% of its size
+FULL_BYTES, LOW_BYTES = 100 * 2**20, 2**30
+FULL_SHARE, LOW_SHARE = 0.02, 0.05
 
 
 def check_free_space(home: Home) -> dict:
@@ -162,12 +164,12 @@ def check_free_space(home: Home) -> dict:
     detail = f"{free / 2**30:.1f} GiB free ({share:.0%}) on the file system of {target}"
     fix = (f"; free space there, run `vrift gc`, lower cache.max_size (now {_max_size(home)}), "
            "or move VRIFT_HOME to a larger file system")
-    if free < FULL_BYTES or share < FULL_SHARE:
+    if free < min(FULL_BYTES, FULL_SHARE * size):
         return _check("CAS file system", FAIL, f"full: {detail}: commits fail and ingest stops{fix}")
     if inodes_left is not None and inodes_left < 10_000:
         return _check("CAS file system", FAIL, f"out of files (inodes): {inodes_left:,} left on the file "
                                                f"system of {target}{fix}")
-    if free < LOW_BYTES or share < LOW_SHARE:
+    if free < min(LOW_BYTES, LOW_SHARE * size):
         return _check("CAS file system", WARN, f"nearly full: {detail}{fix}")
     return _check("CAS file system", OK, detail)
 
