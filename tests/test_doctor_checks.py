@@ -121,7 +121,9 @@ def test_a_crash_looping_daemon_is_not_restarted_forever_and_doctor_says_so(tmp_
 # pid in the pid file), then stats the project in a child until memory answers.
 AFTER_RESTART = r"""
 import os, subprocess, sys, time
-pid_file, old = sys.argv[1], sys.argv[2]
+pid_file = sys.argv[1]
+old = open(pid_file).read().split()[0]  # the daemon this build was started with
+print("started", old, flush=True)
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     try:
@@ -142,15 +144,16 @@ def test_a_build_whose_daemon_dies_with_the_coordinator_asks_for_it_back(tmp_pat
     home = daemons
     project = make_project(tmp_path)
     vrift("sync", cwd=project.root, check=True)
-    old = daemon_pid(home, project)
     coordinator = process.read_pid(coordinator_files(home).pid_file)
     pid_file = home.run_dir / f"p-{project.id[:16]}.pid"
     summary = tmp_path / "summary.json"
     build = subprocess.Popen([sys.executable, "-m", "vrift", "wrap", "--summary-json", str(summary), sys.executable,
-                              "-c", AFTER_RESTART, str(pid_file), str(old)], cwd=project.root, env=tool_env(),
+                              "-c", AFTER_RESTART, str(pid_file)], cwd=project.root, env=tool_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.3)
+        started = build.stdout.readline().split()  # the tool runs: its wrapper is past its SYNC
+        assert started[0] == "started", started
+        old = int(started[1])
         os.kill(coordinator, signal.SIGKILL)  # nobody left to restart it but the build itself
         assert wait_for(lambda: not process.pid_alive(coordinator), 10)
         os.kill(old, signal.SIGKILL)

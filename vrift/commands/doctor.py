@@ -209,8 +209,7 @@ def check_configs(home: Home) -> list[dict]:
             if line not in broken:
                 broken.append(line)
     for line in broken:
-        out.append(_check("configuration", FAIL, f"{line}; fix that line (builds of the project run "
-                                                 "unaccelerated until then; `vrift config show` checks it)"))
+        out.append(_check("configuration", FAIL, f"{line}; fix that line (builds run unaccelerated until then)"))
     if not broken:
         out.append(_check("configuration", OK, f"{len(roots)} configuration{'s' if len(roots) != 1 else ''} valid"))
     return out
