@@ -131,7 +131,9 @@ class ProjectDaemon:
         return getattr(self, "_stamps", None) is not None and self._config_stamps() != self._stamps
 
     def start(self) -> None:
+        t0 = time.monotonic()
         self.index.open()
+        t_index = time.monotonic()
         self.ingester = self.ingester_cls(self.project, self.index, self.cas, ignore=self.cfg["ignore"],
                                           workers=self.cfg["hash_workers"], index_filter=self.index_filter)
         self.writer = IndexWriter(self.index, before_job=self._apply_watched, dir_entries=self._dir_entries,
@@ -140,6 +142,7 @@ class ProjectDaemon:
         self.watcher = Watcher(os.fsencode(self.project.root), self.ingester.rules.ignored,
                                on_close_write=self._closed_write,
                                max_watches=self.cfg.get("daemon.max_watches", 0)).start()
+        t_watch = time.monotonic()
         self.writer.call(self._sweep_staging)
         # The tree may have changed while nobody watched it.  With an index to serve, every
         # published entry is DIRTY now (ProjectIndex unconfirmed): serve at once and confirm
@@ -153,6 +156,10 @@ class ProjectDaemon:
             self.writer.call(self.reconciler.done.set)
         self.cache.start()
         self.listener.start()
+        log.info("ready in %.3f s (index %.3f s, %d entries; watches %.3f s; %s)", time.monotonic() - t0,
+                 t_index - t0, len(self.index), t_watch - t_index,
+                 "serving at once, reconciling in the background" if not self.reconciler.done.is_set()
+                 else "first ingest before the first SYNC")
 
     def serve_forever(self) -> None:
         next_health = time.monotonic() + HEALTH_EVERY_S
@@ -421,6 +428,8 @@ class ProjectDaemon:
             self._apply_watched_now(for_sync)
 
     def _apply_watched_now(self, for_sync: bool) -> None:
+        if self.watcher is None:  # the writer's first ticks, while the watches are being added
+            return
         paths, dirs, full = self.watcher.take(for_sync)
         if full:
             self._full_rescan()
