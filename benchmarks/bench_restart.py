@@ -124,6 +124,7 @@ def main() -> int:
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="vrb", dir="/tmp"))
     results = []
+    envs = []
     try:
         tree = base / "tree"
         tree.mkdir()
@@ -138,9 +139,12 @@ def main() -> int:
             shm.mkdir(mode=0o700)
             env = dict(os.environ, VRIFT_HOME=str(home), VRIFT_SHM_DIR=str(shm), PYTHONPATH=str(code))
             env.pop("LD_PRELOAD", None)
+            envs.append(env)
             results.append(measure(tree, env, args.sample, args.rounds, label))
             print(json.dumps(results[-1]), flush=True)
     finally:
+        for env in envs:  # whatever happened, no daemon of ours stays
+            run([sys.executable, "-m", "vrift", "daemon", "stop"], env, str(base), check=False)
         if args.baseline:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base / "baseline")],
                            capture_output=True)

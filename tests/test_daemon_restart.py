@@ -240,3 +240,14 @@ def test_daemon_killed_twice_during_a_build_with_an_edit_behind_its_back(tmp_pat
     track(home, daemon_pid(home, project))
     quiet = vrift("wrap", "make", "-q", cwd=vtree)
     assert quiet.returncode == 0, "the index after the restarts agrees with the tree: nothing to rebuild"
+
+
+def test_the_restart_benchmark_runs_at_a_small_size(tmp_path, vrift_env):
+    """benchmarks/bench_restart.py at the size CI affords (the 100,000-file figure is in
+    docs/benchmarks.md): it completes and memory answers every sampled stat in the end."""
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_restart.py")
+    r = subprocess.run([sys.executable, bench, "--files", "2000", "--sample", "200"], capture_output=True, text=True,
+                       timeout=600, env=tool_env(vrift_env))
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(r.stdout.splitlines()[0])
+    assert result["all_served_s"] is not None and result["reconcile_s"] is not None, result
