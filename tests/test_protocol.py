@@ -244,7 +244,7 @@ def c_constants(tmp_path_factory) -> dict[str, list[tuple]]:
 
 def _flag_classes() -> dict[str, type]:
     return {"LOOKUP": protocol.LookupFlag, "END": protocol.EndFlag, "STATS": protocol.StatsFlag,
-            "CHANGED": protocol.ChangedFlag,
+            "CHANGED": protocol.ChangedFlag, "SYNC": protocol.SyncFlag,
             "SHUTDOWN": protocol.ShutdownFlag, "SHUTDOWN_REPLY": protocol.ShutdownReplyFlag,
             "ERROR": protocol.ErrorFlag}
 

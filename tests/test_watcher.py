@@ -97,7 +97,7 @@ def test_queue_overflow_asks_for_a_full_rescan(tree, watcher):
     shutil.rmtree(d)
 
 
-def test_exhausted_watches_mean_rescan_at_each_sync(tree, monkeypatch):
+def test_exhausted_watches_mean_the_unwatched_subtrees_are_reread_at_each_sync(tree, monkeypatch):
     w = Watcher(os.fsencode(tree), ignore_state)
     real_add = w._inotify.add_watch
 
@@ -111,8 +111,10 @@ def test_exhausted_watches_mean_rescan_at_each_sync(tree, monkeypatch):
     try:
         w.add_tree(b"")
         assert w.watches_exhausted and "exhausted" in w.degraded
-        assert w.take(for_sync=True)[2] is True
-        assert w.take(for_sync=True)[2] is True  # every sync, not once
-        assert w.take(for_sync=False)[2] is False
+        unwatched = {p for p in w.unwatched if p.endswith(b"deep")}
+        assert unwatched and not w.covers(next(iter(unwatched)) + b"/x.c") and w.covers(b"src")
+        assert unwatched <= w.take(for_sync=True)[0]
+        assert unwatched <= w.take(for_sync=True)[0]  # every sync, not once
+        assert not unwatched & w.take(for_sync=False)[0]
     finally:
         w.stop()

@@ -98,6 +98,10 @@ def test_frames_are_the_protocols_frames():
         protocol.Tag.GENERATION, protocol.Tag.TEXT, protocol.Tag.ROOT, protocol.Tag.VDIR, protocol.Tag.SOCKET,
         protocol.Tag.STAGING_DIR)
     assert daemonlink.MSG_ERROR == protocol.Msg.ERROR and daemonlink.REPLY_BIT == protocol.REPLY_BIT
+    assert (daemonlink.TAG_FLAGS, daemonlink.TAG_SIZE) == (protocol.Tag.FLAGS, protocol.Tag.SIZE)
+    assert daemonlink.SYNC_UNCONFIRMED_OK == protocol.SyncFlag.UNCONFIRMED_OK
+    assert (daemonlink.STATS_CACHE_ONLY, daemonlink.STATS_EXPLAIN, daemonlink.STATS_INGEST) == (
+        protocol.StatsFlag.CACHE_ONLY, protocol.StatsFlag.EXPLAIN, protocol.StatsFlag.INGEST)
 
 
 def test_replies_are_decoded_and_errors_named():

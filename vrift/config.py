@@ -192,6 +192,10 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("daemon.health_interval_s", "number", 2, "Seconds between the coordinator's health checks.", low=0),
     Key("daemon.max_projects", "int", 16, "Project daemons the coordinator runs at once.",
         low=1, low_inclusive=True),
+    Key("daemon.max_watches", "int", 0,
+        "inotify watches a project daemon may use (0: as many as fs.inotify.max_user_watches allows); "
+        "directories beyond are answered by the kernel and re-read at each sync.",
+        env="VRIFT_MAX_WATCHES", low=0, low_inclusive=True),
     Key("daemon.max_shm_mb", "number", 1024, "Shared memory all project VDirs may use together, in MiB.", low=0),
     Key("cache.enabled", "bool", WRAP_SETTINGS["cache.enabled"], "Use the build cache for tool invocations (VRIFT_CACHE=0: off for one build).",
         env="VRIFT_CACHE"),

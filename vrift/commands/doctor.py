@@ -157,22 +157,118 @@ def check_vdir(home: Home, project: Project) -> dict | None:
     return _check(name, OK, f"{path}: {n:,} entries, checksums verified")
 
 
+# free space: FAIL below 100 MiB, WARN below 1 GiB — or, on a file system small enough that those
+# are most of it, below 2% and 5% of its size
+FULL_BYTES, LOW_BYTES = 100 * 2**20, 2**30
+FULL_SHARE, LOW_SHARE = 0.02, 0.05
+
+
 def check_free_space(home: Home) -> dict:
-    target = home.root if home.root.exists() else home.root.parent
-    usage = shutil.disk_usage(target)
-    gib = usage.free / 2**30
-    level = FAIL if usage.free < 100 * 2**20 else WARN if usage.free < 2**30 else OK
-    return _check("free space", level, f"{gib:.1f} GiB free under {target}")
+    """The file system of the CAS (blobs, the action cache, LMDB): full means commits fail
+    with IO_ERROR and ingest stops; files (inodes) count as much as bytes."""
+    target = home.cas_dir
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    try:
+        st = os.statvfs(target)
+    except OSError as e:
+        return _check("CAS file system", WARN, f"{target}: cannot tell ({e.strerror})")
+    free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    share = free / size if size else 1.0
+    inodes_left = st.f_favail if st.f_files else None
+    detail = f"{free / 2**30:.1f} GiB free ({share:.0%}) on the file system of {target}"
+    fix = (f"; free space there, run `vrift gc`, lower cache.max_size (now {_max_size(home)}), "
+           "or move VRIFT_HOME to a larger file system")
+    if free < min(FULL_BYTES, FULL_SHARE * size):
+        return _check("CAS file system", FAIL, f"full: {detail}: commits fail and ingest stops{fix}")
+    if inodes_left is not None and inodes_left < 10_000:
+        return _check("CAS file system", FAIL, f"out of files (inodes): {inodes_left:,} left on the file "
+                                               f"system of {target}{fix}")
+    if free < min(LOW_BYTES, LOW_SHARE * size):
+        return _check("CAS file system", WARN, f"nearly full: {detail}{fix}")
+    return _check("CAS file system", OK, detail)
+
+
+def _max_size(home: Home) -> str:
+    try:
+        from .. import config as config_mod
+
+        return str(config_mod.load(home.root, home=home)["cache.max_size"])
+    except Exception:  # noqa: BLE001 - a broken configuration is reported by check_configs
+        return "?"
+
+
+def check_configs(home: Home) -> list[dict]:
+    """The user's config.yaml and every registered project's .vrift.yaml parse and validate:
+    a broken one makes every build of the project run unaccelerated."""
+    from .. import config as config_mod
+
+    out = []
+    roots = [info["root"] for _, info in sorted(Registry(home).load().items())]
+    here = Path.cwd()
+    for d in (here, *here.parents):
+        if (d / config_mod.PROJECT_FILE).is_file():
+            if str(d) not in roots:
+                roots.append(str(d))
+            break
+    if not roots:
+        roots = [str(home.root)]  # the user's file alone
+    broken = []
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        try:
+            config_mod.load(root, home=home)
+        except VriftError as e:
+            line = str(e).splitlines()[0]
+            if line not in broken:
+                broken.append(line)
+    for line in broken:
+        out.append(_check("configuration", FAIL, f"{line}; fix that line (builds run unaccelerated until then)"))
+    if not broken:
+        out.append(_check("configuration", OK, f"{len(roots)} configuration{'s' if len(roots) != 1 else ''} valid"))
+    return out
 
 
 def check_inotify() -> dict:
-    try:
-        watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
-    except (OSError, ValueError):
-        return _check("inotify", WARN, "limits unreadable: the watcher may fall back to rescans")
-    level = WARN if watches < 65536 else OK
-    return _check("inotify", level, f"max_user_watches {watches:,}" +
-                  ("; large trees fall back to a full rescan at each sync" if level else ""))
+    from ..daemon.watcher import inotify_limit
+
+    watches, instances = inotify_limit("max_user_watches"), inotify_limit("max_user_instances")
+    if watches is None:
+        return _check("inotify", WARN, "limits unreadable: the watcher may run out of watches")
+    level = WARN if watches < 65536 or (instances is not None and instances < 16) else OK
+    detail = f"max_user_watches {watches:,}, max_user_instances {instances if instances is not None else '?'}"
+    if level:
+        detail += ("; a tree with more directories than that has the rest answered by the kernel; "
+                   "fix: sudo sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512")
+    return _check("inotify", level, detail)
+
+
+def check_crashes(home: Home) -> list[dict]:
+    """Project daemons that keep dying: the coordinator stops restarting them (no loop)."""
+    from ..daemon import crashes
+    from ..daemon.paths import RunFiles
+    from ..daemon.process import log_tail
+
+    out = []
+    if not home.run_dir.is_dir():
+        return out
+    roots = {pid[:16]: info["root"] for pid, info in Registry(home).load().items()}
+    for f in sorted(home.run_dir.glob("p-*.crashes")):
+        files = RunFiles(home.run_dir, f.stem)
+        deaths = crashes.recent(files)
+        if not deaths:
+            continue
+        root = roots.get(f.stem[2:], f.stem)
+        span = max(1.0, time.time() - deaths[0])
+        level = FAIL if len(deaths) >= crashes.CRASH_LOOP else WARN
+        what = "crash-looping" if level == FAIL else "died"
+        out.append(_check(f"daemon {root}", level,
+                          f"{what}: {len(deaths)} deaths in the last {span:.0f} s (last log lines: "
+                          f"{log_tail(files.log_file)}); see {files.log_file}; fix the cause, then "
+                          f"`vrift daemon restart {root}`" + (" (the coordinator no longer restarts it by itself)"
+                                                             if level == FAIL else "")))
+    return out
 
 
 def check_watchers(home: Home) -> list[dict]:
@@ -186,7 +282,7 @@ def check_watchers(home: Home) -> list[dict]:
     for d in (status or {}).get("projects", []):
         watcher = d.get("watcher") or {}
         if watcher.get("degraded"):
-            out.append(_check(f"watcher {d.get('root')}", WARN, watcher.get("reason", "degraded: full rescans")))
+            out.append(_check(f"watcher {d.get('root')}", WARN, watcher.get("reason") or "degraded: full rescans"))
         elif watcher:
             out.append(_check(f"watcher {d.get('root')}", OK, f"{watcher.get('watches', '?')} watches"))
     return out
@@ -203,7 +299,9 @@ def check_tools() -> list[dict]:
 def run_checks(home: Home) -> list[dict]:
     checks = [check_private_dir("home", home.root), check_shm(home), check_native(), check_preload(),
               check_free_space(home), check_inotify()]
+    checks += check_configs(home)
     checks += check_projects(home)
     checks += check_watchers(home)
+    checks += check_crashes(home)
     checks += check_tools()
     return checks

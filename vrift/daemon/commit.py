@@ -178,11 +178,13 @@ def settle(index, policy, rels: Iterable[bytes]) -> list[bytes]:
                     unsettled.extend(group)
                     continue
         try:
+            confirmed = []
             for rel in group:
                 if _on_disk(index, policy, rel):
-                    index.set_dirty(rel, False)
+                    confirmed.append(rel)
                 else:
                     unsettled.append(rel)
+            index.clear_dirty_many(confirmed)  # still under the flock
         finally:
             if fd >= 0:
                 os.close(fd)

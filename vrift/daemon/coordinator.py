@@ -19,7 +19,7 @@ from ..errors import VriftError
 from ..home import Home
 from ..identity import Project
 from ..vdir import layout
-from . import process
+from . import crashes, process
 from .client import DaemonUnavailable, ProjectClient
 from .listener import Connection, Listener, RequestError
 from .paths import coordinator_files, project_files
@@ -131,11 +131,20 @@ class Coordinator:
                 if self.slots.get(slot.project.id) is slot:
                     del self.slots[slot.project.id]
             return
-        log.warning("project daemon %d for %s died: restarting", slot.pid, slot.project.root)
+        crashes.record(files, slot.pid)
         try:
             os.unlink(files.pid_file)
         except FileNotFoundError:
             pass
+        if crashes.looping(files):  # no restart loop: the next build that asks starts one
+            n = len(crashes.recent(files))
+            with self.lock:
+                if self.slots.get(slot.project.id) is slot:
+                    del self.slots[slot.project.id]
+            log.error("project daemon for %s died %d times in %.0f s: not restarting it by itself (%s)",
+                      slot.project.root, n, crashes.CRASH_WINDOW_S, process.log_tail(files.log_file))
+            return
+        log.warning("project daemon %d for %s died: restarting", slot.pid, slot.project.root)
         try:
             self._start_daemon(slot.project, slot)
             slot.restarts += 1
@@ -185,6 +194,14 @@ class Coordinator:
                     time.sleep(0.02)
                 if slot.alive():
                     raise VriftError(f"the daemon of {project.root} (pid {slot.pid}) is shutting down; try again")
+            files = project_files(self.home, project.id)
+            dead = process.read_pid(files.pid_file)
+            if dead and not process.pid_alive(dead):  # killed or crashed, before the health check saw it
+                crashes.record(files, dead)
+                try:
+                    os.unlink(files.pid_file)
+                except FileNotFoundError:
+                    pass
             try:
                 if fresh:
                     self._make_room(project.id)
@@ -308,7 +325,8 @@ class Coordinator:
         projects = []
         for slot in slots:
             row = {"root": str(slot.project.root), "pid": slot.pid, "alive": slot.alive(),
-                   "restarts": slot.restarts, "last_used": slot.last_used}
+                   "restarts": slot.restarts, "last_used": slot.last_used,
+                   "recent_crashes": len(crashes.recent(project_files(self.home, slot.project.id)))}
             try:
                 with ProjectClient(project_files(self.home, slot.project.id).socket, PROBE_TIMEOUT_MS) as c:
                     s = c.stats()

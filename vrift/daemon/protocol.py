@@ -127,6 +127,10 @@ class StatsFlag(IntFlag):
     INGEST = 4      # only how far a running full ingest is (no writer: it is busy with it)
 
 
+class SyncFlag(IntFlag):
+    UNCONFIRMED_OK = 1  # SYNC request: answer before a restarted daemon's start-up reconcile ends
+
+
 class ShutdownFlag(IntFlag):
     ALL = 1      # to the coordinator: stop every project daemon too
     IF_IDLE = 2  # to a project daemon: stop unless another client (a build) is connected

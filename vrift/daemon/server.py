@@ -2,8 +2,9 @@
 
     python -m vrift.daemon.server --root ROOT
 
-On start: lock, open the index (WAL replay → LMDB → shared memory), watch the tree, reconcile
-it with a full (digest-reusing) ingest, then serve.  Exits after `daemon.idle_timeout_s` without
+On start: lock, open the index (WAL replay → LMDB → shared memory), watch the tree, serve.  A
+first start ingests the tree before SYNC answers; a restart serves the index it finds at once,
+every entry DIRTY until the background reconcile (reconcile.py) has confirmed it on disk.  Exits after `daemon.idle_timeout_s` without
 clients or requests, flushing everything.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .commit import CommitService, settle
 from .listener import Connection, Listener, RequestError
 from .paths import project_files
 from .pathcheck import PathPolicy
-from .protocol import ONE_WAY, ChangedFlag, Err, Frame, Msg, ShutdownFlag, ShutdownReplyFlag, StatsFlag, Tag, reply
+from .protocol import ONE_WAY, ChangedFlag, Err, Frame, Msg, ShutdownFlag, ShutdownReplyFlag, StatsFlag, SyncFlag, Tag, reply
+from .reconcile import Reconciler
 from .watcher import Watcher
 from .writer import IndexWriter
 
@@ -46,6 +48,9 @@ HEALTH_EVERY_S = 1.0
 ROLLBACK_GRACE_S = 2.0  # how long a dropped client's process may take to finish exiting
 REQUEST_TIMEOUT_S = 600.0
 STATS_CACHE_ONLY, STATS_EXPLAIN, STATS_INGEST = StatsFlag.CACHE_ONLY, StatsFlag.EXPLAIN, StatsFlag.INGEST
+# SYNC FLAGS: answer without waiting for a restarted daemon's start-up reconcile (paths it has
+# not confirmed yet are DIRTY: readers ask the kernel); `vrift wrap` sets it, a plain SYNC waits
+SYNC_UNCONFIRMED_OK = SyncFlag.UNCONFIRMED_OK
 
 
 # fields that name files (or hold argv/environment strings): a NUL in one is refused up front
@@ -65,7 +70,7 @@ class ProjectDaemon:
         self.durability = cfg["durability"]
         self.index = ProjectIndex(home, project, durability=self.durability,
                                   sync_interval_ms=cfg["sync_interval_ms"], sync_batch_size=cfg["sync_batch_size"],
-                                  mapsize_gb=cfg["lmdb_mapsize_gb"])
+                                  mapsize_gb=cfg["lmdb_mapsize_gb"], unconfirmed=True)
         # A commit's blob is stored without fsync; the writer makes a commit group's blobs
         # durable together before the index names them (CAS.sync_blobs: a few fsynced one by
         # one, more with one syncfs, which flushes everything dirty on the filesystem: 3.8 ms
@@ -100,6 +105,7 @@ class ProjectDaemon:
         self.writer: IndexWriter | None = None
         self.watcher: Watcher | None = None
         self.commits: CommitService | None = None
+        self.reconciler = Reconciler(self)
         self.listener = Listener(self.files.socket, self.handle, on_open=self._opened, on_close=self._closed)
         from .actions import ActionCache
 
@@ -126,7 +132,9 @@ class ProjectDaemon:
         return getattr(self, "_stamps", None) is not None and self._config_stamps() != self._stamps
 
     def start(self) -> None:
+        t0 = time.monotonic()
         self.index.open()
+        t_index = time.monotonic()
         self.ingester = self.ingester_cls(self.project, self.index, self.cas, ignore=self.cfg["ignore"],
                                           workers=self.cfg["hash_workers"], index_filter=self.index_filter,
                                           store_blobs=self.cfg["ingest_blobs"] == "copy")
@@ -136,13 +144,26 @@ class ProjectDaemon:
                                      reread=lambda rels: self.writer.call(lambda: self._reread(rels)),
                                      release=lambda rels: self.announce(rels, -1))
         self.watcher = Watcher(os.fsencode(self.project.root), self.ingester.rules.ignored,
-                               on_close_write=self._closed_write).start()
-        # the tree may have changed while nobody watched: reconcile it (digests are reused)
-        self.writer.call(self._full_rescan)
+                               on_close_write=self._closed_write,
+                               max_watches=self.cfg.get("daemon.max_watches", 0)).start()
+        t_watch = time.monotonic()
         self.writer.call(self._sweep_staging)
-        self.writer.call(self._settle_leftovers)
+        # The tree may have changed while nobody watched it.  With an index to serve, every
+        # published entry is DIRTY now (ProjectIndex unconfirmed): serve at once and confirm
+        # entries in the background.  A first start has nothing to serve: ingest, then answer SYNC.
+        if len(self.index):
+            self.reconciler.start()
+        else:
+            self.index.unconfirmed = False
+            self.writer.call(self._full_rescan)
+            self.writer.call(self._settle_leftovers)
+            self.writer.call(self.reconciler.done.set)
         self.cache.start()
         self.listener.start()
+        log.info("ready in %.3f s (index %.3f s, %d entries; watches %.3f s; %s)", time.monotonic() - t0,
+                 t_index - t0, len(self.index), t_watch - t_index,
+                 "serving at once, reconciling in the background" if not self.reconciler.done.is_set()
+                 else "first ingest before the first SYNC")
 
     def serve_forever(self) -> None:
         next_health = time.monotonic() + HEALTH_EVERY_S
@@ -269,6 +290,8 @@ class ProjectDaemon:
                 .add(Tag.PID, os.getpid()))
 
     def _sync(self, conn: Connection, req: Frame) -> Frame:
+        if not (req.int(Tag.FLAGS, 0) or 0) & SYNC_UNCONFIRMED_OK:
+            self.reconciler.done.wait(REQUEST_TIMEOUT_S)  # "the index is the tree", not only "nothing stale"
         # every notification sent before this request is in some connection's queue by now
         self.listener.quiesce(but=conn, timeout=REQUEST_TIMEOUT_S)
         # every change made before the request was sent is queued in inotify by now
@@ -402,6 +425,8 @@ class ProjectDaemon:
             return self.ingester.ingest(bar=self.ingest_bar).to_json()
         finally:
             self.ingest_bar = None
+            if self.watcher is not None:
+                self.mark_unwatched(list(self.watcher.unwatched), subtrees=True)
 
     def _apply_watched(self, for_sync: bool = False) -> None:
         # The tree shows these changes again after a crash (the start-up rescan): no fsync of
@@ -411,6 +436,8 @@ class ProjectDaemon:
             self._apply_watched_now(for_sync)
 
     def _apply_watched_now(self, for_sync: bool) -> None:
+        if self.watcher is None:  # the writer's first ticks, while the watches are being added
+            return
         paths, dirs, full = self.watcher.take(for_sync)
         if full:
             self._full_rescan()
@@ -430,6 +457,7 @@ class ProjectDaemon:
             if held:
                 paths = set(paths) - set(held)
             self.ingester.reconcile(paths)
+            self.mark_unwatched(paths, subtrees=True)
         if dirs:
             self._refresh_dirs(dirs)
 
@@ -490,6 +518,24 @@ class ProjectDaemon:
         """Clear DIRTY where the entry matches the tree; the rest is re-read on the next tick."""
         for rel in settle(self.index, self.policy, rels):
             self._beacon_waiting.add(rel)
+        self.mark_unwatched(rels)
+
+    def watched(self, rel: bytes) -> bool:
+        return self.watcher is None or self.watcher.covers(rel)
+
+    def mark_unwatched(self, rels, subtrees: bool = False) -> None:
+        """DIRTY on the entries (and with `subtrees`, everything indexed below them) of
+        directories the watcher has no watch for: nothing would tell us of a change there, so
+        readers ask the kernel for good."""
+        if self.watcher is None or not self.watcher.unwatched:
+            return
+        for rel in rels:
+            if self.watcher.covers(rel):
+                continue
+            self.index.set_dirty(rel, True)
+            if subtrees:
+                for e in self.index.under(rel):
+                    self.index.set_dirty(e.path, True)
 
     def _closed_write(self, rel: bytes) -> None:
         if rel in self._beacon_waiting and self.writer is not None:
@@ -586,6 +632,7 @@ class ProjectDaemon:
             "notices_refused": self.notices_refused,
             "bad_frames": self.listener.bad_frames, "rejected_uid": self.listener.rejected_uid,
             "beacon_waiting": len(self._beacon_waiting),
+            "reconcile": self.reconciler.stats(),
             "watcher": self.watcher.stats() if self.watcher else None,
             "index": index_stats,
             "cache": self.cache.stats(),

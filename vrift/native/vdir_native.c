@@ -148,6 +148,17 @@ EXPORT uint32_t vrift_collect_flagged(void *base, uint64_t size, uint32_t bits, 
     return found;
 }
 
+/* OR `bits` into every entry below entry_used (a restarted daemon marks the whole table
+ * "ask the kernel" before it trusts it again: one pass, no lock — DIRTY is outside the
+ * checksum); returns how many entries were marked, or UINT32_MAX on a bad geometry. */
+EXPORT uint32_t vrift_flags_or_all(void *base, uint64_t size, uint32_t bits) {
+    geo g;
+    if (geo_load(base, size, &g) != 0) return UINT32_MAX;
+    for (uint32_t i = 0; i < g.used; i++) __atomic_fetch_or(&geo_entry(&g, i)->flags, bits, __ATOMIC_ACQ_REL);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return g.used;
+}
+
 /* The writer's probe: index of the entry for `rel` under `hash`, or -1.  *slot_out is the
  * entry's slot on a hit, the first empty slot of the chain on a miss (UINT32_MAX when the
  * table has none).  `hash` is a parameter so that tests can force full-hash collisions. */

@@ -97,6 +97,7 @@
     X(STATS, CACHE_ONLY, 1u)  /* STATS request: only the action cache's counters */                \
     X(STATS, EXPLAIN, 2u)     /* STATS request: with explanations newer than SEQUENCE */           \
     X(STATS, INGEST, 4u)      /* STATS request: only how far a running full ingest is */          \
+    X(SYNC, UNCONFIRMED_OK, 1u) /* SYNC request: answer before a restarted daemon's reconcile ends */ \
     X(SHUTDOWN, ALL, 1u)      /* SHUTDOWN to the coordinator: every project daemon too */          \
     X(SHUTDOWN, IF_IDLE, 2u)  /* SHUTDOWN to a project daemon: only if no build is connected */   \
     X(SHUTDOWN_REPLY, STOPPING, 1u) /* SHUTDOWN reply of a project daemon: it stops (0: refused) */ \

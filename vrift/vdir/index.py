@@ -38,7 +38,7 @@ MODES = ("sync", "wal", "async")
 
 class ProjectIndex:
     def __init__(self, home: Home, project: Project, durability: str = "wal", sync_interval_ms: int = 100,
-                 sync_batch_size: int = 1000, mapsize_gb: float = 10, shm: bool = True):
+                 sync_batch_size: int = 1000, mapsize_gb: float = 10, shm: bool = True, unconfirmed: bool = False):
         if durability not in MODES:
             raise VriftError(f"durability: expected one of {', '.join(MODES)}, got {durability!r}")
         self.home, self.project = home, project
@@ -47,6 +47,10 @@ class ProjectIndex:
         self.sync_batch_size = max(1, int(sync_batch_size))
         self.mapsize_gb = mapsize_gb
         self.use_shm = shm
+        # True while the published entries are not yet confirmed against the tree (a daemon's
+        # start-up): the VDir it opens or builds has every entry DIRTY; the owner clears this
+        # once it has reconciled (docs/daemons.md, "Start-up")
+        self.unconfirmed = unconfirmed
         # called before LMDB is synced in async mode: whatever the index refers to (CAS blobs)
         # must reach the disk first
         self.before_sync: Callable[[], None] | None = None
@@ -147,7 +151,8 @@ class ProjectIndex:
 
     def _open_shm(self) -> None:
         try:
-            writer = VDirWriter.open_existing(self.vdir_path, self._root, self.project.id)
+            writer = VDirWriter.open_existing(self.vdir_path, self._root, self.project.id,
+                                              unconfirmed=self.unconfirmed)
         except (VDirError, OSError):
             writer = None
         if writer is not None:
@@ -163,7 +168,10 @@ class ProjectIndex:
                                    capacity_hint=len(self._records), index_generation=self._gen)
         try:
             if self._records:
-                writer.put_many(self._unpacked(list(self._records.items())), index_generation=self._gen)
+                entries = self._unpacked(list(self._records.items()))
+                if self.unconfirmed:  # not yet checked against the tree: readers ask the kernel
+                    entries = (e.with_flags(e.flags | layout.F_DIRTY) for e in entries)
+                writer.put_many(entries, index_generation=self._gen)
         except BaseException:
             writer.close(unlink=True)
             raise
@@ -401,6 +409,17 @@ class ProjectIndex:
             log.warning("%s: rebuilding it from the index", exc)
             self.rebuild_shm()
             return False
+
+    def clear_dirty_many(self, rels: Iterable[bytes]) -> int:
+        """set_dirty(rel, False) for many paths at once; returns how many had an entry."""
+        if self._shm is None:
+            return 0
+        try:
+            return self._shm.clear_dirty_many(rels)
+        except VDirCorrupt as exc:
+            log.warning("%s: rebuilding it from the index", exc)
+            self.rebuild_shm()
+            return 0
 
     # ------------------------------------------------------------------ background durability
     def _flush_locked(self) -> None:

@@ -41,6 +41,7 @@ _SIGNATURES = {
     "vrift_heartbeat": (c_uint64, [c_void_p]),
     "vrift_retire": (None, [c_void_p]),
     "vrift_collect_flagged": (c_uint32, [c_void_p, c_uint64, c_uint32, POINTER(c_uint32), c_uint32]),
+    "vrift_flags_or_all": (c_uint32, [c_void_p, c_uint64, c_uint32]),
     "vrift_check": (c_int, [c_void_p, c_uint64]),
     "vrift_hash": (c_uint64, [c_char_p, c_size_t]),
     "vrift_find": (c_int, [c_void_p, c_uint64, c_char_p, c_size_t, c_void_p]),

@@ -21,6 +21,7 @@ MSG_HELLO, MSG_SYNC, MSG_STATS, MSG_ERROR, REPLY_BIT = 0x01, 0x02, 0x06, 0x7FFF,
 TAG_GENERATION, TAG_TEXT, TAG_JSON, TAG_ROOT, TAG_VDIR, TAG_SOCKET, TAG_STAGING_DIR, TAG_ERROR_CODE = 4, 5, 6, 7, 8, 9, 11, 12
 TAG_FLAGS, TAG_SIZE = 14, 15
 STATS_CACHE_ONLY, STATS_EXPLAIN, STATS_INGEST = 1, 2, 4
+SYNC_UNCONFIRMED_OK = 1
 SYNC_TIMEOUT_S = 60.0  # a degraded watcher makes SYNC a full rescan of the tree
 
 
@@ -88,7 +89,10 @@ def hello_sync(socket_path: str, root: str, timeout_s: float, cache: bool = Fals
         except OSError as e:
             raise LinkError(f"cannot connect to {socket_path}: {e.strerror or e}") from None
         try:
-            frames = encode(MSG_HELLO, 1, [(TAG_ROOT, os.fsencode(root))]) + encode(MSG_SYNC, 2, [])
+            # SYNC_UNCONFIRMED_OK: a restarted daemon answers before its start-up reconcile ends
+            # (what it has not confirmed is DIRTY: the build's processes ask the kernel for it)
+            frames = (encode(MSG_HELLO, 1, [(TAG_ROOT, os.fsencode(root))])
+                      + encode(MSG_SYNC, 2, [(TAG_FLAGS, struct.pack("<I", SYNC_UNCONFIRMED_OK))]))
             if cache:
                 frames += encode(MSG_STATS, 3, [(TAG_FLAGS, struct.pack("<I", STATS_CACHE_ONLY))])
             sock.sendall(frames)

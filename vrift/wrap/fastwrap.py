@@ -276,6 +276,7 @@ class Plan:
         self.socket: str | None = None
         self.new_project = False
         self.config_restart = False
+        self.daemon_note: str | None = None  # the daemon died during the build (daemon/watchdog.py)
 
 
 def prepare(opts: WrapOptions, env) -> Plan:
@@ -359,12 +360,22 @@ def wrap(opts: WrapOptions, env=None) -> int:
         if plan.hooks is not None:
             plan.hooks.prepare_env(plan.project, plan.config, plan.env)
             plan.hooks.pre_build(plan.project, plan.config, argv)
+        watch = None
+        if plan.socket:  # the daemon dies during the build: ask for it back (bounded)
+            from ..daemon.watchdog import DaemonWatch
+
+            watch = DaemonWatch(plan.socket, plan.root, env).start()
         code = process.run(argv, plan.env)
+        if watch is not None:
+            watch.stop()
+            plan.daemon_note = watch.note()
         if plan.counters_path:
             counts = counters.read_counters(plan.counters_path)
     finally:
         counters.remove_quietly(plan.counters_path)
     summary = report.summarize(counts, time.monotonic() - t0, plan.reason)
+    if plan.daemon_note:
+        summary["daemon_restarts"] = plan.daemon_note
     if plan.cache_before is not None:
         explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
         after = daemon_cache_stats(plan, explain)

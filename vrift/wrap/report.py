@@ -26,6 +26,8 @@ def summary_line(summary: dict) -> str:
         notes.append(f"{summary['fallback_processes']} processes fell back to the real filesystem (VDir unusable)")
     if summary.get("vdir_corrupt"):
         notes.append(f"{summary['vdir_corrupt']} damaged index entries asked of the kernel instead (reported)")
+    if summary.get("daemon_restarts"):
+        notes.append(summary["daemon_restarts"])
     if summary.get("written_without_daemon"):
         notes.append(f"{summary['written_without_daemon']} files written without the daemon")
     if cache and (cache["misses"] or cache["uncacheable"]):
