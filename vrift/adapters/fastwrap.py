@@ -374,7 +374,8 @@ def wrap(opts: WrapOptions, env=None) -> int:
     if plan.cache_before is not None:
         explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
         after = daemon_cache_stats(plan, explain)
-        summary["cache"] = launch.cache_summary(plan.cache_before, after.get("cache") or {})
+        summary["cache"] = launch.cache_summary(plan.cache_before, after.get("cache") or {},
+                                                (counters or {}).get("fast_hits"))
         summary["index_files"] = after.get("entries")
         if explain and not opts.quiet:
             for line in launch.explain_lines(after.get("explain") or []):

@@ -44,6 +44,7 @@ class Msg(IntEnum):
     WRITING = 0x40
     WRITTEN = 0x41
     CHANGED = 0x42
+    ACTION_REPLAYED = 0x43
     # coordinator
     ENSURE_PROJECT = 0x20
     LIST = 0x21
@@ -52,7 +53,7 @@ class Msg(IntEnum):
     ERROR = 0x7FFF
 
 
-ONE_WAY = frozenset({Msg.WRITING, Msg.WRITTEN, Msg.CHANGED})
+ONE_WAY = frozenset({Msg.WRITING, Msg.WRITTEN, Msg.CHANGED, Msg.ACTION_REPLAYED})
 
 
 class Tag(IntEnum):

@@ -197,6 +197,8 @@ void vrift_unlock_dir(int dfd);
  * into place by this process, a path to re-read.  0 sent, -1 not. */
 enum { VRIFT_N_WRITING = 0x40, VRIFT_N_WRITTEN = 0x41, VRIFT_N_CHANGED = 0x42 };
 int vrift_daemon_notify(int type, const char *const *paths, int n);
+/* A one-way frame with a body laid out by the caller (ACTION_REPLAYED); 0 sent. */
+int vrift_daemon_send(uint16_t type, const void *body, uint32_t len);
 /* INVALIDATE: 0 accepted, -1 unusable. */
 int vrift_daemon_invalidate(const char *const *paths, int n);
 /* BEGIN_WRITE (new paths without an entry: a DIRTY placeholder): 0 accepted, -1 unusable. */
