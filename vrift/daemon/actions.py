@@ -447,11 +447,11 @@ class ActionCache:
         return reply(req).add(Tag.FLAGS, 1)
 
     def _put(self, key: bytes, fp: Fingerprint, fast: dict | None = None) -> None:
+        if fast is not None:  # first: the next build may be a moment away; the table needs no LMDB
+            self._publish(fast, fp.id, fp)
         try:
             self.store.put(key, fp.id, fp.to_json())
             self._count("recorded")
-            if fast is not None:
-                self._publish(fast, fp.id, fp)
             self._recorded_at = time.monotonic()
             if self.remote is not None:  # write-behind: the upload thread, never the build's path
                 self.remote.enqueue(key, fp.id, fp.to_json(), fp.digests())
@@ -469,10 +469,10 @@ class ActionCache:
             record = fasttable.compile_record(fp, self.ctx, fast["ident"], fast["search"], fast["exe"],
                                               fast["exe_digest"])
         except fasttable.NotExpressible as e:
-            log.warning("not in the action table: %s", e)
+            log.debug("not in the action table: %s", e)
             record = None
         except (OSError, ValueError, KeyError, TypeError, VriftError) as e:
-            log.warning("not in the action table: %s", e)
+            log.debug("not in the action table: %s", e)
             record = None
         if record is not None:
             with self._lock:

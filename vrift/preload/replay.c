@@ -341,26 +341,39 @@ static void unstage(size_t n) {
 
 /* ------------------------------------------------------------------ the replay */
 
+/* Why the table was not used, for VRIFT_DEBUG; the daemon decides instead. */
+#define MISS(why)                                  \
+    do {                                           \
+        vrift_log("action table: %s", why);        \
+        goto done;                                 \
+    } while (0)
+
 int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const char *action_id) {
     if (!vrift_writes_on || vrift_root_len == 0) return -1;
     table t;
-    if (map_table(&t) != 0) return -1;
+    if (map_table(&t) != 0) {
+        vrift_log("action table: none usable");
+        return -1;
+    }
     int result = -1;
     size_t staged = 0;
     const vrift_actions_record *r = find(&t, ident, len);
-    if (!r) goto done;
+    if (!r) MISS("no record for this command");
     struct stat st;
     if (sys_stat(exe, &st, 0) != 0 || st.st_dev != r->exe_dev || st.st_ino != r->exe_ino || st.st_size != r->exe_size ||
         ns_of(&st.st_mtim) != r->exe_mtime_ns || ns_of(&st.st_ctim) != r->exe_ctime_ns || r->status > 255 ||
         r->n_outputs > MAX_OUTPUTS)
-        goto done;
+        MISS("the executable changed");
     cursor c = {(const uint8_t *)r + VRIFT_ACTIONS_RECORD_HEAD, (const uint8_t *)r + r->length};
     if (!take(&c, vrift_act_pad8(r->ident_len))) goto done;
     for (uint32_t i = 0; i < r->n_checks; i++) {
         const vrift_actions_check *k = take(&c, VRIFT_ACTIONS_CHECK_HEAD);
         const char *path, *extra;
         if (!k || strings(&c, k->path_len, k->extra_len, &path, &extra) != 0) goto done;
-        if (check_one(k, path, extra) != 0) goto done;
+        if (check_one(k, path, extra) != 0) {
+            vrift_log("action table: %s differs (check %c)", path, k->kind);
+            goto done;
+        }
     }
     /* every input is as recorded: stage every output before the first one is put in place */
     cursor outs = c;
@@ -372,7 +385,7 @@ int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const c
         if (strncmp(path, vrift_root, vrift_root_len) != 0 || path[vrift_root_len] != '/') goto done;
         if (o->type == VRIFT_OUT_FILE) {
             staged = i + 1;
-            if (stage(&t, o, blob, i) != 0) goto done;
+            if (stage(&t, o, blob, i) != 0) MISS("an output could not be staged");
         } else if (o->type != VRIFT_OUT_DIR) {
             goto done;
         }
