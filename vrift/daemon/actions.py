@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import re
+import stat as statmod
 import threading
 import time
 from collections import deque
@@ -478,12 +479,14 @@ class ActionCache:
             with self._lock:
                 if len(self._fast) >= fasttable.MAX_RECORDS * 4:
                     self._fast.clear()
-                self._fast[fasttable.key_hash(fast["ident"])] = (fid, fp.wall_s, fp.size, len(fp.outputs))
+                outputs = {self.root + b"/" + os.fsencode(o[0]): bytes.fromhex(o[1]) for o in fp.outputs if o[1]}
+                self._fast[fasttable.key_hash(fast["ident"])] = (fid, fp.wall_s, fp.size, len(fp.outputs), outputs)
         self.table.put(fast["ident"], record)
 
     def replayed(self, conn: Connection, req: Frame) -> None:
         """ACTION_REPLAYED (one-way): the library replayed a table record itself.  Counted as a
-        lookup and a hit; the outputs come as WRITTEN notifications of their own."""
+        lookup and a hit; each output (PATH, then TEXT: the stat identity of the inode the
+        library renamed there, from its own fd) is published with the recorded digest."""
         h = req.int(Tag.SIZE)
         with self._lock:
             info = self._fast.get(h) if h is not None else None
@@ -496,6 +499,46 @@ class ActionCache:
             self._count("time_saved_s", info[1])
             self._count("bytes_replayed", info[2])
             self._count("outputs_replayed", info[3])
+        placed, path = [], None
+        for tag, value in req.fields:
+            if tag == Tag.PATH:
+                path = value
+            elif tag == Tag.TEXT and path is not None:
+                try:
+                    placed.append((self.daemon.policy.target(path, allow_root=False), path,
+                                   tuple(int(x) for x in value.split())))
+                except (ValueError, RequestError, VriftError):
+                    pass
+                path = None
+        if placed:
+            digests = info[4] if info is not None else {}
+            self.daemon.writer.call(lambda: self._publish_replayed(placed, digests))
+
+    def _publish_replayed(self, placed: list, digests: dict) -> None:
+        """On the writer thread: an output whose path still holds the very inode the library
+        renamed there, unchanged since (its stat identity, taken through the library's own fd),
+        has the recorded digest — no hashing, no fsync (the blob is durable in the CAS; lost in
+        a crash, the start-up rescan finds the file).  Anything else is simply re-read."""
+        daemon, index = self.daemon, self.daemon.index
+        entries, parents, reread = [], set(), []
+        for rel, path, stamp in placed:
+            digest = digests.get(path)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                st = None
+            if digest is None or st is None or not statmod.S_ISREG(st.st_mode) or DigestMemo.stamp(st) != stamp:
+                reread.append(rel)
+                continue
+            self.memo.remember(st, digest)
+            entries.append(Entry.from_stat(rel, st, digest))
+            parents.add(os.path.dirname(rel))
+        if entries:
+            with index.lazy():
+                index.apply(entries + daemon._dir_entries(parents))
+            daemon._settle([e.path for e in entries] + sorted(parents))
+        if reread:
+            daemon._reread(reread)
 
     def drain(self, timeout: float = 30) -> None:
         """Wait until every entry handed to the recorder is written (tests, shutdown)."""

@@ -32,6 +32,8 @@
 #include <unistd.h>
 
 #define M_ACTION_REPLAYED 0x43
+#define T_PATH 1
+#define T_TEXT 5
 #define T_SIZE 15
 #define T_ACTION 19
 #define T_STDOUT 20
@@ -268,8 +270,9 @@ static int copy_blob(int src, int dst, uint64_t size) {
     return 0;
 }
 
-/* Stage output `i` from its blob; 0 when the staged copy has the recorded size and checksum. */
-static int stage(const table *t, const vrift_actions_output *o, const char *blob, size_t i) {
+/* Stage output `i` from its blob; 0 when the staged copy has the recorded size and checksum
+ * (its fd, kept open for the identity sent afterwards, in *fd_out). */
+static int stage(const table *t, const vrift_actions_output *o, const char *blob, size_t i, int *fd_out) {
     char src_path[VRIFT_PATH_MAX], dst_path[VRIFT_PATH_MAX];
     if (t->cas_len + 1 + o->blob_len + 1 > sizeof src_path) return -1;
     memcpy(src_path, t->cas, t->cas_len);
@@ -301,9 +304,13 @@ static int stage(const table *t, const vrift_actions_output *o, const char *blob
              syscall(SYS_fchmod, dst, (mode_t)(o->mode & 07777)) == 0;
     }
     syscall(SYS_close, src);
+    if (ok) {
+        *fd_out = dst;
+        return 0;
+    }
     if (dst >= 0) syscall(SYS_close, dst);
-    if (!ok) vrift_log("fast replay: output %zu could not be staged from %s", i, src_path);
-    return ok ? 0 : -1;
+    vrift_log("fast replay: output %zu could not be staged from %s", i, src_path);
+    return -1;
 }
 
 /* mkdir -p of `path`'s missing directories inside the project; each new one under its
@@ -332,12 +339,30 @@ static int make_dirs(const char *path, int include_last) {
     return 0;
 }
 
-static void unstage(size_t n) {
+static void unstage(size_t n, int *fds) {
     char p[VRIFT_PATH_MAX];
     for (size_t i = 0; i < n; i++) {
         staging_file(p, i);
         syscall(SYS_unlinkat, AT_FDCWD, p, 0);
+        if (fds[i] >= 0) syscall(SYS_close, fds[i]);
+        fds[i] = -1;
     }
+}
+
+static size_t put_tlv(uint8_t *m, uint16_t tag, const void *v, size_t n) {
+    m[0] = (uint8_t)tag;
+    m[1] = (uint8_t)(tag >> 8);
+    for (int i = 0; i < 4; i++) m[2 + i] = (uint8_t)(n >> (8 * i));
+    memcpy(m + 6, v, n);
+    return 6 + n;
+}
+
+static size_t put_signed(char *out, int64_t v) {
+    if (v < 0) {
+        out[0] = '-';
+        return 1 + vrift_put_dec(out + 1, (uint64_t)(-v));
+    }
+    return vrift_put_dec(out, (uint64_t)v);
 }
 
 /* ------------------------------------------------------------------ the replay */
@@ -360,6 +385,9 @@ int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const c
     }
     int result = -1;
     size_t staged = 0;
+    int fds[MAX_OUTPUTS];
+    uint8_t *msg = MAP_FAILED;
+    size_t msg_cap = 0, msg_len = 0;
     const vrift_actions_record *r = find(&t, ident, len);
     if (!r) MISS("no record for this command");
     struct stat st;
@@ -386,15 +414,28 @@ int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const c
         const char *path, *blob;
         if (!o || strings(&c, o->path_len, o->blob_len, &path, &blob) != 0) goto done;
         if (strncmp(path, vrift_root, vrift_root_len) != 0 || path[vrift_root_len] != '/') goto done;
+        fds[i] = -1;
         if (o->type == VRIFT_OUT_FILE) {
             staged = i + 1;
-            if (stage(&t, o, blob, i) != 0) MISS("an output could not be staged");
+            if (stage(&t, o, blob, i, &fds[i]) != 0) MISS("an output could not be staged");
         } else if (o->type != VRIFT_OUT_DIR) {
             goto done;
         }
     }
     const uint8_t *streams = take(&c, vrift_act_pad8(r->streams_len));
     if (!streams) goto done;
+    /* ACTION_REPLAYED: ACTION, SIZE (the record's key hash), and per file PATH + TEXT (the
+     * stat identity of the inode put there, from its fd: the daemon publishes the recorded
+     * digest only while the path still holds exactly that) */
+    msg_cap = 64 + (size_t)r->n_outputs * (VRIFT_PATH_MAX + 128);
+    msg = mmap(NULL, msg_cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (msg == MAP_FAILED) MISS("no memory");
+    {
+        uint8_t h8[8];
+        for (int i = 0; i < 8; i++) h8[i] = (uint8_t)(r->hash >> (8 * i));
+        msg_len += put_tlv(msg + msg_len, T_ACTION, action_id, 16);
+        msg_len += put_tlv(msg + msg_len, T_SIZE, h8, 8);
+    }
     c = outs;
     for (uint32_t i = 0; i < r->n_outputs; i++) {
         const vrift_actions_output *o = take(&c, VRIFT_ACTIONS_OUTPUT_HEAD);
@@ -413,27 +454,31 @@ int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const c
         long rr = syscall(SYS_renameat, AT_FDCWD, sp, AT_FDCWD, path);
         vrift_unlock_dir(dfd);
         if (rr != 0) goto done; /* whole files only so far; the daemon runs or replays it */
-        const char *paths[1] = {path};
-        vrift_daemon_notify(VRIFT_N_WRITTEN, paths, 1);
+        if (syscall(SYS_fstat, fds[i], &st) == 0 && o->path_len < VRIFT_PATH_MAX) {
+            char id[128];
+            size_t n = 0;
+            n += vrift_put_dec(id + n, (uint64_t)st.st_dev), id[n++] = ' ';
+            n += vrift_put_dec(id + n, (uint64_t)st.st_ino), id[n++] = ' ';
+            n += put_signed(id + n, (int64_t)st.st_size), id[n++] = ' ';
+            n += put_signed(id + n, ns_of(&st.st_mtim)), id[n++] = ' ';
+            n += put_signed(id + n, ns_of(&st.st_ctim));
+            msg_len += put_tlv(msg + msg_len, T_PATH, path, o->path_len);
+            msg_len += put_tlv(msg + msg_len, T_TEXT, id, n);
+        }
+        syscall(SYS_close, fds[i]);
+        fds[i] = -1;
     }
     staged = 0;
     if (vrift_capture_replay(streams, r->streams_len, T_STDOUT, T_STDERR) != 0) {
         vrift_log("fast replay: output could not be written, asking the daemon");
         goto done;
     }
-    {
-        uint8_t msg[2 * 6 + 16 + 8];
-        uint8_t *m = msg;
-        m[0] = T_ACTION, m[1] = 0, m[2] = 16, m[3] = m[4] = m[5] = 0;
-        memcpy(m + 6, action_id, 16);
-        m += 22;
-        m[0] = T_SIZE, m[1] = 0, m[2] = 8, m[3] = m[4] = m[5] = 0;
-        for (int i = 0; i < 8; i++) m[6 + i] = (uint8_t)(r->hash >> (8 * i));
-        vrift_daemon_send(M_ACTION_REPLAYED, msg, sizeof msg);
-    }
+    /* not sent (no daemon): the outputs stay DIRTY, readers ask the kernel */
+    vrift_daemon_send(M_ACTION_REPLAYED, msg, (uint32_t)msg_len);
     result = (int)r->status;
 done:
-    if (staged) unstage(staged);
+    if (staged) unstage(staged, fds);
+    if (msg != MAP_FAILED) munmap(msg, msg_cap);
     munmap((void *)t.base, t.size);
     return result;
 }
