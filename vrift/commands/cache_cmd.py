@@ -51,6 +51,7 @@ def cache_stats(home: Home, store) -> dict:
     doc.update(hits=hits, misses=misses, uncacheable=sum(reasons.values()), uncacheable_reasons=reasons,
                recorded=int(c.get("recorded", 0)), evicted=int(c.get("evicted", 0)),
                bytes_replayed=int(c.get("bytes_replayed", 0)), corrupt_blobs=int(c.get("corrupt_blobs", 0)),
+               fast_hits=int(c.get("fast_hits", 0)),
                time_saved_s=round(float(c.get("time_saved_s", 0)), 3),
                hit_rate=round(hits / (hits + misses), 4) if hits + misses else None,
                zeroed_at=c.get("zeroed_at"))

@@ -16,12 +16,13 @@ import copy
 import logging
 import os
 import re
+import stat as statmod
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from ..cache import actionlog, scope
+from ..cache import actionlog, fasttable, scope
 from ..cache.fingerprint import Context, Fingerprint, Uncacheable, build, match, unpack_streams
 from ..cache.key import Action, DigestMemo, action_key
 from ..cache.store import CacheStore, merge_counters
@@ -63,7 +64,7 @@ class ActionCache:
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
                          "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0, "remote_hits": 0, "time_saved_s": 0.0,
-                         "evicted": 0}
+                         "evicted": 0, "fast_hits": 0}
         self.max_size = _max_size(cfg)
         self.scope = cfg.get("cache.scope", "all")
         self._recorded_at: float | None = None  # monotonic time of the last entry stored, until evicted
@@ -71,6 +72,8 @@ class ActionCache:
         self._last_hit: dict[bytes, float] = {}
         self._explain: deque = deque(maxlen=EXPLAIN_KEEP)
         self._seq = 0
+        self.table: fasttable.ActionTable | None = None  # hits the preload library replays itself
+        self._fast: dict[int, tuple] = {}  # key hash of a table record -> (fid, wall_s, bytes, outputs)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,11 +87,30 @@ class ActionCache:
 
             self.remote = tiers.build(self.cfg, self.daemon.cas)
             self.remote_budget_s = self.cfg["daemon.socket_timeout_ms"] / 2000
+        if self.enabled and not self._plugin_keyed():  # a plugin's key part: only the daemon can compute it
+            vdir = os.fsencode(self.daemon.index.vdir_path)
+            name = os.path.basename(vdir).replace(layout.VDIR_NAME_PREFIX.encode(), fasttable.NAME_PREFIX.encode(), 1)
+            try:
+                self.table = fasttable.ActionTable(os.path.join(os.path.dirname(vdir), name), self.daemon.cas.root)
+            except OSError as e:
+                log.warning("action table unavailable: %s", e)
         self.sweep(startup=True)
+
+    def _plugin_keyed(self) -> bool:
+        """Does a plugin add to the keys (vrift_cache_key)?  Then no lookup is decided without
+        the daemon."""
+        if self.plugin_key is None:
+            return False
+        pm = getattr(getattr(self.plugin_key, "__self__", None), "pm", None)
+        if pm is None:
+            return True
+        return bool(pm.hook.vrift_cache_key.get_hookimpls())
 
     def stop(self) -> dict | None:
         """Returns what flushing the remote uploads did (None without a remote)."""
         self._recorder.shutdown(wait=True)  # entries recorded so far reach the upload queue
+        if self.table is not None:
+            self.table.close()
         report = None
         if self.remote is not None:
             report = self.remote.stop()
@@ -157,6 +179,8 @@ class ActionCache:
             out["unflushed"] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._unflushed.items()}
         out["enabled"] = self.enabled
         out["hashed"] = self.memo.hashed
+        if self.table is not None:
+            out["table"] = self.table.stats()
         if self.remote is not None:
             out["remote"] = self.remote.stats()
         return out
@@ -214,12 +238,13 @@ class ActionCache:
         except OSError as e:
             raise RequestError(Err.IO_ERROR, f"{os.fsdecode(exe)}: cannot hash the executable: {e.strerror or e}") from None
         start_ns = time.time_ns()
+        fast = {"ident": fasttable.identity(req.fields), "search": search, "exe": exe, "exe_digest": exe_digest}
         with self._lock:
             if len(self._pending) >= PENDING_LIMIT:
                 self._pending.clear()  # roots that died without END: forget them rather than grow
             self._pending[aid] = {"key": key, "start_ns": start_ns, "pid": req.int(Tag.PID, 0) or 0,
                                   "tool": action.tool, "argv": list(argv), "search": search,
-                                  "stdin": stdin}
+                                  "stdin": stdin, "fast": fast}
         why = "no entry for this key (new command line, tool, directory or environment)"
         local = self.store.candidates(key)
         for fid, data in local:
@@ -228,6 +253,7 @@ class ActionCache:
             if difference is None:
                 difference = self._try_replay(key, fid, fp, aid, out)
                 if difference is None:
+                    self._recorder.submit(self._publish, fast, fid, fp)  # the next one is decided by the library
                     return out
             if why.startswith("no entry"):
                 why = difference  # the newest fingerprint's first difference explains best
@@ -418,10 +444,12 @@ class ActionCache:
             log.exception("recording action %s failed", aid.decode())
             self._note("uncacheable", pending["argv"], f"internal error: {e}")
             return reply(req).add(Tag.FLAGS, 0)
-        self._recorder.submit(self._put, pending["key"], fp)
+        self._recorder.submit(self._put, pending["key"], fp, pending.get("fast"))
         return reply(req).add(Tag.FLAGS, EndFlag.RECORDING)
 
-    def _put(self, key: bytes, fp: Fingerprint) -> None:
+    def _put(self, key: bytes, fp: Fingerprint, fast: dict | None = None) -> None:
+        if fast is not None:  # first: the next build may be a moment away; the table needs no LMDB
+            self._publish(fast, fp.id, fp)
         try:
             self.store.put(key, fp.id, fp.to_json())
             self._count("recorded")
@@ -431,6 +459,86 @@ class ActionCache:
         except Exception:  # noqa: BLE001
             self._count("errors")
             log.exception("storing a cache entry failed")
+
+    # -- the action table (fasttable) ---------------------------------------------------------
+    def _publish(self, fast: dict, fid: bytes, fp: Fingerprint) -> None:
+        """Put `fp` in the action table for its lookup identity (on the recorder thread), or
+        take the identity out when the library could not check it exactly."""
+        if self.table is None:
+            return
+        try:
+            record = fasttable.compile_record(fp, self.ctx, fast["ident"], fast["search"], fast["exe"],
+                                              fast["exe_digest"])
+        except fasttable.NotExpressible as e:
+            log.debug("not in the action table: %s", e)
+            record = None
+        except (OSError, ValueError, KeyError, TypeError, VriftError) as e:
+            log.debug("not in the action table: %s", e)
+            record = None
+        if record is not None:
+            with self._lock:
+                if len(self._fast) >= fasttable.MAX_RECORDS * 4:
+                    self._fast.clear()
+                outputs = {self.root + b"/" + os.fsencode(o[0]): bytes.fromhex(o[1]) for o in fp.outputs if o[1]}
+                self._fast[fasttable.key_hash(fast["ident"])] = (fid, fp.wall_s, fp.size, len(fp.outputs), outputs)
+        self.table.put(fast["ident"], record)
+
+    def replayed(self, conn: Connection, req: Frame) -> None:
+        """ACTION_REPLAYED (one-way): the library replayed a table record itself.  Counted as a
+        lookup and a hit; each output (PATH, then IDENTITY: the stat identity of the inode the
+        library renamed there, from its own fd) is published with the recorded digest."""
+        h = req.int(Tag.KEY_HASH)
+        with self._lock:
+            info = self._fast.get(h) if h is not None else None
+            if info is not None:
+                self._last_hit[info[0]] = round(time.time(), 3)
+        self._count("lookups")
+        self._count("hits")
+        self._count("fast_hits")
+        if info is not None:
+            self._count("time_saved_s", info[1])
+            self._count("bytes_replayed", info[2])
+            self._count("outputs_replayed", info[3])
+        placed, path = [], None
+        for tag, value in req.fields:
+            if tag == Tag.PATH:
+                path = value
+            elif tag == Tag.IDENTITY and path is not None:
+                try:
+                    placed.append((self.daemon.policy.target(path, allow_root=False), path,
+                                   tuple(int(x) for x in value.split())))
+                except (ValueError, RequestError, VriftError):
+                    pass
+                path = None
+        if placed:
+            digests = info[4] if info is not None else {}
+            self.daemon.writer.call(lambda: self._publish_replayed(placed, digests))
+
+    def _publish_replayed(self, placed: list, digests: dict) -> None:
+        """On the writer thread: an output whose path still holds the very inode the library
+        renamed there, unchanged since (its stat identity, taken through the library's own fd),
+        has the recorded digest — no hashing, no fsync (the blob is durable in the CAS; lost in
+        a crash, the start-up rescan finds the file).  Anything else is simply re-read."""
+        daemon, index = self.daemon, self.daemon.index
+        entries, parents, reread = [], set(), []
+        for rel, path, stamp in placed:
+            digest = digests.get(path)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                st = None
+            if digest is None or st is None or not statmod.S_ISREG(st.st_mode) or DigestMemo.stamp(st) != stamp:
+                reread.append(rel)
+                continue
+            self.memo.remember(st, digest)
+            entries.append(Entry.from_stat(rel, st, digest))
+            parents.add(os.path.dirname(rel))
+        if entries:
+            with index.lazy():
+                index.apply(entries + daemon._dir_entries(parents))
+            daemon._settle([e.path for e in entries] + sorted(parents))
+        if reread:
+            daemon._reread(reread)
 
     def drain(self, timeout: float = 30) -> None:
         """Wait until every entry handed to the recorder is written (tests, shutdown)."""

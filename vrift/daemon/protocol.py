@@ -47,6 +47,7 @@ class Msg(IntEnum):
     WRITING = 0x40
     WRITTEN = 0x41
     CHANGED = 0x42
+    ACTION_REPLAYED = 0x43
     # coordinator
     ENSURE_PROJECT = 0x20
     LIST = 0x21
@@ -55,7 +56,7 @@ class Msg(IntEnum):
     ERROR = 0x7FFF
 
 
-ONE_WAY = frozenset({Msg.WRITING, Msg.WRITTEN, Msg.CHANGED})
+ONE_WAY = frozenset({Msg.WRITING, Msg.WRITTEN, Msg.CHANGED, Msg.ACTION_REPLAYED})
 
 
 class Tag(IntEnum):
@@ -87,6 +88,8 @@ class Tag(IntEnum):
     SEQUENCE = 25     # u64: a sequence number of the action cache's explanations
     STDIN_OFFSET = 26  # u64: where an action leaves the offset of its stdin file
     HELD = 27         # u32: paths kept DIRTY because a writer still holds them
+    KEY_HASH = 28     # u64: the key hash of an action-table record (ACTION_REPLAYED)
+    IDENTITY = 29     # ASCII: "dev ino size mtime_ns ctime_ns" of an inode, in decimal
     UMASK = 31        # u32: an action root's umask (shapes its outputs' modes), part of its key
 
 
@@ -147,7 +150,7 @@ class ErrorFlag(IntFlag):
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 U32_TAGS = frozenset({Tag.PID, Tag.ERROR_CODE, Tag.COUNT, Tag.FLAGS, Tag.UMASK, Tag.STATUS, Tag.HELD})
-U64_TAGS = frozenset({Tag.GENERATION, Tag.SIZE, Tag.SEQUENCE, Tag.STDIN_OFFSET})
+U64_TAGS = frozenset({Tag.GENERATION, Tag.SIZE, Tag.SEQUENCE, Tag.STDIN_OFFSET, Tag.KEY_HASH})
 
 
 class ProtocolError(Exception):

@@ -413,7 +413,12 @@ class ProjectDaemon:
                 Msg.INVALIDATE: _invalidate, Msg.STATS: _stats, Msg.INGEST: _ingest, Msg.SHUTDOWN: _shutdown,
                 Msg.PING: _ping, Msg.VDIR_BAD: _vdir_bad, Msg.ACTION_LOOKUP: _action_lookup,
                 Msg.ACTION_END: _action_end}
-    ONE_WAY_HANDLERS = {Msg.WRITING: _writing, Msg.WRITTEN: _written, Msg.CHANGED: _changed}
+
+    def _action_replayed(self, conn: Connection, req: Frame) -> None:
+        self.cache.replayed(conn, req)
+
+    ONE_WAY_HANDLERS = {Msg.WRITING: _writing, Msg.WRITTEN: _written, Msg.CHANGED: _changed,
+                        Msg.ACTION_REPLAYED: _action_replayed}
 
     # -- writer-thread work ----------------------------------------------------------------------
     def _full_rescan(self) -> dict:

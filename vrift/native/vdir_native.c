@@ -4,6 +4,7 @@
  * are plain stores, so the seqlock edges and the DIRTY bit live here.
  */
 #include "vrift_vdir.h"
+#include "vrift_actions.h"
 
 #include <time.h>
 
@@ -365,7 +366,7 @@ EXPORT int vrift_layout_field(int i, const char **name, size_t *off, size_t *siz
 /* The naming and ownership rules of the shared-memory directory, for the Python mirror. */
 EXPORT const char *vrift_layout_string(const char *name) {
 #define S(n) if (strcmp(name, #n) == 0) return n;
-    S(VRIFT_SHM_USER_DIR_PREFIX) S(VRIFT_VDIR_NAME_PREFIX) S(VRIFT_COUNTERS_NAME_PREFIX)
+    S(VRIFT_SHM_USER_DIR_PREFIX) S(VRIFT_VDIR_NAME_PREFIX) S(VRIFT_COUNTERS_NAME_PREFIX) S(VRIFT_ACTIONS_NAME_PREFIX)
 #undef S
     return NULL;
 }
@@ -387,6 +388,16 @@ EXPORT uint32_t vrift_layout_constant(const char *name) {
     C(VRIFT_F_DIRTY) C(VRIFT_F_DELETED) C(VRIFT_F_SYMLINK) C(VRIFT_F_DIR) C(VRIFT_F_COMPLETE_DIR)
     C(VRIFT_H_RETIRED) C(VRIFT_H_DEAD) C(VRIFT_HEARTBEAT_STALE_MS) C(VRIFT_HEARTBEAT_EVERY) C(VRIFT_RECORD_OFFSET) C(VRIFT_RECORD_SIZE)
     C(VRIFT_MAX_LOAD_NUM) C(VRIFT_MAX_LOAD_DEN) C(VRIFT_BLOOM_MASK) C(VRIFT_REL_MAX) C(VRIFT_VDIR_ID_CHARS) C(VRIFT_LOOKUP_CORRUPT)
+    C(VRIFT_ACTIONS_MAGIC) C(VRIFT_ACTIONS_VERSION) C(VRIFT_ACTIONS_HEADER_SIZE) C(VRIFT_ACTIONS_CAS_OFFSET)
+    C(VRIFT_ACTIONS_CAS_MAX) C(VRIFT_ACTIONS_SLOT_SIZE) C(VRIFT_ACTIONS_RECORD_HEAD) C(VRIFT_ACTIONS_CHECK_HEAD)
+    C(VRIFT_ACTIONS_OUTPUT_HEAD) C(VRIFT_CK_FILE) C(VRIFT_CK_ABSENT) C(VRIFT_CK_STAT) C(VRIFT_CK_FOUND)
+    C(VRIFT_CM_TYPE) C(VRIFT_CM_PERM) C(VRIFT_CM_X) C(VRIFT_CM_SIZE) C(VRIFT_CM_MTIME) C(VRIFT_CM_TARGET)
+    C(VRIFT_OUT_FILE) C(VRIFT_OUT_DIR)
 #undef C
     return 0xffffffffu;
 }
+
+/* ---- the action table (vrift_actions.h): the same checksum and hash as the preload library */
+EXPORT uint64_t vrift_act_checksum64(const char *p, size_t n) { return vrift_act_sum64(p, n); }
+EXPORT uint32_t vrift_act_checksum32(const char *p, size_t n) { return vrift_act_sum32(p, n); }
+EXPORT uint64_t vrift_act_key_hash(const char *p, size_t n) { return vrift_act_hash(p, n); }

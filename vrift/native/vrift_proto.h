@@ -37,6 +37,7 @@
     X(WRITING, 0x40, 1)             \
     X(WRITTEN, 0x41, 1)             \
     X(CHANGED, 0x42, 1)             \
+    X(ACTION_REPLAYED, 0x43, 1)     \
     X(ERROR, 0x7FFF, 0)
 
 /* Field tags: X(name, value).  Each meaning has its own tag; u32/u64 say the value's width. */
@@ -68,12 +69,14 @@
     X(SEQUENCE, 25)     /* u64: a sequence number of the action cache's explanations */           \
     X(STDIN_OFFSET, 26) /* u64: where an action leaves the offset of its stdin file */            \
     X(HELD, 27)         /* u32: paths kept DIRTY because a writer still holds them */             \
+    X(KEY_HASH, 28)     /* u64: the key hash of an action-table record (ACTION_REPLAYED) */       \
+    X(IDENTITY, 29)     /* ASCII: "dev ino size mtime_ns ctime_ns" of an inode, in decimal */      \
     X(STDIN, 30)        /* bytes: the regular file behind an action's fd 0 (absolute) */          \
     X(UMASK, 31)        /* u32: an action root's umask; part of its key */
 
 /* Tags whose value is a little-endian integer of fixed width (anything else is bytes). */
 #define VRP_U32_TAGS(X) X(PID) X(ERROR_CODE) X(COUNT) X(FLAGS) X(UMASK) X(STATUS) X(HELD)
-#define VRP_U64_TAGS(X) X(GENERATION) X(SIZE) X(SEQUENCE) X(STDIN_OFFSET)
+#define VRP_U64_TAGS(X) X(GENERATION) X(SIZE) X(SEQUENCE) X(STDIN_OFFSET) X(KEY_HASH)
 
 /* Error codes: X(name, value, closes): whether the daemon closes the connection after it. */
 #define VRP_ERRORS(X)          \

@@ -279,11 +279,9 @@ static int lookup(int argc, char **argv, const char *exe) {
         return -1;
     }
     put_u32(&b, VRP_T_PID, (uint32_t)vrift_pid);
+    size_t ident_start = b.len; /* PATH .. UMASK: what decides a hit (replay.c, the action table) */
     put_field(&b, VRP_T_PATH, exe, el);
     put_field(&b, VRP_T_CWD, cwd, strlen(cwd));
-    char in[VRIFT_PATH_MAX];
-    int il = vrift_stdin_path(in, sizeof in);
-    if (il > 0) put_field(&b, VRP_T_STDIN, in, (size_t)il);
     for (int i = 0; i < argc && argv[i]; i++) put_field(&b, VRP_T_ARG, argv[i], strlen(argv[i]));
     put_env(&b, getenv("VRIFT_CACHE_ENV"));
     if (getenv("VRIFT_ACTION_WALL"))
@@ -297,7 +295,20 @@ static int lookup(int argc, char **argv, const char *exe) {
     mode_t mask = (mode_t)syscall(SYS_umask, 022);
     syscall(SYS_umask, mask);
     put_u32(&b, VRP_T_UMASK, (uint32_t)mask);
+    size_t ident_end = b.len;
+    char in[VRIFT_PATH_MAX];
+    int il = vrift_stdin_path(in, sizeof in);
+    if (il > 0) put_field(&b, VRP_T_STDIN, in, (size_t)il);
     put_field(&b, VRP_T_ACTION, action_id, 16);
+    if (b.len <= b.cap) {
+        int status = vrift_fast_replay(b.p + ident_start, ident_end - ident_start, exe, action_id);
+        if (status >= 0) {
+            vrift_log("action %s: hit from the action table, status %d", action_id, status);
+            vrift_count(VRIFT_C_FAST_HITS);
+            vrift_flush_counters();
+            syscall(SYS_exit_group, status);
+        }
+    }
     int result = -1;
     uint8_t *rb;
     uint32_t rl;

@@ -399,6 +399,23 @@ int vrift_daemon_vdir_bad(const char *detail) {
 
 /* ------------------------------------------------------------------ action cache */
 
+/* A one-way frame whose body the caller laid out (ACTION_REPLAYED): sent, never answered. */
+int vrift_daemon_send(uint16_t type, const void *body, uint32_t len) {
+    if (proto_off || len > VRP_MAX_BODY) return -1;
+    long deadline = vrift_deadline();
+    int temporary, fd = vrift_conn_acquire(deadline, &temporary, 0);
+    if (fd < 0) return -1;
+    uint8_t h[VRP_HEADER_SIZE];
+    put32(h, VRP_MAGIC);
+    put16(h + 4, VRP_VERSION);
+    put16(h + 6, type);
+    put32(h + 8, __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED));
+    put32(h + 12, len);
+    int r = vrift_io_write(fd, h, sizeof h, deadline) == 0 && (len == 0 || vrift_io_write(fd, body, len, deadline) == 0) ? 0 : -1;
+    vrift_conn_release(fd, temporary, r != 0);
+    return r;
+}
+
 /* One request whose body the caller has already laid out (ACTION_LOOKUP with its argv and
  * environment does not fit the small field table above).  The reply's body is read whole
  * into an anonymous mapping (*body, *len; munmap by the caller) — a HIT carries the

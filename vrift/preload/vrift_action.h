@@ -58,6 +58,12 @@ int vrift_action_is_tool_child(int spawning);
 void vrift_action_wall(void); /* an 'N' was written: children start actions of their own */
 void vrift_action_exec_failed(void);
 
+/* replay.c: a hit decided and replayed from the daemon's action table.  `ident` is the
+ * identity part of the ACTION_LOOKUP about to be sent.  The outputs are in place and the
+ * streams replayed when it returns a status (0..255): the caller exits with it.  -1: ask the
+ * daemon (nothing half-done is left at a real path). */
+int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const char *action_id);
+
 /* clock.c: what this image may read of the real-time clock (at the start of recording) */
 void vrift_clock_start(const char *exe);
 

@@ -28,6 +28,7 @@ enum vrift_counter {
     VRIFT_C_DAEMON_ERRORS, /* daemon requests that failed (absent, timeout, error frame) */
     VRIFT_C_PROCESSES,     /* processes (images) that reported */
     VRIFT_C_VDIR_CORRUPT,  /* lookups that found an entry failing its checksum (passed to the kernel) */
+    VRIFT_C_FAST_HITS,     /* actions replayed from the action table, without asking the daemon */
     VRIFT_C_COUNT
 };
 

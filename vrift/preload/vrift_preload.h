@@ -198,6 +198,8 @@ void vrift_unlock_dir(int dfd);
  * into place by this process, a path to re-read.  0 sent, -1 not. */
 enum { VRIFT_N_WRITING = VRP_M_WRITING, VRIFT_N_WRITTEN = VRP_M_WRITTEN, VRIFT_N_CHANGED = VRP_M_CHANGED };
 int vrift_daemon_notify(int type, const char *const *paths, int n);
+/* A one-way frame with a body laid out by the caller (ACTION_REPLAYED); 0 sent. */
+int vrift_daemon_send(uint16_t type, const void *body, uint32_t len);
 /* INVALIDATE: 0 accepted, -1 unusable. */
 int vrift_daemon_invalidate(const char *const *paths, int n);
 /* INVALIDATE (`wait`) or CHANGED; `shallow`: not what is under a named directory.  0 sent/accepted. */

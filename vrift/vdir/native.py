@@ -61,6 +61,9 @@ _SIGNATURES = {
     "vrift_layout_constant": (c_uint32, [c_char_p]),
     "vrift_layout_string": (c_char_p, [c_char_p]),
     "vrift_shm_stat_ok": (c_int, [c_int, c_uint32, c_uint32, c_uint64, c_uint32]),
+    "vrift_act_checksum64": (c_uint64, [c_char_p, c_size_t]),
+    "vrift_act_checksum32": (c_uint32, [c_char_p, c_size_t]),
+    "vrift_act_key_hash": (c_uint64, [c_char_p, c_size_t]),
 }
 
 

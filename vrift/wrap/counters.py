@@ -17,7 +17,7 @@ COUNTERS_VERSION = 1
 COUNTERS_SIZE = 256
 COUNTER_NAMES = ("stat_served", "stat_passed", "stat_outside", "committed", "commit_local", "published",
                  "direct", "invalidated", "fallbacks", "daemon_errors", "processes",
-                 "vdir_corrupt")
+                 "vdir_corrupt", "fast_hits")
 _COUNTERS_HEAD = struct.Struct("<IIQ")
 _COUNTERS_BODY = struct.Struct(f"<{len(COUNTER_NAMES)}Q")
 

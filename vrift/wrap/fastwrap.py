@@ -379,7 +379,8 @@ def wrap(opts: WrapOptions, env=None) -> int:
     if plan.cache_before is not None:
         explain = plan.env.get("VRIFT_CACHE_EXPLAIN") == "1"
         after = daemon_cache_stats(plan, explain)
-        summary["cache"] = report.cache_summary(plan.cache_before, after.get("cache") or {})
+        summary["cache"] = report.cache_summary(plan.cache_before, after.get("cache") or {},
+                                                (counts or {}).get("fast_hits"))
         summary["index_files"] = after.get("entries")
         if explain and not opts.quiet:
             for line in report.explain_lines(after.get("explain") or []):
