@@ -23,7 +23,7 @@ from test_cache_wrap import cache_counts, needs_c_side
 from vrift.cache import fasttable
 from vrift.cas import CAS
 from vrift.daemon.client import connect_project, wait_for
-from vrift.project import Project
+from vrift.identity import Project
 from vrift.vdir import layout, native
 
 MASK64 = (1 << 64) - 1

@@ -20,7 +20,7 @@ from build_support import assert_same_outputs, copy_tree, generate, plain, requi
 from daemon_support import daemon_pid, daemons, make_project, track, wait_daemon_back  # noqa: F401
 from vrift.daemon.client import connect_project, wait_for
 from vrift.daemon.paths import project_files
-from vrift.project import Project
+from vrift.identity import Project
 from vrift.vdir import layout
 from vrift.vdir.shm import VDirReader
 
@@ -34,7 +34,7 @@ DIRS, FILES = 12, 15  # 180 files in 12 directories
 ROUNDS = textwrap.dedent(r"""
     import json, os, subprocess, sys
     sys.path.insert(0, os.environ["VRIFT_SRC"])
-    from vrift.adapters.launch import read_counters
+    from vrift.wrap.counters import read_counters
     paths = json.loads(sys.argv[1])
     child = "import json, os, sys\n" \
             "out = {}\n" \

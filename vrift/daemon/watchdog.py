@@ -77,7 +77,8 @@ class DaemonWatch:
                 return
 
     def _restart(self, dead: int | None) -> bool:
-        from ..project import Home, Project
+        from ..home import Home
+        from ..identity import Project
         from . import crashes
         from .client import ensure_daemon
         from .paths import project_files
