@@ -323,7 +323,7 @@ static int make_dirs(const char *path, int include_last) {
     if (make_dirs(d, 0) != 0) return -1;
     int dfd = vrift_lock_dir_of(d);
     vrift_mark_path(d, 0);
-    int r = (int)syscall(SYS_mkdirat, AT_FDCWD, d, 0755);
+    int r = (int)syscall(SYS_mkdirat, AT_FDCWD, d, 0777); /* the umask applies, as for the command's mkdir */
     int e = errno;
     vrift_unlock_dir(dfd);
     if (r != 0 && e != EEXIST) return -1;
