@@ -9,16 +9,18 @@ import sys
 from build_support import require_tools, run_in_a_terminal, tool_env, vrift
 from daemon_support import daemons  # noqa: F401
 
-FILES = 3000
+# big enough that the first ingest outlasts the meter's first redraw (0.1 s) on a fast machine:
+# a walk that ends sooner is never drawn
+FILES = 20000
 METER = re.compile(r"\r(ingest|indexing): [\d,]+  [\d,]+/s")
 
 
 def _tree(base):
     root = base / "p"
-    for d in range(30):
+    for d in range(100):
         sub = root / "src" / f"d{d}"
         sub.mkdir(parents=True)
-        for f in range(FILES // 30):
+        for f in range(FILES // 100):
             (sub / f"f{f}.c").write_text(f"int f_{d}_{f};\n")
     (root / "Makefile").write_text("all:\n\t@echo built\n")
     (root / ".vrift.yaml").write_text("")

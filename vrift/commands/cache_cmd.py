@@ -142,7 +142,7 @@ def _running_daemons(home):
 
     for sock in sorted(home.run_dir.glob("p-*.sock")):
         try:
-            with ProjectClient(sock, 1000) as c:
+            with ProjectClient(sock, 5000) as c:  # a loaded machine: late counters beat none
                 yield sock, c.cache_stats().get("cache") or {}
         except (VriftError, OSError, ValueError):
             continue  # stopped or busy: its counters are folded in when it stops
