@@ -61,7 +61,7 @@ def small_fs():
         os.rmdir(mnt)
 
 
-def test_a_full_cas_file_system_is_reported_with_the_fix(tmp_path, small_fs):
+def test_a_full_cas_file_system_is_reported_with_the_fix(tmp_path, small_fs, vrift_env):
     home = small_fs / "h"
     env = dict(tool_env(), VRIFT_HOME=str(home))
     project = make_project(tmp_path)
