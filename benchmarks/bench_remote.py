@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import gen_project  # noqa: E402
-from remote_support import Nginx, RedisServer, free_port  # noqa: E402
+from support.remote import Nginx, RedisServer, free_port  # noqa: E402
 
 VRIFT = [sys.executable, "-m", "vrift"]
 

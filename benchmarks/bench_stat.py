@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from preload_support import build_vdir, counters_file, index_tree, preload_env, read_counters  # noqa: E402
+from support.preload import build_vdir, counters_file, index_tree, preload_env, read_counters  # noqa: E402
 
 
 def make_tree(root: Path, files: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""The full-size hostile-input runs of tests/test_robust_fuzz.py (CI runs fewer).
+"""The full-size hostile-input runs of tests/integration/test_robust_fuzz.py (CI runs fewer).
 
     python benchmarks/fuzz_robust.py [--frames 100000] [--mutations 10000]
 

@@ -2,7 +2,7 @@
 `vrift.config` (YAML, dataclasses: too slow for the wrapper's start-up, SPEC §12).
 
 This is their one definition: `vrift.config.KEYS` takes the defaults of these keys from here
-(tests/test_config.py checks every key is declared there), and the wrapper's record of the
+(tests/unit/test_config.py checks every key is declared there), and the wrapper's record of the
 configuration (`vrift.wrap.wrapcache`) holds exactly these keys.  Kept free of imports.
 """
 from __future__ import annotations

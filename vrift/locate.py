@@ -4,7 +4,7 @@ This is the one definition of the root markers, root discovery, the project id a
 path: `vrift.identity` and `vrift.home` build their Path-based, raising forms on it (not the
 reverse), because those pull in dataclasses, pathlib and tempfile, which cost more than the
 whole time budget of `vrift wrap` before the tool's exec (SPEC §12).  `preload_library`
-mirrors `vrift.native.preload_library`; tests/test_wrap_fast.py checks both give the same answers.
+mirrors `vrift.native.preload_library`; tests/integration/test_wrap_fast.py checks both give the same answers.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one on/off parser for settings given as text (environment variables, command-line
 values).  The preload library's `vrift_onoff` (vrift/preload/libvrift.c) accepts the same
-words; tests/test_usability_scope.py compares the two by behaviour.  Kept free of imports: `vrift wrap`'s
+words; tests/integration/test_usability_scope.py compares the two by behaviour.  Kept free of imports: `vrift wrap`'s
 fast path uses it."""
 from __future__ import annotations
 

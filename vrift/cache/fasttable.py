@@ -42,7 +42,7 @@ from .fingerprint import Context, Fingerprint, observation_differs
 
 log = logging.getLogger("vrift.daemon")
 
-# mirrors of vrift/native/vrift_actions.h (tests/test_cache_fasthit.py checks them)
+# mirrors of vrift/native/vrift_actions.h (tests/build/test_cache_fasthit.py checks them)
 MAGIC = 0x56524143
 VERSION = 1
 NAME_PREFIX = "vrift_actions_"

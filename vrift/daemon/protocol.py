@@ -1,7 +1,7 @@
 """The wire protocol of the daemons (docs/protocol.md is the normative description).
 
 Every number here mirrors vrift/native/vrift_proto.h, the one definition the preload library
-compiles; tests/test_protocol.py checks each constant against the compiled header both ways.
+compiles; tests/unit/test_protocol.py checks each constant against the compiled header both ways.
 
 A frame is a fixed 16-byte little-endian header followed by a body of TLV fields:
 

@@ -6,7 +6,7 @@ path.  Nothing here is kept in step by hand: the hooks it can call are those of 
 vrift's own markers), called in pluggy's order with the arguments each implementation names.
 What it does not reproduce — options that change pluggy's order or wrap the call (tryfirst,
 trylast, wrappers), a hook without a specification — makes `usable()` False, and the caller takes
-the PluginManager instead (tests/test_hooks.py checks both give the same results for every hook).
+the PluginManager instead (tests/unit/test_hooks.py checks both give the same results for every hook).
 """
 from __future__ import annotations
 

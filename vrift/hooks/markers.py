@@ -6,7 +6,7 @@ registers what is marked here like anything marked with its own markers.  They e
 the built-in adapters and the specifications can be imported without importing pluggy (its
 import alone costs more than 20 ms): `vrift wrap` must reach the build tool quickly (SPEC §12)
 and loads pluggy only when a third-party plugin is installed.  Third-party plugins may use
-either these markers or pluggy's; tests/test_hooks.py checks both set the same.
+either these markers or pluggy's; tests/unit/test_hooks.py checks both set the same.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
  * Included by the preload library (vrift/preload/replay.c, the reader) and by the helper
  * library the daemon loads with ctypes (vrift/native/vdir_native.c: the checksum and the
  * hash, so both sides compute them with the same code).  vrift/cache/fasttable.py writes the
- * file; tests/test_layout.py checks its constants against this header.
+ * file; tests/unit/test_layout.py checks its constants against this header.
  *
  * The file is a snapshot: written whole under a temporary name, then renamed onto
  * <shm>/vrift-<euid>/vrift_actions_<id16>, and never written again.  A reader opens the name,

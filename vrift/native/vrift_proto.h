@@ -2,7 +2,7 @@
  * vrift_proto.h — the one definition of the daemon wire protocol's numbers (docs/protocol.md).
  *
  * Included by the preload library; vrift/daemon/protocol.py mirrors every constant and
- * tests/test_protocol.py compiles this header and checks the mirror both ways (each C name
+ * tests/unit/test_protocol.py compiles this header and checks the mirror both ways (each C name
  * has its Python twin with the same value, and the other way round).  The lists are X-macros
  * so that test, and any C code that needs a name table, see every entry.
  */

@@ -3,7 +3,7 @@
  *
  * Included by the preload library (readers) and by the small helper library that the
  * Python daemon loads with ctypes (writer atomics).  vrift/vdir/layout.py mirrors these
- * numbers and tests/test_layout.py checks the mirror against this header.
+ * numbers and tests/unit/test_layout.py checks the mirror against this header.
  *
  * Rules for everything `static inline` here: no allocation, no lock, no syscall, no
  * logging — the preload library calls it on every stat().

@@ -144,7 +144,7 @@ static inline void vrift_count(int which) {
 
 void vrift_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The on/off words of vrift/onoff.py (any case, blanks around ignored): 1 on, 0 off, -1 neither
- * (NULL and blank included).  tests/test_usability_scope.py compares both by behaviour. */
+ * (NULL and blank included).  tests/integration/test_usability_scope.py compares both by behaviour. */
 int vrift_onoff(const char *v);
 /* Do these values of VRIFT_ENABLED and VRIFT_FALLBACK_MODE turn the library off?  Unset or
  * blank: no; a word that is not on/off: yes (vrift wrap runs such a build plainly too). */

@@ -232,7 +232,7 @@ typedef struct write_plan {
 } write_plan;
 
 /* Build tools' private state files (ninja rewrites .ninja_lock after every edge and appends to
- * .ninja_log): never indexed (vrift/ingest.py TOOL_STATE, checked by tests/test_layout.py), so
+ * .ninja_log): never indexed (vrift/ingest.py TOOL_STATE, checked by tests/unit/test_layout.py), so
  * written straight through — staging and committing them cost the build a daemon round trip
  * per edge. */
 static const char *const tool_state[] = {".ninja_log", ".ninja_deps", ".ninja_lock"};

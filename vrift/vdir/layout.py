@@ -1,4 +1,4 @@
-"""Python mirror of vrift/native/vrift_vdir.h (checked against the header by tests/test_layout.py)."""
+"""Python mirror of vrift/native/vrift_vdir.h (checked against the header by tests/unit/test_layout.py)."""
 from __future__ import annotations
 
 import struct

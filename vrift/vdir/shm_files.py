@@ -1,5 +1,5 @@
 """Who may own a shared-memory file: the rules of vrift_shm_file_ok/vrift_shm_dir_ok in
-vrift/native/vrift_vdir.h, mirrored (tests/test_robust_shm.py checks the mirror against C).
+vrift/native/vrift_vdir.h, mirrored (tests/unit/test_robust_shm.py checks the mirror against C).
 
 Every shared-memory file of a user lives in <shm>/vrift-<euid>/, a directory only that user
 can enter.  A name anyone could pre-create in /dev/shm would let another local user read the

@@ -2,7 +2,7 @@
 
 The wrapper creates it before the tool starts (its path goes to the build as VRIFT_COUNTERS),
 every process under the preload library adds its counts, and the wrapper reads it after the
-tool exited for the summary.  tests/test_wrap_fast.py checks the constants against the header.
+tool exited for the summary.  tests/integration/test_wrap_fast.py checks the constants against the header.
 """
 from __future__ import annotations
 

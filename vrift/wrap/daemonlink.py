@@ -2,7 +2,7 @@
 
 This speaks the framing of docs/protocol.md directly instead of importing
 `vrift.daemon.protocol` (enum, dataclasses, json): on the common path of `vrift wrap` the
-daemon runs and this is the only request the wrapper makes.  tests/test_wrap_fast.py checks
+daemon runs and this is the only request the wrapper makes.  tests/integration/test_wrap_fast.py checks
 the frames against `vrift.daemon.protocol`.  When no daemon answers, the caller starts one
 through `vrift.daemon.client.ensure_daemon` (the slow, rare path) and calls `hello_sync` again.
 """

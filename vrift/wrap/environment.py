@@ -2,7 +2,7 @@
 
 CONTRACT is its one definition: `vrift_env` sets it for `vrift wrap`, and the make fragment
 (wrap/adapters/make/hook.py) writes it for the recipes of an unpreloaded make;
-tests/test_single_sources.py runs make on the fragment and compares."""
+tests/unit/test_single_sources.py runs make on the fragment and compares."""
 from __future__ import annotations
 
 # variable -> the field of the daemon's HELLO reply (vrift/wrap/daemonlink.py) it carries
