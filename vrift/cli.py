@@ -33,7 +33,7 @@ COMMANDS = {
 HELP = {
     "init": "Write a commented .vrift.yaml in the project root.",
     "config": "Show the effective configuration.",
-    "ingest": "Index a project into the VDir and the CAS.",
+    "ingest": "Index a project into the VDir (sources hashed, not copied, by default).",
     "status": "CAS size, projects, dedup and daemons.",
     "stat": "Show the VDir entry of a path.",
     "doctor": "Check the installation and the environment.",

@@ -386,3 +386,49 @@ def test_daemon_killed_after_a_fast_hit(twin):
     twin.plain()
     twin.wrapped()
     same_outputs(twin.proj, twin.ref)
+
+
+@needs_c_side
+def test_a_stopped_daemons_table_serves_the_next_daemon(twin):
+    # an idle daemon exits; the next build's daemon takes its table over
+    twin.cold()
+    vrift("daemon", "stop", cwd=twin.proj, check=True)
+    assert table_records(table_path(twin)) >= 4  # the table stays, whole
+    vrift("sync", cwd=twin.proj, check=True)  # a new daemon, its start-up reconcile done
+    twin.clean_both()
+    twin.plain()
+    before = fast_hits(twin.proj)
+    warm = twin.wrapped()
+    same_outputs(twin.proj, twin.ref)
+    assert cache_counts(warm.stderr)[1] == 0, warm.stderr
+    assert fast_hits_reach(twin.proj, before + 3) >= before + 3
+
+
+@needs_c_side
+def test_a_table_of_another_vrift_is_not_taken_over(twin):
+    twin.cold()
+    vrift("daemon", "stop", cwd=twin.proj, check=True)
+    path = table_path(twin)
+    data = bytearray(path.read_bytes())
+    data[fasttable.STAMP_OFFSET] ^= 0x01  # written by a vrift whose rules may differ
+    path.write_bytes(bytes(data))
+    assert fasttable.load_records(bytes(path)) == []
+    vrift("sync", cwd=twin.proj, check=True)
+    assert not path.exists() or table_records(path) == 0
+
+
+@needs_c_side
+def test_cache_clear_leaves_no_table_to_replay_from(twin):
+    twin.cold()
+    vrift("cache", "clear", cwd=twin.proj, check=True)
+    assert not table_path(twin).exists()
+    twin.clean_both()
+    twin.plain()
+    before = fast_hits(twin.proj)
+    cleared = twin.wrapped()
+    same_outputs(twin.proj, twin.ref)
+    hits, misses, _ = cache_counts(cleared.stderr)
+    assert hits == 0 and misses >= 4, cleared.stderr
+    assert fast_hits(twin.proj) == before
+    # the running daemon's next table holds only what it recorded since
+    assert wait_for(lambda: table_records(table_path(twin)) >= 4, 10)

@@ -52,6 +52,7 @@ CAS_MAX = 3968
 SLOT = struct.Struct("<QII")
 HEADER = struct.Struct("<IIQQIIQQQI")  # up to cas_len; header_sum follows at 60
 RECORD = struct.Struct("<IIQIIIIIIQQqqq")
+STAMP_OFFSET, STAMP_SIZE = 64, 64  # header bytes the library ignores: which vrift wrote the table
 CHECK = struct.Struct("<BBHIIIQQqqq32s")
 OUTPUT = struct.Struct("<IIQQII")
 CK_FILE, CK_ABSENT, CK_STAT, CK_FOUND = b"F"[0], b"A"[0], b"S"[0], b"Q"[0]
@@ -217,8 +218,80 @@ def _path_checks(name: bytes, dirs: list[bytes], recorded: str | None, ctx: Cont
     return out
 
 
+def writer_stamp() -> bytes:
+    """What a table's records depend on besides the files they check: the table format, the
+    action key's version and vrift's own version.  A daemon keeps an earlier daemon's table
+    only when its stamp is this one (a vrift whose rules changed starts afresh)."""
+    from .. import __version__
+    from .key import KEY_VERSION
+
+    return (b"%d|%s|%s" % (VERSION, KEY_VERSION, __version__.encode())).ljust(STAMP_SIZE, b"\0")[:STAMP_SIZE]
+
+
+def _skip_check(rec: bytes, off: int) -> int:
+    c = CHECK.unpack_from(rec, off)
+    return off + CHECK.size + len(_pad(b"\0" * (c[3] + 1 + c[4] + 1)))
+
+
+def parse_outputs(rec: bytes) -> dict[bytes, bytes]:
+    """{absolute path: BLAKE3 digest} of a record's file outputs (the digest is the blob's name)."""
+    head = RECORD.unpack_from(rec, 0)
+    off = RECORD.size + len(_pad(b"\0" * head[3]))
+    for _ in range(head[4]):
+        off = _skip_check(rec, off)
+    out = {}
+    for _ in range(head[5]):
+        kind, _mode, _size, _sum, plen, blen = OUTPUT.unpack_from(rec, off)
+        off += OUTPUT.size
+        names = rec[off:off + plen + 1 + blen]
+        if kind == OUT_FILE:
+            out[names[:plen]] = bytes.fromhex(os.fsdecode(os.path.basename(names[plen + 1:])))
+        off += len(_pad(b"\0" * (plen + 1 + blen + 1)))
+    return out
+
+
+def load_records(path: bytes) -> list[tuple[bytes, bytes]]:
+    """(identity, record) of every sound record of the table at `path` written by a vrift with
+    this stamp, newest last; [] for anything else (no file, another stamp, damage)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    if len(data) < HEADER_SIZE:
+        return []
+    magic, version, _gen, size, _slots, count, _so, records_offset, records_size, cas_len = HEADER.unpack_from(data, 0)
+    if (magic != MAGIC or version != VERSION or size != len(data) or records_offset + records_size > size
+            or data[STAMP_OFFSET:STAMP_OFFSET + STAMP_SIZE] != writer_stamp()):
+        return []
+    out, off, end = [], records_offset, records_offset + records_size
+    while off + RECORD.size <= end and len(out) < count:
+        length, rsum = struct.unpack_from("<II", data, off)
+        if length < RECORD.size or length & 7 or off + length > end:
+            break
+        rec = data[off:off + length]
+        off += length
+        if sum32(rec[8:]) != rsum:
+            continue  # a damaged record: dropped, the others kept
+        ident_len = RECORD.unpack_from(rec, 0)[3]
+        if RECORD.size + ident_len > length:
+            continue
+        try:
+            parse_outputs(rec)
+        except (struct.error, ValueError):
+            continue
+        out.append((rec[RECORD.size:RECORD.size + ident_len], rec))
+    out.reverse()  # written newest first
+    return out
+
+
 class ActionTable:
-    """The records in memory (newest last) and the snapshot file they are written to."""
+    """The records in memory (newest last) and the snapshot file they are written to.
+
+    The file outlives its daemon (an idle daemon exits; the next build's daemon takes the
+    table over): every check a record holds is made again by the library at each use, against
+    the files themselves, so a record stays as sound as when it was written — provided the
+    rules that made it are the same, which the writer stamp says."""
 
     def __init__(self, path, cas_root):
         self.path = os.fsencode(path)
@@ -227,10 +300,17 @@ class ActionTable:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._closed = False
+        self._written = False  # a snapshot of ours is at self.path (until someone removes it)
+        self._fresh: set[bytes] = set()  # identities put since the last snapshot
         self.generation = 0
         self.published = 0
         self.unpublishable = 0
-        self.remove()  # a table of an earlier daemon: its records are not vouched for now
+        self.inherited = load_records(self.path)  # an earlier daemon's, if this vrift wrote it
+        if self.inherited:
+            self._records.update(self.inherited)
+            self._written = True
+        else:
+            self.remove()
 
     def put(self, ident: bytes, record: bytes | None) -> None:
         """Set (or with None drop) the record of an identity, and schedule a write."""
@@ -238,6 +318,7 @@ class ActionTable:
             if self._closed:
                 return
             self._records.pop(ident, None)
+            self._fresh.add(ident)
             if record is not None:
                 self._records[ident] = record
                 self.published += 1
@@ -267,6 +348,11 @@ class ActionTable:
             self._timer = None
             if self._closed:
                 return
+            if self._written and not os.path.lexists(self.path):
+                # removed behind our back (`vrift cache clear`): only what came since stays
+                self._records = OrderedDict((k, v) for k, v in self._records.items() if k in self._fresh)
+            self._fresh = set()
+            self._written = True
             records = list(self._records.values())
             self.generation += 1
             generation = self.generation
@@ -299,6 +385,7 @@ class ActionTable:
         header = bytearray(HEADER_SIZE)
         header[:len(head)] = head
         struct.pack_into("<I", header, 60, sum32(head) ^ sum32(cas))
+        header[STAMP_OFFSET:STAMP_OFFSET + STAMP_SIZE] = writer_stamp()
         header[CAS_OFFSET:CAS_OFFSET + len(cas)] = cas
         tmp = self.path + b".tmp%d" % os.getpid()
         try:
@@ -324,13 +411,18 @@ class ActionTable:
             pass
 
     def close(self) -> None:
+        """Stop writing; the last snapshot stays for the next daemon of the project."""
+        with self._lock:
+            pending = self._timer is not None
+            if pending:
+                self._timer.cancel()
+                self._timer = None
+        if pending:
+            self.write()
         with self._lock:
             self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-        self.remove()
 
     def stats(self) -> dict:
         with self._lock:
-            return {"records": len(self._records), "published": self.published,
+            return {"records": len(self._records), "published": self.published, "inherited": len(self.inherited),
                     "unpublishable": self.unpublishable, "generation": self.generation}

@@ -239,11 +239,20 @@ def _list_recent(limit: int, as_json: bool) -> None:
 @json_option
 def clear_cmd(as_json):
     """Remove every entry (blobs stay in the CAS until `vrift gc`)."""
-    _home, store = _store()
+    from ..cache.fasttable import NAME_PREFIX
+
+    home, store = _store()
     removed = {"keys": 0, "fingerprints": 0}
     if store is not None:
         with store:
             removed = store.clear()
+    # the projects' action tables too, so no replay outlives the entries (a running daemon
+    # writes its table again only when it records something new)
+    for table in home.user_shm_dir.glob(f"{NAME_PREFIX}*"):
+        try:
+            table.unlink()
+        except OSError:
+            pass
     if as_json:
         emit_json(removed)
     else:

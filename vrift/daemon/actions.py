@@ -92,6 +92,9 @@ class ActionCache:
             name = os.path.basename(vdir).replace(layout.VDIR_NAME_PREFIX.encode(), fasttable.NAME_PREFIX.encode(), 1)
             try:
                 self.table = fasttable.ActionTable(os.path.join(os.path.dirname(vdir), name), self.daemon.cas.root)
+                for ident, rec in self.table.inherited:  # replays of them index their outputs unhashed
+                    outs = fasttable.parse_outputs(rec)
+                    self._fast[fasttable.key_hash(ident)] = (None, 0.0, 0, len(outs), outs)
             except OSError as e:
                 log.warning("action table unavailable: %s", e)
         self.sweep(startup=True)
@@ -490,7 +493,7 @@ class ActionCache:
         h = req.int(Tag.KEY_HASH)
         with self._lock:
             info = self._fast.get(h) if h is not None else None
-            if info is not None:
+            if info is not None and info[0] is not None:
                 self._last_hit[info[0]] = round(time.time(), 3)
         self._count("lookups")
         self._count("hits")
