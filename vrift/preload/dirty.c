@@ -51,43 +51,6 @@ static int rw_map(void) {
     return 0;
 }
 
-/* Index of the entry for `rel` (tombstones included), or -1.  Same probe sequence as
- * vrift_lookup(), but the caller needs the slot to store into, not a copy. */
-static int64_t locate(const char *rel, size_t len) {
-    const vrift_header *h = (const vrift_header *)rw_base;
-    const uint8_t *b = rw_base;
-    uint64_t hash = vrift_fnv1a64(rel, len);
-    for (int attempt = 0; attempt < VRIFT_READ_RETRIES; attempt++) {
-        uint64_t g1 = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
-        if (g1 & 1u) continue;
-        int64_t found = -1;
-        uint32_t cap = h->table_capacity, ecap = h->entry_capacity;
-        uint64_t toff = h->table_offset, eoff = h->entries_offset, soff = h->strings_offset;
-        uint64_t scap = h->strings_capacity;
-        /* the same bounds as vrift_lookup: whatever the bytes say, stay inside the mapping */
-        if (cap && !(cap & (cap - 1)) && vrift_span_ok(toff, (uint64_t)cap * VRIFT_SLOT_SIZE, rw_size) &&
-            vrift_span_ok(eoff, (uint64_t)ecap * VRIFT_ENTRY_SIZE, rw_size) && vrift_span_ok(soff, scap, rw_size)) {
-            const vrift_slot *slots = (const vrift_slot *)(b + toff);
-            uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
-            for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
-                uint32_t ep = slots[i].entry_plus1;
-                if (ep == 0) break;
-                if (slots[i].hash_hi != hi || ep > ecap) continue;
-                const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
-                if (e->path_hash != hash || e->path_len != len) continue;
-                uint32_t po = e->path_off; /* loaded once: checked and used as the same value */
-                if ((uint64_t)po + len > scap) continue;
-                if (memcmp(b + soff + po, rel, len) != 0) continue;
-                found = (int64_t)(ep - 1);
-                break;
-            }
-        }
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) return found;
-    }
-    return -1;
-}
-
 static vrift_entry *entry_at(uint64_t index) {
     const vrift_header *h = (const vrift_header *)rw_base;
     return (vrift_entry *)(rw_base + h->entries_offset + index * VRIFT_ENTRY_SIZE);
@@ -119,7 +82,7 @@ uint32_t vrift_mark_dirty(const char *rel, size_t len, int subtree) {
     lock();
     for (int round = 0; round < 4; round++) {
         if (rw_map() != 0) break;
-        int64_t idx = locate(rel, len);
+        int64_t idx = vrift_lookup_index(rw_base, rw_size, rel, len);
         if (idx >= 0) {
             before = __atomic_fetch_or(&entry_at((uint64_t)idx)->flags, VRIFT_F_DIRTY, __ATOMIC_SEQ_CST);
             if (subtree && (before & VRIFT_F_DIR)) mark_subtree(rel, len);
