@@ -614,40 +614,33 @@ void vrift_action_fini(void) {
 
 /* ------------------------------------------------------------------ interposers (recording only) */
 
-ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen);
-
 EXPORT ssize_t read(int fd, void *b, size_t n) {
     if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(read);
-    if (real_read) return real_read(fd, b, n);
+    if (REAL(read)) return vrift_real.read(fd, b, n);
     return syscall(SYS_read, fd, b, n);
 }
 
 EXPORT ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen) {
     if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(__read_chk);
-    if (real___read_chk) return real___read_chk(fd, b, n, buflen);
+    if (REAL(__read_chk)) return vrift_real.__read_chk(fd, b, n, buflen);
     return syscall(SYS_read, fd, b, n);
 }
 
 EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
     if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(readv);
-    if (real_readv) return real_readv(fd, iov, cnt);
+    if (REAL(readv)) return vrift_real.readv(fd, iov, cnt);
     return syscall(SYS_readv, fd, iov, cnt);
 }
 
 EXPORT ssize_t pread(int fd, void *b, size_t n, off_t off) {
     if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(pread);
-    if (real_pread) return real_pread(fd, b, n, off);
+    if (REAL(pread)) return vrift_real.pread(fd, b, n, off);
     return syscall(SYS_pread64, fd, b, n, off);
 }
 
 EXPORT ssize_t pread64(int fd, void *b, size_t n, off_t off) {
     if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(pread64);
-    if (real_pread64) return real_pread64(fd, b, n, off);
+    if (REAL(pread64)) return vrift_real.pread64(fd, b, n, off);
     return syscall(SYS_pread64, fd, b, n, off);
 }
 
@@ -661,49 +654,42 @@ static int own_socket(const struct sockaddr *a, socklen_t len) {
 
 EXPORT int connect(int fd, const struct sockaddr *a, socklen_t len) {
     if (UNLIKELY(vrift_recording) && !own_socket(a, len)) vrift_rec_uncacheable("socket connect", NULL);
-    LAZY(connect);
-    if (real_connect) return real_connect(fd, a, len);
+    if (REAL(connect)) return vrift_real.connect(fd, a, len);
     return (int)syscall(SYS_connect, fd, a, len);
 }
 
 EXPORT int bind(int fd, const struct sockaddr *a, socklen_t len) {
     if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("socket bind", NULL);
-    LAZY(bind);
-    if (real_bind) return real_bind(fd, a, len);
+    if (REAL(bind)) return vrift_real.bind(fd, a, len);
     return (int)syscall(SYS_bind, fd, a, len);
 }
 
 EXPORT ssize_t sendto(int fd, const void *b, size_t n, int flags, const struct sockaddr *a, socklen_t len) {
     if (UNLIKELY(vrift_recording) && a) vrift_rec_uncacheable("socket sendto", NULL);
-    LAZY(sendto);
-    if (real_sendto) return real_sendto(fd, b, n, flags, a, len);
+    if (REAL(sendto)) return vrift_real.sendto(fd, b, n, flags, a, len);
     return syscall(SYS_sendto, fd, b, n, flags, a, len);
 }
 
 EXPORT ssize_t getrandom(void *b, size_t n, unsigned int flags) {
     if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("getrandom", NULL);
-    LAZY(getrandom);
-    if (real_getrandom) return real_getrandom(b, n, flags);
+    if (REAL(getrandom)) return vrift_real.getrandom(b, n, flags);
     return syscall(SYS_getrandom, b, n, flags);
 }
 
 EXPORT int getentropy(void *b, size_t n) {
     if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("getentropy", NULL);
-    LAZY(getentropy);
-    if (real_getentropy) return real_getentropy(b, n);
+    if (REAL(getentropy)) return vrift_real.getentropy(b, n);
     return syscall(SYS_getrandom, b, n, 0) == (long)n ? 0 : -1;
 }
 
 EXPORT DIR *opendir(const char *name) {
-    LAZY(opendir);
-    DIR *d = real_opendir ? real_opendir(name) : NULL;
+    DIR *d = REAL(opendir) ? vrift_real.opendir(name) : NULL;
     if (UNLIKELY(vrift_recording) && d) vrift_rec_path('D', AT_FDCWD, name);
     return d;
 }
 
 EXPORT DIR *fdopendir(int fd) {
-    LAZY(fdopendir);
-    DIR *d = real_fdopendir ? real_fdopendir(fd) : NULL;
+    DIR *d = REAL(fdopendir) ? vrift_real.fdopendir(fd) : NULL;
     if (UNLIKELY(vrift_recording) && d) vrift_rec_fd('D', fd);
     return d;
 }
@@ -719,15 +705,13 @@ static void link_seen(int dirfd, const char *path, ssize_t r) {
 }
 
 EXPORT ssize_t readlink(const char *path, char *b, size_t n) {
-    LAZY(readlink);
-    ssize_t r = real_readlink ? real_readlink(path, b, n) : syscall(SYS_readlinkat, AT_FDCWD, path, b, n);
+    ssize_t r = REAL(readlink) ? vrift_real.readlink(path, b, n) : syscall(SYS_readlinkat, AT_FDCWD, path, b, n);
     if (UNLIKELY(vrift_recording)) link_seen(AT_FDCWD, path, r);
     return r;
 }
 
 EXPORT ssize_t readlinkat(int dirfd, const char *path, char *b, size_t n) {
-    LAZY(readlinkat);
-    ssize_t r = real_readlinkat ? real_readlinkat(dirfd, path, b, n) : syscall(SYS_readlinkat, dirfd, path, b, n);
+    ssize_t r = REAL(readlinkat) ? vrift_real.readlinkat(dirfd, path, b, n) : syscall(SYS_readlinkat, dirfd, path, b, n);
     if (UNLIKELY(vrift_recording)) link_seen(dirfd, path, r);
     return r;
 }
@@ -782,12 +766,11 @@ EXPORT char *canonicalize_file_name(const char *path) {
  * here, and its later unlink must not look like the removal of a file the action found. */
 #define MKSTEMP(name, params, args)                                           \
     EXPORT int name params {                                                   \
-        LAZY(name);                                                            \
-        if (UNLIKELY(!real_##name)) {                                          \
+        if (UNLIKELY(!REAL(name))) {                                          \
             errno = ENOSYS;                                                    \
             return -1;                                                         \
         }                                                                      \
-        int fd = real_##name args;                                             \
+        int fd = vrift_real.name args;                                             \
         if (UNLIKELY(vrift_recording) && fd >= 0) vrift_rec_path('W', AT_FDCWD, tmpl); \
         return fd;                                                             \
     }
@@ -802,8 +785,7 @@ MKSTEMP(mkostemps, (char *tmpl, int suffixlen, int flags), (tmpl, suffixlen, fla
 MKSTEMP(mkostemps64, (char *tmpl, int suffixlen, int flags), (tmpl, suffixlen, flags))
 
 EXPORT char *mkdtemp(char *tmpl) {
-    LAZY(mkdtemp);
-    char *r = real_mkdtemp ? real_mkdtemp(tmpl) : NULL;
+    char *r = REAL(mkdtemp) ? vrift_real.mkdtemp(tmpl) : NULL;
     if (UNLIKELY(vrift_recording) && r) vrift_rec_path('W', AT_FDCWD, r);
     return r;
 }

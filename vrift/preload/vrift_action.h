@@ -18,11 +18,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* An interposer of a function only the action cache needs: its real one, resolved on first use. */
-#define LAZY(fn)                                  \
-    static __typeof__(&fn) real_##fn;             \
-    if (UNLIKELY(!real_##fn)) real_##fn = (__typeof__(&fn))vrift_resolve(#fn)
-
 extern int vrift_recording;   /* this image records into an action log */
 extern int vrift_action_tool; /* this process is the build tool: its children start actions */
 

@@ -18,8 +18,18 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "vrift_counters.h"
 #include "vrift_vdir.h"
@@ -31,7 +41,13 @@
 
 #define VRIFT_PATH_MAX 4096
 
-/* ---- real libc functions, resolved with dlsym(RTLD_NEXT) in the constructor ---- */
+/* Interposed, not declared by the headers above (fortify's read; ftime's header marks it
+ * deprecated). */
+ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen);
+struct timeb;
+int ftime(struct timeb *tb);
+
+/* ---- real libc functions: reached through REAL() below ---- */
 struct statx;
 typedef struct vrift_real_fns {
     int (*stat)(const char *, struct stat *);
@@ -104,12 +120,58 @@ typedef struct vrift_real_fns {
     void (*_exit)(int);
     void (*_Exit)(int);
     char *(*realpath)(const char *, char *); /* the library's own calls: never recorded */
+    /* Resolved on first use only (resolve_all leaves them): functions only the action cache
+     * watches, most processes never call them through us.  Typed as libc declares them. */
+    __typeof__(&read) read;
+    __typeof__(&__read_chk) __read_chk;
+    __typeof__(&readv) readv;
+    __typeof__(&pread) pread;
+    __typeof__(&pread64) pread64;
+    __typeof__(&connect) connect;
+    __typeof__(&bind) bind;
+    __typeof__(&sendto) sendto;
+    __typeof__(&getrandom) getrandom;
+    __typeof__(&getentropy) getentropy;
+    __typeof__(&opendir) opendir;
+    __typeof__(&fdopendir) fdopendir;
+    __typeof__(&readlink) readlink;
+    __typeof__(&readlinkat) readlinkat;
+    __typeof__(&mkstemp) mkstemp;
+    __typeof__(&mkstemp64) mkstemp64;
+    __typeof__(&mkostemp) mkostemp;
+    __typeof__(&mkostemp64) mkostemp64;
+    __typeof__(&mkstemps) mkstemps;
+    __typeof__(&mkstemps64) mkstemps64;
+    __typeof__(&mkostemps) mkostemps;
+    __typeof__(&mkostemps64) mkostemps64;
+    __typeof__(&mkdtemp) mkdtemp;
+    __typeof__(&time) time;
+    __typeof__(&gettimeofday) gettimeofday;
+    __typeof__(&clock_gettime) clock_gettime;
+    __typeof__(&timespec_get) timespec_get;
+    __typeof__(&ftime) ftime;
+    __typeof__(&getcwd) getcwd;
+    __typeof__(&get_current_dir_name) get_current_dir_name;
+    __typeof__(&getenv) getenv;
+    __typeof__(&secure_getenv) secure_getenv;
+    __typeof__(&copy_file_range) copy_file_range;
+    __typeof__(&sendfile) sendfile;
+    __typeof__(&sendfile64) sendfile64;
+    __typeof__(&splice) splice;
 } vrift_real_fns;
 
 extern vrift_real_fns vrift_real;
 void *vrift_resolve(const char *name);
 
-/* The real function, resolved lazily when called before the constructor ran. */
+/*
+ * REAL(fn) is the one way the library reaches libc's own `fn` (the next definition after
+ * ours): an lvalue of the pointer in vrift_real, resolved with dlsym(RTLD_NEXT) when it is
+ * still NULL — before the constructor ran (resolve_all fills the first part of the table),
+ * or on first use (the last part).  It stays NULL while dlsym itself is running (a nested
+ * call from inside it): callers test it and fall back to a raw syscall, e.g.
+ *     if (REAL(read)) return vrift_real.read(fd, b, n);
+ *     return syscall(SYS_read, fd, b, n);
+ */
 #define REAL(fn)                                                                          \
     (*({                                                                                   \
         if (UNLIKELY(vrift_real.fn == NULL))                                               \
