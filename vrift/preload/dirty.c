@@ -17,12 +17,8 @@
 
 static uint8_t *rw_base;
 static uint64_t rw_size;
-static int rw_lock;
+static vrift_spinlock rw_lock;
 
-static void lock(void) {
-    while (__atomic_exchange_n(&rw_lock, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
-}
-static void unlock(void) { __atomic_store_n(&rw_lock, 0, __ATOMIC_RELEASE); }
 
 
 /* Called with the lock held. */
@@ -79,7 +75,7 @@ uint32_t vrift_mark_dirty(const char *rel, size_t len, int subtree) {
     if (!vrift_writes_on) return 0;
     int saved = errno;
     uint32_t before = 0;
-    lock();
+    vrift_spin_lock(&rw_lock);
     for (int round = 0; round < 4; round++) {
         if (rw_map() != 0) break;
         int64_t idx = vrift_lookup_index(rw_base, rw_size, rel, len);
@@ -91,12 +87,12 @@ uint32_t vrift_mark_dirty(const char *rel, size_t len, int subtree) {
         const vrift_map m = {rw_base, rw_size};
         if (!vrift_map_retired(&m)) break;
     }
-    unlock();
+    vrift_spin_unlock(&rw_lock);
     errno = saved;
     return before;
 }
 
-void vrift_dirty_atfork_child(void) { __atomic_store_n(&rw_lock, 0, __ATOMIC_RELEASE); }
+void vrift_dirty_atfork_child(void) { vrift_spin_reset(&rw_lock); }
 
 /* ------------------------------------------------------------------ name resolution */
 
@@ -202,7 +198,7 @@ uint32_t vrift_mark_path(const char *abs, int subtree) {
 void vrift_mark_inode(uint64_t dev, uint64_t ino) {
     if (!vrift_writes_on) return;
     int saved = errno;
-    lock();
+    vrift_spin_lock(&rw_lock);
     if (rw_map() == 0) {
         const vrift_header *h = (const vrift_header *)rw_base;
         uint32_t used = __atomic_load_n(&h->entry_used, __ATOMIC_ACQUIRE);
@@ -212,6 +208,6 @@ void vrift_mark_inode(uint64_t dev, uint64_t ino) {
             if (e->ino == ino && e->dev == dev) __atomic_fetch_or(&e->flags, VRIFT_F_DIRTY, __ATOMIC_SEQ_CST);
         }
     }
-    unlock();
+    vrift_spin_unlock(&rw_lock);
     errno = saved;
 }

@@ -179,6 +179,22 @@ void *vrift_resolve(const char *name);
         &vrift_real.fn;                                                                    \
     }))
 
+/* ---- spin locks ----
+ * The library's four locks (the fd table of write.c, the read-write VDir mapping of dirty.c,
+ * the record buffer of record.c, the daemon connection of client.c) are words spun on, not
+ * pthread mutexes: they are taken inside interposed calls, possibly before the constructor
+ * ran, and held for a few stores — the connection's for one request, bounded by the socket
+ * timeout.  A fork child resets each one (its holder, another thread, did not follow). */
+typedef int vrift_spinlock;
+
+static inline void vrift_spin_lock(vrift_spinlock *l) {
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
+}
+static inline int vrift_spin_trylock(vrift_spinlock *l) { return !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE); }
+static inline void vrift_spin_unlock(vrift_spinlock *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+/* In a fork child: whoever held it is not there. */
+static inline void vrift_spin_reset(vrift_spinlock *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
 /* ---- process-wide state ---- */
 typedef struct vrift_map {
     const uint8_t *base;

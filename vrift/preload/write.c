@@ -53,16 +53,11 @@ static fd_slot slots[FD_MAX];
  * FD_MAX at exit faulted in 4 MiB of zero pages — about 1 ms in every process. */
 static int slot_high = -1;
 static int staged_count; /* S_STAGED slots of this process */
-static int table_lock;
+static vrift_spinlock table_lock;
 static uint64_t next_seq;
 static pid_t staging_dir_pid; /* <staging>/<pid> exists for this pid */
 
 
-static void tlock(void) {
-    while (__atomic_exchange_n(&table_lock, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
-}
-static int ttrylock(void) { return !__atomic_exchange_n(&table_lock, 1, __ATOMIC_ACQUIRE); }
-static void tunlock(void) { __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE); }
 
 int vrift_staged_count(void) { return __atomic_load_n(&staged_count, __ATOMIC_RELAXED); }
 
@@ -355,7 +350,7 @@ static void register_fd(write_plan *p, int fd) {
     flock(fd, LOCK_SH); /* the beacon (see the top of this file) */
     pid_t pid = vrift_raw_getpid();
     if (fd >= 0 && fd < FD_MAX && pid == vrift_pid) {
-        tlock();
+        vrift_spin_lock(&table_lock);
         fd_slot *s = &slots[fd];
         if (s->state == S_STAGED && s->owner == pid) __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
         s->state = p->kind == P_STAGED ? S_STAGED : S_DIRECT;
@@ -364,7 +359,7 @@ static void register_fd(write_plan *p, int fd) {
         s->seq = p->seq;
         strcpy(s->virt, p->abs);
         if (s->state == S_STAGED) __atomic_fetch_add(&staged_count, 1, __ATOMIC_RELAXED);
-        tunlock();
+        vrift_spin_unlock(&table_lock);
     } else {
         /* untracked: make the data visible under its real name now; the daemon re-reads
          * the path once the beacon is gone */
@@ -434,7 +429,7 @@ static int take(int fd, fd_slot *out) {
     if (fd < 0 || fd >= FD_MAX || !__atomic_load_n(&slots[fd].state, __ATOMIC_RELAXED)) return 0;
     pid_t pid = vrift_raw_getpid();
     if (pid != vrift_pid) return 0; /* vfork child: the table is the parent's */
-    tlock();
+    vrift_spin_lock(&table_lock);
     fd_slot *s = &slots[fd];
     int mine = s->state != S_FREE && s->owner == pid;
     if (mine) {
@@ -445,7 +440,7 @@ static int take(int fd, fd_slot *out) {
     }
     if (mine && s->state == S_STAGED) __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
     s->state = S_FREE;
-    tunlock();
+    vrift_spin_unlock(&table_lock);
     return mine;
 }
 
@@ -486,11 +481,11 @@ static int after_dup(int newfd, int oldfd, int r, int mine, fd_slot *snap) {
     int saved = errno;
     if (r < 0 || newfd == oldfd) {
         /* nothing was closed: put it back */
-        tlock();
+        vrift_spin_lock(&table_lock);
         slots[newfd] = *snap;
         if (newfd > slot_high) __atomic_store_n(&slot_high, newfd, __ATOMIC_RELEASE);
         if (snap->state == S_STAGED) __atomic_fetch_add(&staged_count, 1, __ATOMIC_RELAXED);
-        tunlock();
+        vrift_spin_unlock(&table_lock);
     } else {
         finish(snap);
     }
@@ -525,7 +520,7 @@ EXPORT int close_range(unsigned int first, unsigned int last, int flags) {
 
 /* Publish one staged path of this process (its own later calls must see its data). */
 void vrift_publish_path(const char *abs) {
-    if (vrift_raw_getpid() != vrift_pid || !ttrylock()) return;
+    if (vrift_raw_getpid() != vrift_pid || !vrift_spin_trylock(&table_lock)) return;
     int saved = errno;
     for (int fd = 0; fd <= slot_high && staged_count > 0; fd++) {
         fd_slot *s = &slots[fd];
@@ -534,14 +529,14 @@ void vrift_publish_path(const char *abs) {
             __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
         }
     }
-    tunlock();
+    vrift_spin_unlock(&table_lock);
     errno = saved;
 }
 
 void vrift_before_spawn(void) {
     if (!vrift_writes_on || vrift_staged_count() == 0 || vrift_raw_getpid() != vrift_pid) return;
     int saved = errno;
-    tlock();
+    vrift_spin_lock(&table_lock);
     for (int fd = 0; fd <= slot_high && staged_count > 0; fd++) {
         fd_slot *s = &slots[fd];
         if (s->state == S_STAGED && s->owner == vrift_pid && publish(s) == 0) {
@@ -549,7 +544,7 @@ void vrift_before_spawn(void) {
             __atomic_fetch_sub(&staged_count, 1, __ATOMIC_RELAXED);
         }
     }
-    tunlock();
+    vrift_spin_unlock(&table_lock);
     errno = saved;
 }
 
@@ -593,7 +588,7 @@ void vrift_finish_all(void) {
 }
 
 void vrift_writes_atfork_child(void) {
-    __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE);
+    vrift_spin_reset(&table_lock);
     __atomic_store_n(&staged_count, 0, __ATOMIC_RELAXED);
     vrift_dirty_atfork_child();
     /* the child's slots stay: they name fds it shares, but the parent owns them, so the
