@@ -2,9 +2,11 @@
  * vrift_action.h — the action cache's side in the preload library (docs/cache.md,
  * "Recording in the preload library" and "Replay at exec").
  *
- * action.c: identity (tool → root → members), ACTION_LOOKUP and replay at the root's
- *           constructor, ACTION_END, and the interposers that only matter while recording
- *           (read of stdin, connect, getrandom, opendir).
+ * action.c:  identity (tool → root → members), exec checks, the start of an action and its
+ *            end (ACTION_END).
+ * lookup.c:  ACTION_LOOKUP and replay at the root's constructor; the protocol body writer.
+ * observe.c: the interposers that only matter while recording (read of stdin, connect,
+ *            getrandom, opendir, readlink, realpath, mkstemp).
  * capture.c: the action's stdout/stderr, captured by its root.
  * record.c: the per-process log: a static buffer of records, written with write(2) when
  *           full, before exec and at exit.
@@ -17,6 +19,17 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+/* lookup.c: a request body being written (docs/protocol.md fields: u16 tag, u32 length,
+ * value); len > cap after an overflow, and then the request is not sent. */
+typedef struct vrift_body {
+    uint8_t *p;
+    size_t len, cap;
+} vrift_body;
+void vrift_body_field(vrift_body *b, uint16_t tag, const void *v, size_t n);
+void vrift_body_u32(vrift_body *b, uint16_t tag, uint32_t v);
+/* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
+int vrift_action_lookup(int argc, char **argv, const char *exe, const char *action_id);
 
 extern int vrift_recording;   /* this image records into an action log */
 extern int vrift_action_tool; /* this process is the build tool: its children start actions */
