@@ -1,11 +1,7 @@
 /*
- * vrift_preload.h — state and helpers shared by the parts of the preload library.
- *
- * libvrift.c: start-up, environment, the VDir mapping, the cached cwd, path resolution.
- * stat.c:     the read interposers (three-layer check).
- * write.c:    the write path (staging, fd table, commit/publish) and mutating calls.
- * spawn.c:    process creation (fork/vfork/exec/posix_spawn): publish before sharing.
- * client.c:   the daemon client (docs/protocol.md).
+ * vrift_preload.h — state and helpers shared by the parts of the preload library: the real
+ * functions (REAL), the spin locks, the process-wide state and the helpers every file uses.
+ * docs/preload.md has the map of the files (one concern each).
  *
  * Everything here is hidden (-fvisibility=hidden); only the interposed libc names are
  * exported.
