@@ -35,39 +35,23 @@ EXPORT uint64_t vrift_generation(const void *base) {
 /* The geometry a writer-side call works with, loaded from the header ONCE and checked against
  * the mapping's size: a header scribbled on (random bytes, another process) makes the call
  * fail, never read or write outside the mapping.  Every later access uses these copies. */
-typedef struct geo {
-    uint8_t *b;
-    uint64_t boff, toff, eoff, soff, scap;
-    uint32_t cap, ecap, used;
-} geo;
-
-static int geo_load(void *base, uint64_t size, geo *g) {
-    const vrift_header *h = (const vrift_header *)base;
+static int geo_load(void *base, uint64_t size, vrift_geo *g) {
     if (size < VRIFT_HEADER_SIZE) return -1;
-    g->b = (uint8_t *)base;
-    g->boff = __atomic_load_n(&h->bloom_offset, __ATOMIC_RELAXED);
-    g->toff = __atomic_load_n(&h->table_offset, __ATOMIC_RELAXED);
-    g->eoff = __atomic_load_n(&h->entries_offset, __ATOMIC_RELAXED);
-    g->soff = __atomic_load_n(&h->strings_offset, __ATOMIC_RELAXED);
-    g->scap = __atomic_load_n(&h->strings_capacity, __ATOMIC_RELAXED);
-    g->cap = __atomic_load_n(&h->table_capacity, __ATOMIC_RELAXED);
-    g->ecap = __atomic_load_n(&h->entry_capacity, __ATOMIC_RELAXED);
-    g->used = __atomic_load_n(&h->entry_used, __ATOMIC_RELAXED);
-    if (g->cap == 0 || (g->cap & (g->cap - 1)) || g->used > g->ecap) return -1;
-    if (!vrift_span_ok(g->boff, VRIFT_BLOOM_BYTES, size) ||
-        !vrift_span_ok(g->toff, (uint64_t)g->cap * VRIFT_SLOT_SIZE, size) ||
-        !vrift_span_ok(g->eoff, (uint64_t)g->ecap * VRIFT_ENTRY_SIZE, size) || !vrift_span_ok(g->soff, g->scap, size))
-        return -1;
+    vrift_geo_read(base, g);
+    g->used = __atomic_load_n(&((const vrift_header *)base)->entry_used, __ATOMIC_RELAXED);
+    if (g->used > g->ecap || !vrift_geo_fits(g, size)) return -1;
     return 0;
 }
 
-static vrift_entry *geo_entry(const geo *g, uint32_t index) {
-    return (vrift_entry *)(g->b + g->eoff + (uint64_t)index * VRIFT_ENTRY_SIZE);
+/* Writer side: the caller owns the mapping read-write (the geometry's pointer is const only
+ * because readers share the type). */
+static vrift_entry *geo_entry(const vrift_geo *g, uint32_t index) {
+    return (vrift_entry *)vrift_geo_entry(g, index);
 }
 
 /* The entry `index` of a checked mapping, or NULL. */
 static vrift_entry *entry_at(void *base, uint64_t size, uint32_t index) {
-    geo g;
+    vrift_geo g;
     if (geo_load(base, size, &g) != 0 || index >= g.ecap) return NULL;
     return geo_entry(&g, index);
 }
@@ -137,7 +121,7 @@ EXPORT uint32_t vrift_flags_replace(void *base, uint64_t size, uint32_t index, u
 /* Indices (below entry_used) of entries with any of `bits` set; returns how many were
  * found (only the first `max` are stored). */
 EXPORT uint32_t vrift_collect_flagged(void *base, uint64_t size, uint32_t bits, uint32_t *out, uint32_t max) {
-    geo g;
+    vrift_geo g;
     if (geo_load(base, size, &g) != 0) return 0;
     uint32_t found = 0;
     for (uint32_t i = 0; i < g.used; i++) {
@@ -153,7 +137,7 @@ EXPORT uint32_t vrift_collect_flagged(void *base, uint64_t size, uint32_t bits, 
  * "ask the kernel" before it trusts it again: one pass, no lock — DIRTY is outside the
  * checksum); returns how many entries were marked, or UINT32_MAX on a bad geometry. */
 EXPORT uint32_t vrift_flags_or_all(void *base, uint64_t size, uint32_t bits) {
-    geo g;
+    vrift_geo g;
     if (geo_load(base, size, &g) != 0) return UINT32_MAX;
     for (uint32_t i = 0; i < g.used; i++) __atomic_fetch_or(&geo_entry(&g, i)->flags, bits, __ATOMIC_ACQ_REL);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -165,44 +149,29 @@ EXPORT uint32_t vrift_flags_or_all(void *base, uint64_t size, uint32_t bits) {
  * table has none).  `hash` is a parameter so that tests can force full-hash collisions. */
 EXPORT int64_t vrift_locate(void *base, uint64_t size, const char *rel, size_t len, uint64_t hash,
                             uint32_t *slot_out) {
-    geo g;
+    vrift_geo g;
     *slot_out = UINT32_MAX;
     if (geo_load(base, size, &g) != 0) return -2;
-    const vrift_slot *slots = (const vrift_slot *)(g.b + g.toff);
-    uint32_t mask = g.cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
-    for (uint32_t probes = 0; probes < g.cap; probes++, i = (i + 1) & mask) {
-        uint32_t ep = slots[i].entry_plus1;
-        if (ep == 0) {
-            *slot_out = i;
-            return -1;
-        }
-        if (slots[i].hash_hi != hi || ep > g.ecap) continue;
-        const vrift_entry *e = geo_entry(&g, ep - 1);
-        uint32_t po = e->path_off;
-        if (e->path_hash != hash || e->path_len != len || (uint64_t)po + len > g.scap) continue;
-        if (memcmp(g.b + g.soff + po, rel, len) != 0) continue;
-        *slot_out = i;
-        return (int64_t)(ep - 1);
-    }
-    return -1;
+    return vrift_probe(&g, rel, len, hash, NULL, slot_out);
 }
 
 /* Link entry `index` (path_hash already written) into the table at its chain's first empty
  * slot and into the bloom filter.  The caller has checked that the path is not there yet.
  * Returns the slot, or -1 when the table is full. */
 EXPORT int64_t vrift_place(void *base, uint64_t size, uint32_t index) {
-    geo g;
+    vrift_geo g;
     if (geo_load(base, size, &g) != 0 || index >= g.ecap) return -1;
     uint64_t hash = geo_entry(&g, index)->path_hash;
-    vrift_slot *slots = (vrift_slot *)(g.b + g.toff);
+    uint8_t *wb = (uint8_t *)g.b; /* the writer's own read-write mapping */
+    vrift_slot *slots = (vrift_slot *)(wb + g.toff);
     uint32_t mask = g.cap - 1, i = (uint32_t)hash & mask;
     for (uint32_t probes = 0; probes < g.cap; probes++, i = (i + 1) & mask) {
         if (slots[i].entry_plus1 != 0) continue;
         slots[i].hash_hi = (uint32_t)(hash >> 32);
         slots[i].entry_plus1 = index + 1;
         uint64_t b1 = vrift_bloom_bit1(hash), b2 = vrift_bloom_bit2(hash);
-        g.b[g.boff + (b1 >> 3)] |= (uint8_t)(1u << (b1 & 7));
-        g.b[g.boff + (b2 >> 3)] |= (uint8_t)(1u << (b2 & 7));
+        wb[g.boff + (b1 >> 3)] |= (uint8_t)(1u << (b1 & 7));
+        wb[g.boff + (b2 >> 3)] |= (uint8_t)(1u << (b2 & 7));
         return i;
     }
     return -1;

@@ -212,6 +212,96 @@ static inline int vrift_header_check(const void *base, uint64_t size) {
     return 0;
 }
 
+/* The table geometry one probe works with, loaded from the header once per attempt: every
+ * access uses these copies, so a header rewritten meanwhile cannot move a probe outside the
+ * mapping checked by vrift_geo_fits().  `used` is filled by writer-side callers only. */
+typedef struct vrift_geo {
+    const uint8_t *b;
+    uint64_t boff, toff, eoff, soff, scap;
+    uint32_t cap, ecap, used;
+} vrift_geo;
+
+static inline void vrift_geo_read(const void *base, vrift_geo *g) {
+    const vrift_header *h = (const vrift_header *)base;
+    g->b = (const uint8_t *)base;
+    g->boff = __atomic_load_n(&h->bloom_offset, __ATOMIC_RELAXED);
+    g->toff = __atomic_load_n(&h->table_offset, __ATOMIC_RELAXED);
+    g->eoff = __atomic_load_n(&h->entries_offset, __ATOMIC_RELAXED);
+    g->soff = __atomic_load_n(&h->strings_offset, __ATOMIC_RELAXED);
+    g->scap = __atomic_load_n(&h->strings_capacity, __ATOMIC_RELAXED);
+    g->cap = __atomic_load_n(&h->table_capacity, __ATOMIC_RELAXED);
+    g->ecap = __atomic_load_n(&h->entry_capacity, __ATOMIC_RELAXED);
+    g->used = 0;
+}
+
+/* 1 when every region of `g` lies inside a mapping of `size` bytes and the table capacity is
+ * a power of two: checked on every attempt, whatever the bytes say (a garbage or foreign
+ * file never crashes the caller). */
+static inline int vrift_geo_fits(const vrift_geo *g, uint64_t size) {
+    return g->cap != 0 && !(g->cap & (g->cap - 1)) && vrift_span_ok(g->boff, VRIFT_BLOOM_BYTES, size) &&
+           vrift_span_ok(g->toff, (uint64_t)g->cap * VRIFT_SLOT_SIZE, size) &&
+           vrift_span_ok(g->eoff, (uint64_t)g->ecap * VRIFT_ENTRY_SIZE, size) && vrift_span_ok(g->soff, g->scap, size);
+}
+
+static inline const vrift_entry *vrift_geo_entry(const vrift_geo *g, uint32_t index) {
+    return (const vrift_entry *)(g->b + g->eoff + (uint64_t)index * VRIFT_ENTRY_SIZE);
+}
+
+/*
+ * The one probe of the open-addressing table: walks the chain of `hash` in a geometry that
+ * passed vrift_geo_fits().  Two ways to call it (`out` is a constant at every call site, so
+ * the inlined copy keeps only its own branch):
+ *  - out != NULL (readers' vrift_lookup): the matching entry is copied into *out and checked
+ *    on the copy; returns 1 on a hit, 0 on a miss, VRIFT_LOOKUP_CORRUPT when a slot and its
+ *    entry disagree on the hash or a same-hash entry fails its checksum.
+ *  - out == NULL (the client's DIRTY store, the writer's probe): returns the entry's index
+ *    (tombstones included) or -1; *slot_out (when given) is the entry's slot on a hit, the
+ *    chain's first empty slot on a miss, UINT32_MAX when the table has none.
+ * No allocation, lock, syscall or logging: the preload library runs it on every stat().
+ */
+static inline int64_t vrift_probe(const vrift_geo *g, const char *rel, size_t len, uint64_t hash, vrift_entry *out,
+                                  uint32_t *slot_out) {
+    const vrift_slot *slots = (const vrift_slot *)(g->b + g->toff);
+    uint32_t mask = g->cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
+    if (slot_out) *slot_out = UINT32_MAX;
+    for (uint32_t probes = 0; probes < g->cap; probes++, i = (i + 1) & mask) {
+        uint32_t ep = slots[i].entry_plus1;
+        if (ep == 0) {
+            if (slot_out) *slot_out = i;
+            break;
+        }
+        if (slots[i].hash_hi != hi || ep > g->ecap) continue;
+        const vrift_entry *e = vrift_geo_entry(g, ep - 1);
+        if (!out) {
+            uint32_t po = e->path_off; /* loaded once: checked and used as the same value */
+            if (e->path_hash != hash || e->path_len != len || (uint64_t)po + len > g->scap) continue;
+            if (memcmp(g->b + g->soff + po, rel, len) != 0) continue;
+            if (slot_out) *slot_out = i;
+            return (int64_t)(ep - 1);
+        }
+        if (e->path_hash != hash) {
+            /* the slot said our high hash bits, its entry does not: the slot or the entry is
+             * damaged (a miss here could become a false ENOENT) */
+            if ((uint32_t)(e->path_hash >> 32) != hi) return VRIFT_LOOKUP_CORRUPT;
+            continue;
+        }
+        /* The copy is what is checked and answered: one consistent value of every field. */
+        memcpy(out, e, sizeof *out);
+        uint32_t po = out->path_off;
+        if (out->path_len != len || (uint64_t)po + len > g->scap || memcmp(g->b + g->soff + po, rel, len) != 0) {
+            /* Another path with the same 64-bit hash, or damage to its offset or length (the
+             * checksum fails).  Damage to the string itself is found by the writer's scrub
+             * (vrift_verify: the string no longer hashes to path_hash), not here: a lookup
+             * cannot tell it from a collision. */
+            if (vrift_entry_sum(out) != out->checksum) return VRIFT_LOOKUP_CORRUPT;
+            continue;
+        }
+        out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED); /* the latest DIRTY */
+        return 1;
+    }
+    return out ? 0 : -1;
+}
+
 /*
  * Seqlock-protected lookup of `rel` (path relative to the root, no leading slash).
  * Returns 1 and copies the entry into *out on a hit, 0 on a miss, -1 when the table
@@ -223,62 +313,20 @@ static inline int vrift_header_check(const void *base, uint64_t size) {
 static inline int vrift_lookup(const void *base, uint64_t map_size, const char *rel, size_t len,
                                vrift_entry *out) {
     const vrift_header *h = (const vrift_header *)base;
-    const uint8_t *b = (const uint8_t *)base;
     uint64_t hash = vrift_fnv1a64(rel, len);
+    uint64_t b1 = vrift_bloom_bit1(hash), b2 = vrift_bloom_bit2(hash);
     for (int attempt = 0; attempt < VRIFT_READ_RETRIES; attempt++) {
         uint64_t g1 = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
         if (g1 & 1u) continue;
         int result = 0;
-        uint64_t boff = h->bloom_offset;
-        uint64_t b1 = vrift_bloom_bit1(hash), b2 = vrift_bloom_bit2(hash);
-        uint32_t cap = h->table_capacity;
-        uint64_t toff = h->table_offset, eoff = h->entries_offset, soff = h->strings_offset;
-        uint64_t scap = h->strings_capacity;
-        uint32_t ecap = h->entry_capacity;
-        /* Re-checked on every attempt: a lookup must stay inside the mapping whatever the
-         * bytes say (a garbage or foreign file never crashes the caller). */
-        if (cap == 0 || (cap & (cap - 1)) || !vrift_span_ok(boff, VRIFT_BLOOM_BYTES, map_size) ||
-            !vrift_span_ok(toff, (uint64_t)cap * VRIFT_SLOT_SIZE, map_size) ||
-            !vrift_span_ok(eoff, (uint64_t)ecap * VRIFT_ENTRY_SIZE, map_size) ||
-            !vrift_span_ok(soff, scap, map_size)) {
+        vrift_geo g;
+        vrift_geo_read(base, &g);
+        if (!vrift_geo_fits(&g, map_size)) {
             result = -1;
-        } else if (vrift_geometry_sum(boff, toff, eoff, soff, scap, cap, ecap) != h->geometry_sum) {
+        } else if (vrift_geometry_sum(g.boff, g.toff, g.eoff, g.soff, g.scap, g.cap, g.ecap) != h->geometry_sum) {
             result = VRIFT_LOOKUP_CORRUPT; /* offsets rewritten after the file was mapped */
-        } else if ((b[boff + (b1 >> 3)] & (1u << (b1 & 7))) && (b[boff + (b2 >> 3)] & (1u << (b2 & 7)))) {
-            const vrift_slot *slots = (const vrift_slot *)(b + toff);
-            uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
-            for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
-                uint32_t ep = slots[i].entry_plus1;
-                if (ep == 0) break;
-                if (slots[i].hash_hi != hi || ep > ecap) continue;
-                const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
-                if (e->path_hash != hash) {
-                    /* the slot said our high hash bits, its entry does not: the slot or the
-                     * entry is damaged (a miss here could become a false ENOENT) */
-                    if ((uint32_t)(e->path_hash >> 32) != hi) {
-                        result = VRIFT_LOOKUP_CORRUPT;
-                        break;
-                    }
-                    continue;
-                }
-                /* The copy is what is checked and answered: one consistent value of every field. */
-                memcpy(out, e, sizeof *out);
-                uint32_t po = out->path_off;
-                if (out->path_len != len || (uint64_t)po + len > scap || memcmp(b + soff + po, rel, len) != 0) {
-                    /* Another path with the same 64-bit hash, or damage to its offset or
-                     * length (the checksum fails).  Damage to the string itself is found by
-                     * the writer's scrub (vrift_verify: the string no longer hashes to
-                     * path_hash), not here: a lookup cannot tell it from a collision. */
-                    if (vrift_entry_sum(out) != out->checksum) {
-                        result = VRIFT_LOOKUP_CORRUPT;
-                        break;
-                    }
-                    continue;
-                }
-                out->flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED); /* the latest DIRTY */
-                result = 1;
-                break;
-            }
+        } else if ((g.b[g.boff + (b1 >> 3)] & (1u << (b1 & 7))) && (g.b[g.boff + (b2 >> 3)] & (1u << (b2 & 7)))) {
+            result = (int)vrift_probe(&g, rel, len, hash, out, NULL);
         }
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) {
@@ -287,6 +335,24 @@ static inline int vrift_lookup(const void *base, uint64_t map_size, const char *
             if (result == 1 && vrift_entry_sum(out) != out->checksum) return VRIFT_LOOKUP_CORRUPT;
             return result;
         }
+    }
+    return -1;
+}
+
+/* The same seqlock loop for the index of the entry of `rel` (tombstones included), or -1:
+ * for a caller that stores into the entry (the client's DIRTY bit), not one that reads it. */
+static inline int64_t vrift_lookup_index(const void *base, uint64_t map_size, const char *rel, size_t len) {
+    const vrift_header *h = (const vrift_header *)base;
+    uint64_t hash = vrift_fnv1a64(rel, len);
+    for (int attempt = 0; attempt < VRIFT_READ_RETRIES; attempt++) {
+        uint64_t g1 = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
+        if (g1 & 1u) continue;
+        int64_t found = -1;
+        vrift_geo g;
+        vrift_geo_read(base, &g);
+        if (vrift_geo_fits(&g, map_size)) found = vrift_probe(&g, rel, len, hash, NULL, NULL);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) return found;
     }
     return -1;
 }

@@ -9,6 +9,9 @@
  * The root captures the tree's stdout and stderr (capture.c); at its end the capture is
  * drained, then 'Z', the log is flushed, and ACTION_END tells the daemon.
  *
+ * Beside it: lookup.c builds the ACTION_LOOKUP request and acts on the answer (replay or
+ * record); observe.c holds the interposers that matter only while recording.
+ *
  * On any doubt the library records an 'N' (uncacheable) or does not replay: running the
  * command is always right.
  */
@@ -30,8 +33,6 @@
 #include <unistd.h>
 
 int vrift_proto_call(uint16_t type, const void *req, uint32_t req_len, uint8_t **body, uint32_t *len);
-
-#define TERMINAL_ENV "TERM:COLORTERM:COLUMNS:NO_COLOR:CLICOLOR:CLICOLOR_FORCE:GCC_COLORS:GCC_URLS:TERM_URLS"
 
 extern char **environ;
 
@@ -212,149 +213,6 @@ void vrift_action_exec_failed(void) {
     if (is_root && vrift_raw_getpid() == root_pid) vrift_capture_cloexec(1);
 }
 
-/* ------------------------------------------------------------------ lookup and replay */
-
-typedef struct body {
-    uint8_t *p;
-    size_t len, cap;
-} body;
-
-static void put_field(body *b, uint16_t tag, const void *v, size_t n) {
-    if (b->len + 6 + n > b->cap) {
-        b->len = b->cap + 1; /* overflow: the request is not sent */
-        return;
-    }
-    uint8_t *h = b->p + b->len;
-    h[0] = (uint8_t)tag;
-    h[1] = (uint8_t)(tag >> 8);
-    for (int i = 0; i < 4; i++) h[2 + i] = (uint8_t)(n >> (8 * i));
-    if (n) memcpy(h + 6, v, n);
-    b->len += 6 + n;
-}
-
-static void put_u32(body *b, uint16_t tag, uint32_t v) {
-    uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    put_field(b, tag, x, 4);
-}
-
-static uint32_t get32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* One ENV field for each name in the ':'-separated `list` that is set. */
-static void put_env(body *b, const char *list) {
-    for (const char *p = list; p && *p;) {
-        const char *s = p;
-        while (*p && *p != ':') p++;
-        size_t n = (size_t)(p - s);
-        if (*p) p++;
-        if (n == 0 || n >= 256) continue;
-        char name[256];
-        memcpy(name, s, n);
-        name[n] = '\0';
-        const char *v = getenv(name);
-        if (!v) continue;
-        size_t vl = strlen(v);
-        char *kv = (char *)b->p + b->cap - n - vl - 2; /* scratch at the end, copied right away */
-        if (b->len + 2 * (n + vl + 8) > b->cap) break;
-        memcpy(kv, name, n);
-        kv[n] = '=';
-        memcpy(kv + n + 1, v, vl);
-        put_field(b, VRP_T_ENV, kv, n + 1 + vl);
-    }
-}
-
-/* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
-static int lookup(int argc, char **argv, const char *exe) {
-    body b;
-    b.cap = 1u << 20;
-    b.len = 0;
-    void *m = mmap(NULL, b.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return -1;
-    b.p = m;
-    char cwd[VRIFT_PATH_MAX];
-    size_t el = strlen(exe);
-    if (el == 0 || !vrift_getcwd(cwd, sizeof cwd) || !argv) {
-        munmap(m, b.cap);
-        return -1;
-    }
-    put_u32(&b, VRP_T_PID, (uint32_t)vrift_pid);
-    size_t ident_start = b.len; /* PATH .. UMASK: what decides a hit (replay.c, the action table) */
-    put_field(&b, VRP_T_PATH, exe, el);
-    put_field(&b, VRP_T_CWD, cwd, strlen(cwd));
-    for (int i = 0; i < argc && argv[i]; i++) put_field(&b, VRP_T_ARG, argv[i], strlen(argv[i]));
-    put_env(&b, getenv("VRIFT_CACHE_ENV"));
-    if (getenv("VRIFT_ACTION_WALL"))
-        for (char **e = environ; e && *e; e++)
-            if (strncmp(*e, "VRIFT_", 6) != 0 && strncmp(*e, "LD_PRELOAD=", 11) != 0) put_field(&b, VRP_T_ENV, *e, strlen(*e));
-    /* what a tool sees of a terminal: also these, which decide its colours and width */
-    if (vrift_capture_terminal()) put_env(&b, TERMINAL_ENV);
-    char shape[128];
-    put_field(&b, VRP_T_STREAMS, shape, vrift_capture_describe(shape, sizeof shape));
-    /* the modes of what the command creates: read (and put back) before main, one thread */
-    mode_t mask = (mode_t)syscall(SYS_umask, 022);
-    syscall(SYS_umask, mask);
-    put_u32(&b, VRP_T_UMASK, (uint32_t)mask);
-    size_t ident_end = b.len;
-    char in[VRIFT_PATH_MAX];
-    int il = vrift_stdin_path(in, sizeof in);
-    if (il > 0) put_field(&b, VRP_T_STDIN, in, (size_t)il);
-    put_field(&b, VRP_T_ACTION, action_id, 16);
-    if (b.len <= b.cap) {
-        int status = vrift_fast_replay(b.p + ident_start, ident_end - ident_start, exe, action_id);
-        if (status >= 0) {
-            vrift_log("action %s: hit from the action table, status %d", action_id, status);
-            vrift_count(VRIFT_C_FAST_HITS);
-            vrift_flush_counters();
-            syscall(SYS_exit_group, status);
-        }
-    }
-    int result = -1;
-    uint8_t *rb;
-    uint32_t rl;
-    if (b.len <= b.cap && vrift_proto_call(VRP_M_ACTION_LOOKUP, b.p, (uint32_t)b.len, &rb, &rl) == 0) {
-        uint32_t flags = 0, status = 0;
-        int have_status = 0, bad = 0, seek = 0;
-        unsigned long long stdin_end = 0;
-        for (size_t off = 0; off < rl;) {
-            if (rl - off < 6) {
-                bad = 1;
-                break;
-            }
-            uint16_t tag = (uint16_t)(rb[off] | rb[off + 1] << 8);
-            uint32_t n = get32(rb + off + 2);
-            if (n > rl - off - 6) {
-                bad = 1;
-                break;
-            }
-            const uint8_t *v = rb + off + 6;
-            if ((tag == VRP_T_FLAGS || tag == VRP_T_STATUS) && n != 4) bad = 1;
-            else if (tag == VRP_T_FLAGS) flags = get32(v);
-            else if (tag == VRP_T_STATUS) status = get32(v), have_status = 1;
-            else if (tag == VRP_T_STDIN_OFFSET && n == 8) stdin_end = get32(v) | (unsigned long long)get32(v + 4) << 32, seek = 1;
-            off += 6 + n;
-        }
-        if (!bad && (flags & VRP_F_LOOKUP_HIT) && have_status && status <= 255) {
-            /* the daemon has put every output in place: replay the streams in their order, and go */
-            if (vrift_capture_replay(rb, rl, VRP_T_STDOUT, VRP_T_STDERR) != 0) {
-                /* the output cannot be delivered: running the command is still right */
-                vrift_log("action %s: replay output could not be written, running it", action_id);
-            } else {
-                vrift_log("action %s: hit, status %u", action_id, status);
-                if (seek) vrift_stdin_seek(stdin_end); /* as if the command had read it */
-                vrift_flush_counters();
-                syscall(SYS_exit_group, (int)status);
-            }
-            result = -1;
-        } else if (!bad && !(flags & VRP_F_LOOKUP_HIT)) {
-            result = flags & VRP_F_LOOKUP_NO_RECORD ? 2 : 0; /* 2: the daemon will not cache it, do not record */
-        }
-        if (rb) munmap(rb, rl);
-    }
-    munmap(m, b.cap);
-    return result;
-}
-
 /* ------------------------------------------------------------------ start */
 
 static void record_mapped_files(void);
@@ -513,7 +371,7 @@ void vrift_action_init(int argc, char **argv) {
     setenv("VRIFT_ACTION_STARTED", action_id, 1);
     setenv("VRIFT_ACTION_ROOT_PID", pid, 1);
     vrift_stdin_outer_pipes();
-    int r = lookup(argc, argv, exe);
+    int r = vrift_action_lookup(argc, argv, exe, action_id);
     if (r == 2 || (r < 0 && !keep_logs)) {
         /* no answer: the action runs uncached, and nothing below it records */
         setenv("VRIFT_ACTION_ROLE", "off", 1);
@@ -573,16 +431,16 @@ static void record_mapped_files(void) {
 
 static void send_end(int status) {
     uint8_t req[96];
-    body b = {req, 0, sizeof req};
-    put_field(&b, VRP_T_ACTION, action_id, 16);
-    put_u32(&b, VRP_T_STATUS, (uint32_t)status);
-    put_u32(&b, VRP_T_PID, (uint32_t)vrift_raw_getpid());
+    vrift_body b = {req, 0, sizeof req};
+    vrift_body_field(&b, VRP_T_ACTION, action_id, 16);
+    vrift_body_u32(&b, VRP_T_STATUS, (uint32_t)status);
+    vrift_body_u32(&b, VRP_T_PID, (uint32_t)vrift_raw_getpid());
     long long in_off = vrift_stdin_offset();
     if (in_off >= 0) {
         uint64_t v = (uint64_t)in_off;
         uint8_t x[8];
         for (int i = 0; i < 8; i++) x[i] = (uint8_t)(v >> (8 * i));
-        put_field(&b, VRP_T_STDIN_OFFSET, x, 8);
+        vrift_body_field(&b, VRP_T_STDIN_OFFSET, x, 8);
     }
     uint8_t *rb;
     uint32_t rl;
@@ -612,198 +470,3 @@ void vrift_action_fini(void) {
     vrift_rec_flush();
 }
 
-/* ------------------------------------------------------------------ interposers (recording only) */
-
-ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen);
-
-EXPORT ssize_t read(int fd, void *b, size_t n) {
-    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(read);
-    if (real_read) return real_read(fd, b, n);
-    return syscall(SYS_read, fd, b, n);
-}
-
-EXPORT ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen) {
-    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(__read_chk);
-    if (real___read_chk) return real___read_chk(fd, b, n, buflen);
-    return syscall(SYS_read, fd, b, n);
-}
-
-EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
-    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(readv);
-    if (real_readv) return real_readv(fd, iov, cnt);
-    return syscall(SYS_readv, fd, iov, cnt);
-}
-
-EXPORT ssize_t pread(int fd, void *b, size_t n, off_t off) {
-    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(pread);
-    if (real_pread) return real_pread(fd, b, n, off);
-    return syscall(SYS_pread64, fd, b, n, off);
-}
-
-EXPORT ssize_t pread64(int fd, void *b, size_t n, off_t off) {
-    if (UNLIKELY(vrift_recording) && fd == 0) vrift_stdin_read();
-    LAZY(pread64);
-    if (real_pread64) return real_pread64(fd, b, n, off);
-    return syscall(SYS_pread64, fd, b, n, off);
-}
-
-static int own_socket(const struct sockaddr *a, socklen_t len) {
-    if (!a || a->sa_family != AF_UNIX || !vrift_socket_path[0]) return 0;
-    const struct sockaddr_un *u = (const struct sockaddr_un *)a;
-    size_t n = strnlen(vrift_socket_path, sizeof u->sun_path);
-    return len >= offsetof(struct sockaddr_un, sun_path) + n && strncmp(u->sun_path, vrift_socket_path, n) == 0 &&
-           (len == offsetof(struct sockaddr_un, sun_path) + n || u->sun_path[n] == '\0');
-}
-
-EXPORT int connect(int fd, const struct sockaddr *a, socklen_t len) {
-    if (UNLIKELY(vrift_recording) && !own_socket(a, len)) vrift_rec_uncacheable("socket connect", NULL);
-    LAZY(connect);
-    if (real_connect) return real_connect(fd, a, len);
-    return (int)syscall(SYS_connect, fd, a, len);
-}
-
-EXPORT int bind(int fd, const struct sockaddr *a, socklen_t len) {
-    if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("socket bind", NULL);
-    LAZY(bind);
-    if (real_bind) return real_bind(fd, a, len);
-    return (int)syscall(SYS_bind, fd, a, len);
-}
-
-EXPORT ssize_t sendto(int fd, const void *b, size_t n, int flags, const struct sockaddr *a, socklen_t len) {
-    if (UNLIKELY(vrift_recording) && a) vrift_rec_uncacheable("socket sendto", NULL);
-    LAZY(sendto);
-    if (real_sendto) return real_sendto(fd, b, n, flags, a, len);
-    return syscall(SYS_sendto, fd, b, n, flags, a, len);
-}
-
-EXPORT ssize_t getrandom(void *b, size_t n, unsigned int flags) {
-    if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("getrandom", NULL);
-    LAZY(getrandom);
-    if (real_getrandom) return real_getrandom(b, n, flags);
-    return syscall(SYS_getrandom, b, n, flags);
-}
-
-EXPORT int getentropy(void *b, size_t n) {
-    if (UNLIKELY(vrift_recording)) vrift_rec_uncacheable("getentropy", NULL);
-    LAZY(getentropy);
-    if (real_getentropy) return real_getentropy(b, n);
-    return syscall(SYS_getrandom, b, n, 0) == (long)n ? 0 : -1;
-}
-
-EXPORT DIR *opendir(const char *name) {
-    LAZY(opendir);
-    DIR *d = real_opendir ? real_opendir(name) : NULL;
-    if (UNLIKELY(vrift_recording) && d) vrift_rec_path('D', AT_FDCWD, name);
-    return d;
-}
-
-EXPORT DIR *fdopendir(int fd) {
-    LAZY(fdopendir);
-    DIR *d = real_fdopendir ? real_fdopendir(fd) : NULL;
-    if (UNLIKELY(vrift_recording) && d) vrift_rec_fd('D', fd);
-    return d;
-}
-
-/* A symlink's target is an input ('S' with flavour 'l': the daemon records the target); the
- * answer "not a symlink" (EINVAL) too. */
-static void link_seen(int dirfd, const char *path, ssize_t r) {
-    int e = errno;
-    if (dirfd == AT_FDCWD) vrift_cwd_link(path); /* readlink("/proc/self/cwd") reads the cwd */
-    if (r >= 0 || e == EINVAL || e == EACCES || e == ELOOP) vrift_rec_stat(dirfd, path, 'l');
-    else if (e == ENOENT || e == ENOTDIR) vrift_rec_path('A', dirfd, path);
-    errno = e;
-}
-
-EXPORT ssize_t readlink(const char *path, char *b, size_t n) {
-    LAZY(readlink);
-    ssize_t r = real_readlink ? real_readlink(path, b, n) : syscall(SYS_readlinkat, AT_FDCWD, path, b, n);
-    if (UNLIKELY(vrift_recording)) link_seen(AT_FDCWD, path, r);
-    return r;
-}
-
-EXPORT ssize_t readlinkat(int dirfd, const char *path, char *b, size_t n) {
-    LAZY(readlinkat);
-    ssize_t r = real_readlinkat ? real_readlinkat(dirfd, path, b, n) : syscall(SYS_readlinkat, dirfd, path, b, n);
-    if (UNLIKELY(vrift_recording)) link_seen(dirfd, path, r);
-    return r;
-}
-
-/* realpath() resolves through libc's internal lstat/readlink, which no interposer sees: its
- * answer hangs on every component of the name and of the result, so each is an 'S' ('l':
- * a symlink's target, a directory's type).  The library's own calls use REAL(realpath). */
-static void realpath_seen(const char *path, const char *r) {
-    int e = errno;
-    vrift_cwd_realpath(path);
-    if (!r) {
-        /* a name that does not resolve: its absence is the input (its components may never
-         * have existed, so none is an 'S') */
-        if ((e == ENOENT || e == ENOTDIR) && path) vrift_rec_path('A', AT_FDCWD, path);
-        errno = e;
-        return;
-    }
-    char abs[VRIFT_PATH_MAX];
-    const char *names[2] = {NULL, r};
-    if (path && vrift_rec_absolute(AT_FDCWD, path, abs) == 0) names[0] = abs;
-    else if (path) vrift_rec_uncacheable("path not resolvable:", path);
-    for (int k = 0; k < 2; k++) {
-        const char *n = names[k];
-        if (!n || n[0] != '/') continue;
-        char prefix[VRIFT_PATH_MAX];
-        size_t len = strlen(n);
-        if (len >= sizeof prefix) continue;
-        for (size_t i = 1; i <= len; i++) {
-            if (i < len && n[i] != '/') continue;
-            memcpy(prefix, n, i);
-            prefix[i] = '\0';
-            vrift_rec_stat(AT_FDCWD, prefix, 'l');
-        }
-    }
-    errno = e;
-}
-
-EXPORT char *realpath(const char *path, char *resolved) {
-    char *r = REAL(realpath) ? vrift_real.realpath(path, resolved) : (errno = ENOSYS, NULL);
-    if (UNLIKELY(vrift_recording)) realpath_seen(path, r);
-    return r;
-}
-
-EXPORT char *canonicalize_file_name(const char *path) {
-    /* glibc's own is realpath(path, NULL) through an internal alias */
-    char *r = REAL(realpath) ? vrift_real.realpath(path, NULL) : (errno = ENOSYS, NULL);
-    if (UNLIKELY(vrift_recording)) realpath_seen(path, r);
-    return r;
-}
-
-/* mkstemp and friends open through libc's internal open(): the name they made is written
- * here, and its later unlink must not look like the removal of a file the action found. */
-#define MKSTEMP(name, params, args)                                           \
-    EXPORT int name params {                                                   \
-        LAZY(name);                                                            \
-        if (UNLIKELY(!real_##name)) {                                          \
-            errno = ENOSYS;                                                    \
-            return -1;                                                         \
-        }                                                                      \
-        int fd = real_##name args;                                             \
-        if (UNLIKELY(vrift_recording) && fd >= 0) vrift_rec_path('W', AT_FDCWD, tmpl); \
-        return fd;                                                             \
-    }
-
-MKSTEMP(mkstemp, (char *tmpl), (tmpl))
-MKSTEMP(mkstemp64, (char *tmpl), (tmpl))
-MKSTEMP(mkostemp, (char *tmpl, int flags), (tmpl, flags))
-MKSTEMP(mkostemp64, (char *tmpl, int flags), (tmpl, flags))
-MKSTEMP(mkstemps, (char *tmpl, int suffixlen), (tmpl, suffixlen))
-MKSTEMP(mkstemps64, (char *tmpl, int suffixlen), (tmpl, suffixlen))
-MKSTEMP(mkostemps, (char *tmpl, int suffixlen, int flags), (tmpl, suffixlen, flags))
-MKSTEMP(mkostemps64, (char *tmpl, int suffixlen, int flags), (tmpl, suffixlen, flags))
-
-EXPORT char *mkdtemp(char *tmpl) {
-    LAZY(mkdtemp);
-    char *r = real_mkdtemp ? real_mkdtemp(tmpl) : NULL;
-    if (UNLIKELY(vrift_recording) && r) vrift_rec_path('W', AT_FDCWD, r);
-    return r;
-}

@@ -23,12 +23,8 @@ static int conn_fd = -1;
 static pid_t conn_pid;
 static int conn_greeted; /* HELLO answered on conn_fd */
 static int daemon_gone; /* a timeout: do not make every later close wait again */
-static int conn_lock;
+static vrift_spinlock conn_lock;
 
-static void lock(void) {
-    while (__atomic_exchange_n(&conn_lock, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
-}
-static void unlock(void) { __atomic_store_n(&conn_lock, 0, __ATOMIC_RELEASE); }
 
 static long now_ms(void) {
     struct timespec ts;
@@ -134,7 +130,7 @@ int vrift_conn_acquire(long deadline, int *temporary, int greet) {
         return fd;
     }
     *temporary = 0;
-    lock();
+    vrift_spin_lock(&conn_lock);
     if (conn_fd >= 0 && conn_pid == pid && (conn_greeted || !greet)) return conn_fd; /* unlocked by release */
     if (conn_fd < 0 || conn_pid != pid) {
         conn_fd = connect_socket(deadline);
@@ -152,7 +148,7 @@ int vrift_conn_acquire(long deadline, int *temporary, int greet) {
     if (conn_fd < 0) {
         if (errno == ETIMEDOUT) daemon_gone = 1;
         vrift_count(VRIFT_C_DAEMON_ERRORS);
-        unlock();
+        vrift_spin_unlock(&conn_lock);
         return -1;
     }
     return conn_fd;
@@ -172,7 +168,7 @@ void vrift_conn_release(int fd, int temporary, int broken) {
         REAL(close)(fd);
         conn_fd = -1;
     }
-    unlock();
+    vrift_spin_unlock(&conn_lock);
 }
 
 void vrift_daemon_atfork_child(void) {
@@ -180,5 +176,5 @@ void vrift_daemon_atfork_child(void) {
     if (conn_fd >= 0 && REAL(close)) vrift_real.close(conn_fd);
     conn_fd = -1;
     conn_greeted = 0;
-    __atomic_store_n(&conn_lock, 0, __ATOMIC_RELEASE);
+    vrift_spin_reset(&conn_lock);
 }

@@ -31,9 +31,6 @@
 #include <time.h>
 #include <unistd.h>
 
-struct timeb;
-int ftime(struct timeb *tb);
-
 enum { ALLOW_NONE, ALLOW_GCC, ALLOW_BASH, ALLOW_PYTHON };
 static int checking;      /* recording, without SOURCE_DATE_EPOCH */
 static int allow;         /* which evidence-based exception applies to this image */
@@ -105,8 +102,7 @@ static int realtime(clockid_t c) {
 
 EXPORT time_t time(time_t *t) {
     if (UNLIKELY(vrift_recording)) clock_read("time", __builtin_return_address(0));
-    LAZY(time);
-    if (real_time) return real_time(t);
+    if (REAL(time)) return vrift_real.time(t);
     time_t now = (time_t)syscall(SYS_time, NULL);
     if (t) *t = now;
     return now;
@@ -114,26 +110,22 @@ EXPORT time_t time(time_t *t) {
 
 EXPORT int gettimeofday(struct timeval *restrict tv, void *restrict tz) {
     if (UNLIKELY(vrift_recording)) clock_read("gettimeofday", __builtin_return_address(0));
-    LAZY(gettimeofday);
-    if (real_gettimeofday) return real_gettimeofday(tv, tz);
+    if (REAL(gettimeofday)) return vrift_real.gettimeofday(tv, tz);
     return (int)syscall(SYS_gettimeofday, tv, tz);
 }
 
 EXPORT int clock_gettime(clockid_t c, struct timespec *ts) {
     if (UNLIKELY(vrift_recording) && realtime(c)) clock_read("clock_gettime", __builtin_return_address(0));
-    LAZY(clock_gettime);
-    if (real_clock_gettime) return real_clock_gettime(c, ts);
+    if (REAL(clock_gettime)) return vrift_real.clock_gettime(c, ts);
     return (int)syscall(SYS_clock_gettime, c, ts);
 }
 
 EXPORT int timespec_get(struct timespec *ts, int base) {
     if (UNLIKELY(vrift_recording)) clock_read("timespec_get", __builtin_return_address(0));
-    LAZY(timespec_get);
-    return real_timespec_get ? real_timespec_get(ts, base) : 0;
+    return REAL(timespec_get) ? vrift_real.timespec_get(ts, base) : 0;
 }
 
 EXPORT int ftime(struct timeb *tb) {
     if (UNLIKELY(vrift_recording)) clock_read("ftime", __builtin_return_address(0));
-    LAZY(ftime);
-    return real_ftime ? real_ftime(tb) : -1;
+    return REAL(ftime) ? vrift_real.ftime(tb) : -1;
 }

@@ -128,8 +128,7 @@ void vrift_cwd_link(const char *path) {
 /* The library's own reads of the cwd (its cached cwd, absolute paths of records) are not the
  * program's. */
 char *vrift_getcwd(char *b, size_t n) {
-    LAZY(getcwd);
-    if (real_getcwd) return real_getcwd(b, n);
+    if (REAL(getcwd)) return vrift_real.getcwd(b, n);
     return b && syscall(SYS_getcwd, b, n) > 0 ? b : NULL; /* asked while dlsym runs */
 }
 
@@ -140,8 +139,7 @@ EXPORT char *getcwd(char *b, size_t n) {
 
 EXPORT char *get_current_dir_name(void) {
     if (UNLIKELY(vrift_recording)) cwd_read(GETCWD);
-    LAZY(get_current_dir_name);
-    return real_get_current_dir_name ? real_get_current_dir_name() : NULL;
+    return REAL(get_current_dir_name) ? vrift_real.get_current_dir_name() : NULL;
 }
 
 EXPORT char *getwd(char *b) { /* b has PATH_MAX bytes */
@@ -162,14 +160,12 @@ static char *scan_environ(const char *name) {
 
 EXPORT char *getenv(const char *name) {
     if (UNLIKELY(vrift_recording) && name[0] == 'P' && strcmp(name, "PWD") == 0) cwd_read(ENV_PWD);
-    LAZY(getenv);
-    return real_getenv ? real_getenv(name) : scan_environ(name);
+    return REAL(getenv) ? vrift_real.getenv(name) : scan_environ(name);
 }
 
 EXPORT char *secure_getenv(const char *name) {
     if (UNLIKELY(vrift_recording) && name[0] == 'P' && strcmp(name, "PWD") == 0) cwd_read(ENV_PWD);
-    LAZY(secure_getenv);
-    if (real_secure_getenv) return real_secure_getenv(name);
+    if (REAL(secure_getenv)) return vrift_real.secure_getenv(name);
     return getuid() == geteuid() && getgid() == getegid() ? scan_environ(name) : NULL;
 }
 

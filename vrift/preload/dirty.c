@@ -17,12 +17,8 @@
 
 static uint8_t *rw_base;
 static uint64_t rw_size;
-static int rw_lock;
+static vrift_spinlock rw_lock;
 
-static void lock(void) {
-    while (__atomic_exchange_n(&rw_lock, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
-}
-static void unlock(void) { __atomic_store_n(&rw_lock, 0, __ATOMIC_RELEASE); }
 
 
 /* Called with the lock held. */
@@ -49,43 +45,6 @@ static int rw_map(void) {
     rw_base = base;
     rw_size = (uint64_t)st.st_size;
     return 0;
-}
-
-/* Index of the entry for `rel` (tombstones included), or -1.  Same probe sequence as
- * vrift_lookup(), but the caller needs the slot to store into, not a copy. */
-static int64_t locate(const char *rel, size_t len) {
-    const vrift_header *h = (const vrift_header *)rw_base;
-    const uint8_t *b = rw_base;
-    uint64_t hash = vrift_fnv1a64(rel, len);
-    for (int attempt = 0; attempt < VRIFT_READ_RETRIES; attempt++) {
-        uint64_t g1 = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
-        if (g1 & 1u) continue;
-        int64_t found = -1;
-        uint32_t cap = h->table_capacity, ecap = h->entry_capacity;
-        uint64_t toff = h->table_offset, eoff = h->entries_offset, soff = h->strings_offset;
-        uint64_t scap = h->strings_capacity;
-        /* the same bounds as vrift_lookup: whatever the bytes say, stay inside the mapping */
-        if (cap && !(cap & (cap - 1)) && vrift_span_ok(toff, (uint64_t)cap * VRIFT_SLOT_SIZE, rw_size) &&
-            vrift_span_ok(eoff, (uint64_t)ecap * VRIFT_ENTRY_SIZE, rw_size) && vrift_span_ok(soff, scap, rw_size)) {
-            const vrift_slot *slots = (const vrift_slot *)(b + toff);
-            uint32_t mask = cap - 1, i = (uint32_t)hash & mask, hi = (uint32_t)(hash >> 32);
-            for (uint32_t probes = 0; probes < cap; probes++, i = (i + 1) & mask) {
-                uint32_t ep = slots[i].entry_plus1;
-                if (ep == 0) break;
-                if (slots[i].hash_hi != hi || ep > ecap) continue;
-                const vrift_entry *e = (const vrift_entry *)(b + eoff + (uint64_t)(ep - 1) * VRIFT_ENTRY_SIZE);
-                if (e->path_hash != hash || e->path_len != len) continue;
-                uint32_t po = e->path_off; /* loaded once: checked and used as the same value */
-                if ((uint64_t)po + len > scap) continue;
-                if (memcmp(b + soff + po, rel, len) != 0) continue;
-                found = (int64_t)(ep - 1);
-                break;
-            }
-        }
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->generation, __ATOMIC_RELAXED) == g1) return found;
-    }
-    return -1;
 }
 
 static vrift_entry *entry_at(uint64_t index) {
@@ -116,10 +75,10 @@ uint32_t vrift_mark_dirty(const char *rel, size_t len, int subtree) {
     if (!vrift_writes_on) return 0;
     int saved = errno;
     uint32_t before = 0;
-    lock();
+    vrift_spin_lock(&rw_lock);
     for (int round = 0; round < 4; round++) {
         if (rw_map() != 0) break;
-        int64_t idx = locate(rel, len);
+        int64_t idx = vrift_lookup_index(rw_base, rw_size, rel, len);
         if (idx >= 0) {
             before = __atomic_fetch_or(&entry_at((uint64_t)idx)->flags, VRIFT_F_DIRTY, __ATOMIC_SEQ_CST);
             if (subtree && (before & VRIFT_F_DIR)) mark_subtree(rel, len);
@@ -128,12 +87,12 @@ uint32_t vrift_mark_dirty(const char *rel, size_t len, int subtree) {
         const vrift_map m = {rw_base, rw_size};
         if (!vrift_map_retired(&m)) break;
     }
-    unlock();
+    vrift_spin_unlock(&rw_lock);
     errno = saved;
     return before;
 }
 
-void vrift_dirty_atfork_child(void) { __atomic_store_n(&rw_lock, 0, __ATOMIC_RELEASE); }
+void vrift_dirty_atfork_child(void) { vrift_spin_reset(&rw_lock); }
 
 /* ------------------------------------------------------------------ name resolution */
 
@@ -239,7 +198,7 @@ uint32_t vrift_mark_path(const char *abs, int subtree) {
 void vrift_mark_inode(uint64_t dev, uint64_t ino) {
     if (!vrift_writes_on) return;
     int saved = errno;
-    lock();
+    vrift_spin_lock(&rw_lock);
     if (rw_map() == 0) {
         const vrift_header *h = (const vrift_header *)rw_base;
         uint32_t used = __atomic_load_n(&h->entry_used, __ATOMIC_ACQUIRE);
@@ -249,6 +208,6 @@ void vrift_mark_inode(uint64_t dev, uint64_t ino) {
             if (e->ino == ino && e->dev == dev) __atomic_fetch_or(&e->flags, VRIFT_F_DIRTY, __ATOMIC_SEQ_CST);
         }
     }
-    unlock();
+    vrift_spin_unlock(&rw_lock);
     errno = saved;
 }

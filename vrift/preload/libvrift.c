@@ -1,7 +1,11 @@
 /*
  * libvrift.c — start-up, environment, the VDir mapping, the cached cwd and path resolution
- * of the preload library.  See docs/preload.md for the design; vrift_preload.h for the
- * map of the other parts.
+ * of the preload library.  See docs/preload.md for the design and the map of the other parts.
+ *
+ * Longer than the others (~570 lines) on purpose: the stat path's pieces — the lookup under
+ * the SIGBUS guard, the cached cwd, path resolution — stay in one translation unit so that
+ * the compiler inlines them into each other (the library is built without LTO), and the
+ * constructor sets up the statics they read.
  *
  * Everything reachable from a stat() call follows the hot-path rules: no allocation, no
  * lock, no syscall, no logging, async-signal-safe.  Slow paths (remap, cwd refresh) are

@@ -31,7 +31,7 @@ int vrift_recording;
 
 static uint8_t buf[REC_BUF];
 static size_t used;
-static int lock_word;
+static vrift_spinlock lock_word;
 static int lost;          /* a record was dropped: the action cannot be trusted */
 static char dir[VRIFT_PATH_MAX];
 static size_t dir_len;
@@ -45,10 +45,6 @@ static __thread int inside;
 #define SEEN_SLOTS 512
 static uint64_t seen[SEEN_SLOTS];
 
-static void lock(void) {
-    while (__atomic_exchange_n(&lock_word, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
-}
-static void unlock(void) { __atomic_store_n(&lock_word, 0, __ATOMIC_RELEASE); }
 
 /* The whole buffer, retrying short writes and EINTR (the logs, replayed output). */
 int vrift_write_all(int fd, const void *p, size_t n) {
@@ -129,9 +125,9 @@ static void flush_locked(const void *extra, size_t extra_len) {
 
 void vrift_rec_flush(void) {
     if (!vrift_recording || vrift_raw_getpid() != vrift_pid) return;
-    lock();
+    vrift_spin_lock(&lock_word);
     flush_locked(NULL, 0);
-    unlock();
+    vrift_spin_unlock(&lock_word);
 }
 
 void vrift_rec_bytes(char kind, const void *payload, size_t len) {
@@ -143,7 +139,7 @@ void vrift_rec_bytes(char kind, const void *payload, size_t len) {
     inside = 1;
     uint8_t h[5] = {(uint8_t)kind, (uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16), (uint8_t)(len >> 24)};
     int vforked = vrift_raw_getpid() != vrift_pid;
-    lock();
+    vrift_spin_lock(&lock_word);
     if (used + 5 + len > sizeof buf) {
         if (vforked) {
             lost = 1;
@@ -163,7 +159,7 @@ void vrift_rec_bytes(char kind, const void *payload, size_t len) {
     memcpy(buf + used + 5, payload, len);
     used += 5 + len;
 out:
-    unlock();
+    vrift_spin_unlock(&lock_word);
     inside = 0;
 }
 
@@ -292,7 +288,7 @@ int vrift_rec_start(const char *action_dir, size_t len) {
 
 void vrift_rec_atfork_child(void) {
     /* what is buffered is the parent's to write */
-    __atomic_store_n(&lock_word, 0, __ATOMIC_RELEASE);
+    vrift_spin_reset(&lock_word);
     used = 0;
     file_pid = 0;
     inside = 0;

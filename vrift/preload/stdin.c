@@ -145,28 +145,24 @@ void vrift_stdin_seek(unsigned long long offset) {
  * copy_file_range when its output is a file). */
 EXPORT ssize_t copy_file_range(int in, loff_t *in_off, int out, loff_t *out_off, size_t n, unsigned int flags) {
     if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
-    LAZY(copy_file_range);
-    if (real_copy_file_range) return real_copy_file_range(in, in_off, out, out_off, n, flags);
+    if (REAL(copy_file_range)) return vrift_real.copy_file_range(in, in_off, out, out_off, n, flags);
     return syscall(SYS_copy_file_range, in, in_off, out, out_off, n, flags);
 }
 
 EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t n) {
     if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
-    LAZY(sendfile);
-    if (real_sendfile) return real_sendfile(out, in, off, n);
+    if (REAL(sendfile)) return vrift_real.sendfile(out, in, off, n);
     return syscall(SYS_sendfile, out, in, off, n);
 }
 
 EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t n) {
     if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
-    LAZY(sendfile64);
-    if (real_sendfile64) return real_sendfile64(out, in, off, n);
+    if (REAL(sendfile64)) return vrift_real.sendfile64(out, in, off, n);
     return syscall(SYS_sendfile, out, in, off, n);
 }
 
 EXPORT ssize_t splice(int in, loff_t *in_off, int out, loff_t *out_off, size_t n, unsigned int flags) {
     if (UNLIKELY(vrift_recording) && in == 0) vrift_stdin_read();
-    LAZY(splice);
-    if (real_splice) return real_splice(in, in_off, out, out_off, n, flags);
+    if (REAL(splice)) return vrift_real.splice(in, in_off, out, out_off, n, flags);
     return syscall(SYS_splice, in, in_off, out, out_off, n, flags);
 }

@@ -2,9 +2,11 @@
  * vrift_action.h — the action cache's side in the preload library (docs/cache.md,
  * "Recording in the preload library" and "Replay at exec").
  *
- * action.c: identity (tool → root → members), ACTION_LOOKUP and replay at the root's
- *           constructor, ACTION_END, and the interposers that only matter while recording
- *           (read of stdin, connect, getrandom, opendir).
+ * action.c:  identity (tool → root → members), exec checks, the start of an action and its
+ *            end (ACTION_END).
+ * lookup.c:  ACTION_LOOKUP and replay at the root's constructor; the protocol body writer.
+ * observe.c: the interposers that only matter while recording (read of stdin, connect,
+ *            getrandom, opendir, readlink, realpath, mkstemp).
  * capture.c: the action's stdout/stderr, captured by its root.
  * record.c: the per-process log: a static buffer of records, written with write(2) when
  *           full, before exec and at exit.
@@ -18,10 +20,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* An interposer of a function only the action cache needs: its real one, resolved on first use. */
-#define LAZY(fn)                                  \
-    static __typeof__(&fn) real_##fn;             \
-    if (UNLIKELY(!real_##fn)) real_##fn = (__typeof__(&fn))vrift_resolve(#fn)
+/* lookup.c: a request body being written (docs/protocol.md fields: u16 tag, u32 length,
+ * value); len > cap after an overflow, and then the request is not sent. */
+typedef struct vrift_body {
+    uint8_t *p;
+    size_t len, cap;
+} vrift_body;
+void vrift_body_field(vrift_body *b, uint16_t tag, const void *v, size_t n);
+void vrift_body_u32(vrift_body *b, uint16_t tag, uint32_t v);
+/* 1: HIT (replayed; does not return), 0: miss, 2: miss not worth recording, -1: no answer. */
+int vrift_action_lookup(int argc, char **argv, const char *exe, const char *action_id);
 
 extern int vrift_recording;   /* this image records into an action log */
 extern int vrift_action_tool; /* this process is the build tool: its children start actions */

@@ -1,11 +1,7 @@
 /*
- * vrift_preload.h — state and helpers shared by the parts of the preload library.
- *
- * libvrift.c: start-up, environment, the VDir mapping, the cached cwd, path resolution.
- * stat.c:     the read interposers (three-layer check).
- * write.c:    the write path (staging, fd table, commit/publish) and mutating calls.
- * spawn.c:    process creation (fork/vfork/exec/posix_spawn): publish before sharing.
- * client.c:   the daemon client (docs/protocol.md).
+ * vrift_preload.h — state and helpers shared by the parts of the preload library: the real
+ * functions (REAL), the spin locks, the process-wide state and the helpers every file uses.
+ * docs/preload.md has the map of the files (one concern each).
  *
  * Everything here is hidden (-fvisibility=hidden); only the interposed libc names are
  * exported.
@@ -18,8 +14,18 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "vrift_counters.h"
 #include "vrift_vdir.h"
@@ -31,7 +37,13 @@
 
 #define VRIFT_PATH_MAX 4096
 
-/* ---- real libc functions, resolved with dlsym(RTLD_NEXT) in the constructor ---- */
+/* Interposed, not declared by the headers above (fortify's read; ftime's header marks it
+ * deprecated). */
+ssize_t __read_chk(int fd, void *b, size_t n, size_t buflen);
+struct timeb;
+int ftime(struct timeb *tb);
+
+/* ---- real libc functions: reached through REAL() below ---- */
 struct statx;
 typedef struct vrift_real_fns {
     int (*stat)(const char *, struct stat *);
@@ -104,18 +116,80 @@ typedef struct vrift_real_fns {
     void (*_exit)(int);
     void (*_Exit)(int);
     char *(*realpath)(const char *, char *); /* the library's own calls: never recorded */
+    /* Resolved on first use only (resolve_all leaves them): functions only the action cache
+     * watches, most processes never call them through us.  Typed as libc declares them. */
+    __typeof__(&read) read;
+    __typeof__(&__read_chk) __read_chk;
+    __typeof__(&readv) readv;
+    __typeof__(&pread) pread;
+    __typeof__(&pread64) pread64;
+    __typeof__(&connect) connect;
+    __typeof__(&bind) bind;
+    __typeof__(&sendto) sendto;
+    __typeof__(&getrandom) getrandom;
+    __typeof__(&getentropy) getentropy;
+    __typeof__(&opendir) opendir;
+    __typeof__(&fdopendir) fdopendir;
+    __typeof__(&readlink) readlink;
+    __typeof__(&readlinkat) readlinkat;
+    __typeof__(&mkstemp) mkstemp;
+    __typeof__(&mkstemp64) mkstemp64;
+    __typeof__(&mkostemp) mkostemp;
+    __typeof__(&mkostemp64) mkostemp64;
+    __typeof__(&mkstemps) mkstemps;
+    __typeof__(&mkstemps64) mkstemps64;
+    __typeof__(&mkostemps) mkostemps;
+    __typeof__(&mkostemps64) mkostemps64;
+    __typeof__(&mkdtemp) mkdtemp;
+    __typeof__(&time) time;
+    __typeof__(&gettimeofday) gettimeofday;
+    __typeof__(&clock_gettime) clock_gettime;
+    __typeof__(&timespec_get) timespec_get;
+    __typeof__(&ftime) ftime;
+    __typeof__(&getcwd) getcwd;
+    __typeof__(&get_current_dir_name) get_current_dir_name;
+    __typeof__(&getenv) getenv;
+    __typeof__(&secure_getenv) secure_getenv;
+    __typeof__(&copy_file_range) copy_file_range;
+    __typeof__(&sendfile) sendfile;
+    __typeof__(&sendfile64) sendfile64;
+    __typeof__(&splice) splice;
 } vrift_real_fns;
 
 extern vrift_real_fns vrift_real;
 void *vrift_resolve(const char *name);
 
-/* The real function, resolved lazily when called before the constructor ran. */
+/*
+ * REAL(fn) is the one way the library reaches libc's own `fn` (the next definition after
+ * ours): an lvalue of the pointer in vrift_real, resolved with dlsym(RTLD_NEXT) when it is
+ * still NULL — before the constructor ran (resolve_all fills the first part of the table),
+ * or on first use (the last part).  It stays NULL while dlsym itself is running (a nested
+ * call from inside it): callers test it and fall back to a raw syscall, e.g.
+ *     if (REAL(read)) return vrift_real.read(fd, b, n);
+ *     return syscall(SYS_read, fd, b, n);
+ */
 #define REAL(fn)                                                                          \
     (*({                                                                                   \
         if (UNLIKELY(vrift_real.fn == NULL))                                               \
             vrift_real.fn = (__typeof__(vrift_real.fn))vrift_resolve(#fn);                 \
         &vrift_real.fn;                                                                    \
     }))
+
+/* ---- spin locks ----
+ * The library's four locks (the fd table of write.c, the read-write VDir mapping of dirty.c,
+ * the record buffer of record.c, the daemon connection of client.c) are words spun on, not
+ * pthread mutexes: they are taken inside interposed calls, possibly before the constructor
+ * ran, and held for a few stores — the connection's for one request, bounded by the socket
+ * timeout.  A fork child resets each one (its holder, another thread, did not follow). */
+typedef int vrift_spinlock;
+
+static inline void vrift_spin_lock(vrift_spinlock *l) {
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) __builtin_ia32_pause();
+}
+static inline int vrift_spin_trylock(vrift_spinlock *l) { return !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE); }
+static inline void vrift_spin_unlock(vrift_spinlock *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+/* In a fork child: whoever held it is not there. */
+static inline void vrift_spin_reset(vrift_spinlock *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
 
 /* ---- process-wide state ---- */
 typedef struct vrift_map {
