@@ -150,7 +150,7 @@ def settle(index, policy, rels: Iterable[bytes]) -> list[bytes]:
     the others (still DIRTY: re-read them later).
 
     Clients rename into a directory — and set DIRTY on the name and the directory just before —
-    while holding a shared flock on that directory (write.c, place()).  The comparison and the
+    while holding a shared flock on that directory (write.c, vrift_place_staging()).  The comparison and the
     clear run under an exclusive flock of the same directory, taken without waiting: a rename is
     then either seen by the comparison, or comes after the clear and sets DIRTY again itself.  A
     single bit cannot tell one writer's DIRTY from another's; this ordering is what keeps a clear

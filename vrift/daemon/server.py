@@ -582,7 +582,7 @@ class ProjectDaemon:
         """DIRTY bits a reused VDir kept from before the start (a writer whose WRITTEN the last
         daemon never read, a client killed mid-write): re-read those paths and clear what the
         tree confirms.  A writer still at work keeps its bits: its beacon is held, or its rename
-        marks the path again (write.c, place())."""
+        marks the path again (write.c, vrift_place_staging())."""
         dirty = self.index.dirty_paths()
         if not dirty:
             return
