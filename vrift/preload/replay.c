@@ -6,7 +6,7 @@
  * ACTION_LOOKUP it is about to send.  When the table has a record with exactly those bytes
  * and every check of the record passes, the outputs are staged from the CAS (reflink, else an
  * in-kernel copy), each verified against its checksum, then renamed into place under the
- * directory's shared flock with DIRTY set (as write.c's place()); the streams are replayed;
+ * directory's shared flock with DIRTY set (as write.c's vrift_place_staging()); the streams are replayed;
  * the daemon is told afterwards with one-way messages (WRITTEN per output, ACTION_REPLAYED);
  * and the process exits with the recorded status.  Anything else — no table, no record, a
  * check that fails, a damaged record or blob, an error midway — returns, and the caller asks
@@ -441,7 +441,7 @@ int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const c
         char sp[VRIFT_PATH_MAX];
         staging_file(sp, i);
         if (make_dirs(path, 0) != 0) goto done;
-        /* as write.c's place(): marks and rename under the directory's shared lock */
+        /* as write.c's vrift_place_staging(): marks and rename under the directory's shared lock */
         int dfd = vrift_lock_dir_of(path);
         vrift_mark_path(path, 0);
         long rr = syscall(SYS_renameat, AT_FDCWD, sp, AT_FDCWD, path);
