@@ -71,7 +71,7 @@ def check(home_env: dict, tree: Path) -> None:
 
     from vrift.home import Home
     from vrift.identity import Project
-    from vrift.vdir.live import open_readonly
+    from vrift.vdir.readonly import open_readonly
 
     home, project = Home.from_env(), Project.at(tree)
     bad = files = 0
