@@ -8,6 +8,9 @@ first input that differs (for `--explain`).
 Paths are stored relative to the project root when inside it (so another checkout of the same
 sources matches) and absolute otherwise.  Digests of inputs come from a DigestMemo keyed by
 stat fields, seeded from the project index where its entry still describes the file.
+
+Over 500 lines because build() and match() must agree record kind by record kind (R, A, S, P, D,
+C, B, outputs, streams): each kind's building and matching are kept next to each other.
 """
 from __future__ import annotations
 

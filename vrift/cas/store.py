@@ -30,6 +30,10 @@ How a blob comes to exist, and why:
   still lets its owner change the blob; that is the price of the strategy (verify reports it).
 - Errors: anything that goes wrong on the store's side (disk full, quota, read-only filesystem,
   I/O error) is fatal for a bulk writer (`CASError.fatal`); a source that cannot be read is not.
+
+Why one file of ~750 lines: one class whose every method shares the layout, the temporary-file
+protocol, the link strategy and the durability rules described above; splitting it would put
+those rules in two places.
 """
 from __future__ import annotations
 

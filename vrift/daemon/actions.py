@@ -9,6 +9,10 @@ END: take the action's logs (read, then remove the directory), build the fingerp
 files are as the action left them, reply, and write the entry to LMDB on a background thread
 (its fsync is not on the build's path).  Counters live in memory and are folded into the cache's
 LMDB every few seconds and at shutdown.
+
+The action table's side (publishing records, ACTION_REPLAYED, indexing replayed outputs) lives
+here too because it shares the lookup's state (pending actions, the per-record hit info, the
+counters) under one lock; the table itself is vrift/cache/fasttable.py.
 """
 from __future__ import annotations
 

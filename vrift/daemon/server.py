@@ -6,6 +6,11 @@ On start: lock, open the index (WAL replay → LMDB → shared memory), watch th
 first start ingests the tree before SYNC answers; a restart serves the index it finds at once,
 every entry DIRTY until the background reconcile (reconcile.py) has confirmed it on disk.  Exits after `daemon.idle_timeout_s` without
 clients or requests, flushing everything.
+
+Why one file of ~700 lines: it is the daemon's dispatch table and the writer-thread work the
+handlers share (re-reads, settling DIRTY, directory entries, the health check); the parts that
+stand alone are their own modules (commit.py, reconcile.py, listener.py, watcher.py, writer.py,
+actions.py).  Moving the tree-sync helpers out is the next split.
 """
 from __future__ import annotations
 
