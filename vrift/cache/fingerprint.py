@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from .. import locate
 from . import search as pathsearch
 from .actionlog import ActionLogs
 from .key import DigestMemo
@@ -37,7 +38,7 @@ _CHUNK = struct.Struct("<BI")
 # mtime, mode and size too, not only the digest.
 ARCHIVERS = frozenset(os.fsencode(n) for n in ("tar", "gtar", "bsdtar", "cpio", "pax", "zip", "gzip", "pigz",
                                                 "bzip2", "xz", "zstd", "7z", "7za", "rsync"))
-STATE_DIR = b".vrift"
+STATE_DIR = os.fsencode(locate.STATE_DIR)
 
 
 class Uncacheable(Exception):

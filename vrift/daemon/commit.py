@@ -23,6 +23,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 
+from .. import locate
 from ..errors import VriftError
 from ..vdir import layout
 from ..vdir.entry import Entry
@@ -33,6 +34,8 @@ log = logging.getLogger("vrift.daemon")
 
 STRIPES = 64
 MOVED = ErrorFlag.MOVED
+
+_STATE_DIR = os.fsencode(locate.STATE_DIR)
 
 
 class CommitService:
@@ -210,7 +213,7 @@ def _on_disk(index, policy, rel: bytes) -> bool:
             return False
         prefix = rel + b"/" if rel else b""
         for name in names:
-            if name == b".vrift" and not rel:
+            if name == _STATE_DIR and not rel:
                 continue
             child = index.get(prefix + name)
             if child is None or child.is_deleted:
