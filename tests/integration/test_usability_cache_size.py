@@ -139,7 +139,9 @@ def test_the_daemon_evicts_after_a_build(tmp_path, daemons):
     while True:
         stats = json.loads(vrift("cache", "stats", "--json", cwd=root, env=env, check=True).stdout)
         # eviction runs in the daemon entry by entry: wait for it to finish, not to start
-        if (stats["evicted"] > 0 and stats["size_bytes"] <= 10 * 1024) or time.monotonic() > deadline:
+        done = (stats["evicted"] > 0 and stats["size_bytes"] <= 10 * 1024
+                and stats["fingerprints"] == stats["recorded"] - stats["evicted"])
+        if done or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert stats["evicted"] > 0 and stats["size_bytes"] <= 10 * 1024, stats
