@@ -212,12 +212,20 @@ class Twin:
 
     def cold(self, records: int = 4):
         """The first build; returns once the daemon has published its records (a moment
-        after each action's end)."""
+        after each action's end) and has no table write still to come."""
         self.plain()
         r = self.wrapped()
         same_outputs(self.proj, self.ref)
-        assert wait_for(lambda: table_records(table_path(self)) >= records, 10), "records not published"
+        assert wait_for(lambda: table_records(table_path(self)) >= records and self.table_settled(), 10), \
+            "records not published"
         return r
+
+    def table_settled(self) -> bool:
+        """Nothing queued for the recorder and no table snapshot still to be written: a test
+        that damages the file must not race the daemon's next write of it."""
+        with connect_project(self.home, self.project()) as c:
+            s = c.cache_stats()["cache"]
+        return s["recorder_queued"] == 0 and not s["table"]["write_pending"]
 
     def project(self) -> Project:
         return Project.at(self.proj)

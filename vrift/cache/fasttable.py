@@ -303,6 +303,7 @@ class ActionTable:
         self._written = False  # a snapshot of ours is at self.path (until someone removes it)
         self._fresh: set[bytes] = set()  # identities put since the last snapshot
         self.generation = 0
+        self._done = 0  # the generation last written (or given up on)
         self.published = 0
         self.unpublishable = 0
         self.inherited = load_records(self.path)  # an earlier daemon's, if this vrift wrote it
@@ -403,6 +404,9 @@ class ActionTable:
                 os.unlink(tmp)
             except OSError:
                 pass
+        finally:
+            with self._lock:
+                self._done = max(self._done, generation)
 
     def remove(self) -> None:
         try:
@@ -425,4 +429,5 @@ class ActionTable:
     def stats(self) -> dict:
         with self._lock:
             return {"records": len(self._records), "published": self.published, "inherited": len(self.inherited),
-                    "unpublishable": self.unpublishable, "generation": self.generation}
+                    "unpublishable": self.unpublishable, "generation": self.generation,
+                    "write_pending": self._timer is not None or self._done != self.generation}

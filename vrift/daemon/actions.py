@@ -66,6 +66,7 @@ class ActionCache:
         self._pending: dict[bytes, dict] = {}
         self._lock = threading.Lock()
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
+        self._queued = 0  # recorder jobs not yet finished: `stats` says when the table is settled
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
                          "bytes_replayed": 0, "outputs_replayed": 0, "errors": 0, "corrupt_blobs": 0, "remote_hits": 0, "time_saved_s": 0.0,
                          "evicted": 0, "fast_hits": 0}
@@ -131,12 +132,12 @@ class ActionCache:
     def tick(self) -> None:
         """Periodic work (from the daemon's loop): fold counters into LMDB, sweep stale logs,
         and keep the cache within cache.max_size once a build has stopped recording."""
-        self._recorder.submit(self._flush)
-        self._recorder.submit(self.sweep)
+        self._submit(self._flush)
+        self._submit(self.sweep)
         recorded = self._recorded_at
         if recorded is not None and time.monotonic() - recorded >= EVICT_QUIET_S:
             self._recorded_at = None
-            self._recorder.submit(self.evict)
+            self._submit(self.evict)
 
     def evict(self):
         """Evict least recently used entries beyond cache.max_size (on the recorder thread)."""
@@ -181,6 +182,7 @@ class ActionCache:
             out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.counters.items()}
             out["seq"] = self._seq
             out["pending"] = len(self._pending)
+            out["recorder_queued"] = self._queued
             # not yet folded into LMDB (every second): `vrift cache stats` adds it, so totals
             # are current right after a build
             out["unflushed"] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._unflushed.items()}
@@ -260,7 +262,7 @@ class ActionCache:
             if difference is None:
                 difference = self._try_replay(key, fid, fp, aid, out)
                 if difference is None:
-                    self._recorder.submit(self._publish, fast, fid, fp)  # the next one is decided by the library
+                    self._submit(self._publish, fast, fid, fp)  # the next one is decided by the library
                     return out
             if why.startswith("no entry"):
                 why = difference  # the newest fingerprint's first difference explains best
@@ -334,7 +336,7 @@ class ActionCache:
                     if difference is None:
                         remote.count("hits")
                         self._count("remote_hits")
-                        self._recorder.submit(self._backfill, key, fid, data)
+                        self._submit(self._backfill, key, fid, data)
                         return None
             else:
                 remote.count("misses")
@@ -451,7 +453,7 @@ class ActionCache:
             log.exception("recording action %s failed", aid.decode())
             self._note("uncacheable", pending["argv"], f"internal error: {e}")
             return reply(req).add(Tag.FLAGS, 0)
-        self._recorder.submit(self._put, pending["key"], fp, pending.get("fast"))
+        self._submit(self._put, pending["key"], fp, pending.get("fast"))
         return reply(req).add(Tag.FLAGS, EndFlag.RECORDING)
 
     def _put(self, key: bytes, fp: Fingerprint, fast: dict | None = None) -> None:
@@ -547,9 +549,21 @@ class ActionCache:
         if reread:
             daemon._reread(reread)
 
+    def _submit(self, fn, *args):
+        with self._lock:
+            self._queued += 1
+
+        def job():
+            try:
+                return fn(*args)
+            finally:
+                with self._lock:
+                    self._queued -= 1
+        return self._recorder.submit(job)
+
     def drain(self, timeout: float = 30) -> None:
         """Wait until every entry handed to the recorder is written (tests, shutdown)."""
-        self._recorder.submit(lambda: None).result(timeout)
+        self._submit(lambda: None).result(timeout)
 
     # -- stale logs -----------------------------------------------------------------------------
     def sweep(self, startup: bool = False) -> int:
