@@ -36,7 +36,7 @@ def test_make_hello_through_wrap_and_through_the_makefile_line(tmp_path, daemons
 
     wrapped_tree = copy_tree(EXAMPLES / "make-hello", tmp_path / "w")
     wrapped = vrift("wrap", "make", cwd=wrapped_tree, check=True)
-    assert parse_summary(wrapped.stderr)["committed"] >= 5
+    assert parse_summary(wrapped.stderr)["committed"] >= 5, wrapped.stderr
     assert_same_outputs(wrapped_tree, ptree)
 
     # the one-line opt-in alone: plain `make` with vrift on PATH, recipes under the library
