@@ -27,9 +27,9 @@ NATIVE = "vrift/native"
 extensions = [
     Extension(
         "vrift._vdir_native",
-        sources=[f"{NATIVE}/vdir_native.c"],
+        sources=sorted(glob.glob(f"{NATIVE}/*.c")),  # vdir_native.c holds the module's method table
         include_dirs=[NATIVE],
-        depends=[f"{NATIVE}/vrift_vdir.h"],
+        depends=sorted(glob.glob(f"{NATIVE}/*.h")),
         extra_compile_args=CFLAGS,
     ),
 ]
