@@ -275,3 +275,41 @@ def test_a_destination_closed_early_is_not_recorded(project):
         assert done.stdout == b"seq 1 30000; touch build/many.txt\n", done.stderr
         hits = parse_summary(done.stderr.decode())["cache"][0]
         assert hits == 0 and b"output could not be passed on" in done.stderr, done.stderr
+
+
+# waits for every child it has, clone children included (__WALL), as strace -f and gdb do
+REAP_ALL_C = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    printf("parent\n");
+    fflush(stdout);
+    if (fork() == 0) {
+        printf("child\n");
+        return 0;
+    }
+    int reaped = 0, st;
+    while (waitpid(-1, &st, __WALL) > 0) reaped++;
+    printf("reaped %d (%s)\n", reaped, errno == ECHILD ? "no child left" : "error");
+    return 0;
+}
+"""
+
+
+def test_a_tool_waiting_for_all_its_children_is_not_held_by_the_relay(project):
+    """The relay that copies the root's output must be nobody's child in the tree: a root
+    that waits for every child with __WALL (strace -f, gdb) would wait for it, while the relay
+    waits for the root to close its output — a hang, seen with `strace -f` under vrift wrap."""
+    compile_c(REAP_ALL_C, project / "reapall")
+    (project / "Makefile").write_text("build/r.txt:\n\t./reapall > $@\n\t./reapall\n")
+    outs = []
+    for wrapped in (False, True, True):
+        (project / "build/r.txt").unlink(missing_ok=True)
+        done = subprocess.run(command(wrapped), cwd=project, env=env_for(wrapped), capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        body = b"\n".join(x for x in done.stdout.split(b"\n") if not x.startswith(b"vrift: "))
+        outs.append((body, (project / "build/r.txt").read_bytes()))
+    assert outs[0][1] == b"parent\nchild\nreaped 1 (no child left)\n"
+    assert outs[1] == outs[0] and outs[2] == outs[0]

@@ -5,8 +5,8 @@
  * the root puts a channel between the tree and the destination instead: a pseudo-terminal
  * where fd 1/2 is a terminal (isatty, line buffering and colours stay as they were), a pipe
  * otherwise.  When fd 1 and 2 are one destination (a terminal, `2>&1`) they share ONE
- * channel, so the kernel keeps the order of the writes across them.  A relay process (a
- * child of the root that wait() does not see, in its own session, holding nothing else) copies what arrives to
+ * channel, so the kernel keeps the order of the writes across them.  A relay process (an
+ * orphan nobody in the tree can wait for, in its own session, holding nothing else) copies what arrives to
  * the original destination at once and appends it, framed by stream, to a record file.  At
  * the root's end the root hands its fds 1/2 back to the destination, asks the relay to read
  * what is left (a read of an empty pty or pipe returns only once the kernel has delivered
@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define OUTPUT_MAX (512u * 1024u) /* the daemon stores no entry with more output than this */
@@ -355,15 +356,26 @@ int vrift_capture_start(const char *action_dir, size_t action_dir_len) {
     orig[1] = (int)syscall(SYS_fcntl, 2, F_DUPFD_CLOEXEC, 100);
     if (orig[0] < 0 || orig[1] < 0) goto out;
 
-    /* The relay: a child that signals nothing when it ends, which wait()/waitpid(-1) without
-       __WALL never report: the program cannot reap it or wait for it.  It outlives the root
-       and is then reaped by whoever adopts orphans. */
-    long relay = syscall(SYS_clone, 0, 0, 0, 0, 0);
-    if (relay < 0) goto out;
-    if (relay == 0) {
-        struct relay r = {{rd[0], rd[1]}, {1, shape.merged ? 1 : 2}, ctl[1], rec, 1, 0};
-        relay_run(&r);
+    /* The relay: nobody's child in the tree.  A go-between (a clone that signals nothing when
+       it ends, so no wait() of the program's can take it) starts the relay and exits at once;
+       the orphaned relay is adopted, and reaped, by init or the nearest subreaper.  Were the
+       relay the root's own child, a root that waits for every child with __WALL (strace -f,
+       gdb) would wait for it while it waits for the root to close its output. */
+    long mid = syscall(SYS_clone, 0, 0, 0, 0, 0);
+    if (mid < 0) goto out;
+    if (mid == 0) {
+        long relay = syscall(SYS_clone, 0, 0, 0, 0, 0);
+        if (relay == 0) {
+            struct relay r = {{rd[0], rd[1]}, {1, shape.merged ? 1 : 2}, ctl[1], rec, 1, 0};
+            relay_run(&r);
+        }
+        syscall(SYS_exit_group, relay < 0 ? 1 : 0);
     }
+    int mid_status = 0;
+    long waited;
+    do waited = syscall(SYS_wait4, mid, &mid_status, __WALL, 0);
+    while (waited < 0 && errno == EINTR);
+    if (waited != mid || !WIFEXITED(mid_status) || WEXITSTATUS(mid_status) != 0) goto out;
 
     /* The tree writes into the channels from now on. */
     if (syscall(SYS_dup2, wr[0], 1) != 1 || syscall(SYS_dup2, shape.merged ? wr[0] : wr[1], 2) != 2) {
