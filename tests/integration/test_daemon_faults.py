@@ -142,9 +142,9 @@ sock, root = sys.argv[1], Path(sys.argv[2])
 c = ProjectClient(sock, 5000)
 c.hello()
 c.begin_write([root / "half.o"])
-d = root / ".vrift" / "staging" / str(os.getpid())
+d = root / ".vrift" / "staging"
 d.mkdir(parents=True, exist_ok=True)
-fd = os.open(d / "1", os.O_WRONLY | os.O_CREAT, 0o600)
+fd = os.open(d / f"{os.getpid()}.1", os.O_WRONLY | os.O_CREAT, 0o600)
 import fcntl; fcntl.flock(fd, fcntl.LOCK_SH)
 os.write(fd, b"half written")
 print("ready", flush=True)
@@ -162,8 +162,8 @@ def test_client_killed_between_open_and_commit_is_rolled_back(daemons, tmp_path)
         try:
             assert child.stdout.readline().strip() == "ready"
             assert vdir_entry(home, proj, "half.o").flags & layout.F_DIRTY
-            staging = proj.staging_dir / str(child.pid)
-            assert (staging / "1").exists()
+            staging = proj.staging_dir / f"{child.pid}.1"
+            assert staging.exists()
         finally:
             child.kill()
             child.wait()
@@ -270,13 +270,17 @@ def test_staging_left_by_dead_processes_is_swept_at_start(daemons, tmp_path):
     proj = make_project(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    leftover = proj.staging_dir / str(dead.pid)
-    leftover.mkdir(parents=True)
-    (leftover / "1").write_bytes(b"orphan")
-    mine = proj.staging_dir / str(os.getpid())
-    mine.mkdir()
-    (mine / "1").write_bytes(b"alive writer")
+    proj.staging_dir.mkdir(parents=True)
+    leftovers = [proj.staging_dir / f"{dead.pid}.1", proj.staging_dir / f"{dead.pid}.r0"]
+    for f in leftovers:
+        f.write_bytes(b"orphan")
+    legacy = proj.staging_dir / str(dead.pid)
+    legacy.mkdir()  # a per-process directory of an earlier release
+    (legacy / "1").write_bytes(b"orphan")
+    mine = [proj.staging_dir / f"{os.getpid()}.1", proj.staging_dir / f"{os.getpid()}.r0"]
+    for f in mine:
+        f.write_bytes(b"alive writer")
     with connect_project(home, proj) as c:
         c.sync()
-        assert wait_for(lambda: not leftover.exists(), 10)
-        assert (mine / "1").exists()  # a live process's staging is never touched
+        assert wait_for(lambda: not any(f.exists() for f in leftovers) and not legacy.exists(), 10)
+        assert all(f.exists() for f in mine)  # a live process's staging is never touched

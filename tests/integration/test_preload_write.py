@@ -200,7 +200,7 @@ def test_killed_writer_leaves_real_file_untouched(project, vrift_env):
     proc.wait()
     assert (root / "trunc.txt").read_text() == "long long long content\n"
     # the daemon rolls staging back when the client's connection drops; none here
-    assert len(staging_leftovers(root)) == 2  # <pid>/ and <pid>/<n>
+    assert len(staging_leftovers(root)) == 1  # <pid>.<n>
 
 
 SHELL_CASES = {

@@ -109,19 +109,19 @@ def make_project(base: Path, name: str = "proj", files: dict[str, bytes] | None 
 
 
 class Writer:
-    """Plays the preload library's part of a write: a staging file under <staging>/<pid>/."""
+    """Plays the preload library's part of a write: a staging file <staging>/<pid>.<n>."""
 
     def __init__(self, client: ProjectClient, project: Project, pid: int | None = None):
         self.client = client
         self.project = project
         self.pid = pid or os.getpid()
-        self.dir = project.staging_dir / str(self.pid)
+        self.dir = project.staging_dir
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.n = 0
 
     def stage(self, data: bytes, hold: bool = False) -> Path:
         self.n += 1
-        path = self.dir / str(self.n)
+        path = self.dir / f"{self.pid}.{self.n}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         if hold:
             fcntl.flock(fd, fcntl.LOCK_SH)  # the beacon

@@ -131,27 +131,54 @@ def beacon_free(path: bytes) -> bool:
         os.close(fd)
 
 
-def remove_unheld_files(directory: Path) -> int:
-    """Remove the staging files of a dead client (those no process still holds), then the
-    directory when it is empty."""
+def staging_owner(name: str) -> int | None:
+    """The pid that a staging name belongs to: `<pid>.<n>` (a write), `<pid>.r<n>` (a replay),
+    or `<pid>` (a directory of an earlier vrift's layout); None for anything else."""
+    head = name.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def remove_unheld_staging(staging_dir: Path, pid: int | None = None) -> int:
+    """Remove the staging files of dead writers — of `pid`, or of every owner no longer
+    alive — that no process still holds (a file's beacon, see beacon_free)."""
     removed = 0
     try:
-        names = os.listdir(directory)
+        names = os.listdir(staging_dir)
     except OSError:
         return 0
     for name in names:
-        path = os.fsencode(directory / name)
-        if beacon_free(path):
+        owner = staging_owner(name)
+        if owner is None or (owner != pid if pid is not None else pid_alive(owner)):
+            continue
+        path = staging_dir / name
+        if "." not in name:  # an earlier layout's per-process directory
+            for inner in _listdir(path):
+                removed += _remove_unheld(path / inner)
             try:
-                os.unlink(path)
-                removed += 1
+                os.rmdir(path)
             except OSError:
                 pass
-    try:
-        os.rmdir(directory)
-    except OSError:
-        pass
+        else:
+            removed += _remove_unheld(path)
     return removed
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _remove_unheld(path: Path) -> int:
+    raw = os.fsencode(path)
+    if not beacon_free(raw):
+        return 0
+    try:
+        os.unlink(raw)
+        return 1
+    except OSError:
+        return 0
 
 
 def setup_logging(name: str) -> None:

@@ -567,7 +567,7 @@ class ProjectDaemon:
         """A client went away with uncommitted work: drop its staging files, re-read its paths."""
         self.rollbacks += 1
         if pid is not None and not process.pid_alive(pid):
-            process.remove_unheld_files(self.project.staging_dir / str(pid))
+            process.remove_unheld_staging(self.project.staging_dir, pid)
         if paths:
             # a new file's name had no entry, but its directory was marked
             existing = {r for r in paths if self.index.get(r) is not None}
@@ -575,13 +575,7 @@ class ProjectDaemon:
 
     def _sweep_staging(self) -> None:
         """Staging files of processes that died while no daemon ran (or before a restart)."""
-        try:
-            names = os.listdir(self.project.staging_dir)
-        except OSError:
-            return
-        for name in names:
-            if name.isdigit() and not process.pid_alive(int(name)):
-                process.remove_unheld_files(self.project.staging_dir / name)
+        process.remove_unheld_staging(self.project.staging_dir)
 
     def _settle_leftovers(self) -> None:
         """DIRTY bits a reused VDir kept from before the start (a writer whose WRITTEN the last

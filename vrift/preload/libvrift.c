@@ -531,7 +531,7 @@ __attribute__((constructor)) static void vrift_init(int argc, char **argv, char 
         memcpy(vrift_staging + vrift_root_len, "/.vrift/staging", sizeof "/.vrift/staging");
     }
     vrift_staging_len = strlen(vrift_staging);
-    if (vrift_staging_len + 32 >= sizeof vrift_staging) goto out; /* room for /<pid>/<n> */
+    if (vrift_staging_len + 32 >= sizeof vrift_staging) goto out; /* room for /<pid>.r<n> */
     pthread_atfork(NULL, NULL, atfork_child);
     vrift_count(VRIFT_C_PROCESSES);
     configured = 1;

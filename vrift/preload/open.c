@@ -82,9 +82,10 @@ static void plan_write(int dirfd, const char *path, int flags, write_plan *p) {
             errno = saved;
             return;
         }
-        struct stat pst, sst;
-        if (vrift_ensure_staging_dir(pid) != 0 || REAL(fstatat)(AT_FDCWD, parent, &pst, 0) != 0 ||
-            REAL(fstatat)(AT_FDCWD, vrift_staging, &sst, 0) != 0 || pst.st_dev != sst.st_dev) {
+        struct stat pst;
+        dev_t staging_dev;
+        if (vrift_ensure_staging_dir(&staging_dev) != 0 || REAL(fstatat)(AT_FDCWD, parent, &pst, 0) != 0 ||
+            pst.st_dev != staging_dev) {
             p->kind = P_DIRECT; /* rename cannot cross filesystems */
         } else {
             p->kind = P_STAGED;

@@ -211,17 +211,17 @@ static void staging_file(char *out, size_t i) {
     memcpy(out, vrift_staging, n);
     out[n++] = '/';
     n += vrift_put_dec(out + n, (uint64_t)vrift_raw_getpid());
-    out[n++] = '/';
-    out[n++] = 'r'; /* write.c's names are bare numbers */
+    out[n++] = '.';
+    out[n++] = 'r'; /* write.c's names are <pid>.<number> */
     n += vrift_put_dec(out + n, i);
     out[n] = '\0';
 }
 
+/* <root>/.vrift/staging by default: the first write of the project may not have made it */
 static int ensure_staging(void) {
     char d[VRIFT_PATH_MAX];
     if (vrift_staging_len == 0 || vrift_staging_len + 48 > sizeof d) return -1;
     memcpy(d, vrift_staging, vrift_staging_len + 1);
-    /* <root>/.vrift/staging by default: the first write of the project may not have made it */
     for (size_t i = 1; i <= vrift_staging_len; i++) {
         if (d[i] != '/' && d[i] != '\0') continue;
         char c = d[i];
@@ -229,11 +229,7 @@ static int ensure_staging(void) {
         if (i > vrift_root_len && syscall(SYS_mkdirat, AT_FDCWD, d, 0700) != 0 && errno != EEXIST) return -1;
         d[i] = c;
     }
-    size_t n = vrift_staging_len;
-    d[n++] = '/';
-    n += vrift_put_dec(d + n, (uint64_t)vrift_raw_getpid());
-    d[n] = '\0';
-    return syscall(SYS_mkdirat, AT_FDCWD, d, 0700) == 0 || errno == EEXIST ? 0 : -1;
+    return 0;
 }
 
 static int copy_blob(int src, int dst, uint64_t size) {
@@ -275,6 +271,8 @@ static int stage(const table *t, const vrift_actions_output *o, const char *blob
     int src = (int)syscall(SYS_openat, AT_FDCWD, src_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (src < 0) return -1; /* evicted or collected: the daemon decides */
     int dst = (int)syscall(SYS_openat, AT_FDCWD, dst_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (dst < 0 && errno == ENOENT && ensure_staging() == 0) /* made once, by whoever writes first */
+        dst = (int)syscall(SYS_openat, AT_FDCWD, dst_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     struct stat st;
     int ok = dst >= 0 && syscall(SYS_fstat, src, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == o->size &&
              copy_blob(src, dst, o->size) == 0;
@@ -401,7 +399,6 @@ int vrift_fast_replay(const uint8_t *ident, size_t len, const char *exe, const c
     }
     /* every input is as recorded: stage every output before the first one is put in place */
     cursor outs = c;
-    if (r->n_outputs && ensure_staging() != 0) goto done;
     for (uint32_t i = 0; i < r->n_outputs; i++) {
         const vrift_actions_output *o = take(&c, VRIFT_ACTIONS_OUTPUT_HEAD);
         const char *path, *blob;

@@ -15,7 +15,7 @@ enum { S_FREE = 0, S_STAGED, S_PUBLISHED, S_DIRECT };
 typedef struct fd_slot {
     int state;
     pid_t owner;
-    uint64_t seq; /* staging file <staging>/<owner>/<seq> */
+    uint64_t seq; /* staging file <staging>/<owner>.<seq> */
     char virt[VRIFT_PATH_MAX];
 } fd_slot;
 
@@ -27,7 +27,7 @@ extern vrift_spinlock vrift_fds_lock;
 extern uint64_t vrift_staging_seq; /* last <seq> of a staging file of this process */
 
 int vrift_copy_content(int src, int dst);
-int vrift_ensure_staging_dir(pid_t pid);
+int vrift_ensure_staging_dir(dev_t *dev);
 void vrift_invalidate_path(const char *abs);
 void vrift_parent_of(const char *abs, char *out);
 int vrift_place_staging(const char *staging, const char *virt);

@@ -2,7 +2,7 @@
  * write.c — the write path (SPEC §5.4, docs/preload.md "Writes").
  *
  * open for writing a project path → DIRTY on the path and its directory, a staging file
- * <staging>/<pid>/<n> (a copy of the old content when the mode keeps it) is opened in its
+ * <staging>/<pid>.<n> (a copy of the old content when the mode keeps it) is opened in its
  * place, a shared flock "beacon" is put on that open file description, and the daemon is
  * told, one-way, that the path is being written (WRITING: it re-reads the path if this
  * process dies first).  The beacon lives as long as any fd, in any process, refers to the
@@ -47,7 +47,8 @@ int vrift_fds_high = -1;
 int vrift_fds_staged; /* S_STAGED slots of this process */
 vrift_spinlock vrift_fds_lock;
 uint64_t vrift_staging_seq;
-static pid_t staging_dir_pid; /* <staging>/<pid> exists for this pid */
+static int staging_ready; /* the staging directory chain exists (made or seen by this image) */
+static dev_t staging_dev;  /* and its device: a staged file is renamed only within one */
 
 
 
@@ -62,22 +63,19 @@ size_t vrift_put_dec(char *out, uint64_t v) {
     return n;
 }
 
-/* <staging>/<owner>[/<seq>]; start-up checked that the staging dir leaves room for both. */
-static void staging_name(char *out, pid_t owner, int with_seq, uint64_t seq) {
+/* <staging>/<owner>.<seq>: flat, so a writing process makes no directory of its own (an
+ * inode allocation and a removal per process: measurable on every compile); the owner's pid
+ * leads the name, so the daemon can drop a dead writer's files.  Start-up checked that the
+ * staging dir leaves room. */
+void vrift_staging_path(char *out, pid_t owner, uint64_t seq) {
     size_t n = vrift_staging_len;
     memcpy(out, vrift_staging, n);
     out[n++] = '/';
     n += vrift_put_dec(out + n, (uint64_t)owner);
-    if (with_seq) {
-        out[n++] = '/';
-        n += vrift_put_dec(out + n, seq);
-    }
+    out[n++] = '.';
+    n += vrift_put_dec(out + n, seq);
     out[n] = '\0';
 }
-
-void vrift_staging_path(char *out, pid_t owner, uint64_t seq) { staging_name(out, owner, 1, seq); }
-
-static void remove_staging_dir(void);
 
 int vrift_open_raw(const char *path, int flags, mode_t mode) {
     if (REAL(open)) return vrift_real.open(path, flags, mode);
@@ -167,8 +165,17 @@ static int ensure_dir(const char *path) {
     return errno == EEXIST ? 0 : -1;
 }
 
-int vrift_ensure_staging_dir(pid_t pid) {
-    if (staging_dir_pid == pid) return 0;
+int vrift_ensure_staging_dir(dev_t *dev) {
+    if (staging_ready) {
+        *dev = staging_dev;
+        return 0;
+    }
+    struct stat st;
+    if (REAL(fstatat)(AT_FDCWD, vrift_staging, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
+        staging_dev = *dev = st.st_dev; /* the usual case: an earlier process made it */
+        staging_ready = 1;
+        return 0;
+    }
     char buf[VRIFT_PATH_MAX];
     /* <root>/.vrift/staging by default: create the chain, private to the user */
     size_t n = vrift_staging_len;
@@ -182,10 +189,9 @@ int vrift_ensure_staging_dir(pid_t pid) {
         }
         buf[i] = '/';
     }
-    if (ensure_dir(vrift_staging) != 0) return -1;
-    staging_name(buf, pid, 0, 0);
-    if (ensure_dir(buf) != 0) return -1;
-    staging_dir_pid = pid;
+    if (ensure_dir(vrift_staging) != 0 || REAL(fstatat)(AT_FDCWD, vrift_staging, &st, 0) != 0) return -1;
+    staging_dev = *dev = st.st_dev;
+    staging_ready = 1;
     return 0;
 }
 
@@ -402,17 +408,7 @@ void vrift_before_exec(void) {
         fd_slot *s = &vrift_fds[fd];
         if (s->state != S_FREE && s->owner == vrift_pid) vrift_invalidate_path(s->virt);
     }
-    remove_staging_dir();
     errno = saved;
-}
-
-/* The per-process staging directory goes when empty (a later image with the same pid
- * after exec makes it again). */
-static void remove_staging_dir(void) {
-    if (staging_dir_pid != vrift_pid) return;
-    char buf[VRIFT_PATH_MAX];
-    staging_name(buf, vrift_pid, 0, 0);
-    if (REAL(rmdir)(buf) == 0) staging_dir_pid = 0;
 }
 
 /* At exit: the close logic for every fd this process still owns. */
@@ -427,7 +423,6 @@ void vrift_finish_all(void) {
             vrift_finish_slot(&snap);
         }
     }
-    remove_staging_dir();
     errno = saved;
 }
 
