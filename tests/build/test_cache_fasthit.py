@@ -410,12 +410,19 @@ def test_a_stopped_daemons_table_serves_the_next_daemon(twin):
     same_outputs(twin.proj, twin.ref)
     assert cache_counts(warm.stderr)[1] == 0, warm.stderr
     # why a record was not used, if one was not: the library's reasons and the daemon's state
-    assert fast_hits_reach(twin.proj, before + 3) >= before + 3, (warm.stderr[-4000:], daemon_state(twin))
+    assert fast_hits_reach(twin.proj, before + 3) >= before + 3, diagnosis(twin, warm.stderr)
 
 
-def daemon_state(twin) -> dict:
+def diagnosis(twin, stderr: str) -> str:
+    """The library's reasons, the table's records and the daemon's table state, in full."""
+    ours = [line for line in stderr.splitlines() if "action table" in line]
+    records = ["%016x %r" % (fasttable.key_hash(i), i) for i, _ in fasttable.load_records(os.fsencode(table_path(twin)))]
     with connect_project(twin.home, twin.project()) as c:
-        return c.stats()
+        cache = c.cache_stats()["cache"]
+    text = "\n".join(["library:", *ours, "table file:", *records, f"daemon: {cache}",
+                      f"cache stats: {vrift('cache', 'stats', '--json', cwd=twin.proj).stdout}"])
+    print(text)  # pytest shortens the assertion's message
+    return text
 
 
 @needs_c_side
