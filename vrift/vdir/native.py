@@ -96,8 +96,19 @@ def _c() -> ctypes.CDLL:
         libc.mmap.argtypes = [c_void_p, c_size_t, c_int, c_int, c_int, ctypes.c_long]
         libc.munmap.restype = c_int
         libc.munmap.argtypes = [c_void_p, c_size_t]
+        libc.madvise.restype = c_int
+        libc.madvise.argtypes = [c_void_p, c_size_t, c_int]
         _libc = libc
     return _libc
+
+
+def drop_resident(addr: int, length: int) -> None:
+    """Take the pages of [addr, addr + length) of a MAP_SHARED file mapping out of this
+    process's resident set (MADV_DONTNEED).  Their content stays in the file and the page
+    cache; the next access maps the same bytes again.  Never for private or anonymous memory,
+    where the same call throws the content away."""
+    if length > 0:
+        _c().madvise(addr, length, _mmap.MADV_DONTNEED)  # advice only: a failure changes nothing
 
 
 def path_hash(path: bytes) -> int:
@@ -129,6 +140,14 @@ class Mapping:
     @property
     def closed(self) -> bool:
         return self.base == 0
+
+    def release(self, offset: int = 0, length: int | None = None) -> None:
+        """drop_resident for the whole pages inside [offset, offset + length) of the file."""
+        end = self.size if length is None else min(self.size, offset + length)
+        start = -(-offset // _mmap.PAGESIZE) * _mmap.PAGESIZE
+        end -= end % _mmap.PAGESIZE if end < self.size else 0
+        if self.base and end > start:
+            drop_resident(self.base + start, end - start)
 
     def close(self) -> None:
         if self.base:

@@ -376,6 +376,8 @@ class VDirWriter(_Mapped):
         self._map, self._ident = self._write_file(self.path, geo, values, root_b, fill)
         self._geometry = _geometry_of(read_header(self._map.view))
         lib.vrift_retire(old.base)
+        old.release()
+        self._map.release()  # the scan of the old file below maps its pages again meanwhile
         carried = [i for i in self._flagged(old, layout.F_DIRTY) if i not in dirty_before]
         if carried:
             self._carry_dirty(view, h, carried)
@@ -405,8 +407,8 @@ class VDirWriter(_Mapped):
 
         def fill(new: native.Mapping) -> None:
             at = geo.entries_offset + used * layout.ENTRY_SIZE
-            new.view[geo.entries_offset:at] = view[eoff:eoff + used * layout.ENTRY_SIZE]
-            new.view[geo.strings_offset:geo.strings_offset + sused] = view[soff:soff + sused]
+            _copy_releasing(new, geo.entries_offset, old, eoff, used * layout.ENTRY_SIZE)
+            _copy_releasing(new, geo.strings_offset, old, soff, sused)
             records, strings, off = [], [], sused
             for p, (e, hsh) in pending.items():
                 records.append(pack_entry(e, hsh, off))
@@ -422,6 +424,7 @@ class VDirWriter(_Mapped):
         self._map, self._ident = self._write_file(self.path, geo, values, root_b, fill)
         self._geometry = _geometry_of(read_header(self._map.view))
         lib.vrift_retire(old.base)
+        self._map.release()  # the scan of the old file below maps its pages again meanwhile
         # DIRTY set by clients in the old file after the copy: the same index here
         carried = [i for i in self._flagged(old, layout.F_DIRTY) if i not in dirty_before]
         m = self._m()
@@ -455,6 +458,19 @@ class VDirWriter(_Mapped):
 
 _GEOMETRY = ("file_size", "entry_capacity", "table_capacity", "bloom_offset", "table_offset", "entries_offset",
              "strings_offset", "strings_capacity", "header_size", "entry_size", "magic", "version")
+
+
+COPY_CHUNK = 8 << 20
+
+
+def _copy_releasing(new: native.Mapping, dst: int, old: native.Mapping, src: int, n: int) -> None:
+    """Copy n bytes of the old file into the new one, dropping the old pages from this process's
+    resident set behind the copy (the file keeps them for its readers): a growth maps the whole
+    old file and the whole new one, and held both resident it made the writer's peak."""
+    for at in range(0, n, COPY_CHUNK):
+        k = min(COPY_CHUNK, n - at)
+        new.view[dst + at:dst + at + k] = old.view[src + at:src + at + k]
+        old.release(src + at, k)
 
 
 def _geometry_of(h: dict) -> tuple:
