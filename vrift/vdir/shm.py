@@ -69,6 +69,16 @@ class VDirWriter(_Mapped):
             if self._map is not None:
                 native.lib().vrift_retire(self._map.base)
 
+    def damaged_view_of(self, reader: VDirReader) -> list[int]:
+        """reader.damaged(), scanned through this writer's own mapping when the reader maps the
+        same file (the same bytes): a scrub through a second mapping made the whole file
+        resident twice in the writer's process."""
+        with self._lock:
+            reader.refresh()
+            if self._map is not None and reader.ident == self._ident:
+                return self._damaged()
+        return reader.damaged()
+
     # ---------------------------------------------------------------- creation and reuse
     @classmethod
     def create(cls, path: Path, root: str | Path, project_id: str, capacity_hint: int = 0,
