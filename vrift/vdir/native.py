@@ -161,3 +161,16 @@ class Mapping:
             self.close()
         except Exception:  # interpreter shutdown: the process exit unmaps anyway
             pass
+
+
+COPY_CHUNK = 8 << 20  # bytes copied between two releases
+
+
+def copy_releasing(new: Mapping, dst: int, old: Mapping, src: int, n: int) -> None:
+    """Copy n bytes from `old` at src into `new` at dst, dropping old's pages from this process's
+    resident set behind the copy (its file keeps them for its readers): a VDir growth maps the
+    whole old file and the whole new one, and holding both resident made the writer's peak."""
+    for at in range(0, n, COPY_CHUNK):
+        k = min(COPY_CHUNK, n - at)
+        new.view[dst + at:dst + at + k] = old.view[src + at:src + at + k]
+        old.release(src + at, k)

@@ -417,8 +417,8 @@ class VDirWriter(_Mapped):
 
         def fill(new: native.Mapping) -> None:
             at = geo.entries_offset + used * layout.ENTRY_SIZE
-            _copy_releasing(new, geo.entries_offset, old, eoff, used * layout.ENTRY_SIZE)
-            _copy_releasing(new, geo.strings_offset, old, soff, sused)
+            native.copy_releasing(new, geo.entries_offset, old, eoff, used * layout.ENTRY_SIZE)
+            native.copy_releasing(new, geo.strings_offset, old, soff, sused)
             records, strings, off = [], [], sused
             for p, (e, hsh) in pending.items():
                 records.append(pack_entry(e, hsh, off))
@@ -468,19 +468,6 @@ class VDirWriter(_Mapped):
 
 _GEOMETRY = ("file_size", "entry_capacity", "table_capacity", "bloom_offset", "table_offset", "entries_offset",
              "strings_offset", "strings_capacity", "header_size", "entry_size", "magic", "version")
-
-
-COPY_CHUNK = 8 << 20
-
-
-def _copy_releasing(new: native.Mapping, dst: int, old: native.Mapping, src: int, n: int) -> None:
-    """Copy n bytes of the old file into the new one, dropping the old pages from this process's
-    resident set behind the copy (the file keeps them for its readers): a growth maps the whole
-    old file and the whole new one, and held both resident it made the writer's peak."""
-    for at in range(0, n, COPY_CHUNK):
-        k = min(COPY_CHUNK, n - at)
-        new.view[dst + at:dst + at + k] = old.view[src + at:src + at + k]
-        old.release(src + at, k)
 
 
 def _geometry_of(h: dict) -> tuple:
