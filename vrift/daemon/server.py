@@ -608,7 +608,7 @@ class ProjectDaemon:
             with VDirReader(self.index.vdir_path) as reader:
                 problem = None if reader.index_generation == self.index.generation else (
                     f"generation {reader.index_generation}, index at {self.index.generation}")
-                damaged = reader.damaged() if problem is None else []
+                damaged = self.index.damaged_shm(reader) if problem is None else []
                 if damaged:
                     problem = f"{len(damaged)} entries fail their checksum"
                     self.vdir_damaged_entries += len(damaged)

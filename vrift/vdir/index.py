@@ -34,6 +34,7 @@ from .shm import VDirCorrupt, VDirError, VDirWriter
 log = logging.getLogger("vrift.index")
 
 MODES = ("sync", "wal", "async")
+BUILD_CHUNK = 16384  # entries a VDir rebuild publishes at once
 
 
 class ProjectIndex:
@@ -97,6 +98,10 @@ class ProjectIndex:
             self._records = dict(self._store.records())
             for p in self._records:
                 self._link(p)
+            # a set grown one add at a time ends with up to 4 times its size in slots (CPython
+            # quadruples small sets): a copy is sized for what it holds, ~40 bytes a path less
+            for parent, kids in self._children.items():
+                self._children[parent] = set(kids)
             if self.durability == "wal":
                 self._wal = wal.WriteAheadLog(self.wal_path)
             if self.use_shm:
@@ -167,11 +172,21 @@ class ProjectIndex:
         writer = VDirWriter.create(self.vdir_path, self._root, self.project.id,
                                    capacity_hint=len(self._records), index_generation=self._gen)
         try:
-            if self._records:
-                entries = self._unpacked(list(self._records.items()))
-                if self.unconfirmed:  # not yet checked against the tree: readers ask the kernel
-                    entries = (e.with_flags(e.flags | layout.F_DIRTY) for e in entries)
-                writer.put_many(entries, index_generation=self._gen)
+            # published a chunk at a time (one put_many of 10^6 entries held an Entry of each,
+            # ~560 bytes a path); a reader meanwhile misses what is not in yet and asks the
+            # kernel, except below a COMPLETE_DIR directory: those go in with the last chunk
+            dirty = layout.F_DIRTY if self.unconfirmed else 0  # not yet checked: readers ask the kernel
+            chunk: list[Entry] = []
+            complete: list[Entry] = []
+            for e in self._unpacked(self._records.items()):
+                if dirty:
+                    e = e.with_flags(e.flags | dirty)
+                (complete if e.flags & layout.F_COMPLETE_DIR else chunk).append(e)
+                if len(chunk) == BUILD_CHUNK:
+                    writer.put_many(chunk, index_generation=self._gen)
+                    chunk = []
+            if chunk or complete:
+                writer.put_many(chunk + complete, index_generation=self._gen)
         except BaseException:
             writer.close(unlink=True)
             raise
@@ -204,6 +219,14 @@ class ProjectIndex:
                     if old is not None:  # damaged or stale: nobody may keep reading it
                         old.retire()
                         old.close(unlink=True)
+
+    def damaged_shm(self, reader) -> list[int]:
+        """Indices of the VDir entries failing their checksum, as `reader` (a VDirReader of the
+        file at vdir_path) sees them; scanned through the writer's mapping when it is the same
+        file."""
+        with self._lock:
+            shm = self._shm
+        return reader.damaged() if shm is None else shm.damaged_view_of(reader)
 
     def flush(self) -> None:
         """Everything acknowledged so far written to LMDB and synced; the WAL emptied."""
@@ -278,11 +301,11 @@ class ProjectIndex:
 
     def entries(self) -> Iterator[Entry]:
         with self._lock:
-            snapshot = list(self._records.items())
-        return self._unpacked(snapshot)
+            snapshot = self._records.copy()  # a copy of the table: half a list of (path, record)
+        return self._unpacked(snapshot.items())
 
     @staticmethod
-    def _unpacked(items: list[tuple[bytes, bytes]]) -> Iterator[Entry]:
+    def _unpacked(items: Iterable[tuple[bytes, bytes]]) -> Iterator[Entry]:
         unpack = Entry.unpack_record
         return (unpack(p, r) for p, r in items)
 

@@ -96,8 +96,19 @@ def _c() -> ctypes.CDLL:
         libc.mmap.argtypes = [c_void_p, c_size_t, c_int, c_int, c_int, ctypes.c_long]
         libc.munmap.restype = c_int
         libc.munmap.argtypes = [c_void_p, c_size_t]
+        libc.madvise.restype = c_int
+        libc.madvise.argtypes = [c_void_p, c_size_t, c_int]
         _libc = libc
     return _libc
+
+
+def drop_resident(addr: int, length: int) -> None:
+    """Take the pages of [addr, addr + length) of a MAP_SHARED file mapping out of this
+    process's resident set (MADV_DONTNEED).  Their content stays in the file and the page
+    cache; the next access maps the same bytes again.  Never for private or anonymous memory,
+    where the same call throws the content away."""
+    if length > 0:
+        _c().madvise(addr, length, _mmap.MADV_DONTNEED)  # advice only: a failure changes nothing
 
 
 def path_hash(path: bytes) -> int:
@@ -130,6 +141,14 @@ class Mapping:
     def closed(self) -> bool:
         return self.base == 0
 
+    def release(self, offset: int = 0, length: int | None = None) -> None:
+        """drop_resident for the whole pages inside [offset, offset + length) of the file."""
+        end = self.size if length is None else min(self.size, offset + length)
+        start = -(-offset // _mmap.PAGESIZE) * _mmap.PAGESIZE
+        end -= end % _mmap.PAGESIZE if end < self.size else 0
+        if self.base and end > start:
+            drop_resident(self.base + start, end - start)
+
     def close(self) -> None:
         if self.base:
             self.view.release()
@@ -142,3 +161,16 @@ class Mapping:
             self.close()
         except Exception:  # interpreter shutdown: the process exit unmaps anyway
             pass
+
+
+COPY_CHUNK = 8 << 20  # bytes copied between two releases
+
+
+def copy_releasing(new: Mapping, dst: int, old: Mapping, src: int, n: int) -> None:
+    """Copy n bytes from `old` at src into `new` at dst, dropping old's pages from this process's
+    resident set behind the copy (its file keeps them for its readers): a VDir growth maps the
+    whole old file and the whole new one, and holding both resident made the writer's peak."""
+    for at in range(0, n, COPY_CHUNK):
+        k = min(COPY_CHUNK, n - at)
+        new.view[dst + at:dst + at + k] = old.view[src + at:src + at + k]
+        old.release(src + at, k)

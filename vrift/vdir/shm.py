@@ -69,6 +69,16 @@ class VDirWriter(_Mapped):
             if self._map is not None:
                 native.lib().vrift_retire(self._map.base)
 
+    def damaged_view_of(self, reader: VDirReader) -> list[int]:
+        """reader.damaged(), scanned through this writer's own mapping when the reader maps the
+        same file (the same bytes): a scrub through a second mapping made the whole file
+        resident twice in the writer's process."""
+        with self._lock:
+            reader.refresh()
+            if self._map is not None and reader.ident == self._ident:
+                return self._damaged()
+        return reader.damaged()
+
     # ---------------------------------------------------------------- creation and reuse
     @classmethod
     def create(cls, path: Path, root: str | Path, project_id: str, capacity_hint: int = 0,
@@ -376,6 +386,8 @@ class VDirWriter(_Mapped):
         self._map, self._ident = self._write_file(self.path, geo, values, root_b, fill)
         self._geometry = _geometry_of(read_header(self._map.view))
         lib.vrift_retire(old.base)
+        old.release()
+        self._map.release()  # the scan of the old file below maps its pages again meanwhile
         carried = [i for i in self._flagged(old, layout.F_DIRTY) if i not in dirty_before]
         if carried:
             self._carry_dirty(view, h, carried)
@@ -405,8 +417,8 @@ class VDirWriter(_Mapped):
 
         def fill(new: native.Mapping) -> None:
             at = geo.entries_offset + used * layout.ENTRY_SIZE
-            new.view[geo.entries_offset:at] = view[eoff:eoff + used * layout.ENTRY_SIZE]
-            new.view[geo.strings_offset:geo.strings_offset + sused] = view[soff:soff + sused]
+            native.copy_releasing(new, geo.entries_offset, old, eoff, used * layout.ENTRY_SIZE)
+            native.copy_releasing(new, geo.strings_offset, old, soff, sused)
             records, strings, off = [], [], sused
             for p, (e, hsh) in pending.items():
                 records.append(pack_entry(e, hsh, off))
@@ -422,6 +434,7 @@ class VDirWriter(_Mapped):
         self._map, self._ident = self._write_file(self.path, geo, values, root_b, fill)
         self._geometry = _geometry_of(read_header(self._map.view))
         lib.vrift_retire(old.base)
+        self._map.release()  # the scan of the old file below maps its pages again meanwhile
         # DIRTY set by clients in the old file after the copy: the same index here
         carried = [i for i in self._flagged(old, layout.F_DIRTY) if i not in dirty_before]
         m = self._m()

@@ -126,6 +126,18 @@ class _Mapped:
             raw = bytes(view[base + i * layout.ENTRY_SIZE:base + (i + 1) * layout.ENTRY_SIZE])
             yield unpack_entry(raw, entry_path(view, header, raw))
 
+    def _damaged(self) -> list[int]:
+        m, lib = self._m(), native.lib()
+        count = lib.vrift_verify(m.base, m.size, None, 0)
+        if count == 0xFFFFFFFF:
+            why = header_problem(m.view, m.size) or "fails the structural check of vrift_vdir.h"
+            raise VDirCorrupt(f"VDir {self.path}: {why}")
+        if count == 0:
+            return []
+        out = (ctypes.c_uint32 * count)()
+        count = lib.vrift_verify(m.base, m.size, out, count)
+        return list(out[:count])
+
     def _close_map(self) -> None:
         if self._map is not None:
             self._map.close()
@@ -198,14 +210,12 @@ class VDirReader(_Mapped):
         ~10 ns an entry).  Raises VDirCorrupt when the header no longer passes its check."""
         with self._lock:
             self.refresh()
-            m, lib = self._m(), native.lib()
-            count = lib.vrift_verify(m.base, m.size, None, 0)
-            if count == 0xFFFFFFFF:
-                why = header_problem(m.view, m.size) or "fails the structural check of vrift_vdir.h"
-                raise VDirCorrupt(f"VDir {self.path}: {why}")
-            out = (ctypes.c_uint32 * max(count, 1))()
-            count = lib.vrift_verify(m.base, m.size, out, count)
-            return list(out[:count])
+            return self._damaged()
+
+    @property
+    def ident(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the file mapped now."""
+        return self._ident
 
     def entries(self) -> list[Entry]:
         """Every record (tombstones included), copied under the sequence lock."""
