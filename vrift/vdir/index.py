@@ -276,6 +276,13 @@ class ProjectIndex:
         with self._lock:
             return list(self._records)
 
+    def snapshot(self, records: bool = True) -> tuple[bytes, bytes | None, int]:
+        """(every path joined by NUL, with `records` their records joined in the same order,
+        how many): the index for a native walk, made at C speed (vrift/vdir/native_walk.py)."""
+        with self._lock:
+            return (b"\0".join(self._records), b"".join(self._records.values()) if records else None,
+                    len(self._records))
+
     def entries(self) -> Iterator[Entry]:
         with self._lock:
             snapshot = list(self._records.items())
