@@ -428,6 +428,17 @@ class ProjectIndex:
             self.rebuild_shm()
             return 0
 
+    def with_vdir(self, fn):
+        """fn(base, size) of the published VDir under its writer's lock; None without one."""
+        if self._shm is None:
+            return None
+        try:
+            return self._shm.native_call(fn)
+        except VDirCorrupt as exc:
+            log.warning("%s: rebuilding it from the index", exc)
+            self.rebuild_shm()
+            return None
+
     # ------------------------------------------------------------------ background durability
     def _flush_locked(self) -> None:
         if self.durability == "wal" and self._pending:
