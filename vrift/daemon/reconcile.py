@@ -5,9 +5,19 @@ from LMDB) is published with every entry DIRTY — "ask the kernel" — and this
 mark off entry by entry as it confirms them against the disk.  Nothing stale is answered from
 memory meanwhile, and what is confirmed is answered from memory from then on.
 
-The walk lists directories on its own thread (read-only: nothing of the index is touched
-there); the check of each batch of directories runs on the index writer thread, so commits,
-SYNC requests and watcher changes interleave between batches and never race it:
+Natively (`_walk_native`, vrift/native/walk.c vrift_walk_settle; the usual case: no ignore
+globs, no plugin filter) each batch of directories is listed, compared and settled in C by one
+writer job: per directory, under its exclusive non-blocking flock, every name is lstat-ed
+relative to the directory's fd and compared with its published VDir entry, and DIRTY cleared
+where they agree, before the flock is released — the same protocol as `settle()`.  A directory
+whose flock is busy confirms nothing (its names are re-read, and settled later); names that
+differ or are new, and directories whose own entry differs, come back to Python and are handled
+as below; indexed paths the walk did not see where it listed their directory are gone (a byte
+per path of a snapshot of the index's paths, not a Python set) and re-read at the end.
+
+Otherwise the walk lists directories on its own thread (read-only: nothing of the index is
+touched there); the check of each batch of directories runs on the index writer thread, so
+commits, SYNC requests and watcher changes interleave between batches and never race it:
 
 - the names of a directory that have an entry are given to `settle()`, which clears DIRTY
   where the entry describes what is on disk, under the directory's exclusive flock — the same
@@ -56,6 +66,7 @@ class Reconciler:
         self.confirmed = 0
         self.reread = 0
         self.walks = 0
+        self.walk = ""  # "native" (in C) or "python": how the last walk ran
         self.started = 0.0
         self.seconds: float | None = None
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
@@ -67,7 +78,7 @@ class Reconciler:
 
     def stats(self) -> dict:
         return {"running": not self.done.is_set(), "dirs": self.dirs, "confirmed": self.confirmed,
-                "reread": self.reread, "walks": self.walks, "seconds": self.seconds}
+                "reread": self.reread, "walks": self.walks, "walk": self.walk, "seconds": self.seconds}
 
     # -- the walker thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -76,7 +87,9 @@ class Reconciler:
             for _ in range(MAX_WALKS):
                 rebuilt = d.index.counters["shm_rebuilt"]
                 self.walks += 1
+                self.walk = "native"
                 if not self._walk_native():
+                    self.walk = "python"
                     self._walk()
                 if d.writer.run(lambda r=rebuilt: self._finish(r)):
                     break
