@@ -1,54 +1,36 @@
 /*
- * walk.c — the tree walk of a re-ingest and of a restarted daemon's reconcile, in C.
+ * walk.c — the tree walk of a re-ingest in C, and what it shares with the reconcile's settle
+ * (settle.c): the snapshot of the index's paths, the results, the helpers.
  *
  * Confirming that an indexed path is unchanged is one lstat and a 112-byte compare; in Python
- * the objects made around that cost ten times the syscall.  Both walks here list directories
+ * the objects made around that cost more than the syscall.  The walks here list directories
  * relative to directory fds (fdopendir/readdir, fstatat with AT_SYMLINK_NOFOLLOW, openat with
  * O_NOFOLLOW), never follow a symlink, skip the always-ignored names the caller passes, and hand
  * back only what Python must handle itself: paths that differ or are new, what could not be
- * read (kind, errno, path), and which indexed paths were seen (a byte per path of a snapshot).
+ * read (kind, errno, path), and which indexed paths were seen (a byte per path of the snapshot).
  *
- *  - vrift_walk_ingest: the whole tree against the index's records (vrift/vdir/native_walk.py);
- *    equal to Entry.stat_record(lstat, flags, digest) means unchanged.
- *  - vrift_walk_settle: a few directories against the published VDir entries, each under an
- *    exclusive non-blocking flock of the directory, clearing DIRTY while it is held
- *    (vrift/daemon/commit.py settle(): a client renames into a directory under a shared flock).
+ * vrift_walk_ingest compares the whole tree with the index's records (vrift/ingest_native.py):
+ * equal to Entry.stat_record(lstat, flags, digest) means unchanged.  The time is the kernel's
+ * (fstatat, getdents: ~90% system time), so up to `threads` threads walk: a thread about to
+ * enter a directory hands it to an idle one instead.
  *
  * Loaded with ctypes: every call runs without the GIL.  Memory the results hold is malloc'd
- * here and released by vrift_walk_free; the snapshot refers to the caller's buffers, which
- * the caller keeps alive while the snapshot lives.
+ * here and released by vrift_walk_free; the snapshot refers to the caller's buffers, which the
+ * caller keeps alive while the snapshot lives.
  */
 #define _GNU_SOURCE
-#include "vrift_vdir.h"
+#include "walk.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#define EXPORT __attribute__((visibility("default")))
-
-#define WALK_DEPTH_MAX 256 /* deeper: the caller walks in Python (one fd per level is open here) */
-#define WALK_PATH_MAX 4096 /* root + "/" + relative path, with the NUL: longer fails in Python too */
-
-#define SEEN 1u   /* the path was listed (and, in an ingest, found unchanged) */
-#define LISTED 2u /* the directory was listed: its indexed children that were not seen are gone */
-
-/* vdir_native.c */
-vrift_entry *vrift_entry_at(void *base, uint64_t size, uint32_t index);
-int64_t vrift_locate(void *base, uint64_t size, const char *rel, size_t len, uint64_t hash, uint32_t *slot_out);
-uint32_t vrift_flags_clear(void *base, uint64_t size, uint32_t index, uint32_t bits);
+#define POOL_QUEUE 64 /* directories handed over and not yet taken (each holds an fd) */
 
 /* ------------------------------------------------------------------ growable buffers */
-typedef struct wbuf {
-    char *p;
-    size_t len, cap;
-} wbuf;
-
 static int wb_put(wbuf *b, const void *s, size_t n) {
     if (n > SIZE_MAX / 2 - b->len) return -1;
     if (b->len + n > b->cap) {
@@ -65,15 +47,6 @@ static int wb_put(wbuf *b, const void *s, size_t n) {
 }
 
 /* ------------------------------------------------------------------ the index snapshot */
-typedef struct vrift_snap {
-    const char *paths;      /* the caller's: NUL-separated */
-    const uint8_t *records; /* the caller's: n records of VRIFT_RECORD_SIZE, or NULL */
-    uint32_t n, mask;
-    uint32_t *off, *len;
-    uint32_t *table; /* index + 1, 0 empty */
-    uint8_t *state;  /* SEEN | LISTED per path */
-} vrift_snap;
-
 EXPORT void vrift_snap_free(vrift_snap *s) {
     if (!s) return;
     free(s->off);
@@ -86,7 +59,7 @@ EXPORT void vrift_snap_free(vrift_snap *s) {
 /* A snapshot of `n` paths (`paths`: n names joined by NUL, `paths_len` bytes) with their
  * records (or NULL); NULL when the input does not hold exactly n names or memory is short. */
 EXPORT vrift_snap *vrift_snap_new(const char *paths, size_t paths_len, const uint8_t *records, uint32_t n) {
-    if (n == 0 || n > UINT32_MAX / 4 || paths_len > UINT32_MAX) return NULL;
+    if (n == 0 || n > UINT32_MAX / 4 || paths_len >= UINT32_MAX) return NULL;
     vrift_snap *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     uint32_t cap = 16;
@@ -102,10 +75,10 @@ EXPORT vrift_snap *vrift_snap_new(const char *paths, size_t paths_len, const uin
     if (!s->off || !s->len || !s->table || !s->state) goto fail;
     size_t at = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (at > paths_len) goto fail;
+        if (at > paths_len) goto fail; /* fewer names than records */
         const char *end = memchr(paths + at, 0, paths_len - at);
         size_t l = end ? (size_t)(end - (paths + at)) : paths_len - at;
-        if (!end && i + 1 != n) goto fail; /* fewer names than records */
+        if (!end && i + 1 != n) goto fail;
         s->off[i] = (uint32_t)at;
         s->len[i] = (uint32_t)l;
         at += l + 1;
@@ -120,8 +93,9 @@ fail:
     return NULL;
 }
 
-static int64_t snap_find(const vrift_snap *s, const char *p, size_t l) {
-    uint32_t j = (uint32_t)vrift_fnv1a64(p, l) & s->mask;
+/* The snapshot index of path p (l bytes, FNV-1a `hash`), or -1. */
+int64_t walk_snap_find(const vrift_snap *s, const char *p, size_t l, uint64_t hash) {
+    uint32_t j = (uint32_t)hash & s->mask;
     for (uint32_t probes = 0; probes <= s->mask; probes++, j = (j + 1) & s->mask) {
         uint32_t e = s->table[j];
         if (!e) return -1;
@@ -130,21 +104,33 @@ static int64_t snap_find(const vrift_snap *s, const char *p, size_t l) {
     return -1;
 }
 
-/* ------------------------------------------------------------------ results */
-typedef struct vrift_walk_out {
-    char *changed; /* NUL-terminated paths: differ, are new, or (settle) need a re-read */
-    uint64_t changed_len;
-    char *skipped; /* "<kind><errno>:<path>\0": L could not list, S could not lstat */
-    uint64_t skipped_len;
-    char *dirs; /* settle: directories to settle next (indexed, listed here) */
-    uint64_t dirs_len;
-    char *refresh; /* settle: directories whose own entry was not confirmed */
-    uint64_t refresh_len;
-    uint64_t files, subdirs, symlinks; /* ingest: unchanged paths by kind */
-    uint64_t confirmed;                /* settle: entries whose DIRTY was cleared */
-    uint64_t dirs_done;                /* settle: directories of the request handled */
-} vrift_walk_out;
+/* The snapshot's paths not SEEN (NUL-terminated, into out->changed); with `listed_parents`
+ * only those whose parent directory was LISTED (a settle: the others were not looked at). */
+EXPORT int vrift_snap_unseen(vrift_snap *s, int listed_parents, vrift_walk_out *out) {
+    memset(out, 0, sizeof *out);
+    wbuf b = {0};
+    for (uint32_t i = 0; i < s->n; i++) {
+        if (s->state[i] & SEEN) continue;
+        const char *p = s->paths + s->off[i];
+        uint32_t l = s->len[i];
+        if (listed_parents) {
+            if (l == 0) continue; /* the root has no parent */
+            const char *slash = memrchr(p, '/', l);
+            size_t pl = slash ? (size_t)(slash - p) : 0;
+            int64_t parent = walk_snap_find(s, p, pl, vrift_fnv1a64(p, pl));
+            if (parent < 0 || !(s->state[parent] & LISTED)) continue;
+        }
+        if (wb_put(&b, p, l) || wb_put(&b, "", 1)) {
+            free(b.p);
+            return -ENOMEM;
+        }
+    }
+    out->changed = b.p;
+    out->changed_len = b.len;
+    return 0;
+}
 
+/* ------------------------------------------------------------------ results and helpers */
 EXPORT void vrift_walk_free(vrift_walk_out *o) {
     free(o->changed);
     free(o->skipped);
@@ -153,22 +139,8 @@ EXPORT void vrift_walk_free(vrift_walk_out *o) {
     memset(o, 0, sizeof *o);
 }
 
-typedef struct walker {
-    vrift_snap *s;
-    const char *ign; /* names joined by NUL */
-    size_t ign_len;
-    wbuf changed, skipped, dirs, refresh;
-    char path[WALK_PATH_MAX]; /* the current relative path */
-    size_t room;              /* longest relative path, in bytes: WALK_PATH_MAX - root - "/" - NUL */
-    int err;                  /* fatal: negative errno, the caller walks in Python */
-    void *base;               /* settle: the VDir mapping */
-    uint64_t size;
-    uint64_t files, subdirs, symlinks, confirmed;
-} walker;
-
-static int ignored(const walker *w, const char *name, size_t n) {
-    size_t at = 0;
-    while (at <= w->ign_len && w->ign_len) {
+int walk_ignored(const walker *w, const char *name, size_t n) {
+    for (size_t at = 0; at < w->ign_len;) {
         const char *end = memchr(w->ign + at, 0, w->ign_len - at);
         size_t l = end ? (size_t)(end - (w->ign + at)) : w->ign_len - at;
         if (l == n && memcmp(w->ign + at, name, n) == 0) return 1;
@@ -177,23 +149,23 @@ static int ignored(const walker *w, const char *name, size_t n) {
     return 0;
 }
 
-static void put_path(walker *w, wbuf *b, size_t len) {
+void walk_put_path(walker *w, wbuf *b, size_t len) {
     if (wb_put(b, w->path, len) || wb_put(b, "", 1)) w->err = -ENOMEM;
 }
 
-static void put_skip(walker *w, char kind, int err, size_t len) {
+void walk_put_skip(walker *w, char kind, int err, size_t len) {
     char head[16];
     int n = snprintf(head, sizeof head, "%c%d:", kind, err);
     if (n < 0 || (size_t)n >= sizeof head || wb_put(&w->skipped, head, (size_t)n)) {
         w->err = -ENOMEM;
         return;
     }
-    put_path(w, &w->skipped, len);
+    walk_put_path(w, &w->skipped, len);
 }
 
 /* w->path becomes <dir of length plen>/<name>; returns its length, or 0 with w->err set when
  * it does not fit (the Python walk would get ENAMETOOLONG: it walks instead). */
-static size_t child_path(walker *w, size_t plen, const char *name, size_t n) {
+size_t walk_child_path(walker *w, size_t plen, const char *name, size_t n) {
     size_t len = plen + (plen ? 1 : 0) + n;
     if (len > w->room) {
         w->err = -ENAMETOOLONG;
@@ -205,12 +177,115 @@ static size_t child_path(walker *w, size_t plen, const char *name, size_t n) {
     return len;
 }
 
-static int is_dot(const char *name) { return name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2])); }
+void walk_init(walker *w, vrift_snap *s, const char *root, const char *ign, size_t ign_len) {
+    memset(w, 0, sizeof *w);
+    w->s = s;
+    w->ign = ign;
+    w->ign_len = ign_len;
+    size_t r = strlen(root);
+    w->room = r + 2 < WALK_PATH_MAX ? WALK_PATH_MAX - r - 2 : 0;
+}
 
-static int zero_digest(const uint8_t *d) {
-    for (int i = 0; i < 32; i++)
-        if (d[i]) return 0;
-    return 1;
+int walk_threads(int wanted) { return wanted < 1 ? 1 : wanted > WALK_THREADS_MAX ? WALK_THREADS_MAX : wanted; }
+
+static int append(wbuf *to, wbuf *from) {
+    int rc = from->len ? wb_put(to, from->p, from->len) : 0;
+    free(from->p);
+    memset(from, 0, sizeof *from);
+    return rc;
+}
+
+/* The threads' results as one, into *out (0), or every buffer freed and the first error. */
+int walk_finish(walker *ws, int n, vrift_walk_out *out) {
+    memset(out, 0, sizeof *out);
+    int err = 0;
+    for (int i = 0; i < n && !err; i++) err = ws[i].err;
+    for (int i = 1; i < n; i++) {
+        if (!err && (append(&ws[0].changed, &ws[i].changed) || append(&ws[0].skipped, &ws[i].skipped) ||
+                     append(&ws[0].dirs, &ws[i].dirs) || append(&ws[0].refresh, &ws[i].refresh)))
+            err = -ENOMEM;
+        ws[0].files += ws[i].files, ws[0].subdirs += ws[i].subdirs, ws[0].symlinks += ws[i].symlinks;
+        ws[0].confirmed += ws[i].confirmed;
+    }
+    if (err) {
+        for (int i = 0; i < n; i++) {
+            free(ws[i].changed.p);
+            free(ws[i].skipped.p);
+            free(ws[i].dirs.p);
+            free(ws[i].refresh.p);
+        }
+        return err;
+    }
+    out->changed = ws[0].changed.p, out->changed_len = ws[0].changed.len;
+    out->skipped = ws[0].skipped.p, out->skipped_len = ws[0].skipped.len;
+    out->dirs = ws[0].dirs.p, out->dirs_len = ws[0].dirs.len;
+    out->refresh = ws[0].refresh.p, out->refresh_len = ws[0].refresh.len;
+    out->files = ws[0].files, out->subdirs = ws[0].subdirs, out->symlinks = ws[0].symlinks;
+    out->confirmed = ws[0].confirmed;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the threads of an ingest */
+typedef struct pool_item {
+    int fd, depth;
+    size_t plen;
+    char *path;
+} pool_item;
+
+typedef struct walk_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pool_item items[POOL_QUEUE];
+    int n, idle, threads, finished;
+} walk_pool;
+
+/* Hand the directory open as `fd` (path w->path[0, plen)) to an idle thread; 0 when none waits. */
+static int pool_give(walker *w, int fd, size_t plen, int depth) {
+    walk_pool *p = w->pool;
+    if (!p || __atomic_load_n(&p->idle, __ATOMIC_RELAXED) == 0) return 0;
+    char *copy = malloc(plen + 1);
+    if (!copy) return 0;
+    memcpy(copy, w->path, plen + 1);
+    int given = 0;
+    pthread_mutex_lock(&p->mu);
+    if (p->idle > p->n && p->n < POOL_QUEUE) {
+        p->items[p->n++] = (pool_item){fd, depth, plen, copy};
+        pthread_cond_signal(&p->cv);
+        given = 1;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!given) free(copy);
+    return given;
+}
+
+static void ingest_dir(walker *w, int dfd, size_t plen, int depth);
+
+static void *pool_run(void *arg) {
+    walker *w = arg;
+    walk_pool *p = w->pool;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        __atomic_add_fetch(&p->idle, 1, __ATOMIC_RELAXED);
+        while (p->n == 0 && !p->finished) {
+            if (p->idle == p->threads) { /* nobody walks and nothing waits: done */
+                p->finished = 1;
+                pthread_cond_broadcast(&p->cv);
+                break;
+            }
+            pthread_cond_wait(&p->cv, &p->mu);
+        }
+        if (p->n == 0) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        pool_item it = p->items[--p->n];
+        __atomic_sub_fetch(&p->idle, 1, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&p->mu);
+        memcpy(w->path, it.path, it.plen + 1);
+        free(it.path);
+        if (w->err) close(it.fd); /* this thread failed: it only drains the queue */
+        else ingest_dir(w, it.fd, it.plen, it.depth);
+    }
 }
 
 /* ------------------------------------------------------------------ ingest */
@@ -218,7 +293,7 @@ static int zero_digest(const uint8_t *d) {
  * for Python (new, changed, or not a kind the index keeps). */
 static void ingest_one(walker *w, size_t len, const struct stat *st) {
     vrift_snap *s = w->s;
-    int64_t i = snap_find(s, w->path, len);
+    int64_t i = walk_snap_find(s, w->path, len, vrift_fnv1a64(w->path, len));
     unsigned kind = st->st_mode & S_IFMT;
     if (i >= 0 && (kind == S_IFREG || kind == S_IFDIR || kind == S_IFLNK)) {
         const uint8_t *rec = s->records + (size_t)i * VRIFT_RECORD_SIZE;
@@ -226,7 +301,7 @@ static void ingest_one(walker *w, size_t len, const struct stat *st) {
         uint8_t want[VRIFT_RECORD_SIZE];
         int ok = 0;
         if (kind == S_IFREG) {
-            if (!zero_digest(digest)) {
+            if (!walk_zero_digest(digest)) { /* an unhashed file is hashed by Python */
                 vrift_record_from_stat(want, st, 0, digest);
                 ok = memcmp(want, rec, sizeof want) == 0;
             }
@@ -242,7 +317,7 @@ static void ingest_one(walker *w, size_t len, const struct stat *st) {
             return;
         }
     }
-    put_path(w, &w->changed, len);
+    walk_put_path(w, &w->changed, len);
 }
 
 /* Every name below the directory open as `dfd` (its relative path is w->path[0, plen));
@@ -250,7 +325,7 @@ static void ingest_one(walker *w, size_t len, const struct stat *st) {
 static void ingest_dir(walker *w, int dfd, size_t plen, int depth) {
     DIR *d = fdopendir(dfd);
     if (!d) {
-        put_skip(w, 'L', errno, plen);
+        walk_put_skip(w, 'L', errno, plen);
         close(dfd);
         return;
     }
@@ -259,17 +334,17 @@ static void ingest_dir(walker *w, int dfd, size_t plen, int depth) {
         errno = 0;
         struct dirent *de = readdir(d);
         if (!de) {
-            if (errno) put_skip(w, 'L', errno, plen);
+            if (errno) walk_put_skip(w, 'L', errno, plen); /* what was listed so far stands */
             break;
         }
         const char *name = de->d_name;
         size_t n = strlen(name);
-        if (is_dot(name) || ignored(w, name, n)) continue;
-        size_t len = child_path(w, plen, name, n);
+        if (walk_is_dot(name) || walk_ignored(w, name, n)) continue;
+        size_t len = walk_child_path(w, plen, name, n);
         if (!len) break;
         struct stat st;
         if (fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-            if (errno != ENOENT) put_skip(w, 'S', errno, len); /* gone meanwhile: as if never listed */
+            if (errno != ENOENT) walk_put_skip(w, 'S', errno, len); /* gone meanwhile: as if never listed */
             continue;
         }
         ingest_one(w, len, &st);
@@ -278,7 +353,7 @@ static void ingest_dir(walker *w, int dfd, size_t plen, int depth) {
     }
     for (size_t at = 0; at < subs.len && !w->err; at += strlen(subs.p + at) + 1) {
         const char *name = subs.p + at;
-        size_t len = child_path(w, plen, name, strlen(name));
+        size_t len = walk_child_path(w, plen, name, strlen(name));
         if (!len) break;
         if (depth + 1 > WALK_DEPTH_MAX) {
             w->err = -ELOOP;
@@ -287,213 +362,66 @@ static void ingest_dir(walker *w, int dfd, size_t plen, int depth) {
         int cfd = openat(dirfd(d), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (cfd < 0) {
             if (errno == EMFILE || errno == ENFILE) w->err = -errno;
-            else put_skip(w, 'L', errno, len);
+            else walk_put_skip(w, 'L', errno, len);
             continue;
         }
-        ingest_dir(w, cfd, len, depth + 1);
+        if (!pool_give(w, cfd, len, depth + 1)) ingest_dir(w, cfd, len, depth + 1);
     }
     free(subs.p);
     closedir(d);
 }
 
-static void walk_init(walker *w, vrift_snap *s, const char *root, const char *ign, size_t ign_len) {
-    memset(w, 0, sizeof *w);
-    w->s = s;
-    w->ign = ign;
-    w->ign_len = ign_len;
-    size_t r = strlen(root);
-    w->room = r + 2 < WALK_PATH_MAX ? WALK_PATH_MAX - r - 2 : 0;
-}
-
-static int walk_finish(walker *w, vrift_walk_out *out) {
-    memset(out, 0, sizeof *out);
-    if (w->err) {
-        free(w->changed.p);
-        free(w->skipped.p);
-        free(w->dirs.p);
-        free(w->refresh.p);
-        return w->err;
-    }
-    out->changed = w->changed.p, out->changed_len = w->changed.len;
-    out->skipped = w->skipped.p, out->skipped_len = w->skipped.len;
-    out->dirs = w->dirs.p, out->dirs_len = w->dirs.len;
-    out->refresh = w->refresh.p, out->refresh_len = w->refresh.len;
-    out->files = w->files, out->subdirs = w->subdirs, out->symlinks = w->symlinks;
-    out->confirmed = w->confirmed;
-    return 0;
-}
-
-/* The whole tree under `root` against the snapshot's records.  Returns 0 (results in *out),
- * 1 when the root itself is gone (ENOENT, ENOTDIR: nothing to walk), or a negative errno when
- * the tree must be walked in Python (too deep, a path too long, out of fds or memory). */
-EXPORT int vrift_walk_ingest(vrift_snap *s, const char *root, const char *ign, size_t ign_len,
+/* The whole tree under `root` against the snapshot's records, on up to `threads` threads.
+ * Returns 0 (results in *out), 1 when the root itself is gone (ENOENT, ENOTDIR: nothing to
+ * walk), or a negative errno when the tree must be walked in Python (too deep, a path too
+ * long, out of fds or memory). */
+EXPORT int vrift_walk_ingest(vrift_snap *s, const char *root, const char *ign, size_t ign_len, int threads,
                              vrift_walk_out *out) {
     memset(out, 0, sizeof *out);
     if (!s || !s->records) return -EINVAL;
-    walker w;
-    walk_init(&w, s, root, ign, ign_len);
+    threads = walk_threads(threads);
+    walker *ws = calloc((size_t)threads, sizeof *ws);
+    if (!ws) return -ENOMEM;
+    for (int i = 0; i < threads; i++) walk_init(&ws[i], s, root, ign, ign_len);
     struct stat st;
-    if (lstat(root, &st) != 0) return errno == ENOENT || errno == ENOTDIR ? 1 : -errno;
-    ingest_one(&w, 0, &st);
+    if (lstat(root, &st) != 0) {
+        int rc = errno == ENOENT || errno == ENOTDIR ? 1 : -errno;
+        free(ws);
+        return rc;
+    }
+    ingest_one(&ws[0], 0, &st);
     int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) put_skip(&w, 'L', errno, 0);
-    else ingest_dir(&w, fd, 0, 0);
-    return walk_finish(&w, out);
-}
-
-/* ------------------------------------------------------------------ settle (reconcile) */
-/* 1 when the published entry `e` describes `st` (DIRTY and COMPLETE_DIR aside). */
-static int entry_matches(const vrift_entry *e, const struct stat *st) {
-    vrift_entry cur;
-    memcpy(&cur, e, sizeof cur); /* one value of every field; DIRTY may change meanwhile */
-    unsigned kind = st->st_mode & S_IFMT;
-    uint32_t flags = cur.flags & ~(VRIFT_F_DIRTY | VRIFT_F_COMPLETE_DIR);
-    uint32_t want_flags = kind == S_IFDIR ? VRIFT_F_DIR : kind == S_IFLNK ? VRIFT_F_SYMLINK : 0;
-    if (flags != want_flags || (kind != S_IFREG && kind != S_IFDIR && kind != S_IFLNK)) return 0;
-    if (kind == S_IFREG && zero_digest(cur.digest)) return 0;
-    uint8_t want[VRIFT_RECORD_SIZE];
-    vrift_record_from_stat(want, st, cur.flags, kind == S_IFREG ? cur.digest : NULL);
-    cur.checksum = 0; /* sealed in the VDir, zero in a record */
-    return memcmp(want, (const uint8_t *)&cur + VRIFT_RECORD_OFFSET, sizeof want) == 0;
-}
-
-/* The published entry of w->path[0, len) (tombstones included), or NULL. */
-static vrift_entry *published(walker *w, size_t len, int64_t *index) {
-    uint32_t slot;
-    int64_t i = vrift_locate(w->base, w->size, w->path, len, vrift_fnv1a64(w->path, len), &slot);
-    if (i < -1) w->err = -EIO; /* the header no longer checks: the caller rebuilds */
-    *index = i;
-    return i >= 0 ? vrift_entry_at(w->base, w->size, (uint32_t)i) : NULL;
-}
-
-static void clear_dirty(walker *w, int64_t index) {
-    vrift_flags_clear(w->base, w->size, (uint32_t)index, VRIFT_F_DIRTY);
-    w->confirmed++;
-}
-
-/* One directory (relative path in w->path[0, plen)): its own entry and its non-directory
- * children are compared and cleared under its exclusive flock; its indexed subdirectories go
- * to `dirs`, new ones (and everything not confirmed) to `changed`.  Returns the names listed. */
-static size_t settle_dir(walker *w, int rootfd, size_t plen, const char *exempt) {
-    int fd = plen ? openat(rootfd, w->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                  : openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
-        put_skip(w, 'L', errno, plen); /* its entries keep asking the kernel; the watcher re-reads it */
-        return 0;
-    }
-    int locked = flock(fd, LOCK_EX | LOCK_NB) == 0; /* busy: a client is between its mark and its rename */
-    int64_t own_i, si = snap_find(w->s, w->path, plen);
-    if (si >= 0) w->s->state[si] |= LISTED;
-    vrift_entry *own = published(w, plen, &own_i);
-    struct stat st;
-    int own_ok = locked && own && fstat(fd, &st) == 0 && entry_matches(own, &st);
-    int complete = own && (own->flags & VRIFT_F_COMPLETE_DIR);
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        put_skip(w, 'L', errno, plen);
-        close(fd);
-        return 0;
-    }
-    size_t names = 0;
-    for (;;) {
-        errno = 0;
-        struct dirent *de = readdir(d);
-        if (!de) {
-            if (errno) own_ok = 0;
-            break;
-        }
-        const char *name = de->d_name;
-        size_t n = strlen(name);
-        if (is_dot(name)) continue;
-        size_t len = child_path(w, plen, name, n);
-        if (!len) break;
-        int64_t ci;
-        vrift_entry *e = published(w, len, &ci);
-        if (w->err) break;
-        int live = e && !(e->flags & VRIFT_F_DELETED);
-        if (complete && !live && !(plen == 0 && strcmp(name, exempt) == 0)) own_ok = 0; /* see _on_disk */
-        if (ignored(w, name, n)) continue;
-        names++;
-        si = snap_find(w->s, w->path, len);
-        if (si >= 0) w->s->state[si] |= SEEN;
-        if (fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-            put_path(w, &w->changed, len);
-            continue;
-        }
-        if (S_ISDIR(st.st_mode)) {
-            /* settled when it is listed itself, under its own flock; a new one is re-read whole */
-            put_path(w, live && (e->flags & VRIFT_F_DIR) ? &w->dirs : &w->changed, len);
-        } else if (locked && live && entry_matches(e, &st)) {
-            clear_dirty(w, ci);
+        walk_put_skip(&ws[0], 'L', errno, 0);
+    } else if (threads == 1) {
+        ingest_dir(&ws[0], fd, 0, 0);
+    } else {
+        walk_pool p = {.threads = threads};
+        pthread_mutex_init(&p.mu, NULL);
+        pthread_cond_init(&p.cv, NULL);
+        char *top = calloc(1, 1);
+        pthread_t tids[WALK_THREADS_MAX];
+        int started = 1;
+        if (!top) {
+            close(fd);
+            ws[0].err = -ENOMEM;
         } else {
-            put_path(w, &w->changed, len);
+            p.items[p.n++] = (pool_item){fd, 0, 0, top};
+            for (int i = 0; i < threads; i++) ws[i].pool = &p;
+            for (int i = 1; i < threads; i++) {
+                if (pthread_create(&tids[i], NULL, pool_run, &ws[i]) != 0) break;
+                started++;
+            }
+            pthread_mutex_lock(&p.mu);
+            p.threads = started; /* fewer if a thread could not be made */
+            pthread_mutex_unlock(&p.mu);
+            pool_run(&ws[0]);
+            for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
         }
-        if (w->err) break;
+        pthread_mutex_destroy(&p.mu);
+        pthread_cond_destroy(&p.cv);
     }
-    w->path[plen] = 0;
-    if (own_ok && !w->err) clear_dirty(w, own_i); /* still under the flock */
-    else put_path(w, &w->refresh, plen);
-    closedir(d); /* releases the flock */
-    return names + 1;
-}
-
-/* Settle the directories `dirs` (relative paths, each NUL-terminated, `dirs_len` bytes) against
- * the VDir mapped at base/size, marking what is listed in the snapshot; stops once `max_names`
- * names were handled (out->dirs_done says how many directories).  Returns 0, or a negative
- * errno (-EIO: the mapping's header no longer checks). */
-EXPORT int vrift_walk_settle(vrift_snap *s, const char *root, const char *ign, size_t ign_len, const char *exempt,
-                             const char *dirs, size_t dirs_len, void *base, uint64_t size, uint64_t max_names,
-                             vrift_walk_out *out) {
-    memset(out, 0, sizeof *out);
-    if (!s) return -EINVAL;
-    walker w;
-    walk_init(&w, s, root, ign, ign_len);
-    w.base = base;
-    w.size = size;
-    int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (rootfd < 0) return -errno;
-    uint64_t names = 0, done = 0;
-    for (size_t at = 0; at < dirs_len && names < max_names && !w.err;) {
-        const char *end = memchr(dirs + at, 0, dirs_len - at);
-        if (!end) break;
-        size_t l = (size_t)(end - (dirs + at));
-        if (l > w.room) {
-            w.err = -ENAMETOOLONG;
-            break;
-        }
-        memcpy(w.path, dirs + at, l);
-        w.path[l] = 0;
-        names += settle_dir(&w, rootfd, l, exempt);
-        done++;
-        at += l + 1;
-    }
-    close(rootfd);
-    int rc = walk_finish(&w, out);
-    out->dirs_done = done;
+    int rc = walk_finish(ws, threads, out);
+    free(ws);
     return rc;
-}
-
-/* The snapshot's paths not SEEN (NUL-terminated, into out->changed); with `listed_parents`
- * only those whose parent directory was LISTED (a settle: the others were not looked at). */
-EXPORT int vrift_snap_unseen(vrift_snap *s, int listed_parents, vrift_walk_out *out) {
-    memset(out, 0, sizeof *out);
-    wbuf b = {0};
-    for (uint32_t i = 0; i < s->n; i++) {
-        if (s->state[i] & SEEN) continue;
-        const char *p = s->paths + s->off[i];
-        uint32_t l = s->len[i];
-        if (listed_parents) {
-            if (l == 0) continue; /* the root has no parent */
-            const char *slash = memrchr(p, '/', l);
-            int64_t parent = snap_find(s, p, slash ? (size_t)(slash - p) : 0);
-            if (parent < 0 || !(s->state[parent] & LISTED)) continue;
-        }
-        if (wb_put(&b, p, l) || wb_put(&b, "", 1)) {
-            free(b.p);
-            return -ENOMEM;
-        }
-    }
-    out->changed = b.p;
-    out->changed_len = b.len;
-    return 0;
 }

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from . import native
 
 FALLBACK = object()  # the tree must be walked in Python (too deep, a path too long, out of fds)
+# Threads of a walk: the time is the kernel's (fstatat, getdents), which runs on every core.
+THREADS = max(1, min(os.cpu_count() or 1, 4))
 
 
 class _Out(Structure):
@@ -31,9 +33,9 @@ _SIGNATURES = {
     "vrift_snap_new": (c_void_p, [c_char_p, c_size_t, c_char_p, c_uint32]),
     "vrift_snap_free": (None, [c_void_p]),
     "vrift_walk_free": (None, [POINTER(_Out)]),
-    "vrift_walk_ingest": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, POINTER(_Out)]),
+    "vrift_walk_ingest": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, c_int, POINTER(_Out)]),
     "vrift_walk_settle": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, c_char_p, c_char_p, c_size_t,
-                                  c_void_p, c_uint64, c_uint64, POINTER(_Out)]),
+                                  c_void_p, c_uint64, c_uint64, c_int, POINTER(_Out)]),
     "vrift_snap_unseen": (c_int, [c_void_p, c_int, POINTER(_Out)]),
 }
 _bound = None
@@ -102,10 +104,11 @@ class Snapshot:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def ingest_walk(self):
+    def ingest_walk(self, threads: int = THREADS):
         """The tree against the records: a WalkResult, None when the root is gone, or FALLBACK."""
         out = _Out()
-        rc = _lib().vrift_walk_ingest(self._handle, self._root, self._ignored, len(self._ignored), ctypes.byref(out))
+        rc = _lib().vrift_walk_ingest(self._handle, self._root, self._ignored, len(self._ignored), threads,
+                                      ctypes.byref(out))
         try:
             if rc == 1:
                 return None
@@ -115,13 +118,14 @@ class Snapshot:
         finally:
             _lib().vrift_walk_free(ctypes.byref(out))
 
-    def settle(self, dirs: list[bytes], base: int, size: int, max_names: int, exempt: bytes):
+    def settle(self, dirs: list[bytes], base: int, size: int, max_names: int, exempt: bytes,
+               threads: int = THREADS):
         """Settle directories `dirs` against the VDir mapped at base/size (call it under the
         writer's lock); a WalkResult, or FALLBACK (the header no longer checks: -EIO)."""
         out = _Out()
         joined = b"".join(d + b"\0" for d in dirs)
         rc = _lib().vrift_walk_settle(self._handle, self._root, self._ignored, len(self._ignored), exempt,
-                                      joined, len(joined), base, size, max_names, ctypes.byref(out))
+                                      joined, len(joined), base, size, max_names, threads, ctypes.byref(out))
         try:
             if rc < 0:
                 return FALLBACK if rc != -errnomod.ENOMEM else _raise_nomem()
