@@ -102,3 +102,14 @@ def test_settle_clears_dirty_except_under_a_held_flock(indexed):
         assert sorted(changed) == sorted(held - {b"a1/d4"}) and refresh == [b"a1/d4"]
     finally:
         os.close(busy)
+
+
+@pytest.mark.parametrize("paths, records, count", [
+    (b"a\0b", bytes(112), 2),        # fewer records than names
+    (b"a\0b\0c", bytes(224), 2),     # more names than records
+    (b"a", bytes(224), 2),           # fewer names than records
+    (b"a\0b", bytes(224 + 1), 2),    # a record cut short
+])
+def test_a_snapshot_whose_names_and_records_disagree_is_refused(tmp_path, paths, records, count):
+    with pytest.raises(ValueError, match="does not hold"):
+        Snapshot(paths, records, count, os.fsencode(tmp_path), ALWAYS_IGNORED)

@@ -57,9 +57,12 @@ EXPORT void vrift_snap_free(vrift_snap *s) {
 }
 
 /* A snapshot of `n` paths (`paths`: n names joined by NUL, `paths_len` bytes) with their
- * records (or NULL); NULL when the input does not hold exactly n names or memory is short. */
-EXPORT vrift_snap *vrift_snap_new(const char *paths, size_t paths_len, const uint8_t *records, uint32_t n) {
+ * records (`records_len` bytes, or NULL); NULL when the input does not hold exactly n names and
+ * n records, or memory is short. */
+EXPORT vrift_snap *vrift_snap_new(const char *paths, size_t paths_len, const uint8_t *records, size_t records_len,
+                                  uint32_t n) {
     if (n == 0 || n > UINT32_MAX / 4 || paths_len >= UINT32_MAX) return NULL;
+    if (records && records_len != (size_t)n * VRIFT_RECORD_SIZE) return NULL;
     vrift_snap *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     uint32_t cap = 16;

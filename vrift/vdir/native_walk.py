@@ -30,7 +30,7 @@ class _Out(Structure):
 
 
 _SIGNATURES = {
-    "vrift_snap_new": (c_void_p, [c_char_p, c_size_t, c_char_p, c_uint32]),
+    "vrift_snap_new": (c_void_p, [c_char_p, c_size_t, c_char_p, c_size_t, c_uint32]),
     "vrift_snap_free": (None, [c_void_p]),
     "vrift_walk_free": (None, [POINTER(_Out)]),
     "vrift_walk_ingest": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, c_int, POINTER(_Out)]),
@@ -89,9 +89,11 @@ class Snapshot:
         self._paths, self._records = paths, records  # the C side points into them
         self._root = root
         self._ignored = b"\0".join(ignored)
-        self._handle = _lib().vrift_snap_new(paths, len(paths), records, count) if count else None
+        self._handle = _lib().vrift_snap_new(paths, len(paths), records, len(records or b""), count) \
+            if count else None
         if count and not self._handle:
-            raise MemoryError("native walk: the index snapshot does not fit in memory")
+            raise ValueError(f"native walk: a snapshot of {count} paths that does not hold {count} names "
+                             "and records, or no memory for it")
 
     def close(self) -> None:
         if self._handle:
