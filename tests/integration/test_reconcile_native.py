@@ -68,8 +68,9 @@ def _check_index_is_the_tree(vdir: Path, root: Path, busy: bytes | None) -> None
     for rel, st in truth.items():
         e = live[rel]
         assert e.same_file(st) and e.nlink == st.st_nlink, rel
-        if os.path.isfile(os.path.join(os.fsencode(root), rel)) and not os.path.islink(os.path.join(os.fsencode(root), rel)):
-            with open(os.path.join(os.fsencode(root), rel), "rb") as f:
+        full = os.path.join(os.fsencode(root), rel)
+        if os.path.isfile(full) and not os.path.islink(full):
+            with open(full, "rb") as f:
                 assert e.digest == blake3.blake3(f.read()).digest(), rel
         in_busy = busy is not None and (rel == busy or os.path.dirname(rel) == busy)
         if not in_busy:

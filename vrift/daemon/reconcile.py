@@ -5,7 +5,7 @@ from LMDB) is published with every entry DIRTY — "ask the kernel" — and this
 mark off entry by entry as it confirms them against the disk.  Nothing stale is answered from
 memory meanwhile, and what is confirmed is answered from memory from then on.
 
-Natively (`_walk_native`, vrift/native/walk.c vrift_walk_settle; the usual case: no ignore
+Natively (`_walk_native`, vrift/native/settle.c vrift_walk_settle; the usual case: no ignore
 globs, no plugin filter) each batch of directories is listed, compared and settled in C by one
 writer job: per directory, under its exclusive non-blocking flock, every name is lstat-ed
 relative to the directory's fd and compared with its published VDir entry, and DIRTY cleared
@@ -116,7 +116,7 @@ class Reconciler:
 
     # -- the native walk --------------------------------------------------------------------------
     def _walk_native(self) -> bool:
-        """The walk with the listing, the comparison and the clear in C (vrift/native/walk.c,
+        """The walk with the listing, the comparison and the clear in C (vrift/native/settle.c,
         vrift_walk_settle), a batch of directories per writer job; False when it does not apply
         (ignore globs or a plugin filter, no VDir, no native library) or gave up (the Python walk
         then runs: what was cleared so far is confirmed)."""

@@ -277,11 +277,10 @@ class ProjectIndex:
             return list(self._records)
 
     def snapshot(self, records: bool = True) -> tuple[bytes, bytes | None, int]:
-        """(every path joined by NUL, with `records` their records joined in the same order,
-        how many): the index for a native walk, made at C speed (vrift/vdir/native_walk.py)."""
+        """(paths joined by NUL, their records joined in that order or None, count): for a C walk."""
         with self._lock:
-            return (b"\0".join(self._records), b"".join(self._records.values()) if records else None,
-                    len(self._records))
+            joined = b"".join(self._records.values()) if records else None
+            return b"\0".join(self._records), joined, len(self._records)
 
     def entries(self) -> Iterator[Entry]:
         with self._lock:
@@ -429,11 +428,9 @@ class ProjectIndex:
             return 0
 
     def with_vdir(self, fn):
-        """fn(base, size) of the published VDir under its writer's lock; None without one."""
-        if self._shm is None:
-            return None
+        """fn(base, size) of the published VDir under its writer's lock (a C walk that clears DIRTY)."""
         try:
-            return self._shm.native_call(fn)
+            return None if self._shm is None else self._shm.native_call(fn)
         except VDirCorrupt as exc:
             log.warning("%s: rebuilding it from the index", exc)
             self.rebuild_shm()
