@@ -124,6 +124,7 @@ def bench(files: int, work: Path, dup: float) -> list[tuple[str, str, str, str]]
         raise SystemExit(f"check: the re-ingest of an unchanged tree hashed {again['hashed']} and applied "
                          f"{again['updated']} changes")
     check(env, tree)
+    t_python, t_native = api_reingest(env, tree, native=False), api_reingest(env, tree, native=True)
     from vrift.home import Home
     from vrift.identity import Project
     from vrift.vdir.shm import VDirReader
@@ -163,9 +164,34 @@ def bench(files: int, work: Path, dup: float) -> list[tuple[str, str, str, str]]
          f"cp -r {rate(n_walk, t_cp)}; git add -A {rate(n_walk, t_git)}, {mb(rss_git)}"),
         ("re-ingest (CLI)", rate(paths, again["seconds"]), f"{rate(paths, t_again)} wall, RSS {mb(rss_again)}",
          f"lstat walk {rate(n_walk, t_walk)}; git add -A {rate(n_walk, t_git2)}"),
+        ("re-ingest (API)", rate(paths, t_native), "walk and compare in C",
+         f"the Python walk {rate(paths, t_python)}"),
         ("daemon start + sync", f"{t_start:.1f} s", f"RSS {mb(rss_daemon)}", f"ingest via it: {rate(paths, via['seconds'])}"),
         ("VDir", f"{vdir / paths:.0f} B/path", f"{vdir / 2**20:,.1f} MiB", "target <= 256 B"),
     ]
+
+
+def api_reingest(env: dict, tree: Path, native: bool) -> float:
+    """Seconds of a re-ingest in this process, with the C walk or the Python one (the same
+    index and tree: the two side by side)."""
+    from vrift.cas import CAS
+    from vrift.home import Home
+    from vrift.identity import Project
+    from vrift.ingest import Ingester
+    from vrift.vdir.index import ProjectIndex
+
+    home = Home.from_env(env)
+    index = ProjectIndex(home, Project.at(tree)).open()
+    try:
+        ing = Ingester(Project.at(tree), index, CAS(home.cas_dir))
+        ing.native = native
+        report = ing.ingest()
+        if report.hashed or report.updated or report.walk != ("native" if native else "python"):
+            raise SystemExit(f"check: an API re-ingest ({report.walk} walk) hashed {report.hashed} and applied "
+                             f"{report.updated} changes")
+        return report.seconds
+    finally:
+        index.close()
 
 
 def table(rows: list[tuple[str, str, str, str]]) -> None:

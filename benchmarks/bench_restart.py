@@ -15,8 +15,8 @@ stats memory answered).  Reported, from the kill:
 - the daemon's own reconcile time (STATS "reconcile").
 
 Target (issue: big repositories): kill -9 -> next wrapped command served from memory <= 1 s at
-100,000 files.  `--baseline REV` runs the same measurement with the Python code of REV (a git
-worktree, the C libraries of this checkout copied in: their ABI only grew).
+100,000 files.  `--baseline REV` runs the same measurement with the Python code of REV (exported
+with git archive, the C libraries of this checkout copied in: their ABI only grew).
 """
 from __future__ import annotations
 
@@ -108,8 +108,10 @@ def measure(tree: Path, env: dict, sample: int, max_rounds: int, label: str) -> 
 def baseline_tree(rev: str, where: Path) -> Path:
     """The Python code of `rev` with this checkout's compiled libraries."""
     dst = where / "baseline"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(dst), rev], check=True,
-                   capture_output=True)
+    dst.mkdir()
+    # an exported copy, not a worktree: the repository itself is left as it is
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "vrift"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(dst)], input=archive.stdout, check=True)
     for so in (REPO / "vrift").glob("_*.so"):
         shutil.copy2(so, dst / "vrift" / so.name)
     return dst
@@ -145,9 +147,6 @@ def main() -> int:
     finally:
         for env in envs:  # whatever happened, no daemon of ours stays
             run([sys.executable, "-m", "vrift", "daemon", "stop"], env, str(base), check=False)
-        if args.baseline:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base / "baseline")],
-                           capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
     print(f"\n{args.files:,} files, {args.sample:,} stats a round; seconds from the kill -9:")
     print(f"{'code':<22} {'wrap start':>10} {'first served':>13} {'all served':>11} {'reconcile':>10}")

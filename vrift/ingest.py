@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from . import ingest_native
 from .cas import CAS
 from .progress import Progress
 from .cas.store import hash_file
@@ -58,6 +59,7 @@ class IngestReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     strategy: str = ""
+    walk: str = "python"  # "native": the tree was walked and compared in C (ingest_native)
 
     @property
     def paths(self) -> int:
@@ -115,6 +117,8 @@ class IgnoreRules:
 
 
 class Ingester:
+    native = True  # re-ingest with the C walk where it applies (ingest_native.applies); tests turn it off
+
     def __init__(self, project: Project, index: ProjectIndex, cas: CAS, *, ignore: Iterable[str] = (),
                  workers: int = 0, index_filter: Callable[[bytes], bool] | None = None,
                  store_blobs: bool = False):
@@ -145,8 +149,13 @@ class Ingester:
         if bar is None:
             bar = Progress(len(self.index) or None, "ingest", enabled=progress)
         with bar, _no_cyclic_gc():
-            self._index_walk(self._walk_parallel(report), report, seen, bar, self.store_blobs)
-        gone = [Entry.deleted(p) for p in self.index.paths() if p not in seen] if isinstance(seen, set) else []
+            maybe_gone = None
+            if ingest_native.applies(self):  # an indexed tree again: seen is a set
+                maybe_gone = ingest_native.ingest(self, report, seen, bar, ALWAYS_IGNORED, APPLY_BATCH)
+            if maybe_gone is None:
+                self._index_walk(self._walk_parallel(report), report, seen, bar, self.store_blobs)
+                maybe_gone = self.index.paths() if isinstance(seen, set) else []
+        gone = [Entry.deleted(p) for p in maybe_gone if p not in seen]
         self._apply(gone, report)
         report.deleted += len(gone)
         report.seconds = time.perf_counter() - t0

@@ -5,9 +5,19 @@ from LMDB) is published with every entry DIRTY — "ask the kernel" — and this
 mark off entry by entry as it confirms them against the disk.  Nothing stale is answered from
 memory meanwhile, and what is confirmed is answered from memory from then on.
 
-The walk lists directories on its own thread (read-only: nothing of the index is touched
-there); the check of each batch of directories runs on the index writer thread, so commits,
-SYNC requests and watcher changes interleave between batches and never race it:
+Natively (`_walk_native`, vrift/native/settle.c vrift_walk_settle; the usual case: no ignore
+globs, no plugin filter) each batch of directories is listed, compared and settled in C by one
+writer job: per directory, under its exclusive non-blocking flock, every name is lstat-ed
+relative to the directory's fd and compared with its published VDir entry, and DIRTY cleared
+where they agree, before the flock is released — the same protocol as `settle()`.  A directory
+whose flock is busy confirms nothing (its names are re-read, and settled later); names that
+differ or are new, and directories whose own entry differs, come back to Python and are handled
+as below; indexed paths the walk did not see where it listed their directory are gone (a byte
+per path of a snapshot of the index's paths, not a Python set) and re-read at the end.
+
+Otherwise the walk lists directories on its own thread (read-only: nothing of the index is
+touched there); the check of each batch of directories runs on the index writer thread, so
+commits, SYNC requests and watcher changes interleave between batches and never race it:
 
 - the names of a directory that have an entry are given to `settle()`, which clears DIRTY
   where the entry describes what is on disk, under the directory's exclusive flock — the same
@@ -30,6 +40,10 @@ import threading
 import time
 from collections import deque
 
+from ..errors import VriftError
+from ..ingest import ALWAYS_IGNORED
+from ..locate import STATE_DIR
+from ..vdir import native_walk
 from ..vdir.entry import Entry
 from .commit import settle
 
@@ -37,10 +51,14 @@ log = logging.getLogger("vrift.daemon")
 
 BATCH_PATHS = 2048  # names checked per writer job: bounds how long a SYNC or commit waits behind one
 IN_FLIGHT = 2       # batches listed ahead of the writer
+DIRS_PER_JOB = 64   # directories handed to one native settle (it stops after BATCH_PATHS names)
+STATE_DIR_B = STATE_DIR.encode()  # the one name a COMPLETE_DIR root may hold without an entry
 MAX_WALKS = 3       # the VDir rebuilt during a walk (every entry DIRTY again): walk again, this often
 
 
 class Reconciler:
+    native = True  # the walk in C where it applies (_walk_native); tests turn it off to compare
+
     def __init__(self, daemon):
         self.daemon = daemon
         self.done = threading.Event()
@@ -48,6 +66,7 @@ class Reconciler:
         self.confirmed = 0
         self.reread = 0
         self.walks = 0
+        self.walk = ""  # "native" (in C) or "python": how the last walk ran
         self.started = 0.0
         self.seconds: float | None = None
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
@@ -59,7 +78,7 @@ class Reconciler:
 
     def stats(self) -> dict:
         return {"running": not self.done.is_set(), "dirs": self.dirs, "confirmed": self.confirmed,
-                "reread": self.reread, "walks": self.walks, "seconds": self.seconds}
+                "reread": self.reread, "walks": self.walks, "walk": self.walk, "seconds": self.seconds}
 
     # -- the walker thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -68,7 +87,10 @@ class Reconciler:
             for _ in range(MAX_WALKS):
                 rebuilt = d.index.counters["shm_rebuilt"]
                 self.walks += 1
-                self._walk()
+                self.walk = "native"
+                if not self._walk_native():
+                    self.walk = "python"
+                    self._walk()
                 if d.writer.run(lambda r=rebuilt: self._finish(r)):
                     break
             else:
@@ -92,6 +114,97 @@ class Reconciler:
         self.daemon.index.unconfirmed = False
         return True
 
+    # -- the native walk --------------------------------------------------------------------------
+    def _walk_native(self) -> bool:
+        """The walk with the listing, the comparison and the clear in C (vrift/native/settle.c,
+        vrift_walk_settle), a batch of directories per writer job; False when it does not apply
+        (ignore globs or a plugin filter, no VDir, no native library) or gave up (the Python walk
+        then runs: what was cleared so far is confirmed)."""
+        d = self.daemon
+        if not self.native or not d.ingester.rules.only_builtin or d.ingester.index_filter is not None:
+            return False
+        try:
+            native_walk._lib()
+        except VriftError:
+            return False
+        paths, _, count = d.writer.run(lambda: d.index.snapshot(records=False))
+        root = os.fsencode(d.project.root)
+        with native_walk.Snapshot(paths, None, count, root, ALWAYS_IGNORED) as snap:
+            stack = [b""]
+            while stack:
+                if d.stop_event.is_set():
+                    return True
+                batch = stack[-DIRS_PER_JOB:]
+                del stack[-DIRS_PER_JOB:]
+                done = d.writer.run(lambda b=batch: self._settle_native(snap, b))
+                if done is None:
+                    return False
+                stack.extend(batch[done[0]:])  # not reached within BATCH_PATHS names
+                stack.extend(done[1])
+            gone = snap.unseen(listed_parents=True)
+        for i in range(0, len(gone), BATCH_PATHS):
+            d.writer.run(lambda g=gone[i:i + BATCH_PATHS]: self._gone(g))
+        return True
+
+    def _settle_native(self, snap, batch: list[bytes]):
+        """On the writer thread: settle `batch` in C under each directory's flock; re-read what
+        it did not confirm.  Returns (directories done, subdirectories to settle) or None."""
+        d, index = self.daemon, self.daemon.index
+        result = index.with_vdir(lambda base, size: snap.settle(batch, base, size, BATCH_PATHS, STATE_DIR_B))
+        if result is None or result is native_walk.FALLBACK:
+            return None
+        self.dirs += result.dirs_done
+        self.confirmed += result.confirmed
+        todo = sorted(set(result.changed))
+        if todo:
+            self.reread += len(todo)
+            d._reread(todo)
+        parents = {os.path.dirname(p) for p in todo}
+        refresh = [r for r in result.refresh if r not in parents]
+        if refresh:
+            with index.lazy():
+                for rel in refresh:
+                    own = index.get(rel)
+                    if own is None or own.is_deleted:  # the tree shows it again after a crash
+                        try:
+                            index.apply([Entry.from_stat(rel, os.lstat(d.policy.absolute(rel)))])
+                        except OSError:
+                            pass
+                d._refresh_dirs(refresh)
+            d._settle(refresh)
+        self._mark_unwatched(batch[:result.dirs_done])
+        return result.dirs_done, result.dirs
+
+    def _mark_unwatched(self, dirs: list[bytes]) -> None:
+        """What the Python walk's mark_unwatched([rel, *files]) does, for directories the
+        watcher could not watch (none, unless inotify ran out of watches)."""
+        d = self.daemon
+        if d.watcher is None or not d.watcher.unwatched:
+            return
+        for rel in dirs:
+            if d.watched(rel):
+                continue
+            try:
+                names = os.listdir(d.policy.absolute(rel))
+            except OSError:
+                names = []
+            prefix = rel + b"/" if rel else b""
+            d.mark_unwatched([rel, *(prefix + n for n in names)])
+
+    def _gone(self, gone: list[bytes]) -> None:
+        """On the writer thread: indexed paths the walk did not find where it listed their
+        directory: dropped if ignored now, else re-read (the re-read removes them)."""
+        d, index = self.daemon, self.daemon.index
+        hidden = [p for p in gone if self._dropped(p)]
+        if hidden:
+            with index.lazy():
+                index.apply([Entry.deleted(q) for p in hidden for q in [p, *(e.path for e in index.under(p))]])
+        rest = sorted(set(gone) - set(hidden))
+        if rest:
+            self.reread += len(rest)
+            d._reread(rest)
+
+    # -- the Python walk -----------------------------------------------------------------------------
     def _walk(self) -> None:
         d = self.daemon
         children: dict[bytes, list[bytes]] = {}

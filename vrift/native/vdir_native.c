@@ -56,6 +56,9 @@ static vrift_entry *entry_at(void *base, uint64_t size, uint32_t index) {
     return geo_entry(&g, index);
 }
 
+/* entry_at for the other files of this library (walk.c): not exported. */
+vrift_entry *vrift_entry_at(void *base, uint64_t size, uint32_t index) { return entry_at(base, size, index); }
+
 /* Atomic OR / AND-NOT of entry flags (DIRTY), usable by any process mapping read-write.
  * Return the flags before, or UINT32_MAX when the header or index is unusable. */
 EXPORT uint32_t vrift_flags_or(void *base, uint64_t size, uint32_t index, uint32_t bits) {

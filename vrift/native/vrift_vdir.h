@@ -124,6 +124,30 @@ _Static_assert(sizeof(vrift_slot) == VRIFT_SLOT_SIZE, "slot size");
 _Static_assert(offsetof(vrift_header, index_generation) == 120, "header layout");
 _Static_assert(sizeof(vrift_header) <= VRIFT_ROOT_OFFSET, "header fits");
 
+/* The 112-byte record (the entry from `flags` on) of a path whose lstat is `st`, as
+ * vrift/vdir/entry.py Entry.stat_record packs it: checksum zero, `digest` zero for
+ * directories and symlinks.  `flags` already holds DIR or SYMLINK. */
+static inline void vrift_record_from_stat(uint8_t out[VRIFT_RECORD_SIZE], const struct stat *st, uint32_t flags,
+                                          const uint8_t digest[32]) {
+    vrift_entry e;
+    memset(&e, 0, sizeof e);
+    e.flags = flags;
+    e.mode = (uint32_t)st->st_mode;
+    e.dev = (uint64_t)st->st_dev;
+    e.ino = (uint64_t)st->st_ino;
+    e.nlink = (uint32_t)st->st_nlink;
+    e.uid = (uint32_t)st->st_uid;
+    e.gid = (uint32_t)st->st_gid;
+    e.size = (int64_t)st->st_size;
+    e.blocks = (int64_t)st->st_blocks;
+    e.mtime_sec = (int64_t)st->st_mtim.tv_sec;
+    e.ctime_sec = (int64_t)st->st_ctim.tv_sec;
+    e.mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+    e.ctime_nsec = (uint32_t)st->st_ctim.tv_nsec;
+    if (digest) memcpy(e.digest, digest, sizeof e.digest);
+    memcpy(out, (const uint8_t *)&e + VRIFT_RECORD_OFFSET, VRIFT_RECORD_SIZE);
+}
+
 static inline uint64_t vrift_fnv1a64(const char *s, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < n; i++) {

@@ -299,6 +299,12 @@ class ProjectIndex:
         with self._lock:
             return list(self._records)
 
+    def snapshot(self, records: bool = True) -> tuple[bytes, bytes | None, int]:
+        """(paths joined by NUL, their records joined in that order or None, count): for a C walk."""
+        with self._lock:
+            joined = b"".join(self._records.values()) if records else None
+            return b"\0".join(self._records), joined, len(self._records)
+
     def entries(self) -> Iterator[Entry]:
         with self._lock:
             snapshot = self._records.copy()  # a copy of the table: half a list of (path, record)
@@ -443,6 +449,15 @@ class ProjectIndex:
             log.warning("%s: rebuilding it from the index", exc)
             self.rebuild_shm()
             return 0
+
+    def with_vdir(self, fn):
+        """fn(base, size) of the published VDir under its writer's lock (a C walk that clears DIRTY)."""
+        try:
+            return None if self._shm is None else self._shm.native_call(fn)
+        except VDirCorrupt as exc:
+            log.warning("%s: rebuilding it from the index", exc)
+            self.rebuild_shm()
+            return None
 
     # ------------------------------------------------------------------ background durability
     def _flush_locked(self) -> None:

@@ -230,6 +230,14 @@ class VDirWriter(_Mapped):
                     n += 1
         return n
 
+    def native_call(self, fn):
+        """fn(base, size) of the checked mapping under this writer's lock: a native walk that
+        reads the published entries and clears DIRTY (vrift/native/walk.c)."""
+        with self._lock:
+            self._header()
+            m = self._m()
+            return fn(m.base, m.size)
+
     def _change_flags(self, path: bytes, bits: int, op) -> bool:
         with self._lock:
             if len(path) > layout.REL_MAX or b"\0" in path:
