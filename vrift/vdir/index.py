@@ -11,6 +11,12 @@ the hot tier is never ahead of what survives a crash (SPEC §7):
 
 Start-up: WAL replay -> LMDB -> shared memory (an existing VDir file is kept when it is valid
 and its index generation matches LMDB's).
+
+Why one module of ~540 lines: the three tiers, the in-memory records and the background flush
+share one lock and one generation counter, and every method's correctness depends on the
+order the others keep (durable before published, flushed before released).  Split apart, the
+ordering would live between files; the storage formats themselves are elsewhere (lmdb_store,
+wal, shm).
 """
 from __future__ import annotations
 
