@@ -99,3 +99,26 @@ def test_stats_right_after_a_build_count_what_the_running_daemon_has_not_folded_
     vrift("daemon", "stop", cwd=root, env=env, check=True)
     s = _stats(root, env)  # folded at shutdown: counted once, not twice
     assert (s["hits"], s["misses"]) == (4, 4), s
+
+
+def test_stats_read_while_the_daemon_folds_its_counts_miss_nothing(tmp_path, daemons):
+    """The daemon folds what it counted into LMDB every second; a read of LMDB and then of the
+    daemon that straddles a fold must not lose the folded counts (it did: 0 hits for a moment)."""
+    require_tools("make", "tr", "sleep")
+    from vrift.cache.store import CacheStore
+    from vrift.commands.cache_cmd import cache_stats
+
+    root = _project(tmp_path)
+    env = tool_env()
+    vrift("wrap", "make", cwd=root, env=env, check=True)
+    shutil.rmtree(root / "out")
+    vrift("wrap", "make", cwd=root, env=env, check=True)
+    reads = []
+    with CacheStore(daemons) as store:
+        for _ in range(400):  # across the fold of this build's counts (within about a second)
+            doc = cache_stats(daemons, store)
+            reads.append((doc["hits"], doc["misses"]))
+            if store.stats()["counters"].get("hits", 0) >= 4 and len(reads) > 20:
+                break
+        assert store.stats()["counters"].get("hits", 0) == 4, "the counts were folded during the reads"
+    assert set(reads) == {(4, 4)}, sorted(set(reads))

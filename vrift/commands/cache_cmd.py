@@ -30,6 +30,9 @@ def max_size_bytes(home: Home) -> int:
     return config_mod.parse_size(cfg["cache.max_size"])
 
 
+CONSISTENT_READS = 5  # LMDB / daemons / LMDB rounds before the last one is taken as it is
+
+
 def cache_stats(home: Home, store) -> dict:
     """The numbers `vrift cache stats` and `vrift status` show (`store` None: empty cache)."""
     from ..cache.store import cache_dir, merge_counters
@@ -44,8 +47,19 @@ def cache_stats(home: Home, store) -> dict:
         doc.update(keys=base["keys"], fingerprints=base["fingerprints"], counters=base["counters"],
                    size_bytes=evict.size(home, store, CAS(home.cas_dir)),
                    lmdb_bytes=evict.disk_bytes(os.path.join(doc["path"], "data.mdb")))
-    # LMDB first, then what running daemons hold: a fold in between is missed once, never counted twice
-    c = doc["counters"] = merge_counters(dict(doc["counters"]), _unflushed(home))
+    # LMDB, then what the running daemons hold, then LMDB again: a daemon folding its counts
+    # into LMDB in between (every second) would be missed, so the pair is read again until the
+    # totals stood still around the question
+    unflushed = _unflushed(home)
+    for _ in range(CONSISTENT_READS):
+        if store is None:
+            break
+        again = store.stats()["counters"]
+        if again == doc["counters"]:
+            break
+        doc["counters"] = again
+        unflushed = _unflushed(home)
+    c = doc["counters"] = merge_counters(dict(doc["counters"]), unflushed)
     hits, misses = int(c.get("hits", 0)), int(c.get("misses", 0))
     reasons = dict(sorted((c.get("uncacheable") or {}).items(), key=lambda kv: -kv[1]))
     doc.update(hits=hits, misses=misses, uncacheable=sum(reasons.values()), uncacheable_reasons=reasons,

@@ -65,6 +65,7 @@ class ActionCache:
         self.remote = None  # storage.tiers.RemoteTiers when cache.remote names any
         self._pending: dict[bytes, dict] = {}
         self._lock = threading.Lock()
+        self._folding = threading.Lock()  # held while counters move from _unflushed into LMDB
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cache-recorder")
         self._queued = 0  # recorder jobs not yet finished: `stats` says when the table is settled
         self.counters = {"lookups": 0, "hits": 0, "misses": 0, "recorded": 0, "uncacheable": {},
@@ -166,19 +167,22 @@ class ActionCache:
                 merge_counters(self._unflushed, {name: n})
 
     def _flush(self) -> None:
-        with self._lock:
-            delta, self._unflushed = self._unflushed, {}
-            hits, self._last_hit = self._last_hit, {}
-        if self.remote is not None and (remote := self.remote.take_deltas()):
-            delta = merge_counters(delta, {"remote": remote})
-        if self.store is not None and (delta or hits):
-            try:
-                self.store.add(delta, hits)
-            except Exception:  # noqa: BLE001 - counters are insight, not state
-                log.exception("folding cache counters into LMDB failed")
+        # under _folding from the hand-over to the commit: a STATS in between would find the
+        # counts neither unflushed here nor in LMDB yet (`vrift cache stats` showed 0 hits)
+        with self._folding:
+            with self._lock:
+                delta, self._unflushed = self._unflushed, {}
+                hits, self._last_hit = self._last_hit, {}
+            if self.remote is not None and (remote := self.remote.take_deltas()):
+                delta = merge_counters(delta, {"remote": remote})
+            if self.store is not None and (delta or hits):
+                try:
+                    self.store.add(delta, hits)
+                except Exception:  # noqa: BLE001 - counters are insight, not state
+                    log.exception("folding cache counters into LMDB failed")
 
     def stats(self) -> dict:
-        with self._lock:
+        with self._folding, self._lock:
             out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.counters.items()}
             out["seq"] = self._seq
             out["pending"] = len(self._pending)
