@@ -105,6 +105,9 @@ class ProjectDaemon:
         # back: the watcher leaves them to that (it saw the client's rename first and would hash
         # and store every output a second time)
         self._announced: dict[bytes, int] = {}
+        self._changes: list[tuple[list[bytes], bool, set[bytes]]] = []  # CHANGED not yet re-read
+        self._changes_queued = False
+        self._staging = os.fsencode(project.staging_dir)
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
         self._lock = threading.Lock()
         self.writer: IndexWriter | None = None
@@ -243,7 +246,9 @@ class ProjectDaemon:
         with conn.lock:
             paths = set(conn.pending_writes)
         self.announce(paths, -1)
-        if paths or conn.client_pid:
+        # a client that leaves nothing unfinished and no staging directory (the library removes
+        # its own at exit and before exec) has nothing to roll back: no pass over it later
+        if paths or (conn.client_pid and os.path.isdir(b"%s/%d" % (self._staging, conn.client_pid))):
             with self._lock:
                 self._rollbacks.append((conn.client_pid, paths, time.monotonic() + ROLLBACK_GRACE_S))
 
@@ -342,15 +347,35 @@ class ProjectDaemon:
         self.commits.written(conn, req)
 
     def _changed(self, conn: Connection, req: Frame) -> None:
-        """One-way INVALIDATE: re-read on the writer thread, nobody waits."""
+        """One-way INVALIDATE: re-read on the writer thread, nobody waits.  CHANGEDs that
+        arrive while one is queued join it, as one re-read (`mkdir -p` over existing
+        directories sends one per level, each naming a directory and its parent): the job is
+        queued at the first, so none runs later than it would alone (SYNC stays behind it)."""
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
         with conn.lock:
             done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
         shallow = bool((req.int(Tag.FLAGS, 0) or 0) & ChangedFlag.SHALLOW)
-        if rels:
-            self.writer.call(lambda: self._reread(rels, shallow))
-        self.writer.call(lambda: self.announce(done, -1))  # after the re-read
+        with self._lock:
+            self._changes.append((rels, shallow, done))
+            if self._changes_queued:
+                return
+            self._changes_queued = True
+        self.writer.call(self._reread_changed)
+
+    def _reread_changed(self) -> None:
+        with self._lock:
+            batch, self._changes, self._changes_queued = self._changes, [], False
+        deep = {r for rels, shallow, _ in batch if not shallow for r in rels}
+        shallow = {r for rels, flag, _ in batch if flag for r in rels} - deep
+        try:
+            if deep:
+                self._reread(sorted(deep))
+            if shallow:
+                self._reread(sorted(shallow), shallow=True)
+        finally:
+            for _, _, done in batch:  # after the re-read
+                self.announce(done, -1)
 
     def _invalidate(self, conn: Connection, req: Frame) -> Frame:
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
@@ -554,8 +579,16 @@ class ProjectDaemon:
     def _retry_pending(self) -> None:
         waiting = list(self._beacon_waiting)
         free = [r for r in waiting if process.beacon_free(self.policy.absolute(r))]
-        if free:
-            self._reread(free)
+        # A directory waits here only because settle() could not confirm it (its flock was
+        # busy, or its entry lagged a change in it): its own entry is what to re-read; a name
+        # changed in it is re-read for its own notification or watcher event.  (A walk of its
+        # subtree, hashing nothing but looking at every file, cost milliseconds per retry.)
+        dirs = {r for r in free if self._indexed_dir(r)}
+        files = [r for r in free if r not in dirs]
+        if files:
+            self._reread(files)
+        if dirs:
+            self._reread(sorted(dirs), shallow=True)
         now = time.monotonic()
         with self._lock:
             due = [rb for rb in self._rollbacks if rb[2] <= now or not process.pid_alive(rb[0])]
