@@ -301,6 +301,7 @@ class CAS:
         if self._existing(final, len(data)):
             return StoreResult(digest, len(data), False, self.strategy)
         tfd, tmpname = self._open_temp(shown, durable, os.path.dirname(final))
+        new = False
         try:
             try:
                 _write_all(tfd, data)
@@ -308,7 +309,7 @@ class CAS:
                 raise self._error(e, shown) from None
             new = self._publish(tfd, tmpname, final, len(data), durable, shown)
         finally:
-            self._drop_temp(tfd, tmpname)
+            self._drop_temp(tfd, tmpname, new)
         if new:
             self._durable.discard(digest)
         return StoreResult(digest, len(data), new, self.strategy)
@@ -317,6 +318,7 @@ class CAS:
         h = blake3.blake3(head, max_threads=1)
         size = len(head)
         tfd, tmpname = self._open_temp(shown, durable)
+        new = False
         try:
             try:
                 _write_all(tfd, head)
@@ -337,13 +339,14 @@ class CAS:
             digest = h.digest()
             new = self._publish(tfd, tmpname, self._path(digest.hex()), size, durable, shown)
         finally:
-            self._drop_temp(tfd, tmpname)
+            self._drop_temp(tfd, tmpname, new)
         if new:
             self._durable.discard(digest)
         return StoreResult(digest, size, new, self.strategy)
 
     def _store_reflink(self, shown: str, fd: int, st: os.stat_result, durable: bool) -> StoreResult | None:
         tfd, tmpname = self._open_temp(shown, durable, rw=True)
+        new = False
         try:
             try:
                 fcntl.ioctl(tfd, FICLONE, fd)
@@ -357,7 +360,7 @@ class CAS:
             digest, size = _hash_fd(tfd)
             new = self._publish(tfd, tmpname, self._path(digest.hex()), size, durable, shown)
         finally:
-            self._drop_temp(tfd, tmpname)
+            self._drop_temp(tfd, tmpname, new)
         if new:
             self._durable.discard(digest)
         return StoreResult(digest, size, new, "reflink")
@@ -445,9 +448,10 @@ class CAS:
             raise self._error(e, shown) from None
 
     @staticmethod
-    def _drop_temp(tfd: int, tmpname: str) -> None:
+    def _drop_temp(tfd: int, tmpname: str, named: bool = False) -> None:
+        """Close the temp file and remove it unless it became the blob (`named`)."""
         os.close(tfd)
-        if os.path.exists(tmpname):  # not renamed onto the blob's name
+        if not named:
             try:
                 os.unlink(tmpname)
             except FileNotFoundError:
