@@ -205,6 +205,7 @@ SYNC_THREADS = 8
 # sync_blobs remembers the blobs it made durable (a rebuild stores the same outputs again: dedup
 # hits that need no fsync); forgotten all at once past this many (~100 bytes each)
 DURABLE_MEMORY = 1 << 16
+_POOL_LOCK = threading.Lock()
 
 
 def _fsync_path(path: str) -> None:
@@ -230,6 +231,7 @@ class CAS:
         # <hh>/<hh>; directories are never removed from the store)
         self._durable: set[bytes] = set()
         self._durable_dirs = bytearray((256 + 65536) // 8)
+        self._pool: ThreadPoolExecutor | None = None
         self._no_reflink: set[int] = set()   # st_dev of sources where FICLONE was refused
         self._reflinked = False
         self._hardlink = link_strategy == "hardlink" and os.geteuid() != 0
@@ -586,13 +588,21 @@ class CAS:
                 for p in batch:
                     _fsync_path(p)
             else:
-                with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
-                    list(pool.map(_fsync_path, batch))
+                list(self._sync_pool().map(_fsync_path, batch))
         for h in (*(h for h in leaves if h[:2] in mids), *tops):
             self._mark_dir_durable(h)
         if len(self._durable) + len(todo) > DURABLE_MEMORY:
             self._durable.clear()
         self._durable.update(todo)
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        """The threads of sync_blobs, kept: starting 8 threads for every commit group cost more
+        CPU than the group's own work."""
+        if self._pool is None:
+            with _POOL_LOCK:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="cas-sync")
+        return self._pool
 
     def _dir_bit(self, hexd: str) -> int:
         """Bit number of a fan-out directory, from its hex name: <hh> or <hh><hh>."""
