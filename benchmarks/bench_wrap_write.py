@@ -49,8 +49,8 @@ def daemon_pid(home: Path) -> int | None:
     return None
 
 
-def clean_build(cmd: list[str], root: Path, env: dict, daemon: int | None = None) -> tuple[float, float]:
-    """(wall s, CPU s of the build and of the daemon during it)."""
+def clean_build(cmd: list[str], root: Path, env: dict, daemon: int | None = None) -> tuple[float, float, float]:
+    """(wall s, CPU s of the build and of the daemon during it, the daemon's share)."""
     shutil.rmtree(root / "build", ignore_errors=True)
     time.sleep(0.2)  # the daemon's share of the removal is not the build's
     d0, c0 = process_cpu(daemon), os.times()
@@ -61,7 +61,8 @@ def clean_build(cmd: list[str], root: Path, env: dict, daemon: int | None = None
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed in {root}: {r.stderr[-2000:]}")
     cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
-    return dt, cpu + process_cpu(daemon) - d0
+    d = process_cpu(daemon) - d0
+    return dt, cpu + d, d
 
 
 def same_outputs(a: Path, b: Path) -> int:
@@ -105,7 +106,7 @@ def main() -> int:
         if args.record:
             kinds[f"vrift wrap (recording){label}"] = ([*VRIFT, "wrap", "--", *make], tree, env)
         setups.append((tree, env))
-    times: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     try:
         pids = {}
         for tree, env in setups:
@@ -128,14 +129,16 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"{args.units} units, make -j{args.jobs}, median of {args.runs} alternating clean builds; "
           f"load average {load[0]:.2f} before, {load_after[0]:.2f} after; CPU = the build's + the daemon's")
-    print("| build | wall s (median) | CPU s (median) | CPU runs | wall vs plain | CPU vs plain |")
-    print("|---|---:|---:|---|---:|---:|")
-    ref_wall = statistics.median(t for t, _ in times["plain"])
-    ref_cpu = statistics.median(c for _, c in times["plain"])
+    print("| build | wall s (median) | CPU s (median) | CPU runs | daemon CPU s (median) | wall vs plain "
+          "| CPU vs plain |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    ref_wall = statistics.median(t for t, _, _ in times["plain"])
+    ref_cpu = statistics.median(c for _, c, _ in times["plain"])
     for kind, ts in times.items():
-        wall = statistics.median(t for t, _ in ts)
-        cpu = statistics.median(c for _, c in ts)
-        print(f"| {kind} | {wall:.2f} | {cpu:.2f} | {', '.join(f'{c:.2f}' for _, c in ts)} | "
+        wall = statistics.median(t for t, _, _ in ts)
+        cpu = statistics.median(c for _, c, _ in ts)
+        daemon = statistics.median(d for _, _, d in ts)
+        print(f"| {kind} | {wall:.2f} | {cpu:.2f} | {', '.join(f'{c:.2f}' for _, c, _ in ts)} | {daemon:.2f} | "
               f"{100 * (wall / ref_wall - 1):+.0f}% | {100 * (cpu / ref_cpu - 1):+.0f}% |")
     return 0
 
