@@ -366,13 +366,22 @@ class ProjectDaemon:
     def _reread_changed(self) -> None:
         with self._lock:
             batch, self._changes, self._changes_queued = self._changes, [], False
-        deep = {r for rels, shallow, _ in batch if not shallow for r in rels}
-        shallow = {r for rels, flag, _ in batch if flag for r in rels} - deep
+        # each CHANGED decides for itself which of its directories need only their own entry
+        # (_reread): one naming a directory's child must not spare another's subtree walk
+        rels: set[bytes] = set()
+        walked: set[bytes] = set()
+        dirs_only: set[bytes] = set()
+        for names, shallow, _ in batch:
+            parents = {os.path.dirname(r) for r in names if r}
+            for r in names:
+                rels.add(r)
+                if (shallow or r in parents) and self._indexed_dir(r):
+                    dirs_only.add(r)
+                else:
+                    walked.add(r)
         try:
-            if deep:
-                self._reread(sorted(deep))
-            if shallow:
-                self._reread(sorted(shallow), shallow=True)
+            if rels:
+                self._reread(sorted(rels), dirs_only=dirs_only - walked)
         finally:
             for _, _, done in batch:  # after the re-read
                 self.announce(done, -1)
@@ -522,10 +531,12 @@ class ProjectDaemon:
                 updates.append(new)
         return updates
 
-    def _reread(self, rels: list[bytes], shallow: bool = False) -> tuple[int, int]:
+    def _reread(self, rels: list[bytes], shallow: bool = False,
+                dirs_only: set[bytes] | None = None) -> tuple[int, int]:
         """Re-read paths and their directories; clear DIRTY where no writer still holds the file.
         `shallow`: a directory among them changed itself only (mkdir over it, utimes): its own
-        entry is refreshed, its subtree not walked."""
+        entry is refreshed, its subtree not walked.  `dirs_only`: the directories of `rels` to
+        treat so, decided by the caller (several CHANGEDs re-read as one)."""
         parents = {os.path.dirname(r) for r in rels if r}
         # Ask about the beacons *before* reading: a writer that lets go between our read and
         # the check would leave a clean entry describing the content before its last write.
@@ -533,7 +544,8 @@ class ProjectDaemon:
         # A directory named with one of its children (the preload library sends a changed path
         # with its parent) changed because of that child: refresh its own entry, do not rescan
         # its subtree (for build/ or the root that cost milliseconds on every unlink).
-        dirs_only = {r for r in rels if (shallow or r in parents) and self._indexed_dir(r)}
+        if dirs_only is None:
+            dirs_only = {r for r in rels if (shallow or r in parents) and self._indexed_dir(r)}
         with self.index.lazy():  # what is re-read from disk is recovered by a rescan: no fsync
             self.ingester.reconcile([r for r in rels if r not in dirs_only])
             self._refresh_dirs(parents | dirs_only)
