@@ -595,7 +595,8 @@ class ProjectDaemon:
         # busy, or its entry lagged a change in it): its own entry is what to re-read; a name
         # changed in it is re-read for its own notification or watcher event.  (A walk of its
         # subtree, hashing nothing but looking at every file, cost milliseconds per retry.)
-        dirs = {r for r in free if self._indexed_dir(r)}
+        # One marked complete settles only once every name in it is indexed: walked, as before.
+        dirs = {r for r in free if self._indexed_dir(r) and not self.index.get(r).flags & layout.F_COMPLETE_DIR}
         files = [r for r in free if r not in dirs]
         if files:
             self._reread(files)
