@@ -591,17 +591,8 @@ class ProjectDaemon:
     def _retry_pending(self) -> None:
         waiting = list(self._beacon_waiting)
         free = [r for r in waiting if process.beacon_free(self.policy.absolute(r))]
-        # A directory waits here only because settle() could not confirm it (its flock was
-        # busy, or its entry lagged a change in it): its own entry is what to re-read; a name
-        # changed in it is re-read for its own notification or watcher event.  (A walk of its
-        # subtree, hashing nothing but looking at every file, cost milliseconds per retry.)
-        # One marked complete settles only once every name in it is indexed: walked, as before.
-        dirs = {r for r in free if self._indexed_dir(r) and not self.index.get(r).flags & layout.F_COMPLETE_DIR}
-        files = [r for r in free if r not in dirs]
-        if files:
-            self._reread(files)
-        if dirs:
-            self._reread(sorted(dirs), shallow=True)
+        if free:
+            self._reread(free)
         now = time.monotonic()
         with self._lock:
             due = [rb for rb in self._rollbacks if rb[2] <= now or not process.pid_alive(rb[0])]
