@@ -248,7 +248,7 @@ class ProjectDaemon:
         self.announce(paths, -1)
         # a client that leaves nothing unfinished and no staging directory (the library removes
         # its own at exit and before exec) has nothing to roll back: no pass over it later
-        if paths or (conn.client_pid and os.path.isdir(b"%s/%d" % (self._staging, conn.client_pid))):
+        if paths or conn.client_pid:
             with self._lock:
                 self._rollbacks.append((conn.client_pid, paths, time.monotonic() + ROLLBACK_GRACE_S))
 
