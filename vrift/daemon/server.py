@@ -107,7 +107,6 @@ class ProjectDaemon:
         self._announced: dict[bytes, int] = {}
         self._changes: list[tuple[list[bytes], bool, set[bytes]]] = []  # CHANGED not yet re-read
         self._changes_queued = False
-        self._staging = os.fsencode(project.staging_dir)
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
         self._lock = threading.Lock()
         self.writer: IndexWriter | None = None
@@ -246,8 +245,6 @@ class ProjectDaemon:
         with conn.lock:
             paths = set(conn.pending_writes)
         self.announce(paths, -1)
-        # a client that leaves nothing unfinished and no staging directory (the library removes
-        # its own at exit and before exec) has nothing to roll back: no pass over it later
         if paths or conn.client_pid:
             with self._lock:
                 self._rollbacks.append((conn.client_pid, paths, time.monotonic() + ROLLBACK_GRACE_S))
