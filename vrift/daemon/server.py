@@ -105,8 +105,6 @@ class ProjectDaemon:
         # back: the watcher leaves them to that (it saw the client's rename first and would hash
         # and store every output a second time)
         self._announced: dict[bytes, int] = {}
-        self._changes: list[tuple[list[bytes], bool, set[bytes]]] = []  # CHANGED not yet re-read
-        self._changes_queued = False
         self._rollbacks: list[tuple[int | None, set[bytes], float]] = []
         self._lock = threading.Lock()
         self.writer: IndexWriter | None = None
@@ -344,44 +342,21 @@ class ProjectDaemon:
         self.commits.written(conn, req)
 
     def _changed(self, conn: Connection, req: Frame) -> None:
-        """One-way INVALIDATE: re-read on the writer thread, nobody waits.  CHANGEDs that
-        arrive while one is queued join it, as one re-read (`mkdir -p` over existing
-        directories sends one per level, each naming a directory and its parent): the job is
-        queued at the first, so none runs later than it would alone (SYNC stays behind it)."""
+        """One-way INVALIDATE: re-read on the writer thread, nobody waits."""
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
         with conn.lock:
             done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
         shallow = bool((req.int(Tag.FLAGS, 0) or 0) & ChangedFlag.SHALLOW)
-        with self._lock:
-            self._changes.append((rels, shallow, done))
-            if self._changes_queued:
-                return
-            self._changes_queued = True
-        self.writer.call(self._reread_changed)
 
-    def _reread_changed(self) -> None:
-        with self._lock:
-            batch, self._changes, self._changes_queued = self._changes, [], False
-        # each CHANGED decides for itself which of its directories need only their own entry
-        # (_reread): one naming a directory's child must not spare another's subtree walk
-        rels: set[bytes] = set()
-        walked: set[bytes] = set()
-        dirs_only: set[bytes] = set()
-        for names, shallow, _ in batch:
-            parents = {os.path.dirname(r) for r in names if r}
-            for r in names:
-                rels.add(r)
-                if (shallow or r in parents) and self._indexed_dir(r):
-                    dirs_only.add(r)
-                else:
-                    walked.add(r)
-        try:
-            if rels:
-                self._reread(sorted(rels), dirs_only=dirs_only - walked)
-        finally:
-            for _, _, done in batch:  # after the re-read
-                self.announce(done, -1)
+        def reread() -> None:
+            try:
+                if rels:
+                    self._reread(rels, shallow)
+            finally:
+                self.announce(done, -1)  # after the re-read
+
+        self.writer.call(reread)  # one writer call, not two
 
     def _invalidate(self, conn: Connection, req: Frame) -> Frame:
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]
@@ -528,12 +503,10 @@ class ProjectDaemon:
                 updates.append(new)
         return updates
 
-    def _reread(self, rels: list[bytes], shallow: bool = False,
-                dirs_only: set[bytes] | None = None) -> tuple[int, int]:
+    def _reread(self, rels: list[bytes], shallow: bool = False) -> tuple[int, int]:
         """Re-read paths and their directories; clear DIRTY where no writer still holds the file.
         `shallow`: a directory among them changed itself only (mkdir over it, utimes): its own
-        entry is refreshed, its subtree not walked.  `dirs_only`: the directories of `rels` to
-        treat so, decided by the caller (several CHANGEDs re-read as one)."""
+        entry is refreshed, its subtree not walked."""
         parents = {os.path.dirname(r) for r in rels if r}
         # Ask about the beacons *before* reading: a writer that lets go between our read and
         # the check would leave a clean entry describing the content before its last write.
@@ -541,8 +514,7 @@ class ProjectDaemon:
         # A directory named with one of its children (the preload library sends a changed path
         # with its parent) changed because of that child: refresh its own entry, do not rescan
         # its subtree (for build/ or the root that cost milliseconds on every unlink).
-        if dirs_only is None:
-            dirs_only = {r for r in rels if (shallow or r in parents) and self._indexed_dir(r)}
+        dirs_only = {r for r in rels if (shallow or r in parents) and self._indexed_dir(r)}
         with self.index.lazy():  # what is re-read from disk is recovered by a rescan: no fsync
             self.ingester.reconcile([r for r in rels if r not in dirs_only])
             self._refresh_dirs(parents | dirs_only)
