@@ -73,3 +73,40 @@ def test_a_failing_durability_round_fails_the_group_and_writes_nothing(home, pro
         finally:
             writer.stop()
         assert index.get(b"out/a.o") is None
+
+
+def test_sync_blobs_does_not_sync_again_what_it_made_durable(home, tmp_path):
+    cas = CAS(home.cas_dir)
+    src = tmp_path / "a.o"
+    src.write_bytes(b"object a\n")
+    digest = cas.store_file(src, fsync=False).digest
+    cas.sync_blobs([digest])
+    hexd = digest.hex()
+    assert cas._dir_durable(hexd[:2]) and cas._dir_durable(hexd[:4])  # the new fan-out is synced in
+    blob = cas.blob_path(digest)
+    blob.unlink()  # an fsync of it would fail now: the second round must not try one
+    cas.sync_blobs([digest])
+    # the same content stored again makes a new file: it is synced again
+    assert cas.store_file(src, fsync=False).new
+    blob.unlink()
+    with pytest.raises(FileNotFoundError):
+        cas.sync_blobs([digest])
+
+
+def test_sync_blobs_forgets_a_removed_or_set_aside_blob(home, tmp_path):
+    cas = CAS(home.cas_dir)
+    src = tmp_path / "b.o"
+    src.write_bytes(b"object b\n")
+    digest = cas.store_file(src, fsync=False).digest
+    cas.sync_blobs([digest])
+    assert cas.remove(digest)
+    with pytest.raises(FileNotFoundError):
+        cas.sync_blobs([digest])
+    cas.store_file(src, fsync=False)
+    cas.sync_blobs([digest])
+    cas.blob_path(digest).chmod(0o644)
+    cas.blob_path(digest).write_bytes(b"short")  # damaged: a size that is not its own
+    assert cas.store_file(src, fsync=False).new  # set aside, written again
+    cas.blob_path(digest).unlink()
+    with pytest.raises(FileNotFoundError):
+        cas.sync_blobs([digest])

@@ -202,6 +202,10 @@ def _syncfs(fd: int) -> None:
 
 FEW_BLOBS = 4  # sync_blobs: up to this many files are fsynced in turn, more from SYNC_THREADS threads
 SYNC_THREADS = 8
+# sync_blobs remembers the blobs it made durable (a rebuild stores the same outputs again: dedup
+# hits that need no fsync); forgotten all at once past this many (~100 bytes each)
+DURABLE_MEMORY = 1 << 16
+_POOL_LOCK = threading.Lock()
 
 
 def _fsync_path(path: str) -> None:
@@ -222,6 +226,12 @@ class CAS:
         self._blobs = f"{os.fspath(self.root)}/{ALGO}"
         self._tmp = f"{os.fspath(self.root)}/tmp"
         self._dirs: set[str] = set()
+        # What sync_blobs made durable itself, so it is not fsynced again: blobs (digests) and
+        # fan-out directories whose own name is durable in their parent (a bit per <hh> and per
+        # <hh>/<hh>; directories are never removed from the store)
+        self._durable: set[bytes] = set()
+        self._durable_dirs = bytearray((256 + 65536) // 8)
+        self._pool: ThreadPoolExecutor | None = None
         self._no_reflink: set[int] = set()   # st_dev of sources where FICLONE was refused
         self._reflinked = False
         self._hardlink = link_strategy == "hardlink" and os.geteuid() != 0
@@ -293,6 +303,7 @@ class CAS:
         if self._existing(final, len(data)):
             return StoreResult(digest, len(data), False, self.strategy)
         tfd, tmpname = self._open_temp(shown, durable, os.path.dirname(final))
+        new = False
         try:
             try:
                 _write_all(tfd, data)
@@ -300,13 +311,16 @@ class CAS:
                 raise self._error(e, shown) from None
             new = self._publish(tfd, tmpname, final, len(data), durable, shown)
         finally:
-            self._drop_temp(tfd, tmpname)
+            self._drop_temp(tfd, tmpname, new)
+        if new:
+            self._durable.discard(digest)
         return StoreResult(digest, len(data), new, self.strategy)
 
     def _store_stream(self, fd: int, head: bytes, shown: str, durable: bool) -> StoreResult:
         h = blake3.blake3(head, max_threads=1)
         size = len(head)
         tfd, tmpname = self._open_temp(shown, durable)
+        new = False
         try:
             try:
                 _write_all(tfd, head)
@@ -327,11 +341,14 @@ class CAS:
             digest = h.digest()
             new = self._publish(tfd, tmpname, self._path(digest.hex()), size, durable, shown)
         finally:
-            self._drop_temp(tfd, tmpname)
+            self._drop_temp(tfd, tmpname, new)
+        if new:
+            self._durable.discard(digest)
         return StoreResult(digest, size, new, self.strategy)
 
     def _store_reflink(self, shown: str, fd: int, st: os.stat_result, durable: bool) -> StoreResult | None:
         tfd, tmpname = self._open_temp(shown, durable, rw=True)
+        new = False
         try:
             try:
                 fcntl.ioctl(tfd, FICLONE, fd)
@@ -345,7 +362,9 @@ class CAS:
             digest, size = _hash_fd(tfd)
             new = self._publish(tfd, tmpname, self._path(digest.hex()), size, durable, shown)
         finally:
-            self._drop_temp(tfd, tmpname)
+            self._drop_temp(tfd, tmpname, new)
+        if new:
+            self._durable.discard(digest)
         return StoreResult(digest, size, new, "reflink")
 
     def _store_hardlink(self, path, shown: str, fd: int, st: os.stat_result, durable: bool) -> StoreResult | None:
@@ -381,6 +400,7 @@ class CAS:
             except FileExistsError:
                 return StoreResult(digest, size, False, "hardlink")
             restore = False
+            self._durable.discard(digest)
             if durable:
                 self._sync_dir(os.path.dirname(final))
             return StoreResult(digest, size, True, "hardlink")
@@ -430,9 +450,10 @@ class CAS:
             raise self._error(e, shown) from None
 
     @staticmethod
-    def _drop_temp(tfd: int, tmpname: str) -> None:
+    def _drop_temp(tfd: int, tmpname: str, named: bool = False) -> None:
+        """Close the temp file and remove it unless it became the blob (`named`)."""
         os.close(tfd)
-        if os.path.exists(tmpname):  # not renamed onto the blob's name
+        if not named:
             try:
                 os.unlink(tmpname)
             except FileNotFoundError:
@@ -517,6 +538,10 @@ class CAS:
 
     def _set_aside(self, path: str, reason: str) -> str | None:
         """Move a damaged blob into quarantine/ (kept for inspection, out of the store)."""
+        try:
+            self._durable.discard(bytes.fromhex(os.path.basename(path)))
+        except ValueError:
+            pass
         q = f"{os.fspath(self.root)}/quarantine"
         self._ensure_dir(q, False)
         dest = f"{q}/{os.path.basename(path)}.{reason}.{time.time_ns()}"
@@ -538,28 +563,58 @@ class CAS:
 
     def sync_blobs(self, digests) -> None:
         """Make these blobs, stored with `fsync=False`, durable with their names: each blob is
-        fsynced, then each directory from its own up to the store's top (one of them may be
-        new), deepest first.  Many at once are fsynced from a few threads, so the filesystem's
-        journal commits them together.  Not `syncfs`: that flushes everything dirty on the
-        filesystem — other processes' writes too — and under a busy disk cost more than a
-        group of commits' own fsyncs (measured: 124 against 448 commits/s in sync mode)."""
-        paths = sorted({self._path(parse_digest(d).hex()) for d in digests})
-        dirs: set[str] = set()
-        for path in paths:
-            parent = os.path.dirname(path)
-            while len(parent) >= len(self._blobs):
-                dirs.add(parent)
-                parent = os.path.dirname(parent)
-        levels: dict[int, list[str]] = {}
-        for d in dirs:
-            levels.setdefault(d.count("/"), []).append(d)
-        for batch in [paths] + [levels[k] for k in sorted(levels, reverse=True)]:
+        fsynced, then its directory, then each directory above whose own name is not known to
+        be durable yet (a new fan-out directory), deepest first.  What this instance made
+        durable before is skipped: a blob stored again (a dedup hit — a rebuild's outputs) and
+        the fan-out directories already synced into their parents.  Many at once are fsynced
+        from a few threads, so the filesystem's journal commits them together.  Not `syncfs`:
+        that flushes everything dirty on the filesystem — other processes' writes too — and
+        under a busy disk cost more than a group of commits' own fsyncs (measured: 124 against
+        448 commits/s in sync mode)."""
+        todo = {d for d in map(parse_digest, digests) if d not in self._durable}
+        if not todo:
+            return
+        hexes = sorted(d.hex() for d in todo)
+        paths = [self._path(h) for h in hexes]
+        leaves = {h[:4] for h in hexes}
+        # a leaf holds a new name: always synced; its parent (and the top) only when the
+        # directory below it may be new to it
+        mids = {h[:2] for h in leaves if not self._dir_durable(h)}
+        tops = [h for h in mids if not self._dir_durable(h)]
+        levels = [paths, [f"{self._blobs}/{h[:2]}/{h[2:]}" for h in sorted(leaves)],
+                  [f"{self._blobs}/{h}" for h in sorted(mids)], [self._blobs] if tops else []]
+        for batch in levels:
             if len(batch) <= FEW_BLOBS:
                 for p in batch:
                     _fsync_path(p)
             else:
-                with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
-                    list(pool.map(_fsync_path, batch))
+                list(self._sync_pool().map(_fsync_path, batch))
+        for h in (*(h for h in leaves if h[:2] in mids), *tops):
+            self._mark_dir_durable(h)
+        if len(self._durable) + len(todo) > DURABLE_MEMORY:
+            self._durable.clear()
+        self._durable.update(todo)
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        """The threads of sync_blobs, kept: starting 8 threads for every commit group cost more
+        CPU than the group's own work."""
+        if self._pool is None:
+            with _POOL_LOCK:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="cas-sync")
+        return self._pool
+
+    def _dir_bit(self, hexd: str) -> int:
+        """Bit number of a fan-out directory, from its hex name: <hh> or <hh><hh>."""
+        return int(hexd, 16) if len(hexd) == 2 else 256 + int(hexd, 16)
+
+    def _dir_durable(self, hexd: str) -> bool:
+        bit = self._dir_bit(hexd)
+        return bool(self._durable_dirs[bit >> 3] & (1 << (bit & 7)))
+
+    def _mark_dir_durable(self, hexd: str) -> None:
+        bit = self._dir_bit(hexd)
+        self._durable_dirs[bit >> 3] |= 1 << (bit & 7)
 
     # -- reading ------------------------------------------------------------------------
     def read_bytes(self, digest, verify: bool = True) -> bytes:
@@ -717,8 +772,10 @@ class CAS:
         return count, logical, disk
 
     def remove(self, digest) -> bool:
+        d = parse_digest(digest)
+        self._durable.discard(d)
         try:
-            os.unlink(self._path(parse_digest(digest).hex()))
+            os.unlink(self._path(d.hex()))
             return True
         except FileNotFoundError:
             return False

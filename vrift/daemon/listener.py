@@ -64,7 +64,7 @@ class Connection:
         """Bytes the client has sent that this side has not read yet."""
         try:
             return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-        except OSError:
+        except (OSError, ValueError):  # ValueError: closed meanwhile (fileno -1), nothing to read
             return 0
 
     def send(self, frame: Frame) -> None:

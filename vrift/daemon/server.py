@@ -348,9 +348,15 @@ class ProjectDaemon:
             done = conn.pending_writes.intersection(rels)
             conn.pending_writes.difference_update(rels)
         shallow = bool((req.int(Tag.FLAGS, 0) or 0) & ChangedFlag.SHALLOW)
-        if rels:
-            self.writer.call(lambda: self._reread(rels, shallow))
-        self.writer.call(lambda: self.announce(done, -1))  # after the re-read
+
+        def reread() -> None:
+            try:
+                if rels:
+                    self._reread(rels, shallow)
+            finally:
+                self.announce(done, -1)  # after the re-read
+
+        self.writer.call(reread)  # one writer call, not two
 
     def _invalidate(self, conn: Connection, req: Frame) -> Frame:
         rels = [self.policy.target(p) for p in req.all(Tag.PATH)]

@@ -116,8 +116,9 @@ class IndexWriter:
                     stop_after = True
                     break
                 if isinstance(nxt, _Call):
-                    self._do_group(group)
-                    group = []
+                    if group:  # calls in a row: no empty group (an index apply and a settle each)
+                        self._do_group(group)
+                        group = []
                     self._watched()
                     self._do_call(nxt)
                     continue
