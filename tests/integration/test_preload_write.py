@@ -380,3 +380,39 @@ def test_writes_outside_the_project_are_untouched(project, vrift_env, tmp_path):
     assert out.stdout == "hi\n"
     c = read_counters(counters)
     assert c["COMMIT_LOCAL"] == c["DIRECT"] == c["PUBLISHED"] == 0
+
+
+def test_a_staging_directory_removed_mid_build_is_made_again(project, vrift_env):
+    """`rm -rf .vrift/staging` while a process that already wrote is still running (and a child
+    it forks, which inherits what the library knew): their next new files are written, staged,
+    not refused."""
+    root, vdir = project
+    code = textwrap.dedent("""
+        import os
+        open('first.txt', 'w').write('one')
+        print('w', flush=True); input()
+        open('second.txt', 'w').write('two')
+        pid = os.fork()
+        if pid == 0:
+            open('third.txt', 'w').write('three')
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print('done', flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=preload_env(vrift_env, root, vdir), cwd=root,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "w\n"
+        staging = root / ".vrift" / "staging"
+        assert staging.is_dir()
+        for f in staging.iterdir():
+            f.unlink()
+        staging.rmdir()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n", proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [(root / n).read_text() for n in ("first.txt", "second.txt", "third.txt")] == ["one", "two", "three"]
+    assert staging_leftovers(root) == []

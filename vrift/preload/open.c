@@ -190,6 +190,9 @@ static int open_plain(int dirfd, const char *path, int flags, mode_t mode,
         if (vrift_staged_count() > 0) vrift_publish_path(p.abs);
         int f = p.existing ? flags & ~(O_CREAT | O_EXCL | O_TRUNC) : (flags | O_CREAT | O_EXCL) & ~O_TRUNC;
         int fd = realf ? realf(AT_FDCWD, p.staging, f, mode) : (int)syscall(SYS_openat, AT_FDCWD, p.staging, f, mode);
+        dev_t dev;
+        if (fd < 0 && errno == ENOENT && vrift_staging_gone(&dev) == 0) /* removed under us: made again */
+            fd = realf ? realf(AT_FDCWD, p.staging, f, mode) : (int)syscall(SYS_openat, AT_FDCWD, p.staging, f, mode);
         if (fd >= 0) {
             register_fd(&p, fd);
             return fd;

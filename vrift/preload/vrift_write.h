@@ -28,6 +28,7 @@ extern uint64_t vrift_staging_seq; /* last <seq> of a staging file of this proce
 
 int vrift_copy_content(int src, int dst);
 int vrift_ensure_staging_dir(dev_t *dev);
+int vrift_staging_gone(dev_t *dev);
 void vrift_invalidate_path(const char *abs);
 void vrift_parent_of(const char *abs, char *out);
 int vrift_place_staging(const char *staging, const char *virt);

@@ -195,6 +195,13 @@ int vrift_ensure_staging_dir(dev_t *dev) {
     return 0;
 }
 
+/* The staging directory vanished (someone removed .vrift/staging mid-build): forget that it
+ * existed and make it again. */
+int vrift_staging_gone(dev_t *dev) {
+    staging_ready = 0;
+    return vrift_ensure_staging_dir(dev);
+}
+
 /* Copy `src` (an fd of the real file) into `dst`: reflink if the filesystem can, else an
  * in-kernel copy, else read/write. */
 int vrift_copy_content(int src, int dst) {
