@@ -22,18 +22,24 @@ def _project(base, n=4):
     return root
 
 
-def _stats(root, env) -> dict:
-    return json.loads(vrift("cache", "stats", "--json", cwd=root, env=env, check=True).stdout)
-
-
-@pytest.fixture
-def built(tmp_path, daemons):
+def _cold_then_warm(tmp_path):
+    """The project built wrapped, its outputs removed, built again: 4 misses, then 4 hits."""
     require_tools("make", "tr", "sleep")
     root = _project(tmp_path)
     env = tool_env()
     vrift("wrap", "make", cwd=root, env=env, check=True)
     shutil.rmtree(root / "out")
     vrift("wrap", "make", cwd=root, env=env, check=True)
+    return root, env
+
+
+def _stats(root, env) -> dict:
+    return json.loads(vrift("cache", "stats", "--json", cwd=root, env=env, check=True).stdout)
+
+
+@pytest.fixture
+def built(tmp_path, daemons):
+    root, env = _cold_then_warm(tmp_path)
     vrift("daemon", "stop", cwd=root, env=env, check=True)  # counters are folded in at shutdown
     return root, env
 
@@ -88,12 +94,7 @@ def test_empty_cache(tmp_path, home, run_vrift):
 
 def test_stats_right_after_a_build_count_what_the_running_daemon_has_not_folded_yet(tmp_path, daemons):
     # like `ccache -s`: the totals are current the moment the build ends, daemon still running
-    require_tools("make", "tr", "sleep")
-    root = _project(tmp_path)
-    env = tool_env()
-    vrift("wrap", "make", cwd=root, env=env, check=True)
-    shutil.rmtree(root / "out")
-    vrift("wrap", "make", cwd=root, env=env, check=True)
+    root, env = _cold_then_warm(tmp_path)
     s = _stats(root, env)  # no daemon stop, no wait
     assert (s["hits"], s["misses"]) == (4, 4), s
     vrift("daemon", "stop", cwd=root, env=env, check=True)
@@ -104,15 +105,10 @@ def test_stats_right_after_a_build_count_what_the_running_daemon_has_not_folded_
 def test_stats_read_while_the_daemon_folds_its_counts_miss_nothing(tmp_path, daemons):
     """The daemon folds what it counted into LMDB every second; a read of LMDB and then of the
     daemon that straddles a fold must not lose the folded counts (it did: 0 hits for a moment)."""
-    require_tools("make", "tr", "sleep")
     from vrift.cache.store import CacheStore
     from vrift.commands.cache_cmd import cache_stats
 
-    root = _project(tmp_path)
-    env = tool_env()
-    vrift("wrap", "make", cwd=root, env=env, check=True)
-    shutil.rmtree(root / "out")
-    vrift("wrap", "make", cwd=root, env=env, check=True)
+    _cold_then_warm(tmp_path)
     reads = []
     with CacheStore(daemons) as store:
         for _ in range(400):  # across the fold of this build's counts (within about a second)
