@@ -199,8 +199,18 @@ class Twin:
     def plain(self):
         plain(*build_cmd(self.tool), cwd=self.ref)
 
-    def wrapped(self):
-        return vrift("wrap", *build_cmd(self.tool), cwd=self.proj, check=True)
+    def wrapped(self, env=None):
+        return vrift("wrap", *build_cmd(self.tool), cwd=self.proj, check=True, env=env)
+
+    def rebuild(self, env=None):
+        """Both trees cleaned and built again, the wrapped one checked against the plain one;
+        returns (fast hits before the wrapped build, its result)."""
+        self.clean_both()
+        self.plain()
+        before = fast_hits(self.proj)
+        result = self.wrapped(env)
+        same_outputs(self.proj, self.ref)
+        return before, result
 
     def clean_both(self):
         clean(self.ref, self.tool)
@@ -240,11 +250,7 @@ def twin(request, tmp_path, daemons):
 @needs_c_side
 def test_warm_rebuild_after_clean_is_replayed_by_the_library(twin):
     twin.cold()
-    twin.clean_both()
-    twin.plain()
-    before = fast_hits(twin.proj)
-    warm = twin.wrapped()
-    same_outputs(twin.proj, twin.ref)
+    before, warm = twin.rebuild()
     hits, misses, _ = cache_counts(warm.stderr)
     assert misses == 0 and hits >= 4, warm.stderr
     # the three compiles at least (the link reads objects just replayed: it may go to the daemon)
@@ -375,11 +381,7 @@ def table_records(path: Path) -> int:
 @needs_c_side
 def test_daemon_killed_after_a_fast_hit(twin):
     twin.cold()
-    twin.clean_both()
-    twin.plain()
-    before = fast_hits(twin.proj)
-    twin.wrapped()
-    same_outputs(twin.proj, twin.ref)
+    before, _ = twin.rebuild()
     fast_hits_reach(twin.proj, before + 3)
     pid = daemon_pid(twin.home, twin.project())
     assert pid
@@ -404,11 +406,7 @@ def test_a_stopped_daemons_table_serves_the_next_daemon(twin):
     vrift("daemon", "stop", cwd=twin.proj, check=True)
     assert table_records(table_path(twin)) >= 4  # the table stays, whole
     vrift("sync", cwd=twin.proj, check=True)  # a new daemon, its start-up reconcile done
-    twin.clean_both()
-    twin.plain()
-    before = fast_hits(twin.proj)
-    warm = vrift("wrap", *build_cmd(twin.tool), cwd=twin.proj, check=True, env=dict(os.environ, VRIFT_DEBUG="1"))
-    same_outputs(twin.proj, twin.ref)
+    before, warm = twin.rebuild(env=dict(os.environ, VRIFT_DEBUG="1"))
     assert cache_counts(warm.stderr)[1] == 0, warm.stderr
     # why a record was not used, if one was not: the library's reasons and the daemon's state
     assert fast_hits_reach(twin.proj, before + 3) >= before + 3, diagnosis(twin, warm.stderr)
@@ -444,11 +442,7 @@ def test_cache_clear_leaves_no_table_to_replay_from(twin):
     twin.cold()
     vrift("cache", "clear", cwd=twin.proj, check=True)
     assert not table_path(twin).exists()
-    twin.clean_both()
-    twin.plain()
-    before = fast_hits(twin.proj)
-    cleared = twin.wrapped()
-    same_outputs(twin.proj, twin.ref)
+    before, cleared = twin.rebuild()
     hits, misses, _ = cache_counts(cleared.stderr)
     assert hits == 0 and misses >= 4, cleared.stderr
     assert fast_hits(twin.proj) == before
